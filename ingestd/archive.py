@@ -1,0 +1,46 @@
+"""Move finished files out of the inbox: done/ (dated) on success, failed/ plus a sidecar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+
+def _free_name(path: Path) -> Path:
+    # A clash never overwrites: a.csv, a.1.csv, a.2.csv ...
+    if not path.exists():
+        return path
+    stem, suffix = path.name.split(".", 1) if "." in path.name else (path.name, "")
+    for n in range(1, 100_000):
+        candidate = path.with_name(f"{stem}.{n}.{suffix}" if suffix else f"{stem}.{n}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(path)
+
+
+def _move(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = _free_name(dest)
+    try:
+        os.rename(src, dest)
+    except OSError:
+        shutil.move(str(src), str(dest))  # another filesystem
+    return dest
+
+
+def to_done(src: Path, done_dir: Path, name: PurePosixPath, today: dt.date | None = None) -> Path:
+    """Move a loaded file to done/YYYY-MM-DD/<name> (blocking: run in a thread)."""
+    day = (today or dt.date.today()).isoformat()
+    return _move(src, done_dir / day / Path(*name.parts))
+
+
+def to_failed(src: Path, failed_dir: Path, name: PurePosixPath, report: dict[str, Any]) -> Path:
+    """Move a failed file to failed/<name> and write <name>.error.json beside it."""
+    dest = _move(src, failed_dir / Path(*name.parts))
+    sidecar = dest.with_name(dest.name + ".error.json")
+    sidecar.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return dest

@@ -1,0 +1,66 @@
+"""Claim a file: checksum it off the event loop and register the version in the manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ingestd.db.connection import Connection
+from ingestd.db.manifest import Claim, FileVersion, Manifest
+from ingestd.settings import Contract
+
+_HASH_PIECE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed file waiting for a worker."""
+
+    path: Path
+    name: PurePosixPath
+    contract: Contract
+    version: FileVersion
+    claim: Claim
+    identity: tuple[int, int]
+    queued_at: float
+
+
+def sha256_file(path: Path) -> tuple[bytes, int]:
+    """Streaming sha256 and size of a file (blocking: run it in a thread)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while piece := fh.read(_HASH_PIECE_BYTES):
+            digest.update(piece)
+            size += len(piece)
+    return digest.digest(), size
+
+
+async def file_version(path: Path, name: PurePosixPath) -> FileVersion:
+    """Checksum a file without blocking the event loop."""
+    checksum, size = await asyncio.to_thread(sha256_file, path)
+    return FileVersion(str(name), checksum, size)
+
+
+async def claim_file(
+    conn: Connection,
+    manifest: Manifest,
+    *,
+    path: Path,
+    name: PurePosixPath,
+    contract: Contract,
+    version: FileVersion,
+    identity: tuple[int, int],
+    run_id: str,
+    resume: bool,
+) -> Job | None:
+    """A Job for this file version, or None if it already loaded and resume is on."""
+    seen = await manifest.lookup(conn, version)
+    if seen is not None and seen[0] == "success" and resume:
+        return None
+    label = f"{contract.schema}.{contract.table}" if contract.schema else contract.table
+    claim = await manifest.claim(conn, version, label, run_id, resume=resume)
+    return Job(path, name, contract, version, claim, identity, time.monotonic())

@@ -1,0 +1,206 @@
+"""The command line: parse flags, configure logging, run, print a summary, exit with a status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ingestd import __version__
+from ingestd.db.dsn import mask_dsn, password_of
+from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.logs import setup as setup_logging
+from ingestd.settings import Settings, load_config, resolve
+from ingestd.worker import FileResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("ingestd.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ingestd",
+        description="Load CSV and Parquet files into PostgreSQL, exactly once.",
+        epilog="Subcommands: `ingestd status` shows the manifest. Exit status: 0 all files "
+        "loaded or skipped, 1 some file failed, 2 bad usage or configuration.",
+    )
+    p.add_argument("--version", action="version", version=f"ingestd {__version__}")
+    p.add_argument("--config", type=Path, help="TOML config file (see config/ingestd.example.toml)")
+    p.add_argument("--inbox", help="directory to watch (daemon) or drain (--once)")
+    p.add_argument(
+        "--once", action="store_true", default=None, help="process what is there, then exit"
+    )
+    p.add_argument(
+        "--files",
+        nargs="+",
+        metavar="PATH",
+        help="load exactly these files (implies --once, --keep-files)",
+    )
+    p.add_argument(
+        "--dsn", help="PostgreSQL DSN (else INGESTD_DSN, else the config; none: embedded server)"
+    )
+    p.add_argument(
+        "--state-dir", help="where the embedded PostgreSQL keeps its data (default .ingestd)"
+    )
+    g = p.add_argument_group("contract (one target table, no config file needed)")
+    g.add_argument("--table", help="target table")
+    g.add_argument("--schema", help="target schema (default: first on search_path)")
+    g.add_argument("--pk", help="primary key column(s), comma-separated")
+    g.add_argument(
+        "--headers", help="columns to load, comma-separated (positional with --no-header)"
+    )
+    g.add_argument(
+        "--types", help="column types for new tables, e.g. id:bigint,price:numeric(12,2)"
+    )
+    g.add_argument("--file-type", choices=["csv", "parquet", "auto"], default=None)
+    g.add_argument("--mode", help="upsert (default), append or merge")
+    g.add_argument(
+        "--preserve-types",
+        action="store_true",
+        default=None,
+        help="Parquet types become column types",
+    )
+    g.add_argument(
+        "--tolerant",
+        action="store_true",
+        default=None,
+        help="fill columns the file lacks instead of failing",
+    )
+    g.add_argument("--tolerant-mode", help="null (default) or empty: what fills a missing column")
+    g.add_argument("--delimiter", help="CSV delimiter: , ; | or tab")
+    g.add_argument("--quote", help='CSV quote character (default ")')
+    g.add_argument("--encoding", help="CSV encoding (default utf-8; e.g. latin-1)")
+    g.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="first row names the columns (default yes)",
+    )
+    r = p.add_argument_group("run")
+    r.add_argument("--chunk-size", type=int, help="rows per batch and transaction (default 50000)")
+    r.add_argument(
+        "--concurrency", type=int, help="parallel workers, one connection each (default 4)"
+    )
+    r.add_argument(
+        "--max-retries", type=int, help="retries of transient errors per file (default 3)"
+    )
+    r.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip files already loaded, continue partly loaded ones (default on)",
+    )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="read and validate files, write nothing",
+    )
+    r.add_argument("--done-dir", help="where loaded files go (default: done/ beside the inbox)")
+    r.add_argument("--failed-dir", help="where failed files go (default: failed/ beside the inbox)")
+    r.add_argument(
+        "--keep-files", action="store_true", default=None, help="leave files where they are"
+    )
+    r.add_argument("--manifest-table", help="manifest table name (default ingestion_manifest)")
+    r.add_argument(
+        "--metrics-addr",
+        help="HOST:PORT for /metrics, /healthz, /readyz, or off (default 127.0.0.1:9108)",
+    )
+    r.add_argument("--log-format", choices=["json", "text"], default=None)
+    r.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    return p
+
+
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    # Only what the user typed: None means "not given", so the config file can fill it.
+    return {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
+
+
+def build_settings(argv: Sequence[str]) -> Settings:
+    """Parse argv into Settings (argparse exits 2 itself on a malformed command line)."""
+    ns = _parser().parse_args(argv)
+    config = load_config(ns.config) if ns.config else None
+    return resolve(_flags(ns), config=config, config_path=ns.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ingestd` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["status"]:
+        from ingestd.status import main as status_main
+
+        return status_main(args[1:])
+    try:
+        settings = build_settings(args)
+    except UsageError as exc:
+        print(f"ingestd: error: {mask_dsn(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    secrets = tuple(p for p in [password_of(settings.dsn or "")] if p)
+    setup_logging(settings.log_format, settings.log_level, secrets)
+    if settings.dry_run:
+        from ingestd.dryrun import dry_run
+
+        return dry_run(settings, sys.stdout)
+    return _run(settings, secrets)
+
+
+def _run(settings: Settings, secrets: tuple[str, ...]) -> int:
+    from ingestd.service import Service
+
+    try:
+        return _event_loop_run(Service, settings)
+    except (UsageError, DatabaseUnavailableError) as exc:
+        message = str(exc)
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        print(f"ingestd: error: {mask_dsn(message)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _event_loop_run(service_cls: Any, settings: Settings) -> int:
+    async def go() -> int:
+        service = service_cls(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.request_stop)
+        report = await service.run()
+        print_summary(report.run_id, report.files, report.seconds, sys.stdout)
+        return int(report.exit_code)
+
+    try:
+        import uvloop
+
+        return int(uvloop.run(go()))
+    except ImportError:
+        return asyncio.run(go())
+
+
+def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out: TextIO) -> None:
+    """One readable block: totals, then a line per file (failures with their reason)."""
+    count = {s: sum(1 for f in files if f.status == s) for s in ("success", "skipped", "failed")}
+    rows = sum(f.rows for f in files if f.status == "success")
+    rate = rows / seconds if seconds > 0 else 0.0
+    print(
+        f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
+        f"{count['failed']} failed; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
+        file=out,
+    )
+    labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}
+    for f in sorted(files, key=lambda f: (f.status != "failed", f.name)):
+        line = f"  {labels.get(f.status, f.status):<8} {f.name} -> {f.table or '?'}"
+        if f.status == "success":
+            line += f" ({f.rows:,} rows)"
+        if f.error:
+            line += f": {f.error}"
+        print(line, file=out)
+
+
+def dumps(value: Any) -> str:
+    """JSON for machine-readable output (dates as ISO strings)."""
+    return json.dumps(value, default=str, indent=2)

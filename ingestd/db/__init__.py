@@ -1,0 +1,1 @@
+"""The database layer: the only package that imports asyncpg or holds SQL text."""

@@ -1,0 +1,103 @@
+"""Connections: the pool, its session settings, and waiting for the server to be reachable."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import asyncpg
+
+from ingestd.db import sql
+from ingestd.db.dsn import mask_dsn
+from ingestd.exceptions import DatabaseUnavailableError
+from ingestd.retry import Backoff
+
+log = logging.getLogger("ingestd.db")
+
+# A pooled connection is a proxy; both expose the same methods.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+PooledConnection = asyncpg.pool.PoolConnectionProxy
+Pool = asyncpg.Pool
+
+
+async def _init_session(conn: Connection, statement_timeout_s: float) -> None:
+    # A stalled server must not hang a worker forever: every statement has a deadline.
+    await conn.execute(f"SET statement_timeout = {int(statement_timeout_s * 1000)}")
+    await conn.execute("SET application_name = 'ingestd'")
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    size: int,
+    connect_timeout_s: float,
+    statement_timeout_s: float,
+    attempts: int,
+    backoff: Backoff,
+) -> asyncpg.Pool:
+    """Open a pool of `size` connections, retrying while the server is unreachable."""
+
+    async def init(conn: Connection) -> None:
+        await _init_session(conn, statement_timeout_s)
+
+    last: BaseException | None = None
+    for attempt in range(attempts + 1):
+        try:
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                dsn,
+                min_size=size,
+                max_size=size,
+                timeout=connect_timeout_s,
+                command_timeout=statement_timeout_s + 5,
+                init=init,
+                # Statement caching is of no use for our few, varied statements and
+                # breaks behind transaction poolers such as PgBouncer.
+                statement_cache_size=0,
+            )
+            return pool
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            last = exc
+            if not _worth_retrying_connect(exc) or attempt == attempts:
+                break
+            delay = backoff.delay(attempt)
+            log.warning(
+                "db_connect_retry",
+                extra={
+                    "error": describe_connect_error(exc),
+                    "attempt": attempt + 1,
+                    "delay_s": delay,
+                },
+            )
+            await backoff.sleep(delay)
+    assert last is not None  # noqa: S101 - the loop ran at least once
+    raise DatabaseUnavailableError(
+        f"cannot connect to {mask_dsn(dsn)}: {describe_connect_error(last)}. "
+        "Check that the server is running and that --dsn / INGESTD_DSN is right."
+    ) from None
+
+
+def _worth_retrying_connect(exc: BaseException) -> bool:
+    # Wrong password or database name will not fix itself.
+    return not isinstance(
+        exc,
+        asyncpg.InvalidPasswordError
+        | asyncpg.InvalidAuthorizationSpecificationError
+        | asyncpg.InvalidCatalogNameError,
+    )
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A one-line, password-free reason for a failed connection."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason}"
+    text = str(exc).strip() or type(exc).__name__
+    return mask_dsn(text.splitlines()[0])
+
+
+async def server_version(conn: Connection) -> int:
+    """server_version_num, e.g. 150004."""
+    value: Any = await conn.fetchval(sql.SERVER_VERSION)
+    return int(value)

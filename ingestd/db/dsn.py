@@ -1,0 +1,37 @@
+"""DSN helpers: mask the password for output, inject a password read from a file."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlsplit, urlunsplit
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def mask_dsn(text: str) -> str:
+    """Replace every DSN password in `text` (URL or key=value form) with ***."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+
+
+def with_password(dsn: str, password: str) -> str:
+    """Return a URL DSN carrying `password` (read from a secrets file)."""
+    parts = urlsplit(dsn)
+    if not parts.scheme.startswith("postgres"):
+        return f"{dsn} password={password}"
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def password_of(dsn: str) -> str | None:
+    """The password a DSN carries, if any (so logs can scrub it even when it is not in a URL)."""
+    parts = urlsplit(dsn)
+    if parts.scheme.startswith("postgres"):
+        return parts.password or None
+    match = _KV_PASSWORD.search(dsn)
+    return match.group("pw").strip("'") if match else None

@@ -1,0 +1,91 @@
+"""Sort database errors into retryable (transient) and permanent (this file is bad)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+
+from ingestd.db.dsn import mask_dsn
+from ingestd.exceptions import FileError, RetryableError
+
+# SQLSTATE classes and codes worth another attempt: the same statement may succeed later.
+_RETRYABLE_CLASSES = ("08",)  # connection exception
+_RETRYABLE_CODES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "53300",  # too_many_connections
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up, shutting down)
+    "57014",  # query_canceled (statement timeout hit by a stalled server)
+    "58000",  # system_error
+    "58030",  # io_error
+}
+_HINTS = {
+    "42501": "grant the role ingestd connects as the privilege named above (see deploy/sql)",
+    "42P10": "the target table has no primary key or unique index on the key: add one, "
+    "or use --mode merge",
+    "42703": "the target table lacks a column the file has: add it, or fix --headers",
+    "0A000": "MERGE needs PostgreSQL 15 or newer: use --mode upsert",
+}
+_COPY_CONTEXT = re.compile(r"COPY \S+, line (?P<line>\d+)(?:, column (?P<column>\w+))?")
+
+TRANSIENT_PYTHON_ERRORS = (
+    OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a server error, if it is one."""
+    return getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors where the same work may succeed on a new attempt."""
+    code = sqlstate_of(exc)
+    if code is not None:
+        return code in _RETRYABLE_CODES or code.startswith(_RETRYABLE_CLASSES)
+    return isinstance(exc, TRANSIENT_PYTHON_ERRORS)
+
+
+def error_class(exc: BaseException) -> str:
+    """A low-cardinality label for metrics: the SQLSTATE class name, or the Python type."""
+    code = sqlstate_of(exc)
+    if code is not None:
+        return type(exc).__name__.removesuffix("Error").lower() or code
+    return type(exc).__name__.lower()
+
+
+def translate(exc: BaseException, *, first_row: int = 1) -> FileError | RetryableError:
+    """Turn a database error into our error tree with a message for the user.
+
+    `first_row` is the file row number of the batch's first row: COPY reports the line
+    within the batch, which this turns back into a position in the file.
+    """
+    code = sqlstate_of(exc)
+    message = mask_dsn(str(exc).strip() or type(exc).__name__)
+    if is_retryable(exc):
+        return RetryableError(f"{message} (transient; will retry)", sqlstate=code)
+    row = None
+    detail = []
+    context = getattr(exc, "where", None) or ""
+    match = _COPY_CONTEXT.search(context)
+    if match:
+        row = first_row + int(match.group("line")) - 1
+        column = match.group("column")
+        detail.append(f"row {row}" + (f", column {column}" if column else ""))
+    extra = getattr(exc, "detail", None)
+    if extra:
+        detail.append(mask_dsn(str(extra)))
+    hint = _HINTS.get(code or "")
+    text = message + (f" ({'; '.join(detail)})" if detail else "")
+    if hint:
+        text += f". Hint: {hint}"
+    return FileError(text, row=row, sqlstate=code)

@@ -1,0 +1,124 @@
+"""The manifest: one row per version of a file, its progress, and how it ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ingestd.db import sql
+from ingestd.db.connection import Connection
+from ingestd.exceptions import FileError
+from ingestd.identifiers import quote_qualified
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A file version this run owns: its manifest id and the rows already committed."""
+
+    manifest_id: int
+    rows_done: int
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """What identifies a version of a file in the manifest."""
+
+    filename: str
+    checksum: bytes
+    filesize: int
+
+
+class ProgressConflictError(FileError):
+    """Another writer advanced this file's progress: this batch must not commit."""
+
+
+class Manifest:
+    """Statements on the manifest table; every method takes the caller's connection."""
+
+    def __init__(self, schema: str | None, table: str):
+        self.name = quote_qualified(schema, table)
+        self._schema = schema
+        self._table = table
+
+    async def ensure(self, conn: Connection) -> None:
+        """Create the manifest if missing (serialised, so concurrent starts do not clash)."""
+        async with conn.transaction():
+            await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
+            for statement in sql.create_manifest(self._schema, self._table):
+                await conn.execute(statement)
+
+    async def lookup(self, conn: Connection, version: FileVersion) -> tuple[str, int] | None:
+        """(status, rows) of a file version, or None if it was never seen."""
+        row = await conn.fetchrow(
+            sql.manifest_lookup(self.name), version.filename, version.checksum
+        )
+        return None if row is None else (row["status"], row["rows"])
+
+    async def claim(
+        self,
+        conn: Connection,
+        version: FileVersion,
+        table: str,
+        run_id: str,
+        *,
+        resume: bool,
+    ) -> Claim:
+        """Mark a version pending for this run; keep its committed progress if resuming."""
+        row = await conn.fetchrow(
+            sql.manifest_claim(self.name),
+            version.filename,
+            version.checksum,
+            version.filesize,
+            table,
+            run_id,
+            resume,
+        )
+        assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns a row
+        return Claim(row["id"], row["rows"])
+
+    async def checkpoint(self, conn: Connection, claim_id: int, before: int, after: int) -> None:
+        """Record progress; call inside the batch's transaction."""
+        status = await conn.execute(sql.manifest_checkpoint(self.name), claim_id, before, after)
+        if status != "UPDATE 1":
+            raise ProgressConflictError(
+                f"manifest row {claim_id} no longer shows {before} rows committed: "
+                "another ingestd process is loading the same file"
+            )
+
+    async def progress(self, conn: Connection, claim_id: int) -> int:
+        """Rows of this version committed so far (the truth after a lost commit reply)."""
+        value = await conn.fetchval(sql.manifest_progress(self.name), claim_id)
+        return int(value or 0)
+
+    async def add_attempt(self, conn: Connection, claim_id: int) -> None:
+        """Count one attempt."""
+        await conn.execute(sql.manifest_attempt(self.name), claim_id)
+
+    async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> None:
+        """Mark the outcome: success or failed, with the reason in notes."""
+        await conn.execute(sql.manifest_finish(self.name), claim_id, status, notes)
+
+    async def record_failure(
+        self, conn: Connection, version: FileVersion, table: str, run_id: str, notes: str
+    ) -> None:
+        """Record a file that failed before it could be claimed."""
+        await conn.execute(
+            sql.manifest_record_failure(self.name),
+            version.filename,
+            version.checksum,
+            version.filesize,
+            table,
+            run_id,
+            notes,
+        )
+
+    async def summary(self, conn: Connection, recent: int) -> dict[str, Any]:
+        """Counts by status and the most recent failures and files in progress."""
+        counts = await conn.fetch(sql.manifest_status_counts(self.name))
+        failed = await conn.fetch(sql.manifest_recent(self.name), "failed", recent)
+        pending = await conn.fetch(sql.manifest_recent(self.name), "pending", recent)
+        return {
+            "counts": {r["status"]: {"files": r["files"], "rows": r["rows"]} for r in counts},
+            "failed": [dict(r) for r in failed],
+            "pending": [dict(r) for r in pending],
+        }

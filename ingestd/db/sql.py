@@ -1,0 +1,255 @@
+"""Every SQL statement ingestd sends. Names go in only through quote_ident; values never do."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ingestd.identifiers import quote_ident, quote_qualified, validate_pg_type
+
+ORDINAL = "_ingestd_row"  # file-order row number carried through the stage table
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated target table and the columns a file brings to it."""
+
+    schema: str | None
+    table: str
+    columns: tuple[str, ...]
+    pk: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return quote_qualified(self.schema, self.table)
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+def _cols(columns: Sequence[str], prefix: str = "") -> str:
+    return ", ".join(prefix + quote_ident(c) for c in columns)
+
+
+# --- target table -------------------------------------------------------------------------
+
+
+def create_table(target: Target, types: Sequence[str]) -> str:
+    """CREATE TABLE IF NOT EXISTS with the given column types and primary key."""
+    defs = [
+        f"{quote_ident(c)} {validate_pg_type(t)}"
+        for c, t in zip(target.columns, types, strict=True)
+    ]
+    if target.pk:
+        defs.append(f"PRIMARY KEY ({_cols(target.pk)})")
+    return f"CREATE TABLE IF NOT EXISTS {target.qualified} ({', '.join(defs)})"
+
+
+# Serialises creation of one table across workers and instances ($1: the table's label).
+LOCK_TABLE_CREATION = "SELECT pg_advisory_xact_lock(hashtext('ingestd.create:' || $1))"
+
+# $1 schema (NULL: first on search_path), $2 table -> column name and type, in table order.
+TABLE_COLUMNS = """
+SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type
+FROM pg_attribute a
+WHERE a.attrelid = (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = $2 AND c.relkind IN ('r', 'p')
+      AND (n.nspname = $1 OR ($1 IS NULL AND n.oid = ANY (current_schemas(false)::regnamespace[])))
+    ORDER BY array_position(current_schemas(false)::regnamespace[], n.oid)
+    LIMIT 1)
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+# Columns of the unique indexes on the table: ON CONFLICT needs one matching the key.
+UNIQUE_KEYS = """
+SELECT array_agg(a.attname::text ORDER BY a.attname) AS cols
+FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
+GROUP BY i.indexrelid
+"""
+
+
+# --- stage table (one per worker connection per layout) ------------------------------------
+
+
+def stage_name(target: Target) -> str:
+    """Deterministic temp table name for a target layout (safe: hex digest)."""
+    key = "\x1f".join((target.label, *target.columns)).encode()
+    return "ingestd_stage_" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def create_stage(target: Target, stage: str) -> str:
+    """A temp table shaped like the file's columns of the target, plus the row ordinal.
+
+    Its columns take the target's types, so COPY itself casts each value and reports
+    the line and column of a value that does not fit.
+    """
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} ON COMMIT DELETE ROWS AS "
+        f"SELECT {_cols(target.columns)}, 0::bigint AS {quote_ident(ORDINAL)} "
+        f"FROM {target.qualified} WITH NO DATA"
+    )
+
+
+def stage_columns(target: Target) -> list[str]:
+    """Column list the COPY payload is laid out in."""
+    return [*target.columns, ORDINAL]
+
+
+# --- merge from stage into target ----------------------------------------------------------
+
+
+def insert_append(target: Target, stage: str) -> str:
+    """Plain insert of the staged rows, in file order."""
+    return (
+        f"INSERT INTO {target.qualified} ({_cols(target.columns)}) "
+        f"SELECT {_cols(target.columns)} FROM {quote_ident(stage)} ORDER BY {quote_ident(ORDINAL)}"
+    )
+
+
+def _last_per_key(target: Target, stage: str) -> str:
+    # The last occurrence in file order wins; ordering by key also gives every
+    # writer the same lock order, which keeps concurrent upserts from deadlocking.
+    pk = _cols(target.pk)
+    return (
+        f"SELECT DISTINCT ON ({pk}) {_cols(target.columns)} FROM {quote_ident(stage)} "
+        f"ORDER BY {pk}, {quote_ident(ORDINAL)} DESC"
+    )
+
+
+def _changed(target: Target, left: str, right: str) -> str:
+    # Rows whose values did not change are not rewritten: no dead tuples, no WAL.
+    non_key = [c for c in target.columns if c not in target.pk]
+    return f"({_cols(non_key, left)}) IS DISTINCT FROM ({_cols(non_key, right)})"
+
+
+def upsert(target: Target, stage: str) -> str:
+    """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change."""
+    head = (
+        f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) "
+        f"{_last_per_key(target, stage)} ON CONFLICT ({_cols(target.pk)}) "
+    )
+    non_key = [c for c in target.columns if c not in target.pk]
+    if not non_key:
+        return head + "DO NOTHING"
+    sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in non_key)
+    return head + f"DO UPDATE SET {sets} WHERE {_changed(target, 't.', 'EXCLUDED.')}"
+
+
+def merge(target: Target, stage: str) -> str:
+    """MERGE (PostgreSQL 15+): works without a unique index on the key."""
+    on = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
+    non_key = [c for c in target.columns if c not in target.pk]
+    sql = f"MERGE INTO {target.qualified} AS t USING ({_last_per_key(target, stage)}) AS s ON {on} "
+    if non_key:
+        sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in non_key)
+        sql += f"WHEN MATCHED AND {_changed(target, 't.', 's.')} THEN UPDATE SET {sets} "
+    values = _cols(target.columns, "s.")
+    return sql + f"WHEN NOT MATCHED THEN INSERT ({_cols(target.columns)}) VALUES ({values})"
+
+
+# --- manifest ------------------------------------------------------------------------------
+
+
+def create_manifest(schema: str | None, table: str) -> list[str]:
+    """The manifest table and its index, created if missing."""
+    name = quote_qualified(schema, table)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {name} (
+            id           bigserial PRIMARY KEY,
+            filename     text        NOT NULL,
+            checksum     bytea       NOT NULL,
+            filesize     bigint      NOT NULL,
+            table_name   text        NOT NULL,
+            status       text        NOT NULL CHECK (status IN ('pending', 'success', 'failed')),
+            rows         bigint      NOT NULL DEFAULT 0,
+            batches      bigint      NOT NULL DEFAULT 0,
+            attempts     integer     NOT NULL DEFAULT 0,
+            run_id       text        NOT NULL,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            processed_at timestamptz,
+            notes        text,
+            UNIQUE (filename, checksum))""",
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table + '_status_idx')} "
+        f"ON {name} (status, processed_at)",
+    ]
+
+
+def manifest_lookup(name: str) -> str:
+    """The manifest row of one version of a file: $1 filename, $2 checksum."""
+    return f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND checksum = $2"
+
+
+def manifest_claim(name: str) -> str:
+    """Claim a file version as pending; $6 false restarts its progress from row 0."""
+    return (
+        f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id) "
+        "VALUES ($1, $2, $3, $4, 'pending', $5) "
+        "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'pending', "
+        "run_id = EXCLUDED.run_id, table_name = EXCLUDED.table_name, started_at = now(), "
+        "processed_at = NULL, notes = NULL, "
+        "rows = CASE WHEN $6 THEN m.rows ELSE 0 END, "
+        "batches = CASE WHEN $6 THEN m.batches ELSE 0 END "
+        "RETURNING id, rows"
+    )
+
+
+def manifest_checkpoint(name: str) -> str:
+    """Advance a file's progress inside the batch's transaction.
+
+    $1 id, $2 rows before, $3 rows after. Matching the old value means a batch can
+    only be counted once: a second writer on the same file updates nothing.
+    """
+    return (
+        f"UPDATE {name} SET rows = $3, batches = batches + 1 "
+        "WHERE id = $1 AND rows = $2 AND status = 'pending'"
+    )
+
+
+def manifest_progress(name: str) -> str:
+    """Rows committed so far for a manifest row ($1 id)."""
+    return f"SELECT rows FROM {name} WHERE id = $1"
+
+
+def manifest_attempt(name: str) -> str:
+    """Count one more attempt at a file ($1 id)."""
+    return f"UPDATE {name} SET attempts = attempts + 1 WHERE id = $1"
+
+
+def manifest_finish(name: str) -> str:
+    """Mark a file's outcome: $1 id, $2 status, $3 notes."""
+    return f"UPDATE {name} SET status = $2, notes = $3, processed_at = now() WHERE id = $1"
+
+
+def manifest_record_failure(name: str) -> str:
+    """A file that failed before it could be claimed (no contract, unreadable)."""
+    return (
+        f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id, "
+        "processed_at, notes, attempts) VALUES ($1, $2, $3, $4, 'failed', $5, now(), $6, 1) "
+        "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'failed', "
+        "run_id = EXCLUDED.run_id, processed_at = now(), notes = EXCLUDED.notes, "
+        "attempts = m.attempts + 1"
+    )
+
+
+def manifest_status_counts(name: str) -> str:
+    """Counts and rows by status, for `ingestd status`."""
+    return (
+        f"SELECT status, count(*) AS files, coalesce(sum(rows), 0) AS rows FROM {name} "
+        "GROUP BY status ORDER BY status"
+    )
+
+
+def manifest_recent(name: str) -> str:
+    """The most recent rows of a status ($1), newest first, at most $2."""
+    return (
+        f"SELECT filename, table_name, rows, attempts, run_id, started_at, processed_at, notes "
+        f"FROM {name} WHERE status = $1 ORDER BY coalesce(processed_at, started_at) DESC LIMIT $2"
+    )
+
+
+SERVER_VERSION = "SELECT current_setting('server_version_num')::int"

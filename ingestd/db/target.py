@@ -1,0 +1,59 @@
+"""The target table: create it when missing, check it fits the file, and shape the stage table."""
+
+from __future__ import annotations
+
+from ingestd.db import sql
+from ingestd.db.connection import Connection
+from ingestd.db.sql import Target
+from ingestd.exceptions import FileError
+
+
+async def ensure_table_from_headers(
+    conn: Connection, target: Target, pg_types: tuple[str, ...]
+) -> dict[str, str]:
+    """Create the target if missing; return its column types. Fails if the file does not fit."""
+    columns = await _columns(conn, target)
+    if not columns:
+        async with conn.transaction():
+            # Two workers may meet a new table at once; the lock makes one create it.
+            await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
+            await conn.execute(sql.create_table(target, pg_types))
+        columns = await _columns(conn, target)
+    extra = [c for c in target.columns if c not in columns]
+    if extra:
+        raise FileError(
+            f"table {target.label} has no column(s) {', '.join(extra)} that the file brings "
+            f"(table has: {', '.join(columns)}); add them with ALTER TABLE, or select the "
+            "file's columns with --headers"
+        )
+    return columns
+
+
+async def has_unique_key(conn: Connection, target: Target) -> bool:
+    """True if a unique index covers exactly the key columns (ON CONFLICT needs one)."""
+    rows = await conn.fetch(sql.UNIQUE_KEYS, target.qualified)
+    return any(sorted(r["cols"]) == sorted(target.pk) for r in rows)
+
+
+async def _columns(conn: Connection, target: Target) -> dict[str, str]:
+    rows = await conn.fetch(sql.TABLE_COLUMNS, target.schema, target.table)
+    return {r["name"]: r["type"] for r in rows}
+
+
+class StageTables:
+    """The temp tables one connection has created; forgotten when the connection is replaced."""
+
+    def __init__(self) -> None:
+        self._made: set[str] = set()
+
+    async def ensure(self, conn: Connection, target: Target) -> str:
+        """Name of this connection's stage table for the target layout, created on first use."""
+        name = sql.stage_name(target)
+        if name not in self._made:
+            await conn.execute(sql.create_stage(target, name))
+            self._made.add(name)
+        return name
+
+    def forget(self) -> None:
+        """Call after a reconnect: temp tables die with their session."""
+        self._made.clear()

@@ -1,0 +1,21 @@
+"""Arrow record batch -> CSV bytes for COPY, so PostgreSQL does the per-row parsing."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+_WRITE = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="needed")
+
+
+def encode_batch(batch: pa.RecordBatch, first_row: int) -> bytes:
+    """CSV bytes of `batch` plus its file row numbers (first_row, first_row + 1, ...).
+
+    Strings are always quoted and NULLs written as nothing, which is exactly how
+    PostgreSQL's CSV COPY tells '' (quoted) from NULL (empty, unquoted).
+    """
+    ordinal = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(batch.append_column("_ingestd_row", ordinal), sink, _WRITE)
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload

@@ -1,0 +1,32 @@
+"""The error tree: what the user did wrong, what is wrong with a file, what may pass."""
+
+from __future__ import annotations
+
+
+class IngestdError(Exception):
+    """Base of every error ingestd raises on purpose; the message is written for the user."""
+
+
+class UsageError(IngestdError):
+    """Bad flag, bad configuration or unusable environment: exit 2, nothing touched."""
+
+
+class FileError(IngestdError):
+    """A permanent problem with one file: it fails alone and goes to the failed directory."""
+
+    def __init__(self, message: str, *, row: int | None = None, sqlstate: str | None = None):
+        super().__init__(message)
+        self.row = row
+        self.sqlstate = sqlstate
+
+
+class RetryableError(IngestdError):
+    """Transient trouble (connection lost, server restarting, deadlock): retry with backoff."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class DatabaseUnavailableError(IngestdError):
+    """The database cannot be reached at all after the configured attempts."""

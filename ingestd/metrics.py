@@ -1,0 +1,93 @@
+"""Every Prometheus collector ingestd exports, on a registry of its own."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+class Metrics:
+    """The collectors of one service instance (a fresh registry each, so tests do not leak)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.files_processed = Counter(
+            "ingest_files_processed",
+            "Files finished, by outcome (success, failed, skipped).",
+            ["file_type", "status"],
+            registry=r,
+        )
+        self.batches_processed = Counter(
+            "ingest_batches_processed", "Batches committed.", ["file_type", "worker_id"], registry=r
+        )
+        self.rows_read = Counter(
+            "ingest_rows_read", "Rows read from files.", ["file_type"], registry=r
+        )
+        self.rows_staged = Counter(
+            "ingest_rows_staged", "Rows COPYed into stage tables.", ["file_type"], registry=r
+        )
+        self.rows_upserted = Counter(
+            "ingest_rows_upserted",
+            "Target rows inserted or changed (unchanged rows in upsert mode are not counted).",
+            ["table_name"],
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "ingest_batch_latency_seconds",
+            "COPY + merge + checkpoint of one batch, commit included.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.db_errors = Counter(
+            "ingest_db_errors", "Database errors, by class.", ["error_class"], registry=r
+        )
+        self.memory_peak = Gauge("ingest_memory_peak_bytes", "Peak resident memory.", registry=r)
+        self.memory_peak.set_function(peak_rss_bytes)
+        self.retries = Counter(
+            "ingest_retries", "Attempts repeated after a transient error.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "ingest_queue_depth", "Claimed files waiting for a worker.", registry=r
+        )
+        self.files_in_flight = Gauge(
+            "ingest_files_in_flight", "Files being loaded now.", registry=r
+        )
+        self.oldest_waiting = Gauge(
+            "ingest_oldest_waiting_file_age_seconds",
+            "Age of the oldest file seen in the inbox and not yet finished.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "ingest_ready", "1 when the database is reachable and discovery runs.", registry=r
+        )
+        self.last_success = Gauge(
+            "ingest_last_success_timestamp_seconds",
+            "Unix time of the last file loaded.",
+            registry=r,
+        )
+
+    def track_oldest(self, oldest_since: Callable[[], float | None]) -> None:
+        """Compute the oldest-waiting age at scrape time from a monotonic timestamp source."""
+
+        def age() -> float:
+            since = oldest_since()
+            return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+        self.oldest_waiting.set_function(age)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,161 @@
+"""process_file: the table of contents of ingestd. Read, stage, merge and record one file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ingestd.claim import Job
+from ingestd.db.connection import Connection
+from ingestd.db.errors import translate
+from ingestd.db.manifest import Manifest
+from ingestd.db.merge import check_mode_supported, merge_batch
+from ingestd.db.sql import Target
+from ingestd.db.stage import copy_batch
+from ingestd.db.target import StageTables, ensure_table_from_headers, has_unique_key
+from ingestd.discover import identity
+from ingestd.encode import encode_batch
+from ingestd.exceptions import FileError, IngestdError
+from ingestd.metrics import Metrics
+from ingestd.read import BatchReader, open_reader, skip_rows
+from ingestd.settings import Mode, Settings
+
+log = logging.getLogger("ingestd.pipeline")
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What every worker shares: read-only settings and the run's books."""
+
+    settings: Settings
+    manifest: Manifest
+    metrics: Metrics
+    run_id: str
+    server_version: int
+
+
+class FileChangedError(FileError):
+    """The file changed or vanished while it was being loaded."""
+
+
+async def process_file(
+    conn: Connection, job: Job, ctx: LoadContext, stages: StageTables, worker_id: str
+) -> int:
+    """Load one claimed file, one transaction per batch; returns the file's total rows.
+
+    Resumes after the last batch the manifest says was committed, so running it again
+    after any failure never loads a row twice.
+    """
+    contract = job.contract
+    first_row = 1
+    try:
+        _check_unchanged(job)
+        reader = await asyncio.to_thread(open_reader, job.path, contract, ctx.settings.chunk_size)
+        target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
+        await _prepare_target(
+            conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
+        )
+        stage = await stages.ensure(conn, target)
+        rows_done = await ctx.manifest.progress(conn, job.claim.manifest_id)
+        if rows_done:
+            log.info("file_resumed", extra={"rows_committed": rows_done})
+        async for batch_rows, payload in _encoded(reader, rows_done):
+            first_row = rows_done + 1
+            started = time.perf_counter()
+            async with conn.transaction():
+                await copy_batch(conn, target, stage, payload)
+                written = await merge_batch(conn, target, stage, contract.mode)
+                await ctx.manifest.checkpoint(
+                    conn, job.claim.manifest_id, rows_done, rows_done + batch_rows
+                )
+            rows_done += batch_rows
+            _count_batch(ctx, reader, target, worker_id, batch_rows, written, started, rows_done)
+        _check_unchanged(job)
+        await ctx.manifest.finish(conn, job.claim.manifest_id, "success", None)
+        return rows_done
+    except IngestdError:
+        raise
+    except Exception as exc:
+        raise translate(exc, first_row=first_row) from exc
+
+
+async def _prepare_target(
+    conn: Connection, target: Target, pg_types: tuple[str, ...], mode: Mode, server_version: int
+) -> None:
+    check_mode_supported(mode, server_version)
+    await ensure_table_from_headers(conn, target, pg_types)
+    if mode == "upsert" and not await has_unique_key(conn, target):
+        raise FileError(
+            f"table {target.label} has no primary key or unique index on "
+            f"({', '.join(target.pk)}), which upsert needs: add one, or use --mode merge"
+        )
+
+
+def _count_batch(
+    ctx: LoadContext,
+    reader: BatchReader,
+    target: Target,
+    worker_id: str,
+    rows: int,
+    written: int,
+    started: float,
+    rows_done: int,
+) -> None:
+    latency = time.perf_counter() - started
+    file_type = reader.layout.file_type
+    m = ctx.metrics
+    m.batch_latency.observe(latency)
+    m.batches_processed.labels(file_type, worker_id).inc()
+    m.rows_read.labels(file_type).inc(rows)
+    m.rows_staged.labels(file_type).inc(rows)
+    m.rows_upserted.labels(target.label).inc(written)
+    log.info(
+        "batch_committed",
+        extra={
+            "rows": rows,
+            "rows_written": written,
+            "rows_committed": rows_done,
+            "latency_ms": round(latency * 1000, 1),
+            "status": "committed",
+        },
+    )
+
+
+async def _encoded(reader: BatchReader, rows_done: int) -> AsyncIterator[tuple[int, bytes]]:
+    """(rows, COPY bytes) per batch, reading and encoding the next batch in a thread
+    while the current one is in the database."""
+    batches: Iterator[pa.RecordBatch] = skip_rows(iter(reader), rows_done)
+    next_row = rows_done + 1
+
+    def produce(first_row: int) -> tuple[int, bytes] | None:
+        batch = next(batches, None)
+        return None if batch is None else (batch.num_rows, encode_batch(batch, first_row))
+
+    pending = asyncio.ensure_future(asyncio.to_thread(produce, next_row))
+    try:
+        while (item := await pending) is not None:
+            next_row += item[0]
+            pending = asyncio.ensure_future(asyncio.to_thread(produce, next_row))
+            yield item
+    finally:
+        # The thread cannot be interrupted; let it finish so the reader is not used twice.
+        if not pending.done():
+            await asyncio.shield(asyncio.wait([pending]))
+        if pending.done() and not pending.cancelled():
+            pending.exception()  # retrieved: a read error after a failure is not news
+
+
+def _check_unchanged(job: Job) -> None:
+    now = identity(job.path)
+    if now is None:
+        raise FileChangedError(f"{job.name} disappeared while it was being loaded")
+    if now != job.identity:
+        raise FileChangedError(
+            f"{job.name} changed while it was being loaded (size or mtime differ); "
+            "this version is abandoned and the new one will be loaded as a new version"
+        )

@@ -1,0 +1,327 @@
+"""Readers: CSV and Parquet files as a stream of Arrow record batches of at most chunk-size rows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ingestd.exceptions import FileError
+from ingestd.identifiers import InvalidIdentifierError, validate_identifier
+from ingestd.settings import Contract
+
+CSV_BLOCK_BYTES = 4 << 20  # pyarrow parses in blocks; a row must fit in one
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """What a file brings: its columns (in load order) and the PostgreSQL type of each."""
+
+    file_type: str
+    columns: tuple[str, ...]
+    pg_types: tuple[str, ...]
+
+
+class BatchReader:
+    """Iterates a file as record batches holding exactly `layout.columns`."""
+
+    def __init__(self, layout: FileLayout, batches: Iterator[pa.RecordBatch]):
+        self.layout = layout
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._batches
+        except FileError:
+            raise
+        except (pa.ArrowException, OSError, UnicodeError, ValueError, EOFError) as exc:
+            # Problems deep in a file (a bad row, a truncated gzip) surface only here.
+            raise arrow_file_error(exc) from None
+
+
+def detect_type(path: Path, contract: Contract) -> str:
+    """csv or parquet, from the contract or the file name (and the Parquet magic bytes)."""
+    name = path.name.lower()
+    file_type = contract.file_type
+    if file_type == "auto":
+        if name.endswith(PARQUET_SUFFIXES):
+            file_type = "parquet"
+        elif name.endswith(CSV_SUFFIXES):
+            file_type = "csv"
+        else:
+            raise FileError(
+                f"cannot tell whether {path.name} is CSV or Parquet from its name: "
+                "use a .csv/.csv.gz/.parquet suffix or set file_type in the contract"
+            )
+    if file_type == "parquet":
+        with path.open("rb") as fh:
+            if fh.read(4) != b"PAR1":
+                raise FileError(f"{path.name} is not a Parquet file (no PAR1 magic bytes)")
+    return file_type
+
+
+def open_reader(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
+    """Open `path` under `contract`; raises FileError when the file cannot be loaded."""
+    file_type = detect_type(path, contract)
+    try:
+        if file_type == "parquet":
+            return _open_parquet(path, contract, chunk_size)
+        return _open_csv(path, contract, chunk_size)
+    except (pa.ArrowException, OSError, UnicodeError, ValueError) as exc:
+        raise arrow_file_error(exc) from None
+
+
+_ROW_IN_ERROR = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
+
+
+def arrow_file_error(exc: BaseException) -> FileError:
+    """A FileError with a one-line reason (and the line, when pyarrow knows it)."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, pa.ArrowException):
+        return FileError(f"cannot read file: {exc.strerror}")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    match = _ROW_IN_ERROR.search(text)
+    if match:
+        line, expected, got = (int(g) for g in match.groups())
+        return FileError(
+            f"line {line} has {got} fields where the header has {expected}: "
+            f"{text[match.end() :].lstrip(': ')[:200]!r}",
+            row=line,
+        )
+    return FileError(text)
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def _csv_stream(path: Path) -> pa.NativeFile:
+    compression = "gzip" if path.name.lower().endswith(".gz") else None
+    return pa.input_stream(str(path), compression=compression)
+
+
+def _csv_options(contract: Contract) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+    opts = contract.csv
+    read = pacsv.ReadOptions(
+        # One thread: row numbers in errors are only known single-threaded, and the
+        # other core belongs to PostgreSQL.
+        use_threads=False,
+        block_size=CSV_BLOCK_BYTES,
+        encoding=opts.encoding,
+        column_names=list(contract.headers) if not opts.header and contract.headers else None,
+    )
+    parse = pacsv.ParseOptions(
+        delimiter=opts.delimiter,
+        quote_char=opts.quote,
+        newlines_in_values=True,
+    )
+    return read, parse
+
+
+def _read_header(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions) -> list[str]:
+    with _csv_stream(path) as stream:
+        reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
+        return list(reader.schema.names)
+
+
+def _open_csv(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
+    read, parse = _csv_options(contract)
+    if contract.csv.header:
+        names = _read_header(path, read, parse)
+        _check_header(names, path)
+    else:
+        names = list(contract.headers or ())
+    columns, missing = _select_columns(names, contract)
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        include_columns=[c for c in columns if c not in missing],
+        # PostgreSQL's CSV rules: an unquoted empty field is NULL, a quoted one ("") is ''.
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        null_values=[""],
+    )
+    reader = pacsv.open_csv(
+        _csv_stream(path), read_options=read, parse_options=parse, convert_options=convert
+    )
+    types = dict(contract.types)
+    layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
+    batches = _normalise(_iter_csv(reader), columns, missing, contract)
+    return BatchReader(layout, rebatch(batches, chunk_size))
+
+
+def _iter_csv(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from reader
+    finally:
+        reader.close()
+
+
+def _check_header(names: list[str], path: Path) -> None:
+    seen: set[str] = set()
+    for name in names:
+        try:
+            validate_identifier(name, what="header column")
+        except InvalidIdentifierError as exc:
+            raise FileError(
+                f"{path.name}: {exc}. Rename the column in the file, or load it with "
+                "--no-header --headers a,b,c to name the columns yourself",
+                row=1,
+            ) from None
+        if name in seen:
+            raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
+        seen.add(name)
+
+
+def _select_columns(names: list[str], contract: Contract) -> tuple[tuple[str, ...], set[str]]:
+    """The columns to load (contract order, or the file's) and those the file lacks."""
+    if contract.headers is None:
+        columns = tuple(names)
+    else:
+        columns = contract.headers
+    missing = {c for c in columns if c not in names}
+    if missing and (not contract.tolerant or missing & set(contract.pk)):
+        raise FileError(
+            f"file lacks column(s) {', '.join(sorted(missing))} that the contract expects "
+            f"(file has: {', '.join(names[:30])}); fix the file or the contract's headers"
+            + ("" if contract.tolerant else ", or use --tolerant to fill them with NULL")
+        )
+    absent_pk = [c for c in contract.pk if c not in columns]
+    if absent_pk:
+        raise FileError(f"file has no primary key column {', '.join(absent_pk)}")
+    return columns, missing
+
+
+# --- Parquet ------------------------------------------------------------------------------
+
+_ARROW_TO_PG = {
+    pa.int8(): "smallint",
+    pa.int16(): "smallint",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.uint8(): "smallint",
+    pa.uint16(): "integer",
+    pa.uint32(): "bigint",
+    pa.uint64(): "numeric(20,0)",
+    pa.float16(): "real",
+    pa.float32(): "real",
+    pa.float64(): "double precision",
+    pa.bool_(): "boolean",
+    pa.date32(): "date",
+    pa.date64(): "date",
+    pa.string(): "text",
+    pa.large_string(): "text",
+    pa.binary(): "bytea",
+    pa.large_binary(): "bytea",
+}
+
+
+def pg_type_for(arrow_type: pa.DataType, column: str) -> str:
+    """The PostgreSQL type a Parquet column keeps under --preserve-types."""
+    if pa.types.is_dictionary(arrow_type):
+        return pg_type_for(arrow_type.value_type, column)
+    if pa.types.is_decimal(arrow_type):
+        return f"numeric({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    if pa.types.is_time(arrow_type):
+        return "time"
+    if arrow_type in _ARROW_TO_PG:
+        return _ARROW_TO_PG[arrow_type]
+    raise FileError(
+        f"column {column} has type {arrow_type}, which ingestd cannot load into a column: "
+        "flatten nested data before loading"
+    )
+
+
+def _open_parquet(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
+    pf = pq.ParquetFile(str(path))
+    schema = pf.schema_arrow
+    names = list(schema.names)
+    _check_header(names, path)
+    columns, missing = _select_columns(names, contract)
+    for column in columns:
+        if column not in missing:
+            pg_type_for(schema.field(column).type, column)  # refuse nested types up front
+    types = dict(contract.types)
+    if contract.preserve_types:
+        pg_types = tuple(
+            types.get(c) or ("text" if c in missing else pg_type_for(schema.field(c).type, c))
+            for c in columns
+        )
+    else:
+        pg_types = tuple(types.get(c, "text") for c in columns)
+    present = [c for c in columns if c not in missing]
+    raw = pf.iter_batches(batch_size=chunk_size, columns=present, use_threads=False)
+    layout = FileLayout("parquet", columns, pg_types)
+    return BatchReader(layout, _normalise(raw, columns, missing, contract))
+
+
+# --- shared -------------------------------------------------------------------------------
+
+
+def _normalise(
+    batches: Iterator[pa.RecordBatch],
+    columns: tuple[str, ...],
+    missing: set[str],
+    contract: Contract,
+) -> Iterator[pa.RecordBatch]:
+    """Put columns in load order, fill the ones the file lacks, make every type COPY-able."""
+    fill = pa.string()
+    for batch in batches:
+        arrays = []
+        for name in columns:
+            if name in missing:
+                if contract.tolerant_mode == "empty":
+                    arrays.append(pa.array([""] * batch.num_rows, fill))
+                else:
+                    arrays.append(pa.nulls(batch.num_rows, fill))
+            else:
+                arrays.append(_copyable(batch.column(name)))
+        yield pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
+def _copyable(array: pa.Array) -> pa.Array:
+    # Binary goes as PostgreSQL's hex bytea text; dictionaries as their values.
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        return pa.array(
+            [None if v is None else "\\x" + v.hex() for v in array.to_pylist()], pa.string()
+        )
+    return array
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], chunk_size: int) -> Iterator[pa.RecordBatch]:
+    """Regroup batches of any size into batches of exactly chunk_size rows (the last: fewer)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= chunk_size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_size).combine_chunks().to_batches()[0]
+            rest = table.slice(chunk_size)
+            pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+            count = rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def skip_rows(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Drop the first `rows` rows (already committed by an earlier run)."""
+    for batch in batches:
+        if rows >= batch.num_rows:
+            rows -= batch.num_rows
+            continue
+        if rows:
+            batch = batch.slice(rows)
+            rows = 0
+        yield batch

@@ -1,0 +1,439 @@
+"""Settings and contracts: flag beats environment beats config file beats default, resolved here."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from ingestd.exceptions import UsageError
+from ingestd.identifiers import InvalidIdentifierError, validate_identifier, validate_pg_type
+
+Mode = Literal["upsert", "append", "merge"]
+FileType = Literal["csv", "parquet", "auto"]
+MODES: tuple[Mode, ...] = ("upsert", "append", "merge")
+FILE_TYPES: tuple[FileType, ...] = ("csv", "parquet", "auto")
+DELIMITERS = {",": ",", ";": ";", "|": "|", "\t": "\t", "tab": "\t", "\\t": "\t"}
+
+DEFAULT_CHUNK_SIZE = 50_000
+DEFAULT_CONCURRENCY = 4
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_METRICS_ADDR = "127.0.0.1:9108"
+DEFAULT_MANIFEST = "ingestion_manifest"
+DEFAULT_STATE_DIR = ".ingestd"
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a contract's CSV files are spelled."""
+
+    delimiter: str = ","
+    quote: str = '"'
+    encoding: str = "utf-8"
+    header: bool = True
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Which files go to which table, and how."""
+
+    name: str
+    pattern: str
+    table: str
+    schema: str | None = None
+    pk: tuple[str, ...] = ()
+    headers: tuple[str, ...] | None = None
+    types: tuple[tuple[str, str], ...] = ()
+    file_type: FileType = "auto"
+    mode: Mode = "upsert"
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    preserve_types: bool = False
+    tolerant: bool = False
+    tolerant_mode: Literal["null", "empty"] = "null"
+
+    def matches(self, relative: PurePosixPath) -> bool:
+        """True if the file (path relative to the inbox) falls under this contract."""
+        if "/" in self.pattern:
+            return fnmatch.fnmatchcase(str(relative), self.pattern)
+        return fnmatch.fnmatchcase(relative.name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs, validated; built once by `resolve`."""
+
+    contracts: tuple[Contract, ...]
+    dsn: str | None = None
+    inbox: Path | None = None
+    files: tuple[Path, ...] = ()
+    once: bool = False
+    config_path: Path | None = None
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    done_dir: Path | None = None
+    failed_dir: Path | None = None
+    keep_files: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_retries: int = DEFAULT_MAX_RETRIES
+    resume: bool = True
+    dry_run: bool = False
+    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9108)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    manifest_table: str = DEFAULT_MANIFEST
+    manifest_schema: str | None = None
+    connect_timeout_s: float = 10.0
+    statement_timeout_s: float = 600.0
+    settle_s: float = 0.25
+    shutdown_grace_s: float = 30.0
+    queue_size: int = 0  # 0: twice the concurrency
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 30.0
+
+    def contract_for(self, relative: PurePosixPath) -> Contract | None:
+        """The first contract whose pattern matches, or None."""
+        return next((c for c in self.contracts if c.matches(relative)), None)
+
+    @property
+    def effective_queue_size(self) -> int:
+        """Bound of the work queue: enough to keep workers fed, small enough to stay flat."""
+        return self.queue_size or 2 * self.concurrency
+
+
+# Keys a contract accepts in the config file, and the flag names that override them.
+_CONTRACT_KEYS = {
+    "name",
+    "pattern",
+    "table",
+    "schema",
+    "pk",
+    "headers",
+    "types",
+    "file_type",
+    "mode",
+    "csv",
+    "preserve_types",
+    "tolerant",
+    "tolerant_mode",
+}
+_CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
+_GLOBAL_KEYS = {
+    "dsn",
+    "inbox",
+    "state_dir",
+    "done_dir",
+    "failed_dir",
+    "keep_files",
+    "chunk_size",
+    "concurrency",
+    "max_retries",
+    "resume",
+    "metrics_addr",
+    "log_format",
+    "log_level",
+    "manifest_table",
+    "manifest_schema",
+    "connect_timeout_s",
+    "statement_timeout_s",
+    "settle_s",
+    "shutdown_grace_s",
+    "queue_size",
+    "contracts",
+    "defaults",
+    "password_file",
+}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a TOML config file, or raise UsageError saying what is wrong with it."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - _GLOBAL_KEYS
+    if unknown:
+        raise UsageError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Build Settings from flags (only those the user gave), environment and config file."""
+    env = os.environ if env is None else env
+    config = config or {}
+
+    base = Path(config_path).parent if config_path else None
+
+    def pick(key: str, default: Any = None) -> Any:
+        if flags.get(key) is not None:
+            return flags[key]
+        return config.get(key, default)
+
+    def pick_path(key: str) -> Path | None:
+        # Relative paths in a config file are relative to the file, on the command line to cwd.
+        if flags.get(key) is not None:
+            return Path(str(flags[key])).expanduser()
+        if config.get(key) is None:
+            return None
+        path = Path(str(config[key])).expanduser()
+        return base / path if base is not None and not path.is_absolute() else path
+
+    dsn = flags.get("dsn") or env.get("INGESTD_DSN") or config.get("dsn")
+    password_file = config.get("password_file") or env.get("INGESTD_PASSWORD_FILE")
+    if dsn and password_file:
+        dsn = _with_password_from_file(dsn, Path(password_file))
+    inbox = pick_path("inbox")
+    files = tuple(Path(f) for f in flags.get("files") or ())
+    once = bool(flags.get("once"))
+    if files:
+        once = True
+    contracts = _contracts(flags, config)
+    settings = Settings(
+        contracts=contracts,
+        dsn=dsn,
+        inbox=inbox,
+        files=files,
+        once=once,
+        config_path=config_path,
+        state_dir=pick_path("state_dir") or Path(DEFAULT_STATE_DIR),
+        done_dir=pick_path("done_dir"),
+        failed_dir=pick_path("failed_dir"),
+        keep_files=bool(pick("keep_files", False)) or bool(files),
+        chunk_size=_int(pick("chunk_size", DEFAULT_CHUNK_SIZE), "chunk size", minimum=1),
+        concurrency=_int(pick("concurrency", DEFAULT_CONCURRENCY), "concurrency", minimum=1),
+        max_retries=_int(pick("max_retries", DEFAULT_MAX_RETRIES), "max retries", minimum=0),
+        resume=bool(pick("resume", True)),
+        dry_run=bool(flags.get("dry_run")),
+        metrics_addr=parse_metrics_addr(str(pick("metrics_addr", DEFAULT_METRICS_ADDR))),
+        log_format=_choice(pick("log_format", "json"), ("json", "text"), "log format"),
+        log_level=_log_level(str(pick("log_level", "INFO"))),
+        manifest_table=_ident(pick("manifest_table", DEFAULT_MANIFEST), "manifest table"),
+        manifest_schema=_opt_ident(pick("manifest_schema"), "manifest schema"),
+        connect_timeout_s=_float(pick("connect_timeout_s", 10.0), "connect timeout"),
+        statement_timeout_s=_float(pick("statement_timeout_s", 600.0), "statement timeout"),
+        settle_s=_float(pick("settle_s", 0.25), "settle interval", minimum=0.0),
+        shutdown_grace_s=_float(pick("shutdown_grace_s", 30.0), "shutdown grace"),
+        queue_size=_int(pick("queue_size", 0), "queue size", minimum=0),
+    )
+    _check_sources(settings)
+    return settings
+
+
+def _check_sources(settings: Settings) -> None:
+    for f in settings.files:
+        if not f.is_file():
+            raise UsageError(f"file {f} does not exist or is not a regular file")
+    if not settings.files and settings.inbox is None:
+        raise UsageError("nothing to do: give --inbox DIR (or inbox in the config) or --files")
+    if not settings.files and settings.inbox is not None and not settings.inbox.is_dir():
+        if settings.once:
+            raise UsageError(f"inbox {settings.inbox} does not exist or is not a directory")
+
+
+def _contracts(flags: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Contract, ...]:
+    defaults = dict(config.get("defaults", {}))
+    overrides = {k: flags[k] for k in _CONTRACT_KEYS if flags.get(k) is not None}
+    csv_overrides = {k: flags[k] for k in _CSV_KEYS if flags.get(k) is not None}
+    if "table" in overrides or not config.get("contracts"):
+        # Single-contract flags replace the file's contracts: the common, config-less case.
+        if "table" not in overrides:
+            raise UsageError("no target table: give --table (or contracts in a config file)")
+        raw = [{"name": overrides["table"], "pattern": "*", **defaults}]
+    else:
+        raw = [{**defaults, **c} for c in config["contracts"]]
+    out = []
+    for i, item in enumerate(raw):
+        merged = {**item, **overrides}
+        merged["csv"] = {**defaults.get("csv", {}), **item.get("csv", {}), **csv_overrides}
+        out.append(_contract(merged, where=f"contract {item.get('name', i + 1)}"))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise UsageError("contract names must be unique")
+    return tuple(out)
+
+
+def _contract(raw: Mapping[str, Any], *, where: str) -> Contract:
+    unknown = set(raw) - _CONTRACT_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    csv_raw = raw.get("csv", {})
+    unknown = set(csv_raw) - _CSV_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown csv setting(s) {', '.join(sorted(unknown))}")
+    if "table" not in raw:
+        raise UsageError(f"{where}: no table given")
+    try:
+        table = validate_identifier(str(raw["table"]), what="table name")
+        schema = _opt_ident(raw.get("schema"), "schema name")
+        pk = tuple(validate_identifier(c, what="primary key column") for c in _names(raw, "pk"))
+        headers_raw = _names(raw, "headers")
+        headers = tuple(validate_identifier(h, what="column") for h in headers_raw) or None
+        types = tuple(
+            (validate_identifier(col, what="column in types"), validate_pg_type(str(t)))
+            for col, t in _types(raw.get("types")).items()
+        )
+    except InvalidIdentifierError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    mode = _choice(raw.get("mode", "upsert"), MODES, "mode")
+    if mode in ("upsert", "merge") and not pk:
+        raise UsageError(f"{where}: mode {mode} needs a primary key: give --pk COL[,COL]")
+    if headers is not None:
+        _check_subset(pk, headers, where, "primary key column")
+        _check_subset(tuple(c for c, _ in types), headers, where, "column in types")
+        if len(set(headers)) != len(headers):
+            raise UsageError(f"{where}: headers name a column twice")
+    csv = _csv_options(csv_raw, where)
+    if not csv.header and headers is None:
+        raise UsageError(f"{where}: files without a header row need --headers a,b,c")
+    return Contract(
+        name=str(raw.get("name", table)),
+        pattern=_pattern(str(raw.get("pattern", "*")), where),
+        table=table,
+        schema=schema,
+        pk=pk,
+        headers=headers,
+        types=types,
+        file_type=_choice(raw.get("file_type", "auto"), FILE_TYPES, "file type"),
+        mode=mode,
+        csv=csv,
+        preserve_types=bool(raw.get("preserve_types", False)),
+        tolerant=bool(raw.get("tolerant", False)),
+        tolerant_mode=_choice(raw.get("tolerant_mode", "null"), ("null", "empty"), "tolerant mode"),
+    )
+
+
+def _csv_options(raw: Mapping[str, Any], where: str) -> CsvOptions:
+    delimiter = str(raw.get("delimiter", ","))
+    if delimiter not in DELIMITERS:
+        raise UsageError(f"{where}: delimiter {delimiter!r} is not one of , ; | tab")
+    quote = str(raw.get("quote", '"'))
+    if len(quote) != 1 or quote in DELIMITERS or quote in "\r\n":
+        raise UsageError(f"{where}: quote must be one character other than the delimiter")
+    encoding = str(raw.get("encoding", "utf-8"))
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise UsageError(f"{where}: unknown encoding {encoding!r} (try utf-8 or latin-1)") from None
+    return CsvOptions(DELIMITERS[delimiter], quote, encoding, bool(raw.get("header", True)))
+
+
+def _pattern(pattern: str, where: str) -> str:
+    if not pattern or pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
+        raise UsageError(f"{where}: pattern {pattern!r} must be a relative glob inside the inbox")
+    return pattern
+
+
+def _check_subset(cols: tuple[str, ...], headers: tuple[str, ...], where: str, what: str) -> None:
+    missing = [c for c in cols if c not in headers]
+    if missing:
+        raise UsageError(f"{where}: {what} {', '.join(missing)} is not among the headers")
+
+
+def _names(raw: Mapping[str, Any], key: str) -> list[str]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    return [str(v) for v in value]
+
+
+def _types(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for item in str(value).split(","):
+        # numeric(12,2) holds a comma: glue the scale back onto its type.
+        if ":" not in item and out:
+            last = next(reversed(out))
+            out[last] += "," + item
+            continue
+        col, sep, typ = item.partition(":")
+        if not sep:
+            raise UsageError(f"--types entry {item!r} must be col:pgtype")
+        out[col.strip()] = typ.strip()
+    return out
+
+
+def parse_metrics_addr(value: str) -> tuple[str, int] | None:
+    """Parse HOST:PORT (or `off`) for the metrics endpoint."""
+    if value.lower() in ("off", "none", "false", ""):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"metrics address {value!r} must be HOST:PORT or off")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _with_password_from_file(dsn: str, path: Path) -> str:
+    from ingestd.db.dsn import with_password
+
+    try:
+        password = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
+    return with_password(dsn, password)
+
+
+def _int(value: Any, what: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise UsageError(f"{what} must be a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise UsageError(f"{what} must be at least {minimum}, not {value!r}")
+    return number
+
+
+def _float(value: Any, what: str, *, minimum: float = 0.001) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number of seconds, not {value!r}") from None
+    if number < minimum:
+        raise UsageError(f"{what} must be at least {minimum} s")
+    return number
+
+
+def _choice(value: Any, allowed: tuple[Any, ...], what: str) -> Any:
+    if value not in allowed:
+        raise UsageError(f"unknown {what} {value!r}: use one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    return str(_choice(level, ("DEBUG", "INFO", "WARNING", "ERROR"), "log level"))
+
+
+def _ident(value: Any, what: str) -> str:
+    try:
+        return validate_identifier(str(value), what=what)
+    except InvalidIdentifierError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _opt_ident(value: Any, what: str) -> str | None:
+    return None if value is None else _ident(value, what)
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of settings with some fields changed (tests, reloads)."""
+    return replace(settings, **changes)

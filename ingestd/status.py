@@ -1,0 +1,95 @@
+"""`ingestd status`: the manifest at a glance (counts, recent failures, files in progress)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ingestd.db.connection import create_pool
+from ingestd.db.dsn import mask_dsn
+from ingestd.db.manifest import Manifest
+from ingestd.embedded import start_embedded
+from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.retry import Backoff
+from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR, load_config
+
+
+def main(argv: Sequence[str]) -> int:
+    """Print the manifest summary; exit 2 if the database cannot be reached."""
+    p = argparse.ArgumentParser(prog="ingestd status", description="Show the manifest summary.")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--dsn")
+    p.add_argument("--state-dir", default=None)
+    p.add_argument("--manifest-table", default=None)
+    p.add_argument("--limit", type=int, default=10, help="how many recent failures to list")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    ns = p.parse_args(argv)
+    try:
+        config = load_config(ns.config) if ns.config else {}
+        import os
+
+        dsn = ns.dsn or os.environ.get("INGESTD_DSN") or config.get("dsn")
+        table = ns.manifest_table or config.get("manifest_table", DEFAULT_MANIFEST)
+        state_dir = Path(ns.state_dir or config.get("state_dir", DEFAULT_STATE_DIR))
+        summary = asyncio.run(
+            _summary(dsn, state_dir, Manifest(config.get("manifest_schema"), table), ns.limit)
+        )
+    except (UsageError, DatabaseUnavailableError) as exc:
+        print(f"ingestd status: error: {mask_dsn(str(exc))}", file=sys.stderr)
+        return 2
+    if ns.json:
+        from ingestd.cli import dumps
+
+        print(dumps(summary))
+    else:
+        print_status(summary, sys.stdout)
+    return 0
+
+
+async def _summary(
+    dsn: str | None, state_dir: Path, manifest: Manifest, limit: int
+) -> dict[str, Any]:
+    handle = None
+    if not dsn:
+        dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
+    pool = await create_pool(
+        str(dsn),
+        size=1,
+        connect_timeout_s=10,
+        statement_timeout_s=30,
+        attempts=0,
+        backoff=Backoff(),
+    )
+    try:
+        async with pool.acquire() as conn:
+            await manifest.ensure(conn)
+            return await manifest.summary(conn, limit)
+    finally:
+        await pool.close()
+        del handle
+
+
+def print_status(summary: dict[str, Any], out: TextIO) -> None:
+    """A readable table of the summary."""
+    counts = summary["counts"]
+    print(f"{'status':<10}{'files':>10}{'rows':>16}", file=out)
+    for status in ("success", "pending", "failed"):
+        c = counts.get(status, {"files": 0, "rows": 0})
+        print(f"{status:<10}{c['files']:>10,}{c['rows']:>16,}", file=out)
+    if summary["pending"]:
+        print("\nin progress (or interrupted; resumed on the next run):", file=out)
+        for r in summary["pending"]:
+            print(
+                f"  {r['filename']} -> {r['table_name']}: "
+                f"{r['rows']:,} rows committed, run {r['run_id']}",
+                file=out,
+            )
+    if summary["failed"]:
+        print("\nrecent failures:", file=out)
+        for r in summary["failed"]:
+            when = r["processed_at"].strftime("%Y-%m-%d %H:%M:%S") if r["processed_at"] else "?"
+            print(f"  {when}  {r['filename']} -> {r['table_name'] or '?'}: {r['notes']}", file=out)

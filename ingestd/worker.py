@@ -1,0 +1,225 @@
+"""A worker: one connection held for its life, one file at a time, retries for transient trouble."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ingestd import archive
+from ingestd.claim import Job
+from ingestd.db.connection import Pool, PooledConnection
+from ingestd.db.errors import error_class, translate
+from ingestd.db.target import StageTables
+from ingestd.exceptions import FileError, IngestdError, RetryableError
+from ingestd.logs import bound
+from ingestd.pipeline import FileChangedError, LoadContext, process_file
+from ingestd.retry import Backoff
+
+log = logging.getLogger("ingestd.worker")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """How one file ended, for the summary and the exit status."""
+
+    name: str
+    table: str
+    status: str  # success | skipped | failed
+    rows: int = 0
+    error: str | None = None
+    row: int | None = None
+    seconds: float = 0.0
+    file_type: str = ""
+    attempts: int = 1
+    stay: bool = False  # leave the file in the inbox (transient failure, file changed)
+
+
+@dataclass
+class Results:
+    """Outcomes of a run, appended by workers and the scanner (single event loop: no lock)."""
+
+    files: list[FileResult] = field(default_factory=list)
+    on_result: Callable[[FileResult], None] | None = None
+
+    def add(self, result: FileResult) -> None:
+        self.files.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+
+class Worker:
+    """Takes jobs off the queue until cancelled."""
+
+    def __init__(
+        self, worker_id: str, pool: Pool, ctx: LoadContext, results: Results, backoff: Backoff
+    ):
+        self.worker_id = worker_id
+        self._pool = pool
+        self._ctx = ctx
+        self._results = results
+        self._backoff = backoff
+        self._conn: PooledConnection | None = None
+        self._stages = StageTables()
+
+    async def run(self, queue: asyncio.Queue[Job]) -> None:
+        """Serve the queue forever (the service cancels this task to stop it)."""
+        try:
+            while True:
+                job = await queue.get()
+                try:
+                    with bound(file=str(job.name), worker_id=self.worker_id):
+                        await self._handle(job)
+                finally:
+                    queue.task_done()
+        finally:
+            await self._release()
+
+    async def _handle(self, job: Job) -> None:
+        metrics = self._ctx.metrics
+        metrics.files_in_flight.inc()
+        started = time.monotonic()
+        try:
+            result = await self._load(job)
+        finally:
+            metrics.files_in_flight.dec()
+        result = replace(result, seconds=time.monotonic() - started)
+        await self._archive(job, result)
+        metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
+        if result.status == "success":
+            metrics.last_success.set(time.time())
+        log.log(
+            logging.INFO if result.status == "success" else logging.ERROR,
+            "file_finished",
+            extra={
+                "status": result.status,
+                "rows": result.rows,
+                "latency_ms": round(result.seconds * 1000, 1),
+                "error": result.error,
+                "line": result.row,
+                "table": result.table,
+            },
+        )
+        self._results.add(result)
+
+    async def _load(self, job: Job) -> FileResult:
+        failures = 0
+        file_type = _file_type(job)
+        while True:
+            attempts = failures + 1
+            try:
+                conn = await self._connection()
+                await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
+                rows = await process_file(conn, job, self._ctx, self._stages, self.worker_id)
+                return FileResult(
+                    str(job.name),
+                    job.contract.table,
+                    "success",
+                    rows,
+                    file_type=file_type,
+                    attempts=attempts,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, IngestdError) else translate(exc)
+                if isinstance(error, FileError):
+                    if error.sqlstate:
+                        self._ctx.metrics.db_errors.labels(error_class(exc.__cause__ or exc)).inc()
+                    stay = isinstance(error, FileChangedError)
+                    return await self._fail(job, error, file_type, attempts, stay=stay)
+                self._ctx.metrics.db_errors.labels(error_class(exc.__cause__ or exc)).inc()
+                failures += 1
+                if failures > self._ctx.settings.max_retries:
+                    gave_up = RetryableError(f"gave up after {failures} attempts: {error}")
+                    return await self._fail(job, gave_up, file_type, attempts, stay=True)
+                delay = self._backoff.delay(failures - 1)
+                self._ctx.metrics.retries.inc()
+                log.warning(
+                    "file_retry",
+                    extra={"error": str(error), "attempt": failures, "delay_s": round(delay, 2)},
+                )
+                await self._release(broken=True)
+                await self._backoff.sleep(delay)
+
+    async def _fail(
+        self, job: Job, error: IngestdError, file_type: str, attempts: int, *, stay: bool
+    ) -> FileResult:
+        """Record the failure in the manifest. A transient failure leaves the file in the
+        inbox for the next run; so does one that could not be recorded (database down)."""
+        reason = str(error)
+        try:
+            conn = await self._connection()
+            await self._ctx.manifest.finish(conn, job.claim.manifest_id, "failed", reason)
+        except Exception:
+            reason += " (not recorded in the manifest: the database is unreachable)"
+            stay = True
+        row = error.row if isinstance(error, FileError) else None
+        return FileResult(
+            str(job.name),
+            job.contract.table,
+            "failed",
+            0,
+            reason,
+            row,
+            file_type=file_type,
+            attempts=attempts,
+            stay=stay,
+        )
+
+    async def _archive(self, job: Job, result: FileResult) -> None:
+        settings = self._ctx.settings
+        if settings.keep_files or settings.inbox is None or result.stay:
+            return
+        inbox_parent = settings.inbox.parent
+        try:
+            if result.status == "success":
+                done = settings.done_dir or inbox_parent / "done"
+                await asyncio.to_thread(archive.to_done, job.path, done, job.name)
+            else:
+                failed = settings.failed_dir or inbox_parent / "failed"
+                report = {
+                    "file": str(job.name),
+                    "table": result.table,
+                    "reason": result.error,
+                    "line": result.row,
+                    "run_id": self._ctx.run_id,
+                    "time": dt.datetime.now(dt.UTC).isoformat(),
+                    "attempts": result.attempts,
+                    "checksum_sha256": job.version.checksum.hex(),
+                }
+                await asyncio.to_thread(archive.to_failed, job.path, failed, job.name, report)
+        except OSError as exc:
+            log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
+
+    async def _connection(self) -> PooledConnection:
+        if self._conn is None or self._conn.is_closed():
+            if self._conn is not None:
+                await self._release(broken=True)
+            try:
+                self._conn = await self._pool.acquire(timeout=self._ctx.settings.connect_timeout_s)
+            except Exception as exc:
+                raise RetryableError(f"cannot get a database connection: {translate(exc)}") from exc
+            self._stages.forget()
+        return self._conn
+
+    async def _release(self, *, broken: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self._stages.forget()
+        if broken:
+            conn.terminate()  # the pool replaces a terminated connection on next acquire
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.release(conn), 5)
+
+
+def _file_type(job: Job) -> str:
+    name = job.path.name.lower()
+    if job.contract.file_type != "auto":
+        return job.contract.file_type
+    return "parquet" if name.endswith((".parquet", ".pq", ".parq")) else "csv"
