@@ -14,6 +14,7 @@ from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.logs import setup as setup_logging
 from ingestd.retry import Backoff
 from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR, load_config
 
@@ -28,6 +29,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--limit", type=int, default=10, help="how many recent failures to list")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     ns = p.parse_args(argv)
+    setup_logging("text", "ERROR")
     try:
         config = load_config(ns.config) if ns.config else {}
         import os

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ingestd import archive
 from ingestd.claim import Job
-from ingestd.db.connection import Pool, PooledConnection
+from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
 from ingestd.db.target import StageTables
 from ingestd.exceptions import FileError, IngestdError, RetryableError
@@ -133,6 +132,7 @@ class Worker:
                     stay = isinstance(error, FileChangedError)
                     return await self._fail(job, error, file_type, attempts, stay=stay)
                 self._ctx.metrics.db_errors.labels(error_class(exc.__cause__ or exc)).inc()
+                await self._release(broken=True)
                 failures += 1
                 if failures > self._ctx.settings.max_retries:
                     gave_up = RetryableError(f"gave up after {failures} attempts: {error}")
@@ -143,7 +143,6 @@ class Worker:
                     "file_retry",
                     extra={"error": str(error), "attempt": failures, "delay_s": round(delay, 2)},
                 )
-                await self._release(broken=True)
                 await self._backoff.sleep(delay)
 
     async def _fail(
@@ -197,9 +196,7 @@ class Worker:
             log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
 
     async def _connection(self) -> PooledConnection:
-        if self._conn is None or self._conn.is_closed():
-            if self._conn is not None:
-                await self._release(broken=True)
+        if self._conn is None:
             try:
                 self._conn = await self._pool.acquire(timeout=self._ctx.settings.connect_timeout_s)
             except Exception as exc:
@@ -212,10 +209,7 @@ class Worker:
         if conn is None:
             return
         self._stages.forget()
-        if broken:
-            conn.terminate()  # the pool replaces a terminated connection on next acquire
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._pool.release(conn), 5)
+        await give_back(self._pool, conn, broken=broken)
 
 
 def _file_type(job: Job) -> str:

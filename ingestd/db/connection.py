@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -101,3 +103,16 @@ async def server_version(conn: Connection) -> int:
     """server_version_num, e.g. 150004."""
     value: Any = await conn.fetchval(sql.SERVER_VERSION)
     return int(value)
+
+
+async def give_back(pool: asyncpg.Pool, conn: PooledConnection, *, broken: bool) -> None:
+    """Return a worker's connection to the pool; a broken one is closed so the pool replaces it.
+
+    The pool may already have taken back a connection whose socket died, so both steps
+    tolerate a connection that is no longer ours.
+    """
+    if broken:
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
+    with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
+        await asyncio.wait_for(pool.release(conn), 5)

@@ -75,7 +75,7 @@ def translate(exc: BaseException, *, first_row: int = 1) -> FileError | Retryabl
         return RetryableError(f"{message} (transient; will retry)", sqlstate=code)
     row = None
     detail = []
-    context = getattr(exc, "where", None) or ""
+    context = getattr(exc, "context", None) or ""  # libpq field W: "COPY x, line 3, column y"
     match = _COPY_CONTEXT.search(context)
     if match:
         row = first_row + int(match.group("line")) - 1

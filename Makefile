@@ -1,0 +1,47 @@
+# Every target sets up .venv itself, so a fresh clone needs only Python 3.11+ and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast lint format bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: load examples/inbox into the embedded PostgreSQL and show what landed
+demo: $(STAMP)
+	cd examples && ../$(BIN)/ingestd --once --config ingestd.toml
+	cd examples && ../$(BIN)/ingestd status --config ingestd.toml
+	cd examples && ../$(BIN)/python show.py
+
+## test: the whole suite (unit, integration, fault) against a real PostgreSQL
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## test-fast: unit tests only (no database)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+## lint: what CI checks besides the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict ingestd
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## bench: ingestd against psql \copy on generated data (see bench/README.md)
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .ingestd examples/.ingestd .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Shared fixtures: one PostgreSQL per session, a fresh database per test, the CLI in-process."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.pg import Db, fresh_database, server
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin DSN of the session's server (embedded unless INGESTD_TEST_DSN is set)."""
+    with server(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """DSN of a database created for this test alone."""
+    with fresh_database(pg_admin_dsn) as test_dsn:
+        yield test_dsn
+
+
+@pytest.fixture
+def db(dsn: str) -> Db:
+    return Db(dsn)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: Sequence[str]) -> CliResult:
+    """Run `ingestd ARGS` in this process and capture what it prints."""
+    from ingestd.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    # The CLI configures the root logger onto the captured stream; detach it.
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli(dsn: str) -> object:
+    """run_cli with the test database's DSN and quiet defaults filled in."""
+
+    def call(*args: object) -> CliResult:
+        base = ["--dsn", dsn, "--metrics-addr", "off", "--log-format", "json"]
+        return run_cli([*base, *map(str, args)])
+
+    return call
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write a text file (creating folders) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
