@@ -147,29 +147,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ingestd.dryrun import dry_run
 
         return dry_run(settings, sys.stdout)
-    return _run(settings, secrets)
+    return _run(settings, secrets, args)
 
 
-def _run(settings: Settings, secrets: tuple[str, ...]) -> int:
+def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> int:
     from ingestd.service import Service
 
-    try:
-        return _event_loop_run(Service, settings)
-    except (UsageError, DatabaseUnavailableError) as exc:
-        message = str(exc)
+    def scrub(text: str) -> str:
         for secret in secrets:
-            message = message.replace(secret, "***")
-        print(f"ingestd: error: {mask_dsn(message)}", file=sys.stderr)
+            text = text.replace(secret, "***")
+        return mask_dsn(text)
+
+    try:
+        return _event_loop_run(Service, settings, args)
+    except (UsageError, DatabaseUnavailableError) as exc:
+        print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # a bug: say so in one line; the log has the traceback
+        log.debug("internal_error", exc_info=True)
+        print(
+            f"ingestd: internal error: {scrub(repr(exc))}; files not finished stay pending and "
+            "resume on the next run (--log-level DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
-def _event_loop_run(service_cls: Any, settings: Settings) -> int:
+def _event_loop_run(service_cls: Any, settings: Settings, args: Sequence[str]) -> int:
     async def go() -> int:
         service = service_cls(settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.request_stop)
-        report = await service.run()
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(service, args))
+        try:
+            report = await service.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
         print_summary(report.run_id, report.files, report.seconds, sys.stdout)
         return int(report.exit_code)
 
@@ -181,14 +196,25 @@ def _event_loop_run(service_cls: Any, settings: Settings) -> int:
         return asyncio.run(go())
 
 
+def _reload(service: Any, args: Sequence[str]) -> None:
+    """SIGHUP: re-read the config file with the same flags; keep the old one if it is bad."""
+    try:
+        service.reload(build_settings(args))
+    except UsageError as exc:
+        log.error("config_reload_failed", extra={"error": str(exc)})
+
+
 def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out: TextIO) -> None:
     """One readable block: totals, then a line per file (failures with their reason)."""
-    count = {s: sum(1 for f in files if f.status == s) for s in ("success", "skipped", "failed")}
+    statuses = ("success", "skipped", "failed", "interrupted")
+    count = {s: sum(1 for f in files if f.status == s) for s in statuses}
     rows = sum(f.rows for f in files if f.status == "success")
     rate = rows / seconds if seconds > 0 else 0.0
     print(
         f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
-        f"{count['failed']} failed; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
+        f"{count['failed']} failed"
+        + (f", {count['interrupted']} interrupted" if count["interrupted"] else "")
+        + f"; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
         file=out,
     )
     labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".error.json")
@@ -16,7 +19,7 @@ def is_ignored(name: str) -> bool:
 
 
 def scan(inbox: Path, skip_dirs: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Every regular, non-ignored file under the inbox (subfolders too), oldest first per folder.
+    """Every regular, non-ignored file under the inbox (subfolders too), in name order.
 
     Symlinks, FIFOs, sockets and devices are skipped without being opened, so a FIFO
     can never block the scan.
@@ -58,3 +61,68 @@ def identity(path: Path) -> tuple[int, int] | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     return (st.st_size, st.st_mtime_ns)
+
+
+def being_written(path: Path) -> bool:
+    """True if another process has the file open for writing (Linux leases), else False.
+
+    A read lease is refused while any writer holds the file open, which tells a slow
+    writer that pauses longer than the settle interval from a finished file. Where
+    leases are unavailable (other OS, NFS, not the file's owner) the settle interval
+    alone decides.
+    """
+    lease = getattr(fcntl, "F_SETLEASE", None)
+    if lease is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, lease, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    finally:
+        os.close(fd)
+    return False
+
+
+class Settler:
+    """Files seen in the inbox, offered only once their size and mtime hold still for settle_s."""
+
+    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic):
+        self._settle_s = settle_s
+        self._clock = clock
+        self._seen: dict[Path, tuple[tuple[int, int], float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def note(self, path: Path) -> None:
+        """Remember a file (or every file under a new folder) to check later."""
+        if path.is_dir() and not path.is_symlink():
+            for child in scan(path):
+                self.note(child)
+            return
+        if is_ignored(path.name):
+            return
+        now = identity(path)
+        if now is None:
+            self._seen.pop(path, None)
+        elif path not in self._seen or self._seen[path][0] != now:
+            self._seen[path] = (now, self._clock())
+
+    def settled(self) -> list[Path]:
+        """Files unchanged for settle_s and not open for writing; they are forgotten here."""
+        ready = []
+        for path, (seen, since) in list(self._seen.items()):
+            now = identity(path)
+            if now is None:
+                del self._seen[path]
+            elif now != seen:
+                self._seen[path] = (now, self._clock())
+            elif self._clock() - since >= self._settle_s and not being_written(path):
+                del self._seen[path]
+                ready.append(path)
+        return ready

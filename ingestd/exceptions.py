@@ -30,3 +30,11 @@ class RetryableError(IngestdError):
 
 class DatabaseUnavailableError(IngestdError):
     """The database cannot be reached at all after the configured attempts."""
+
+
+class ConnectError(RetryableError):
+    """No connection could be had: the database is down or unreachable."""
+
+
+class Interrupted(IngestdError):
+    """A stop was requested; the file stays pending and resumes on the next run."""

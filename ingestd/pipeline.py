@@ -20,7 +20,7 @@ from ingestd.db.stage import copy_batch
 from ingestd.db.target import StageTables, ensure_table_from_headers, has_unique_key
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
-from ingestd.exceptions import FileError, IngestdError
+from ingestd.exceptions import FileError, IngestdError, Interrupted
 from ingestd.metrics import Metrics
 from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.settings import Mode, Settings
@@ -37,6 +37,7 @@ class LoadContext:
     metrics: Metrics
     run_id: str
     server_version: int
+    stopping: asyncio.Event
 
 
 class FileChangedError(FileError):
@@ -65,6 +66,8 @@ async def process_file(
         if rows_done:
             log.info("file_resumed", extra={"rows_committed": rows_done})
         async for batch_rows, payload in _encoded(reader, rows_done):
+            if ctx.stopping.is_set():
+                raise Interrupted(f"stopped after {rows_done} rows; resumes on the next run")
             first_row = rows_done + 1
             started = time.perf_counter()
             async with conn.transaction():

@@ -32,9 +32,10 @@ class FileLayout:
 class BatchReader:
     """Iterates a file as record batches holding exactly `layout.columns`."""
 
-    def __init__(self, layout: FileLayout, batches: Iterator[pa.RecordBatch]):
+    def __init__(self, layout: FileLayout, batches: Iterator[pa.RecordBatch], header_rows: int = 0):
         self.layout = layout
         self._batches = batches
+        self._header_rows = header_rows
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
@@ -43,19 +44,23 @@ class BatchReader:
             raise
         except (pa.ArrowException, OSError, UnicodeError, ValueError, EOFError) as exc:
             # Problems deep in a file (a bad row, a truncated gzip) surface only here.
-            raise arrow_file_error(exc) from None
+            raise arrow_file_error(exc, self._header_rows) from None
+
+
+def guess_file_type(name: str) -> str:
+    """csv, parquet or unknown, from a file name alone (for metrics labels and routing)."""
+    lower = name.lower()
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return "csv" if lower.endswith(CSV_SUFFIXES) else "unknown"
 
 
 def detect_type(path: Path, contract: Contract) -> str:
     """csv or parquet, from the contract or the file name (and the Parquet magic bytes)."""
-    name = path.name.lower()
-    file_type = contract.file_type
+    file_type: str = contract.file_type
     if file_type == "auto":
-        if name.endswith(PARQUET_SUFFIXES):
-            file_type = "parquet"
-        elif name.endswith(CSV_SUFFIXES):
-            file_type = "csv"
-        else:
+        file_type = guess_file_type(path.name)
+        if file_type == "unknown":
             raise FileError(
                 f"cannot tell whether {path.name} is CSV or Parquet from its name: "
                 "use a .csv/.csv.gz/.parquet suffix or set file_type in the contract"
@@ -75,24 +80,30 @@ def open_reader(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
             return _open_parquet(path, contract, chunk_size)
         return _open_csv(path, contract, chunk_size)
     except (pa.ArrowException, OSError, UnicodeError, ValueError) as exc:
-        raise arrow_file_error(exc) from None
+        header_rows = 1 if file_type == "csv" and contract.csv.header else 0
+        raise arrow_file_error(exc, header_rows) from None
 
 
 _ROW_IN_ERROR = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
 
 
-def arrow_file_error(exc: BaseException) -> FileError:
-    """A FileError with a one-line reason (and the line, when pyarrow knows it)."""
+def arrow_file_error(exc: BaseException, header_rows: int = 0) -> FileError:
+    """A FileError with a one-line reason, and the data row when pyarrow knows it.
+
+    pyarrow counts records from the top of the file, header included; we count data
+    rows (row 1 is the first row after the header), as COPY errors do.
+    """
     if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, pa.ArrowException):
         return FileError(f"cannot read file: {exc.strerror}")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     match = _ROW_IN_ERROR.search(text)
     if match:
-        line, expected, got = (int(g) for g in match.groups())
+        record, expected, got = (int(g) for g in match.groups())
+        row = record - header_rows
         return FileError(
-            f"line {line} has {got} fields where the header has {expected}: "
+            f"row {row} has {got} fields where {expected} were expected: "
             f"{text[match.end() :].lstrip(': ')[:200]!r}",
-            row=line,
+            row=row,
         )
     return FileError(text)
 
@@ -151,7 +162,7 @@ def _open_csv(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
     types = dict(contract.types)
     layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
     batches = _normalise(_iter_csv(reader), columns, missing, contract)
-    return BatchReader(layout, rebatch(batches, chunk_size))
+    return BatchReader(layout, rebatch(batches, chunk_size), 1 if contract.csv.header else 0)
 
 
 def _iter_csv(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:

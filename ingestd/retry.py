@@ -18,7 +18,8 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the `attempt`-th failure (0-based)."""
         jitter = random.uniform(0, self.jitter_s)  # noqa: S311 - jitter, not crypto
-        return float(min(self.cap_s, self.base_s * 2**attempt)) + jitter
+        exponent = min(attempt, 32)  # 2**32 s is past any cap; larger would overflow a float
+        return min(self.cap_s, self.base_s * 2.0**exponent) + jitter
 
     async def sleep(self, seconds: float) -> None:
         """Wait (tests may shorten the base to keep runs quick)."""

@@ -1,23 +1,32 @@
-"""The scanner: route each discovered file to its contract, checksum it, claim it, queue it."""
+"""The scanner: watch the inbox, then route, checksum, claim and queue each settled file."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from watchfiles import Change, awatch
+
 from ingestd import archive
 from ingestd.claim import Job, claim_file, file_version
-from ingestd.db.connection import Connection
-from ingestd.db.manifest import Manifest
-from ingestd.discover import identity, relative_name, scan
+from ingestd.db.connection import Pool
+from ingestd.db.errors import translate
+from ingestd.db.manifest import FileVersion, Manifest
+from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
+from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
-from ingestd.settings import Settings
+from ingestd.read import guess_file_type
+from ingestd.retry import Backoff
+from ingestd.settings import Contract, Settings
 from ingestd.worker import FileResult, Results
+
+RESCAN_S = 30.0  # full rescans catch what the watcher cannot see (NFS, overflowed inotify)
 
 log = logging.getLogger("ingestd.scanner")
 
@@ -28,15 +37,18 @@ class Scanner:
     def __init__(
         self,
         settings: Settings,
-        conn: Connection,
+        pool: Pool,
         manifest: Manifest,
         queue: asyncio.Queue[Job],
         results: Results,
         metrics: Metrics,
         run_id: str,
+        backoff: Backoff,
     ):
-        self._settings = settings
-        self._conn = conn
+        self.settings = settings  # replaced on SIGHUP
+        self._pool = pool
+        self._backoff = backoff
+        self.db_ok = True
         self._manifest = manifest
         self._queue = queue
         self._results = results
@@ -56,22 +68,109 @@ class Scanner:
 
     def candidates(self) -> Iterable[Path]:
         """Explicit --files, or every eligible file in the inbox (done/failed excluded)."""
-        s = self._settings
+        s = self.settings
         if s.files:
             return s.files
         assert s.inbox is not None  # noqa: S101 - settings guarantee one source
-        skip = tuple(p for p in (s.done_dir, s.failed_dir) if p is not None)
-        skip += (s.inbox.parent / "done", s.inbox.parent / "failed")
-        return scan(s.inbox, skip)
+        return scan(s.inbox, self._archive_dirs())
 
     async def scan_once(self) -> None:
-        """Offer every candidate present now."""
+        """Offer every candidate present now (--once); gives up if the database stays away."""
         for path in self.candidates():
+            failures = 0
+            while not await self._try_offer(path):
+                failures += 1
+                if failures > self.settings.max_retries:
+                    raise DatabaseUnavailableError(
+                        f"the database stayed unreachable after {failures} attempts; "
+                        "unloaded files are still in place for the next run"
+                    )
+                await self._backoff.sleep(self._backoff.delay(failures - 1))
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Daemon discovery until `stop`: files already there first, then what arrives."""
+        settler = Settler(self.settings.settle_s)
+        for path in self.candidates():
+            self._note(settler, path)
+        events = asyncio.create_task(self._events(settler, stop), name="ingestd-watch")
+        tick_s = min(0.05, self.settings.settle_s / 4) or 0.01
+        last_rescan = time.monotonic()
+        failures = 0
+        try:
+            while not stop.is_set():
+                if events.done():
+                    events.result()
+                    raise RuntimeError("the inbox watcher stopped")
+                for path in settler.settled():
+                    if stop.is_set():
+                        break
+                    if await self._try_offer(path):
+                        failures = 0
+                        continue
+                    self._note(settler, path)  # database away: try again later
+                    failures += 1
+                    await _sleep_or_stop(stop, self._backoff.delay(min(failures, 5) - 1))
+                    break
+                if time.monotonic() - last_rescan > RESCAN_S:
+                    last_rescan = time.monotonic()
+                    for path in self.candidates():
+                        self._note(settler, path)
+                await _sleep_or_stop(stop, tick_s)
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+
+    def _note(self, settler: Settler, path: Path) -> None:
+        name = str(relative_name(path, self.settings.inbox))
+        if name not in self.in_hand:
+            settler.note(path)
+            if identity(path) is not None:
+                self.waiting.setdefault(name, time.monotonic())
+
+    async def _events(self, settler: Settler, stop: asyncio.Event) -> None:
+        inbox = self.settings.inbox
+        assert inbox is not None  # noqa: S101 - the daemon always has an inbox
+        skip = [str(p.resolve()) for p in self._archive_dirs()]
+
+        def wanted(change: Change, path: str) -> bool:
+            name = path.rsplit("/", 1)[-1]
+            return (
+                change != Change.deleted
+                and not is_ignored(name)
+                and not path.startswith(tuple(skip))
+            )
+
+        async for changes in awatch(
+            inbox, watch_filter=wanted, debounce=200, step=20, stop_event=stop,
+            recursive=True, ignore_permission_denied=True,
+        ):  # fmt: skip
+            for _, path in changes:
+                self._note(settler, Path(path))
+
+    def _archive_dirs(self) -> tuple[Path, ...]:
+        s = self.settings
+        assert s.inbox is not None  # noqa: S101
+        return (s.done_dir or s.inbox.parent / "done", s.failed_dir or s.inbox.parent / "failed")
+
+    async def _try_offer(self, path: Path) -> bool:
+        """Offer a file; False if the database could not be reached (the file waits)."""
+        try:
             await self.offer(path)
+        except (RetryableError, DatabaseUnavailableError) as exc:
+            self._db_down(exc)
+            return False
+        self.db_ok = True
+        return True
+
+    def _db_down(self, exc: BaseException) -> None:
+        if self.db_ok:
+            log.warning("database_unavailable", extra={"error": str(exc)})
+        self.db_ok = False
 
     async def offer(self, path: Path) -> None:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
-        s = self._settings
+        s = self.settings
         name = relative_name(path, None if s.files else s.inbox)
         key = str(name)
         if key in self.in_hand:
@@ -93,36 +192,52 @@ class Scanner:
             if identity(path) != before:
                 self.waiting.pop(key, None)
                 return  # still being written: a later event offers it again
-            job = await claim_file(
-                self._conn,
-                self._manifest,
-                path=path,
-                name=name,
-                contract=contract,
-                version=version,
-                identity=before,
-                run_id=self._run_id,
-                resume=s.resume,
-            )
+            job = await self._claim(path, name, contract, version, before)
             if job is None:
                 log.info("file_skipped", extra={"status": "skipped", "reason": "already loaded"})
                 self._results.add(FileResult(key, contract.table, "skipped"))
-                self._metrics.files_processed.labels(_type_of(path), "skipped").inc()
+                self._metrics.files_processed.labels(guess_file_type(path.name), "skipped").inc()
                 await self._archive_skipped(path, name)
                 return
             self.in_hand.add(key)
             await self._queue.put(job)
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
 
+    async def _claim(
+        self,
+        path: Path,
+        name: PurePosixPath,
+        contract: Contract,
+        version: FileVersion,
+        before: tuple[int, int],
+    ) -> Job | None:
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+                return await claim_file(
+                    conn,
+                    self._manifest,
+                    path=path,
+                    name=name,
+                    contract=contract,
+                    version=version,
+                    identity=before,
+                    run_id=self._run_id,
+                    resume=self.settings.resume,
+                )
+        except IngestdError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
     async def _archive_skipped(self, path: Path, name: PurePosixPath) -> None:
         # A file already loaded (a re-drop of the same bytes) leaves the inbox like a loaded one.
-        s = self._settings
+        s = self.settings
         if not s.keep_files and s.inbox is not None:
             done = s.done_dir or s.inbox.parent / "done"
             await asyncio.to_thread(archive.to_done, path, done, name)
 
     async def _unroutable(self, path: Path, name: PurePosixPath) -> None:
-        patterns = ", ".join(c.pattern for c in self._settings.contracts)
+        patterns = ", ".join(c.pattern for c in self.settings.contracts)
         reason = (
             f"no contract matches {name} (patterns: {patterns}); add a contract or rename the file"
         )
@@ -134,15 +249,15 @@ class Scanner:
     async def _fail_early(self, path: Path, name: PurePosixPath, table: str, reason: str) -> None:
         log.error("file_finished", extra={"status": "failed", "error": reason})
         self._results.add(FileResult(str(name), table, "failed", error=reason))
-        self._metrics.files_processed.labels(_type_of(path), "failed").inc()
-        s = self._settings
+        self._metrics.files_processed.labels(guess_file_type(path.name), "failed").inc()
+        s = self.settings
         if s.keep_files or s.inbox is None:
             return
         failed = s.failed_dir or s.inbox.parent / "failed"
         report = {
             "file": str(name),
             "reason": reason,
-            "line": None,
+            "row": None,
             "run_id": self._run_id,
             "time": dt.datetime.now(dt.UTC).isoformat(),
             "attempts": 1,
@@ -153,8 +268,6 @@ class Scanner:
             log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
 
 
-def _type_of(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq", ".parq")):
-        return "parquet"
-    return "csv" if ".csv" in name or name.endswith((".tsv", ".txt", ".gz")) else "unknown"
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

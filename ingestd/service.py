@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingestd.claim import Job
-from ingestd.db.connection import Pool, create_pool, server_version
+from ingestd.db.connection import Pool, create_pool, ping, server_version
 from ingestd.db.manifest import Manifest
 from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
@@ -27,6 +27,7 @@ from ingestd.settings import Settings
 from ingestd.worker import FileResult, Results, Worker
 
 log = logging.getLogger("ingestd.service")
+HEALTH_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,12 @@ class RunReport:
     run_id: str
     files: tuple[FileResult, ...]
     seconds: float
+    once: bool
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md's exit status: 1 if any file failed, else 0."""
-        return 1 if any(f.status == "failed" for f in self.files) else 0
+        """DESIGN.md's exit status: --once exits 1 if any file failed; the daemon exits 0."""
+        return 1 if self.once and any(f.status == "failed" for f in self.files) else 0
 
 
 def new_run_id() -> str:
@@ -49,7 +51,7 @@ def new_run_id() -> str:
 
 
 class Service:
-    """One ingestd instance: pool, scanner, workers, endpoint."""
+    """One ingestd instance: pool, scanner, workers, endpoint; --once and daemon alike."""
 
     def __init__(
         self,
@@ -62,18 +64,38 @@ class Service:
         self.run_id = new_run_id()
         self.metrics = Metrics()
         self.stop_event = asyncio.Event()
+        self._abort = asyncio.Event()
         self.results = Results(on_result=on_result)
         self._backoff = backoff or Backoff(settings.retry_base_s, settings.retry_cap_s)
-        self._ready = False
-        self._embedded: Any = None
+        self._scanner: Scanner | None = None
+        self._embedded: Any = None  # keeps the embedded server alive for the run
         self.endpoint: Endpoint | None = None
 
     def request_stop(self) -> None:
-        """Stop discovery; workers finish or roll back their batch in hand."""
-        self.stop_event.set()
+        """First signal: stop discovery; workers finish their batch in hand, then exit.
+        Second signal: abort now; the batch in hand rolls back."""
+        if self.stop_event.is_set():
+            log.warning("shutdown_abort")
+            self._abort.set()
+        else:
+            log.info("shutdown_requested")
+            self.stop_event.set()
+
+    def reload(self, settings: Settings) -> None:
+        """SIGHUP: new contracts and log level apply to files discovered from now on."""
+        self.settings = settings
+        if self._scanner is not None:
+            self._scanner.settings = settings
+        logging.getLogger().setLevel(settings.log_level)
+        log.info("config_reloaded", extra={"contracts": [c.name for c in settings.contracts]})
+
+    def is_ready(self) -> bool:
+        """Database reachable and discovery running."""
+        scanner = self._scanner
+        return scanner is not None and scanner.db_ok and not self.stop_event.is_set()
 
     async def run(self) -> RunReport:
-        """Run until the inbox is drained (--once) or a stop is requested."""
+        """Run until the inbox is drained (--once) or a stop is requested (daemon)."""
         started = time.monotonic()
         with bound(run_id=self.run_id):
             log.info("run_started", extra={"once": self.settings.once})
@@ -83,13 +105,16 @@ class Service:
             finally:
                 if self.endpoint is not None:
                     await self.endpoint.stop()
-        return RunReport(self.run_id, tuple(self.results.files), time.monotonic() - started)
+            log.info("run_finished", extra={"files": len(self.results.files)})
+        files = tuple(self.results.files)
+        return RunReport(self.run_id, files, time.monotonic() - started, self.settings.once)
 
     async def _start_endpoint(self) -> None:
         addr = self.settings.metrics_addr
         if addr is None:
             return
-        self.endpoint = Endpoint(self.metrics, lambda: self._ready)
+        self.endpoint = Endpoint(self.metrics, self.is_ready)
+        self.metrics.ready.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:
             await self.endpoint.start(*addr)
         except OSError as exc:
@@ -106,9 +131,11 @@ class Service:
 
     async def _run(self) -> None:
         s = self.settings
+        if not s.once and s.inbox is not None:
+            s.inbox.mkdir(parents=True, exist_ok=True)
         pool = await create_pool(
             await self._dsn(),
-            size=s.concurrency + 1,  # one per worker, one for the scanner
+            size=s.concurrency + 1,  # one per worker, one for claims and health checks
             connect_timeout_s=s.connect_timeout_s,
             statement_timeout_s=s.statement_timeout_s,
             attempts=s.max_retries,
@@ -126,52 +153,78 @@ class Service:
         async with pool.acquire() as conn:
             await manifest.ensure(conn)
             version = await server_version(conn)
-            _check_server(s, version)
-            queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=s.effective_queue_size)
-            ctx = LoadContext(s, manifest, self.metrics, self.run_id, version)
-            scanner = Scanner(s, conn, manifest, queue, self.results, self.metrics, self.run_id)
-            self.results.on_result = _chain(self.results.on_result, scanner.finished)
-            self.metrics.queue_depth.set_function(queue.qsize)
-            self.metrics.track_oldest(scanner.oldest_waiting)
-            workers = [
-                asyncio.create_task(
-                    Worker(f"w{i}", pool, ctx, self.results, self._backoff).run(queue),
-                    name=f"ingestd-worker-{i}",
-                )
-                for i in range(s.concurrency)
-            ]
-            self._ready = True
-            self.metrics.ready.set(1)
-            try:
-                await self._drive(scanner, queue, workers)
-            finally:
-                self._ready = False
-                self.metrics.ready.set(0)
-                await _stop_tasks(workers, s.shutdown_grace_s)
+        _check_server(s, version)
+        queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=s.effective_queue_size)
+        ctx = LoadContext(s, manifest, self.metrics, self.run_id, version, self.stop_event)
+        scanner = Scanner(
+            s, pool, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
+        )
+        self._scanner = scanner
+        self.results.on_result = _chain(self.results.on_result, scanner.finished)
+        self.metrics.queue_depth.set_function(queue.qsize)
+        self.metrics.track_oldest(scanner.oldest_waiting)
+        workers = [
+            Worker(f"w{i}", pool, ctx, self.results, self._backoff) for i in range(s.concurrency)
+        ]
+        tasks = [
+            asyncio.create_task(w.run(queue), name=f"ingestd-worker-{i}")
+            for i, w in enumerate(workers)
+        ]
+        health = asyncio.create_task(self._health(pool, scanner), name="ingestd-health")
+        try:
+            await self._drive(scanner, queue, tasks)
+        finally:
+            await self._stop_workers(workers, tasks)
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
 
     async def _drive(
         self, scanner: Scanner, queue: asyncio.Queue[Job], workers: list[asyncio.Task[None]]
     ) -> None:
-        """Scan, then wait for the queue to drain (or for a stop, or for a worker to die)."""
-        scanning = asyncio.create_task(scanner.scan_once(), name="ingestd-scanner")
-        draining: asyncio.Task[None] | None = None
+        """Discover (once, or until stopped), drain the queue in --once; stop if a task dies."""
+        if self.settings.once:
+            discovery = scanner.scan_once()
+        else:
+            discovery = scanner.watch(self.stop_event)
+        scanning = asyncio.create_task(discovery, name="ingestd-scanner")
         stopping = asyncio.create_task(self.stop_event.wait(), name="ingestd-stop")
+        draining: asyncio.Task[None] | None = None
         try:
             await _first(scanning, stopping, *workers)
-            if not self.stop_event.is_set():
+            if self.settings.once and not self.stop_event.is_set():
                 draining = asyncio.create_task(queue.join(), name="ingestd-drain")
                 await _first(draining, stopping, *workers)
-            dead = [w for w in workers if w.done()]
-            if dead:
-                raise RuntimeError(f"worker {dead[0].get_name()} stopped: {dead[0].exception()!r}")
+            _raise_if_dead(scanning, *workers)
         finally:
-            for task in (scanning, stopping, draining):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(
-                *(t for t in (scanning, stopping, draining) if t is not None),
-                return_exceptions=True,
-            )
+            tasks = [t for t in (scanning, stopping, draining) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_workers(self, workers: list[Worker], tasks: list[asyncio.Task[None]]) -> None:
+        """Let each worker finish (or roll back) its batch in hand, within the grace period;
+        a second signal or the deadline cancels them, which rolls back the open batch."""
+        self.stop_event.set()  # workers stop between batches
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while any(w.busy for w in workers) and not self._abort.is_set():
+            if time.monotonic() > deadline:
+                log.error("shutdown_timeout", extra={"grace_s": self.settings.shutdown_grace_s})
+                break
+            await asyncio.sleep(0.02)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=10)
+
+    async def _health(self, pool: Pool, scanner: Scanner) -> None:
+        """Keep readiness honest while no files flow: ping the database now and then."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S if scanner.db_ok else HEALTH_INTERVAL_S / 2)
+            ok = await ping(pool, timeout_s=min(self.settings.connect_timeout_s, 5.0))
+            if ok and not scanner.db_ok:
+                log.info("database_available")
+            elif not ok and scanner.db_ok:
+                log.warning("database_unavailable", extra={"error": "health check failed"})
+            scanner.db_ok = ok
 
 
 def _check_server(settings: Settings, version: int) -> None:
@@ -184,23 +237,17 @@ def _check_server(settings: Settings, version: int) -> None:
 
 
 async def _first(*tasks: asyncio.Task[Any]) -> None:
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if (
-            not task.cancelled()
-            and task.exception() is not None
-            and task.get_name() == "ingestd-scanner"
-        ):
-            raise task.exception()  # type: ignore[misc]  # checked not None just above
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
 
-async def _stop_tasks(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
-    """Cancel workers; each rolls back the batch in hand. Bounded by the grace period."""
-    for task in tasks:
-        task.cancel()
-    _, pending = await asyncio.wait(tasks, timeout=grace_s)
-    if pending:
-        log.error("shutdown_timeout", extra={"tasks": [t.get_name() for t in pending]})
+def _raise_if_dead(scanning: asyncio.Task[None], *workers: asyncio.Task[None]) -> None:
+    """A background task that ended on its own is a bug or a lost resource: stop loudly."""
+    if scanning.done() and not scanning.cancelled() and scanning.exception() is not None:
+        raise scanning.exception()  # type: ignore[misc]  # checked not None just above
+    for task in workers:
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}")
 
 
 def _chain(

@@ -57,9 +57,14 @@ class Contract:
 
     def matches(self, relative: PurePosixPath) -> bool:
         """True if the file (path relative to the inbox) falls under this contract."""
-        if "/" in self.pattern:
-            return fnmatch.fnmatchcase(str(relative), self.pattern)
-        return fnmatch.fnmatchcase(relative.name, self.pattern)
+        if "/" not in self.pattern:
+            return fnmatch.fnmatchcase(relative.name, self.pattern)
+        # Segment by segment, so `*` never crosses a folder: sales/*.csv is not sales/a/b.csv.
+        parts = self.pattern.split("/")
+        return len(parts) == len(relative.parts) and all(
+            fnmatch.fnmatchcase(name, part)
+            for name, part in zip(relative.parts, parts, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -320,7 +325,7 @@ def _csv_options(raw: Mapping[str, Any], where: str) -> CsvOptions:
     if delimiter not in DELIMITERS:
         raise UsageError(f"{where}: delimiter {delimiter!r} is not one of , ; | tab")
     quote = str(raw.get("quote", '"'))
-    if len(quote) != 1 or quote in DELIMITERS or quote in "\r\n":
+    if len(quote) != 1 or quote == DELIMITERS[delimiter] or quote in "\r\n":
         raise UsageError(f"{where}: quote must be one character other than the delimiter")
     encoding = str(raw.get("encoding", "utf-8"))
     try:

@@ -14,9 +14,10 @@ from ingestd.claim import Job
 from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
 from ingestd.db.target import StageTables
-from ingestd.exceptions import FileError, IngestdError, RetryableError
+from ingestd.exceptions import ConnectError, FileError, IngestdError, Interrupted, RetryableError
 from ingestd.logs import bound
 from ingestd.pipeline import FileChangedError, LoadContext, process_file
+from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 
 log = logging.getLogger("ingestd.worker")
@@ -28,7 +29,7 @@ class FileResult:
 
     name: str
     table: str
-    status: str  # success | skipped | failed
+    status: str  # success | skipped | failed | interrupted
     rows: int = 0
     error: str | None = None
     row: int | None = None
@@ -64,16 +65,19 @@ class Worker:
         self._backoff = backoff
         self._conn: PooledConnection | None = None
         self._stages = StageTables()
+        self.busy = False
 
     async def run(self, queue: asyncio.Queue[Job]) -> None:
         """Serve the queue forever (the service cancels this task to stop it)."""
         try:
             while True:
                 job = await queue.get()
+                self.busy = True
                 try:
                     with bound(file=str(job.name), worker_id=self.worker_id):
                         await self._handle(job)
                 finally:
+                    self.busy = False
                     queue.task_done()
         finally:
             await self._release()
@@ -99,51 +103,74 @@ class Worker:
                 "rows": result.rows,
                 "latency_ms": round(result.seconds * 1000, 1),
                 "error": result.error,
-                "line": result.row,
+                "row": result.row,
                 "table": result.table,
             },
         )
         self._results.add(result)
 
     async def _load(self, job: Job) -> FileResult:
+        file_type: str = job.contract.file_type
+        if file_type == "auto":
+            file_type = guess_file_type(job.path.name)
         failures = 0
-        file_type = _file_type(job)
+        outages = 0
         while True:
-            attempts = failures + 1
+            attempt = failures + 1
             try:
                 conn = await self._connection()
                 await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
                 rows = await process_file(conn, job, self._ctx, self._stages, self.worker_id)
                 return FileResult(
-                    str(job.name),
-                    job.contract.table,
-                    "success",
-                    rows,
-                    file_type=file_type,
-                    attempts=attempts,
-                )
+                    str(job.name), job.contract.table, "success", rows,
+                    file_type=file_type, attempts=attempt,
+                )  # fmt: skip
             except asyncio.CancelledError:
                 raise
+            except Interrupted:
+                return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
             except Exception as exc:
                 error = exc if isinstance(exc, IngestdError) else translate(exc)
-                if isinstance(error, FileError):
-                    if error.sqlstate:
-                        self._ctx.metrics.db_errors.labels(error_class(exc.__cause__ or exc)).inc()
+                if not isinstance(error, RetryableError):
+                    if isinstance(exc.__cause__, Exception) or not isinstance(exc, IngestdError):
+                        self._count_db_error(exc)
                     stay = isinstance(error, FileChangedError)
-                    return await self._fail(job, error, file_type, attempts, stay=stay)
-                self._ctx.metrics.db_errors.labels(error_class(exc.__cause__ or exc)).inc()
+                    return await self._fail(job, error, file_type, attempt, stay=stay)
                 await self._release(broken=True)
-                failures += 1
-                if failures > self._ctx.settings.max_retries:
-                    gave_up = RetryableError(f"gave up after {failures} attempts: {error}")
-                    return await self._fail(job, gave_up, file_type, attempts, stay=True)
-                delay = self._backoff.delay(failures - 1)
-                self._ctx.metrics.retries.inc()
+                if isinstance(error, ConnectError) and not self._ctx.settings.once:
+                    # The daemon waits out an outage: the file is not failing, the server is away.
+                    outages += 1
+                    delay = self._backoff.delay(min(outages, 5) - 1)
+                else:
+                    self._count_db_error(exc)
+                    failures += 1
+                    if failures > self._ctx.settings.max_retries:
+                        gave_up = RetryableError(f"gave up after {failures} attempts: {error}")
+                        return await self._fail(job, gave_up, file_type, attempt, stay=True)
+                    delay = self._backoff.delay(failures - 1)
+                    self._ctx.metrics.retries.inc()
                 log.warning(
                     "file_retry",
-                    extra={"error": str(error), "attempt": failures, "delay_s": round(delay, 2)},
+                    extra={"error": str(error), "attempt": attempt, "delay_s": round(delay, 2)},
                 )
-                await self._backoff.sleep(delay)
+                if await self._stopped_during(delay):
+                    return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
+
+    def _count_db_error(self, exc: BaseException) -> None:
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        self._ctx.metrics.db_errors.labels(error_class(cause)).inc()
+
+    async def _stopped_during(self, seconds: float) -> bool:
+        """Sleep for a backoff, waking early (True) if a stop is requested."""
+        stop = self._ctx.stopping
+        sleeper = asyncio.ensure_future(self._backoff.sleep(seconds))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+        return stop.is_set()
 
     async def _fail(
         self, job: Job, error: IngestdError, file_type: str, attempts: int, *, stay: bool
@@ -185,7 +212,7 @@ class Worker:
                     "file": str(job.name),
                     "table": result.table,
                     "reason": result.error,
-                    "line": result.row,
+                    "row": result.row,
                     "run_id": self._ctx.run_id,
                     "time": dt.datetime.now(dt.UTC).isoformat(),
                     "attempts": result.attempts,
@@ -200,7 +227,7 @@ class Worker:
             try:
                 self._conn = await self._pool.acquire(timeout=self._ctx.settings.connect_timeout_s)
             except Exception as exc:
-                raise RetryableError(f"cannot get a database connection: {translate(exc)}") from exc
+                raise ConnectError(f"cannot get a database connection: {translate(exc)}") from exc
             self._stages.forget()
         return self._conn
 
@@ -210,10 +237,3 @@ class Worker:
             return
         self._stages.forget()
         await give_back(self._pool, conn, broken=broken)
-
-
-def _file_type(job: Job) -> str:
-    name = job.path.name.lower()
-    if job.contract.file_type != "auto":
-        return job.contract.file_type
-    return "parquet" if name.endswith((".parquet", ".pq", ".parq")) else "csv"

@@ -116,3 +116,13 @@ async def give_back(pool: asyncpg.Pool, conn: PooledConnection, *, broken: bool)
             conn.terminate()
     with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
         await asyncio.wait_for(pool.release(conn), 5)
+
+
+async def ping(pool: asyncpg.Pool, *, timeout_s: float) -> bool:
+    """True if a pooled connection answers SELECT 1 within the timeout."""
+    try:
+        async with pool.acquire(timeout=timeout_s) as conn:
+            await conn.fetchval("SELECT 1", timeout=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
@@ -16,15 +16,15 @@ def mask_dsn(text: str) -> str:
 
 
 def with_password(dsn: str, password: str) -> str:
-    """Return a URL DSN carrying `password` (read from a secrets file)."""
+    """Return the DSN carrying `password` (read from a secrets file), in the DSN's own form."""
     parts = urlsplit(dsn)
     if not parts.scheme.startswith("postgres"):
-        return f"{dsn} password={password}"
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+        escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+        return f"{dsn} password='{escaped}'"
+    # Edit the raw netloc: user and host stay exactly as written (encoding, IPv6 brackets).
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if at else ""
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -32,6 +32,6 @@ def password_of(dsn: str) -> str | None:
     """The password a DSN carries, if any (so logs can scrub it even when it is not in a URL)."""
     parts = urlsplit(dsn)
     if parts.scheme.startswith("postgres"):
-        return parts.password or None
+        return unquote(parts.password) if parts.password else None
     match = _KV_PASSWORD.search(dsn)
     return match.group("pw").strip("'") if match else None

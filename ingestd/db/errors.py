@@ -70,7 +70,9 @@ def translate(exc: BaseException, *, first_row: int = 1) -> FileError | Retryabl
     within the batch, which this turns back into a position in the file.
     """
     code = sqlstate_of(exc)
-    message = mask_dsn(str(exc).strip() or type(exc).__name__)
+    # asyncpg's str() appends DETAIL and HINT lines; take the primary message alone.
+    primary = getattr(exc, "message", None) or str(exc).strip().split("\n", 1)[0]
+    message = mask_dsn(primary or type(exc).__name__)
     if is_retryable(exc):
         return RetryableError(f"{message} (transient; will retry)", sqlstate=code)
     row = None

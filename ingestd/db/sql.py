@@ -174,7 +174,8 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             processed_at timestamptz,
             notes        text,
             UNIQUE (filename, checksum))""",
-        f"CREATE INDEX IF NOT EXISTS {quote_ident(table + '_status_idx')} "
+        # Truncated so that any valid table name gives a valid index name.
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table[:48] + '_status_idx')} "
         f"ON {name} (status, processed_at)",
     ]
 
@@ -239,7 +240,7 @@ def manifest_record_failure(name: str) -> str:
 def manifest_status_counts(name: str) -> str:
     """Counts and rows by status, for `ingestd status`."""
     return (
-        f"SELECT status, count(*) AS files, coalesce(sum(rows), 0) AS rows FROM {name} "
+        f"SELECT status, count(*) AS files, coalesce(sum(rows), 0)::bigint AS rows FROM {name} "
         "GROUP BY status ORDER BY status"
     )
 

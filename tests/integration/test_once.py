@@ -306,7 +306,7 @@ def test_inbox_once_moves_files_and_writes_sidecar(cli, db: Db, tmp_path: Path) 
     assert any(p.parent.name == "sub" for p in done)
     sidecar = json.loads((tmp_path / "failed" / "bad.csv.error.json").read_text())
     assert (tmp_path / "failed" / "bad.csv").exists()
-    assert "line 2" in sidecar["reason"] and sidecar["line"] == 2
+    assert "row 1 has 3 fields" in sidecar["reason"] and sidecar["row"] == 1
     assert sidecar["run_id"] and sidecar["attempts"] == 1
     assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == [
         ".hidden.csv", "partial.csv.part",

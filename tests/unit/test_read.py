@@ -31,7 +31,9 @@ def rows_of(reader: BatchReader) -> list[dict[str, Any]]:
     return [row for batch in reader for row in batch.to_pylist()]
 
 
-def read_rows(path: Path, c: Contract | None = None, chunk_size: int = 1000) -> list[dict[str, Any]]:
+def read_rows(
+    path: Path, c: Contract | None = None, chunk_size: int = 1000
+) -> list[dict[str, Any]]:
     return rows_of(open_reader(path, c or contract(), chunk_size))
 
 
@@ -154,7 +156,10 @@ def test_missing_contract_column_is_a_file_error(tmp_path: Path) -> None:
 def test_tolerant_fills_missing_columns(tmp_path: Path, mode: str, fill: str | None) -> None:
     path = write_bytes(tmp_path / "m.csv", b"id,name\n1,Ann\n2,Bob\n")
     c = contract(
-        pk=("id",), headers=("id", "age", "name"), tolerant=True, tolerant_mode=mode  # type: ignore[arg-type]
+        pk=("id",),
+        headers=("id", "age", "name"),
+        tolerant=True,
+        tolerant_mode=mode,  # type: ignore[arg-type]
     )
     reader = open_reader(path, c, 10)
     assert reader.layout.columns == ("id", "age", "name")
@@ -248,32 +253,35 @@ def test_csv_batches_across_parser_blocks(tmp_path: Path) -> None:
 # --- malformed CSV ------------------------------------------------------------------------
 
 
-def test_ragged_row_reports_its_line(tmp_path: Path) -> None:
+def test_ragged_row_reports_its_data_row(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "r.csv", b"id,name\n1,a\n2,b\n3\n4,d\n")
-    with pytest.raises(FileError, match="line 4 has 1 fields where the header has 2") as info:
-        read_rows(path)
-    assert info.value.row == 4
-
-
-def test_ragged_row_with_too_many_fields(tmp_path: Path) -> None:
-    path = write_bytes(tmp_path / "r.csv", b"id,name\n1,a\n2,b,c\n")
-    with pytest.raises(FileError, match="line 3 has 3 fields where the header has 2") as info:
+    with pytest.raises(FileError, match="row 3 has 1 fields where 2 were expected") as info:
         read_rows(path)
     assert info.value.row == 3
 
 
-@pytest.mark.xfail(
-    reason="bug: read.arrow_file_error reports pyarrow's record number as the line, "
-    "which is wrong once a quoted value spans lines",
-    strict=True,
-)
-def test_ragged_row_line_counts_newlines_inside_quoted_values(tmp_path: Path) -> None:
-    # Lines: 1 header, 2-4 one record with a three-line value, 5 ok, 6 ragged.
-    path = write_bytes(tmp_path / "r.csv", b'id,name\n1,"a\nb\nc"\n2,b\n3\n')
-    with pytest.raises(FileError) as info:
+def test_ragged_row_with_too_many_fields(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "r.csv", b"id,name\n1,a\n2,b,c\n")
+    with pytest.raises(FileError, match="row 2 has 3 fields where 2 were expected") as info:
         read_rows(path)
-    assert info.value.row == 6
-    assert "line 6" in str(info.value)
+    assert info.value.row == 2
+
+
+def test_ragged_row_counts_records_not_lines(tmp_path: Path) -> None:
+    # Row numbers count records, as COPY errors do: a three-line quoted value is one row.
+    path = write_bytes(tmp_path / "r.csv", b'id,name\n1,"a\nb\nc"\n2,b\n3\n')
+    with pytest.raises(FileError, match="row 3 has 1 fields") as info:
+        read_rows(path)
+    assert info.value.row == 3
+
+
+def test_ragged_row_without_header_counts_from_the_first_line(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "r.csv", b"1,a\n2\n")
+    contract = Contract(name="t", pattern="*", table="t", headers=("id", "name"),
+                        csv=CsvOptions(header=False), mode="append")  # fmt: skip
+    with pytest.raises(FileError, match="row 2 has 1 fields") as info:
+        list(open_reader(path, contract, 100))
+    assert info.value.row == 2
 
 
 # --- Parquet ------------------------------------------------------------------------------
@@ -352,7 +360,7 @@ def test_parquet_values(tmp_path: Path) -> None:
     assert first["name"] == "a"
     # Binary travels as PostgreSQL hex bytea text.
     assert [r["blob"] for r in rows] == ["\\x00ff", None, "\\x"]
-    assert rows[1]["i64"] is None
+    assert rows[2]["i64"] is None
     assert rows[2]["name"] == ""
 
 
@@ -379,7 +387,7 @@ def test_parquet_columns_in_contract_order_and_tolerant_fill(tmp_path: Path) -> 
 def test_parquet_nested_column_is_refused(tmp_path: Path) -> None:
     table = pa.table({"id": [1], "tags": pa.array([["a", "b"]], pa.list_(pa.string()))})
     path = write_parquet(tmp_path / "n.parquet", table)
-    with pytest.raises(FileError, match="column tags has type list.*flatten"):
+    with pytest.raises(FileError, match=r"column tags has type list.*flatten"):
         open_reader(path, contract(), 10)
 
 
@@ -430,7 +438,10 @@ def test_unknown_extension_with_auto(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["UPPER.CSV", "x.tsv", "x.txt"])
 def test_csv_suffixes_are_recognised(tmp_path: Path, name: str) -> None:
-    assert open_reader(write_bytes(tmp_path / name, b"id\n1\n"), contract(), 10).layout.file_type == "csv"
+    assert (
+        open_reader(write_bytes(tmp_path / name, b"id\n1\n"), contract(), 10).layout.file_type
+        == "csv"
+    )
 
 
 # --- rebatch and skip_rows ----------------------------------------------------------------

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from ingestd.exceptions import UsageError
-from ingestd.settings import Contract, CsvOptions, Settings, load_config, parse_metrics_addr, resolve
+from ingestd.settings import (
+    Contract,
+    CsvOptions,
+    Settings,
+    load_config,
+    parse_metrics_addr,
+    resolve,
+)
 
 NO_ENV: dict[str, str] = {}
 
@@ -74,7 +81,9 @@ def single(inbox: Path, **flags: Any) -> Settings:
     return resolve({**base, **flags}, NO_ENV)
 
 
-def from_config(path: Path, inbox: Path, env: dict[str, str] | None = None, **flags: Any) -> Settings:
+def from_config(
+    path: Path, inbox: Path, env: dict[str, str] | None = None, **flags: Any
+) -> Settings:
     return resolve({"inbox": str(inbox), **flags}, env or NO_ENV, load_config(path), path)
 
 
@@ -111,11 +120,11 @@ def test_flags_are_converted_and_kept(inbox: Path) -> None:
         resume=False,
         mode="append",
         pk=None,
-        metrics_addr="0.0.0.0:9999",
+        metrics_addr="192.0.2.1:9999",
     )
     assert (s.chunk_size, s.concurrency, s.max_retries) == (10, 8, 0)
     assert s.resume is False
-    assert s.metrics_addr == ("0.0.0.0", 9999)
+    assert s.metrics_addr == ("192.0.2.1", 9999)
     assert s.contracts[0].mode == "append"
     assert s.contracts[0].pk == ()
 
@@ -170,7 +179,9 @@ def test_config_values_beat_defaults_and_flags_beat_config(config_file: Path, in
 def test_relative_paths_in_config_are_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     path = tmp_path / "c.toml"
-    path.write_text('inbox = "in"\ndone_dir = "out/done"\n[[contracts]]\ntable = "t"\nmode = "append"\n')
+    path.write_text(
+        'inbox = "in"\ndone_dir = "out/done"\n[[contracts]]\ntable = "t"\nmode = "append"\n'
+    )
     s = resolve({"once": True}, NO_ENV, load_config(path), path)
     assert s.inbox == tmp_path / "in"
     assert s.done_dir == tmp_path / "out" / "done"
@@ -409,7 +420,9 @@ def test_unknown_key_in_a_contract(tmp_path: Path, inbox: Path) -> None:
 
 def test_unknown_csv_key_in_a_contract(tmp_path: Path, inbox: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[[contracts]]\nname = "x"\ntable = "t"\nmode = "append"\ncsv = { sep = ";" }\n')
+    path.write_text(
+        '[[contracts]]\nname = "x"\ntable = "t"\nmode = "append"\ncsv = { sep = ";" }\n'
+    )
     with pytest.raises(UsageError, match="contract x: unknown csv setting\\(s\\) sep"):
         resolve({"inbox": str(inbox)}, NO_ENV, load_config(path), path)
 

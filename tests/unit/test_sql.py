@@ -1,0 +1,227 @@
+"""SQL builders: every name validated and double-quoted, the merge semantics spelled right."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+from ingestd.db import sql
+from ingestd.db.sql import ORDINAL, Target
+from ingestd.identifiers import InvalidIdentifierError
+
+T = Target(schema="sales", table="orders", columns=("id", "name", "amount"), pk=("id",))
+STAGE = sql.stage_name(T)
+
+# Bare (unquoted) words that must never appear outside double quotes in the SQL text.
+NAMES = ("sales", "orders", "id", "name", "amount", ORDINAL, STAGE)
+
+
+def unquoted_names(text: str) -> set[str]:
+    """Identifiers of NAMES that occur outside "..." in `text`."""
+    outside = re.sub(r'"[^"]*"', " ", text)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", outside))
+    return words & set(NAMES)
+
+
+BUILDERS: dict[str, Callable[[Target], str]] = {
+    "create_table": lambda t: sql.create_table(
+        t, ["bigint", "text", "numeric(12,2)"][: len(t.columns)]
+    ),
+    "create_stage": lambda t: sql.create_stage(t, sql.stage_name(t)),
+    "insert_append": lambda t: sql.insert_append(t, sql.stage_name(t)),
+    "upsert": lambda t: sql.upsert(t, sql.stage_name(t)),
+    "merge": lambda t: sql.merge(t, sql.stage_name(t)),
+}
+
+
+@pytest.mark.parametrize("builder", BUILDERS.values(), ids=BUILDERS.keys())
+def test_every_identifier_is_quoted(builder: Callable[[Target], str]) -> None:
+    text = builder(T)
+    assert unquoted_names(text) == set()
+    assert '"sales"."orders"' in text
+
+
+def test_create_manifest_quotes_its_names() -> None:
+    statements = sql.create_manifest("audit", "ingestion_manifest")
+    assert len(statements) == 2
+    assert 'CREATE TABLE IF NOT EXISTS "audit"."ingestion_manifest"' in statements[0]
+    assert (
+        'CREATE INDEX IF NOT EXISTS "ingestion_manifest_status_idx" '
+        'ON "audit"."ingestion_manifest" (status, processed_at)'
+    ) == statements[1]
+    assert "UNIQUE (filename, checksum)" in statements[0]
+    for column in ("filename", "checksum", "filesize", "processed_at", "rows", "status", "run_id"):
+        assert re.search(rf"^\s*{column}\s", statements[0], re.M), column
+
+
+def test_create_manifest_without_schema() -> None:
+    assert sql.create_manifest(None, "m")[0].startswith('CREATE TABLE IF NOT EXISTS "m" (')
+
+
+def test_create_table() -> None:
+    text = sql.create_table(T, ["bigint", "text", "Numeric(12, 2)"])
+    assert text == (
+        'CREATE TABLE IF NOT EXISTS "sales"."orders" ("id" bigint, "name" text, '
+        '"amount" numeric(12, 2), PRIMARY KEY ("id"))'
+    )
+
+
+def test_create_table_without_pk_or_schema() -> None:
+    t = Target(schema=None, table="log", columns=("a",), pk=())
+    assert sql.create_table(t, ["text"]) == 'CREATE TABLE IF NOT EXISTS "log" ("a" text)'
+
+
+@pytest.mark.parametrize("bad", ["text); drop table x; --", "foo", "text)"])
+def test_create_table_rejects_bad_types(bad: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match="not supported"):
+        sql.create_table(T, ["bigint", bad, "text"])
+
+
+def test_create_table_needs_one_type_per_column() -> None:
+    with pytest.raises(ValueError, match=r"shorter|longer"):
+        sql.create_table(T, ["bigint"])
+
+
+def test_create_stage() -> None:
+    text = sql.create_stage(T, STAGE)
+    assert text.startswith(f'CREATE TEMP TABLE IF NOT EXISTS "{STAGE}" ON COMMIT DELETE ROWS AS ')
+    assert f'SELECT "id", "name", "amount", 0::bigint AS "{ORDINAL}"' in text
+    assert text.endswith('FROM "sales"."orders" WITH NO DATA')
+
+
+def test_stage_columns() -> None:
+    assert sql.stage_columns(T) == ["id", "name", "amount", ORDINAL]
+
+
+def test_insert_append_keeps_file_order() -> None:
+    assert sql.insert_append(T, STAGE) == (
+        'INSERT INTO "sales"."orders" ("id", "name", "amount") '
+        f'SELECT "id", "name", "amount" FROM "{STAGE}" ORDER BY "{ORDINAL}"'
+    )
+
+
+def test_upsert() -> None:
+    text = sql.upsert(T, STAGE)
+    assert text.startswith('INSERT INTO "sales"."orders" AS t ("id", "name", "amount") ')
+    # The last occurrence of a key in file order wins.
+    assert f'SELECT DISTINCT ON ("id") "id", "name", "amount" FROM "{STAGE}"' in text
+    assert f'ORDER BY "id", "{ORDINAL}" DESC' in text
+    assert (
+        'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name", "amount" = EXCLUDED."amount"'
+        in text
+    )
+    assert text.endswith(
+        'WHERE (t."name", t."amount") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."amount")'
+    )
+    # The key itself is never updated.
+    assert '"id" = EXCLUDED."id"' not in text
+
+
+def test_upsert_composite_key() -> None:
+    t = Target(None, "t", ("a", "b", "v"), ("a", "b"))
+    text = sql.upsert(t, "s")
+    assert 'DISTINCT ON ("a", "b")' in text
+    assert 'ORDER BY "a", "b", "_ingestd_row" DESC' in text
+    assert 'ON CONFLICT ("a", "b") DO UPDATE SET "v" = EXCLUDED."v" ' in text
+
+
+def test_upsert_pk_only_table_does_nothing_on_conflict() -> None:
+    t = Target(None, "keys", ("k",), ("k",))
+    text = sql.upsert(t, "s")
+    assert text.endswith('ON CONFLICT ("k") DO NOTHING')
+    assert "DO UPDATE" not in text
+
+
+def test_merge() -> None:
+    text = sql.merge(T, STAGE)
+    assert text.startswith('MERGE INTO "sales"."orders" AS t USING (SELECT DISTINCT ON ("id")')
+    assert f'ORDER BY "id", "{ORDINAL}" DESC) AS s ON t."id" = s."id" ' in text
+    assert (
+        'WHEN MATCHED AND (t."name", t."amount") IS DISTINCT FROM (s."name", s."amount") '
+        'THEN UPDATE SET "name" = s."name", "amount" = s."amount" '
+    ) in text
+    assert text.endswith(
+        'WHEN NOT MATCHED THEN INSERT ("id", "name", "amount") '
+        'VALUES (s."id", s."name", s."amount")'
+    )
+
+
+def test_merge_pk_only_only_inserts() -> None:
+    text = sql.merge(Target(None, "keys", ("k",), ("k",)), "s")
+    assert "WHEN MATCHED" not in text
+    assert text.endswith('WHEN NOT MATCHED THEN INSERT ("k") VALUES (s."k")')
+
+
+BAD_TARGETS = {
+    "quote in column": Target(None, "t", ("id", 'a"b'), ("id",)),
+    "sql in column": Target(None, "t", ("id", "x; drop"), ("id",)),
+    "bad table": Target(None, "t t", ("id", "v"), ("id",)),
+    "bad schema": Target("s;", "t", ("id", "v"), ("id",)),
+}
+
+
+@pytest.mark.parametrize("builder", BUILDERS.values(), ids=BUILDERS.keys())
+@pytest.mark.parametrize("target", BAD_TARGETS.values(), ids=BAD_TARGETS.keys())
+def test_bad_identifiers_are_refused_by_every_builder(
+    builder: Callable[[Target], str], target: Target
+) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        builder(target)
+
+
+@pytest.mark.parametrize("name", ["create_table", "upsert", "merge"])
+def test_bad_key_is_refused_by_builders_that_use_the_key(name: str) -> None:
+    target = Target(None, "t", ("id", "v"), ('id"; drop table t; --',))
+    with pytest.raises(InvalidIdentifierError):
+        BUILDERS[name](target)
+
+
+@pytest.mark.parametrize("table", ["bad name", 'x"', ""])
+def test_create_manifest_refuses_bad_names(table: str) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        sql.create_manifest(None, table)
+
+
+def test_create_manifest_accepts_every_valid_table_name() -> None:
+    table = "m" * 63  # valid: settings accepts it as --manifest-table
+    statements = sql.create_manifest(None, table)
+    assert f'CREATE TABLE IF NOT EXISTS "{table}"' in statements[0]
+
+
+def test_stage_name_is_deterministic_and_safe() -> None:
+    again = Target(schema="sales", table="orders", columns=("id", "name", "amount"), pk=("id",))
+    assert sql.stage_name(again) == STAGE
+    assert re.fullmatch(r"ingestd_stage_[0-9a-f]{16}", STAGE)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Target("sales", "orders", ("id", "name"), ("id",)),
+        Target("sales", "orders", ("id", "amount", "name"), ("id",)),
+        Target("sales", "orders2", ("id", "name", "amount"), ("id",)),
+        Target("other", "orders", ("id", "name", "amount"), ("id",)),
+        Target(None, "orders", ("id", "name", "amount"), ("id",)),
+    ],
+)
+def test_stage_name_differs_per_layout(other: Target) -> None:
+    assert sql.stage_name(other) != STAGE
+
+
+def test_manifest_statements_take_values_as_parameters() -> None:
+    name = '"ingestion_manifest"'
+    lookup = sql.manifest_lookup(name)
+    assert lookup == f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND checksum = $2"
+    checkpoint = sql.manifest_checkpoint(name)
+    assert "WHERE id = $1 AND rows = $2 AND status = 'pending'" in checkpoint
+    assert "SET rows = $3" in checkpoint
+    assert "ON CONFLICT (filename, checksum)" in sql.manifest_claim(name)
+
+
+def test_target_label_and_qualified() -> None:
+    assert T.label == "sales.orders"
+    assert T.qualified == '"sales"."orders"'
+    t = Target(None, "orders", ("id",), ("id",))
+    assert (t.label, t.qualified) == ("orders", '"orders"')
