@@ -95,3 +95,10 @@ class Db:
 
     def manifest(self) -> list[dict[str, Any]]:
         return self.fetch("SELECT * FROM ingestion_manifest ORDER BY id")
+
+    def progress(self) -> int:
+        """Rows committed so far for the first file in the manifest (0 before there is one)."""
+        try:
+            return int(self.val("SELECT coalesce(min(rows), 0) FROM ingestion_manifest"))
+        except asyncpg.UndefinedTableError:
+            return 0

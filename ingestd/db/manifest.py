@@ -7,7 +7,7 @@ from typing import Any
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import FileError
+from ingestd.exceptions import RetryableError
 from ingestd.identifiers import quote_qualified
 
 
@@ -28,8 +28,9 @@ class FileVersion:
     filesize: int
 
 
-class ProgressConflictError(FileError):
-    """Another writer advanced this file's progress: this batch must not commit."""
+class ProgressConflictError(RetryableError):
+    """The manifest moved under us (a crashed run's last commit landed late, or another
+    writer): this batch must not commit; a retry re-reads the progress and goes on."""
 
 
 class Manifest:

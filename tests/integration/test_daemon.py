@@ -172,7 +172,7 @@ def test_sigterm_during_large_file_commits_whole_batches_then_resumes(
     daemon = start_daemon(config)
     total = 400_000
     drop(inbox, "big.csv", rows(total))
-    wait_for(lambda: (db.manifest() or [{"rows": 0}])[0]["rows"] > 0, what="first batch")
+    wait_for(lambda: db.progress() > 0, what="first batch")
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
     [m] = db.manifest()
@@ -196,7 +196,7 @@ def test_second_signal_aborts_at_once_without_half_batch(
     config = CONFIG.format(extra="chunk_size = 100000\n").replace('pk = ["id"]', 'mode = "append"')
     daemon = start_daemon(config)
     drop(inbox, "big.csv", rows(600_000))
-    wait_for(lambda: (db.manifest() or [{"rows": 0}])[0]["rows"] > 0, what="first batch")
+    wait_for(lambda: db.progress() > 0, what="first batch")
     daemon.signal(signal.SIGTERM)
     time.sleep(0.05)
     daemon.signal(signal.SIGTERM)
