@@ -23,10 +23,20 @@ PooledConnection = asyncpg.pool.PoolConnectionProxy
 Pool = asyncpg.Pool
 
 
-async def _init_session(conn: Connection, statement_timeout_s: float) -> None:
-    # A stalled server must not hang a worker forever: every statement has a deadline.
-    await conn.execute(f"SET statement_timeout = {int(statement_timeout_s * 1000)}")
-    await conn.execute("SET application_name = 'ingestd'")
+def session_settings(statement_timeout_s: float) -> dict[str, str]:
+    """Startup parameters of every connection.
+
+    Every statement gets a deadline, and a session whose client vanished mid-transaction
+    (a network partition) is ended by the server, releasing its locks. As startup
+    parameters they survive the RESET ALL the pool runs when a connection is released,
+    which a SET after connecting would not.
+    """
+    timeout_ms = str(int(statement_timeout_s * 1000))
+    return {
+        "statement_timeout": timeout_ms,
+        "idle_in_transaction_session_timeout": timeout_ms,
+        "application_name": "ingestd",
+    }
 
 
 async def create_pool(
@@ -40,9 +50,6 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """Open a pool of `size` connections, retrying while the server is unreachable."""
 
-    async def init(conn: Connection) -> None:
-        await _init_session(conn, statement_timeout_s)
-
     last: BaseException | None = None
     for attempt in range(attempts + 1):
         try:
@@ -52,7 +59,7 @@ async def create_pool(
                 max_size=size,
                 timeout=connect_timeout_s,
                 command_timeout=statement_timeout_s + 5,
-                init=init,
+                server_settings=session_settings(statement_timeout_s),
                 # Statement caching is of no use for our few, varied statements and
                 # breaks behind transaction poolers such as PgBouncer.
                 statement_cache_size=0,
