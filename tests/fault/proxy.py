@@ -142,5 +142,5 @@ def commit_number(n: int) -> Trigger:
 
 
 def after_bytes(limit: int) -> Trigger:
-    """Fires once a connection has sent `limit` bytes towards the server (mid-COPY for big batches)."""
+    """Fires once a connection has sent `limit` bytes to the server (mid-COPY of a big batch)."""
     return lambda _chunk, sent: sent >= limit
