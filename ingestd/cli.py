@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--keep-files", action="store_true", default=None, help="leave files where they are"
     )
+    r.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        help="memory for one file's batches in flight; wide rows shrink the batch (default 256)",
+    )
     r.add_argument("--manifest-table", help="manifest table name (default ingestion_manifest)")
     r.add_argument(
         "--metrics-addr",

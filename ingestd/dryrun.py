@@ -29,7 +29,7 @@ def dry_run(settings: Settings, out: TextIO) -> int:
             failed += 1
             continue
         try:
-            reader = open_reader(path, contract, settings.chunk_size)
+            reader = open_reader(path, contract, settings.chunk_size, settings.memory_limit_bytes)
             rows = sum(batch.num_rows for batch in reader)
         except FileError as exc:
             print(f"  FAIL {name}: {exc}", file=out)

@@ -56,7 +56,10 @@ async def process_file(
     first_row = 1
     try:
         _check_unchanged(job)
-        reader = await asyncio.to_thread(open_reader, job.path, contract, ctx.settings.chunk_size)
+        s = ctx.settings
+        reader = await asyncio.to_thread(
+            open_reader, job.path, contract, s.chunk_size, s.memory_limit_bytes
+        )
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
         await _prepare_target(
             conn, target, reader.layout.pg_types, contract.mode, ctx.server_version

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from ingestd.exceptions import FileError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier
 from ingestd.settings import Contract
 
-CSV_BLOCK_BYTES = 4 << 20  # pyarrow parses in blocks; a row must fit in one
+CSV_BLOCK_BYTES = 4 << 20  # pyarrow parses in blocks; a row must fit in one (blocks grow)
+DEFAULT_MEMORY_LIMIT_BYTES = 256 << 20
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 
@@ -72,13 +73,40 @@ def detect_type(path: Path, contract: Contract) -> str:
     return file_type
 
 
-def open_reader(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
+@dataclass(frozen=True)
+class Limits:
+    """How much of a file may be in memory at once.
+
+    A batch holds at most chunk_size rows and at most a quarter of the memory limit in
+    Arrow form (it exists again as CSV bytes, and the next batch is read meanwhile); a
+    single CSV row may take up to half of it.
+    """
+
+    chunk_size: int
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
+
+    @property
+    def batch_bytes(self) -> int:
+        return self.memory_limit_bytes // 4
+
+    @property
+    def max_block_bytes(self) -> int:
+        return max(CSV_BLOCK_BYTES, self.memory_limit_bytes // 2)
+
+
+def open_reader(
+    path: Path,
+    contract: Contract,
+    chunk_size: int,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+) -> BatchReader:
     """Open `path` under `contract`; raises FileError when the file cannot be loaded."""
     file_type = detect_type(path, contract)
+    limits = Limits(chunk_size, memory_limit_bytes)
     try:
         if file_type == "parquet":
-            return _open_parquet(path, contract, chunk_size)
-        return _open_csv(path, contract, chunk_size)
+            return _open_parquet(path, contract, limits)
+        return _open_csv(path, contract, limits)
     except (pa.ArrowException, OSError, UnicodeError, ValueError) as exc:
         header_rows = 1 if file_type == "csv" and contract.csv.header else 0
         raise arrow_file_error(exc, header_rows) from None
@@ -116,13 +144,15 @@ def _csv_stream(path: Path) -> pa.NativeFile:
     return pa.input_stream(str(path), compression=compression)
 
 
-def _csv_options(contract: Contract) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+def _csv_options(
+    contract: Contract, block_bytes: int
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
     opts = contract.csv
     read = pacsv.ReadOptions(
         # One thread: row numbers in errors are only known single-threaded, and the
         # other core belongs to PostgreSQL.
         use_threads=False,
-        block_size=CSV_BLOCK_BYTES,
+        block_size=block_bytes,
         encoding=opts.encoding,
         column_names=list(contract.headers) if not opts.header and contract.headers else None,
     )
@@ -134,16 +164,37 @@ def _csv_options(contract: Contract) -> tuple[pacsv.ReadOptions, pacsv.ParseOpti
     return read, parse
 
 
-def _read_header(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions) -> list[str]:
-    with _csv_stream(path) as stream:
-        reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
-        return list(reader.schema.names)
+def _is_straddle(exc: BaseException) -> bool:
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
 
 
-def _open_csv(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
-    read, parse = _csv_options(contract)
+def _too_large(limits: Limits, rows_before: int) -> FileError:
+    return FileError(
+        f"after row {rows_before}, a row is larger than {limits.max_block_bytes >> 20} MiB, "
+        "or a quoted field is never closed (malformed quoting). If rows really are that "
+        "large, raise memory_limit_mb (a row may use half of it)"
+    )
+
+
+def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
+    block = CSV_BLOCK_BYTES
+    while True:
+        read, parse = _csv_options(contract, block)
+        try:
+            with _csv_stream(path) as stream:
+                reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
+                return list(reader.schema.names)
+        except pa.ArrowInvalid as exc:
+            if not _is_straddle(exc):
+                raise
+            if block * 2 > limits.max_block_bytes:
+                raise _too_large(limits, 0) from None
+            block *= 2
+
+
+def _open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     if contract.csv.header:
-        names = _read_header(path, read, parse)
+        names = _read_header(path, contract, limits)
         _check_header(names, path)
     else:
         names = list(contract.headers or ())
@@ -156,20 +207,44 @@ def _open_csv(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
         quoted_strings_can_be_null=False,
         null_values=[""],
     )
-    reader = pacsv.open_csv(
-        _csv_stream(path), read_options=read, parse_options=parse, convert_options=convert
-    )
+
+    def open_with(block: int) -> pacsv.CSVStreamingReader:
+        read, parse = _csv_options(contract, block)
+        return pacsv.open_csv(
+            _csv_stream(path), read_options=read, parse_options=parse, convert_options=convert
+        )
+
     types = dict(contract.types)
     layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
-    batches = _normalise(_iter_csv(reader), columns, missing, contract)
-    return BatchReader(layout, rebatch(batches, chunk_size), 1 if contract.csv.header else 0)
+    batches = _normalise(_iter_csv(open_with, limits), columns, missing, contract)
+    header_rows = 1 if contract.csv.header else 0
+    return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes), header_rows)
 
 
-def _iter_csv(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from reader
-    finally:
-        reader.close()
+def _iter_csv(
+    open_with: Callable[[int], pacsv.CSVStreamingReader], limits: Limits
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches; when a row does not fit pyarrow's block, reopen with a larger
+    block (up to the limit) and continue after the rows already yielded."""
+    block = CSV_BLOCK_BYTES
+    done = 0
+    while True:
+        reader: pacsv.CSVStreamingReader | None = None
+        try:
+            reader = open_with(block)
+            for batch in skip_rows(iter(reader), done):
+                done += batch.num_rows
+                yield batch
+            return
+        except pa.ArrowInvalid as exc:
+            if not _is_straddle(exc):
+                raise
+            if block * 2 > limits.max_block_bytes:
+                raise _too_large(limits, done) from None
+            block *= 2
+        finally:
+            if reader is not None:
+                reader.close()
 
 
 def _check_header(names: list[str], path: Path) -> None:
@@ -249,7 +324,7 @@ def pg_type_for(arrow_type: pa.DataType, column: str) -> str:
     )
 
 
-def _open_parquet(path: Path, contract: Contract, chunk_size: int) -> BatchReader:
+def _open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     pf = pq.ParquetFile(str(path))
     schema = pf.schema_arrow
     names = list(schema.names)
@@ -267,9 +342,10 @@ def _open_parquet(path: Path, contract: Contract, chunk_size: int) -> BatchReade
     else:
         pg_types = tuple(types.get(c, "text") for c in columns)
     present = [c for c in columns if c not in missing]
-    raw = pf.iter_batches(batch_size=chunk_size, columns=present, use_threads=False)
+    raw = pf.iter_batches(batch_size=limits.chunk_size, columns=present, use_threads=False)
     layout = FileLayout("parquet", columns, pg_types)
-    return BatchReader(layout, _normalise(raw, columns, missing, contract))
+    batches = _normalise(raw, columns, missing, contract)
+    return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
 
 
 # --- shared -------------------------------------------------------------------------------
@@ -307,21 +383,30 @@ def _copyable(array: pa.Array) -> pa.Array:
     return array
 
 
-def rebatch(batches: Iterator[pa.RecordBatch], chunk_size: int) -> Iterator[pa.RecordBatch]:
-    """Regroup batches of any size into batches of exactly chunk_size rows (the last: fewer)."""
+def rebatch(
+    batches: Iterator[pa.RecordBatch], chunk_size: int, max_bytes: int | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Regroup batches into batches of chunk_size rows (the last: fewer), smaller where
+    chunk_size rows would take more than max_bytes: the chunk shrinks for wide rows."""
+    limit = max_bytes or 1 << 62
     pending: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
     for batch in batches:
         if batch.num_rows == 0:
             continue
         pending.append(batch)
         count += batch.num_rows
-        while count >= chunk_size:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_size).combine_chunks().to_batches()[0]
-            rest = table.slice(chunk_size)
+        size += batch.nbytes
+        while count >= chunk_size or (size >= limit and count > 1):
+            table = pa.Table.from_batches(pending).combine_chunks()
+            take = min(chunk_size, count)
+            if size > limit:
+                take = max(1, min(take, count * limit // size))
+            yield table.slice(0, take).to_batches()[0]
+            rest = table.slice(take)
             pending = rest.combine_chunks().to_batches() if rest.num_rows else []
             count = rest.num_rows
+            size = sum(b.nbytes for b in pending)
     if count:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 

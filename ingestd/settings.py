@@ -96,12 +96,17 @@ class Settings:
     settle_s: float = 0.25
     shutdown_grace_s: float = 30.0
     queue_size: int = 0  # 0: twice the concurrency
+    memory_limit_mb: int = 256  # one file's batches in flight; a CSV row may use half
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
 
     def contract_for(self, relative: PurePosixPath) -> Contract | None:
         """The first contract whose pattern matches, or None."""
         return next((c for c in self.contracts if c.matches(relative)), None)
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return self.memory_limit_mb << 20
 
     @property
     def effective_queue_size(self) -> int:
@@ -127,6 +132,7 @@ _CONTRACT_KEYS = {
 }
 _CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
 _GLOBAL_KEYS = {
+    "memory_limit_mb",
     "dsn",
     "inbox",
     "state_dir",
@@ -232,6 +238,7 @@ def resolve(
         settle_s=_float(pick("settle_s", 0.25), "settle interval", minimum=0.0),
         shutdown_grace_s=_float(pick("shutdown_grace_s", 30.0), "shutdown grace"),
         queue_size=_int(pick("queue_size", 0), "queue size", minimum=0),
+        memory_limit_mb=_int(pick("memory_limit_mb", 256), "memory limit (MB)", minimum=16),
     )
     _check_sources(settings)
     return settings
