@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -32,15 +33,27 @@ def _move(src: Path, dest: Path) -> Path:
     return dest
 
 
+def _inside(folder: Path, name: PurePosixPath) -> Path:
+    # A name is placed under the folder, never beside or above it (`..`, absolute names).
+    dest = folder / Path(*name.parts)
+    if (
+        name.is_absolute()
+        or ".." in name.parts
+        or not dest.resolve().is_relative_to(folder.resolve())
+    ):
+        raise OSError(errno.EINVAL, "destination outside the archive directory", str(dest))
+    return dest
+
+
 def to_done(src: Path, done_dir: Path, name: PurePosixPath, today: dt.date | None = None) -> Path:
     """Move a loaded file to done/YYYY-MM-DD/<name> (blocking: run in a thread)."""
     day = (today or dt.date.today()).isoformat()
-    return _move(src, done_dir / day / Path(*name.parts))
+    return _move(src, _inside(done_dir / day, name))
 
 
 def to_failed(src: Path, failed_dir: Path, name: PurePosixPath, report: dict[str, Any]) -> Path:
     """Move a failed file to failed/<name> and write <name>.error.json beside it."""
-    dest = _move(src, failed_dir / Path(*name.parts))
+    dest = _move(src, _inside(failed_dir, name))
     sidecar = dest.with_name(dest.name + ".error.json")
     sidecar.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return dest

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,7 +35,12 @@ def sha256_file(path: Path) -> tuple[bytes, int]:
     """Streaming sha256 and size of a file (blocking: run it in a thread)."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as fh:
+    # Never follow a symlink swapped in after discovery, never block on a FIFO.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(fd, "rb") as fh:
         while piece := fh.read(_HASH_PIECE_BYTES):
             digest.update(piece)
             size += len(piece)

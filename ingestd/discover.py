@@ -18,7 +18,11 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES)
 
 
-def scan(inbox: Path, skip_dirs: tuple[Path, ...] = ()) -> Iterator[Path]:
+def scan(
+    inbox: Path,
+    skip_dirs: tuple[Path, ...] = (),
+    on_refused: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
     """Every regular, non-ignored file under the inbox (subfolders too), in name order.
 
     Symlinks, FIFOs, sockets and devices are skipped without being opened, so a FIFO
@@ -33,13 +37,18 @@ def scan(inbox: Path, skip_dirs: tuple[Path, ...] = ()) -> Iterator[Path]:
         except OSError:
             continue  # vanished or unreadable: the next scan will tell
         for entry in entries:
-            if is_ignored(entry.name) or entry.is_symlink():
+            if is_ignored(entry.name):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_symlink():
+                if on_refused is not None:
+                    on_refused(Path(entry.path), "symbolic links are not followed")
+            elif entry.is_dir(follow_symlinks=False):
                 if Path(entry.path).resolve() not in skip:
                     stack.append(Path(entry.path))
             elif entry.is_file(follow_symlinks=False):
                 yield Path(entry.path)
+            elif on_refused is not None:
+                on_refused(Path(entry.path), "not a regular file (FIFO, socket or device)")
 
 
 def relative_name(path: Path, inbox: Path | None) -> PurePosixPath:

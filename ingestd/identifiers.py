@@ -85,7 +85,9 @@ _TYPE_NAMES = {
     "bigserial",
     "serial",
 }
-_TYPE = re.compile(r"(?P<base>[a-z][a-z0-9 ]*?)\s*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(?P<array>\[\])?")
+_TYPE = re.compile(
+    r"(?P<base>[a-z][a-z0-9 ]*?)\s*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(?P<array>\[\])?", re.ASCII
+)
 
 
 def validate_pg_type(type_name: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +33,17 @@ class FileLayout:
 class BatchReader:
     """Iterates a file as record batches holding exactly `layout.columns`."""
 
-    def __init__(self, layout: FileLayout, batches: Iterator[pa.RecordBatch], header_rows: int = 0):
+    def __init__(
+        self,
+        layout: FileLayout,
+        batches: Iterator[pa.RecordBatch],
+        header_rows: int = 0,
+        file_columns: Sequence[str] = (),
+    ):
         self.layout = layout
         self._batches = batches
         self._header_rows = header_rows
+        self._file_columns = tuple(file_columns)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
@@ -45,7 +52,7 @@ class BatchReader:
             raise
         except (pa.ArrowException, OSError, UnicodeError, ValueError, EOFError) as exc:
             # Problems deep in a file (a bad row, a truncated gzip) surface only here.
-            raise arrow_file_error(exc, self._header_rows) from None
+            raise arrow_file_error(exc, self._header_rows, self._file_columns) from None
 
 
 def guess_file_type(name: str) -> str:
@@ -66,10 +73,17 @@ def detect_type(path: Path, contract: Contract) -> str:
                 f"cannot tell whether {path.name} is CSV or Parquet from its name: "
                 "use a .csv/.csv.gz/.parquet suffix or set file_type in the contract"
             )
-    if file_type == "parquet":
-        with path.open("rb") as fh:
-            if fh.read(4) != b"PAR1":
-                raise FileError(f"{path.name} is not a Parquet file (no PAR1 magic bytes)")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if file_type == "parquet" and magic != b"PAR1":
+        raise FileError(f"{path.name} is not a Parquet file (no PAR1 magic bytes)")
+    if file_type == "csv" and magic == b"PAR1":
+        raise FileError(
+            f"{path.name} is a Parquet file with a CSV name: rename it to .parquet "
+            "or set file_type = parquet in its contract"
+        )
+    if file_type == "csv" and magic[:2] == b"\x1f\x8b" and not path.name.lower().endswith(".gz"):
+        raise FileError(f"{path.name} is gzip-compressed: name it {path.name}.gz")
     return file_type
 
 
@@ -113,9 +127,15 @@ def open_reader(
 
 
 _ROW_IN_ERROR = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
+_BAD_UTF8 = re.compile(
+    r"CSV column #(\d+): Row #(\d+): CSV conversion error to string: invalid UTF8"
+)
+_ENCODING_HINT = "if the file is not UTF-8, give its encoding (e.g. --encoding latin-1)"
 
 
-def arrow_file_error(exc: BaseException, header_rows: int = 0) -> FileError:
+def arrow_file_error(
+    exc: BaseException, header_rows: int = 0, file_columns: Sequence[str] = ()
+) -> FileError:
     """A FileError with a one-line reason, and the data row when pyarrow knows it.
 
     pyarrow counts records from the top of the file, header included; we count data
@@ -123,7 +143,26 @@ def arrow_file_error(exc: BaseException, header_rows: int = 0) -> FileError:
     """
     if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, pa.ArrowException):
         return FileError(f"cannot read file: {exc.strerror}")
+    if isinstance(exc, UnicodeDecodeError):
+        byte = exc.object[exc.start : exc.start + 1]
+        return FileError(
+            f"the file is not valid {exc.encoding} text (byte {byte!r} at offset {exc.start}): "
+            f"it may not be a CSV file; {_ENCODING_HINT}"
+        )
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text == "Empty CSV file":
+        return FileError("the file is empty (no header, no rows)")
+    bad_utf8 = _BAD_UTF8.search(text)
+    if bad_utf8:
+        row = int(bad_utf8.group(2)) - header_rows
+        index = int(bad_utf8.group(1))
+        column = file_columns[index] if index < len(file_columns) else f"#{index + 1}"
+        return FileError(
+            f"row {row}, column {column}: bytes that are not valid UTF-8; {_ENCODING_HINT}",
+            row=row,
+        )
+    if "Parquet" in text or "parquet" in text:
+        return FileError(f"not a readable Parquet file: {text}")
     match = _ROW_IN_ERROR.search(text)
     if match:
         record, expected, got = (int(g) for g in match.groups())
@@ -218,7 +257,8 @@ def _open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
     batches = _normalise(_iter_csv(open_with, limits), columns, missing, contract)
     header_rows = 1 if contract.csv.header else 0
-    return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes), header_rows)
+    batches = rebatch(batches, limits.chunk_size, limits.batch_bytes)
+    return BatchReader(layout, batches, header_rows, names)
 
 
 def _iter_csv(

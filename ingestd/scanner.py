@@ -56,6 +56,7 @@ class Scanner:
         self._run_id = run_id
         self.waiting: dict[str, float] = {}  # name -> when first seen (monotonic)
         self.in_hand: set[str] = set()  # queued or being loaded: never offered twice
+        self._refused: set[Path] = set()  # logged once, not at every rescan
 
     def oldest_waiting(self) -> float | None:
         """Monotonic time the oldest unfinished file was first seen."""
@@ -72,7 +73,12 @@ class Scanner:
         if s.files:
             return s.files
         assert s.inbox is not None  # noqa: S101 - settings guarantee one source
-        return scan(s.inbox, self._archive_dirs())
+        return scan(s.inbox, self._archive_dirs(), self._refuse)
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        if path not in self._refused:
+            self._refused.add(path)
+            log.warning("file_ignored", extra={"file": str(path), "reason": reason})
 
     async def scan_once(self) -> None:
         """Offer every candidate present now (--once); gives up if the database stays away."""

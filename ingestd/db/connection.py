@@ -87,12 +87,13 @@ async def create_pool(
 
 
 def _worth_retrying_connect(exc: BaseException) -> bool:
-    # Wrong password or database name will not fix itself.
+    # Wrong password, unknown database or a socket we may not open will not fix itself.
     return not isinstance(
         exc,
         asyncpg.InvalidPasswordError
         | asyncpg.InvalidAuthorizationSpecificationError
-        | asyncpg.InvalidCatalogNameError,
+        | asyncpg.InvalidCatalogNameError
+        | PermissionError,
     )
 
 

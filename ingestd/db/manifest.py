@@ -43,6 +43,10 @@ class Manifest:
 
     async def ensure(self, conn: Connection) -> None:
         """Create the manifest if missing (serialised, so concurrent starts do not clash)."""
+        # An existing manifest is used as is: CREATE ... IF NOT EXISTS still needs CREATE on
+        # the schema and table ownership, which a least-privilege role does not have.
+        if await conn.fetchval(sql.RELATION_EXISTS, self.name):
+            return
         async with conn.transaction():
             await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
             for statement in sql.create_manifest(self._schema, self._table):

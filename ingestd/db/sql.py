@@ -180,6 +180,10 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
     ]
 
 
+# True if the relation ($1: a quoted, possibly qualified name) exists and is visible.
+RELATION_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
+
+
 def manifest_lookup(name: str) -> str:
     """The manifest row of one version of a file: $1 filename, $2 checksum."""
     return f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND checksum = $2"
