@@ -71,6 +71,7 @@ async def process_file(
         async for batch_rows, payload in _encoded(reader, rows_done):
             if ctx.stopping.is_set():
                 raise Interrupted(f"stopped after {rows_done} rows; resumes on the next run")
+            _check_unchanged(job)  # one stat per batch: stop early on a file rewritten under us
             first_row = rows_done + 1
             started = time.perf_counter()
             async with conn.transaction():
@@ -84,6 +85,11 @@ async def process_file(
         _check_unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, "success", None)
         return rows_done
+    except FileError as exc:
+        # A read error in a file that changed under us is the change, not bad data.
+        if not isinstance(exc, FileChangedError) and identity(job.path) != job.identity:
+            _check_unchanged(job)
+        raise
     except IngestdError:
         raise
     except Exception as exc:
