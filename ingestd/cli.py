@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fill columns the file lacks instead of failing",
     )
     g.add_argument("--tolerant-mode", help="null (default) or empty: what fills a missing column")
+    g.add_argument(
+        "--max-bad-rows",
+        help="rows that fail to cast or violate a constraint, set aside to ingestion_rejects "
+        "before the file fails: N or a percentage such as 1%% (default 0)",
+    )
     g.add_argument("--delimiter", help="CSV delimiter: , ; | or tab")
     g.add_argument("--quote", help='CSV quote character (default ")')
     g.add_argument("--encoding", help="CSV encoding (default utf-8; e.g. latin-1)")

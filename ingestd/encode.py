@@ -19,3 +19,14 @@ def encode_batch(batch: pa.RecordBatch, first_row: int) -> bytes:
     pacsv.write_csv(batch.append_column("_ingestd_row", ordinal), sink, _WRITE)
     payload: bytes = sink.getvalue().to_pybytes()
     return payload
+
+
+def raw_rows(batch: pa.RecordBatch) -> list[str]:
+    """Each row of `batch` as one CSV line (for ingestion_rejects.raw)."""
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(batch, sink, _WRITE)
+    text: str = sink.getvalue().to_pybytes().decode("utf-8", errors="replace")
+    if batch.num_rows == 1:
+        return [text.rstrip("\n")]
+    # Quoted fields may hold newlines, so split by re-encoding row by row.
+    return [raw_rows(batch.slice(i, 1))[0] for i in range(batch.num_rows)]

@@ -51,6 +51,12 @@ class Metrics:
             ["table_name"],
             registry=r,
         )
+        self.rows_rejected = Counter(
+            "ingest_rows_rejected",
+            "Rows set aside to ingestion_rejects (--max-bad-rows).",
+            ["table_name"],
+            registry=r,
+        )
         self.batch_latency = Histogram(
             "ingest_batch_latency_seconds",
             "COPY + merge + checkpoint of one batch, commit included.",

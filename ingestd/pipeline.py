@@ -23,6 +23,7 @@ from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, IngestdError, Interrupted
 from ingestd.metrics import Metrics
 from ingestd.read import BatchReader, open_reader, skip_rows
+from ingestd.reject import is_bad_data, load_sorting_out
 from ingestd.settings import Mode, Settings
 
 log = logging.getLogger("ingestd.pipeline")
@@ -65,23 +66,22 @@ async def process_file(
             conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
         )
         stage = await stages.ensure(conn, target)
-        rows_done = await ctx.manifest.progress(conn, job.claim.manifest_id)
+        rows_done, rejected = await ctx.manifest.progress(conn, job.claim.manifest_id)
         if rows_done:
             log.info("file_resumed", extra={"rows_committed": rows_done})
-        async for batch_rows, payload in _encoded(reader, rows_done):
+        async for batch, payload in _encoded(reader, rows_done):
             if ctx.stopping.is_set():
                 raise Interrupted(f"stopped after {rows_done} rows; resumes on the next run")
             _check_unchanged(job)  # one stat per batch: stop early on a file rewritten under us
             first_row = rows_done + 1
             started = time.perf_counter()
-            async with conn.transaction():
-                await copy_batch(conn, target, stage, payload)
-                written = await merge_batch(conn, target, stage, contract.mode)
-                await ctx.manifest.checkpoint(
-                    conn, job.claim.manifest_id, rows_done, rows_done + batch_rows
-                )
-            rows_done += batch_rows
-            _count_batch(ctx, reader, target, worker_id, batch_rows, written, started, rows_done)
+            batch_at = _BatchAt(batch, payload, rows_done, rejected)
+            written, set_aside = await _commit_batch(conn, job, ctx, target, stage, batch_at)
+            rows_done += batch.num_rows
+            rejected += set_aside
+            _count_batch(
+                ctx, reader, target, worker_id, batch.num_rows, written, started, rows_done
+            )
         _check_unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, "success", None)
         return rows_done
@@ -94,6 +94,55 @@ async def process_file(
         raise
     except Exception as exc:
         raise translate(exc, first_row=first_row) from exc
+
+
+@dataclass(frozen=True)
+class _BatchAt:
+    """A batch and where the file stood before it."""
+
+    batch: pa.RecordBatch
+    payload: bytes
+    rows_before: int
+    rejected_before: int
+
+
+async def _commit_batch(
+    conn: Connection, job: Job, ctx: LoadContext, target: Target, stage: str, at: _BatchAt
+) -> tuple[int, int]:
+    """COPY, merge and checkpoint one batch in one transaction: (rows written, rows set aside).
+
+    If the batch fails on bad data and the contract allows bad rows, the good rows load
+    and the bad ones go to ingestion_rejects, still in one transaction.
+    """
+    mode, claim_id = job.contract.mode, job.claim.manifest_id
+    rows_after = at.rows_before + at.batch.num_rows
+    cause: BaseException | None = None
+    try:
+        async with conn.transaction():
+            await copy_batch(conn, target, stage, at.payload)
+            written = await merge_batch(conn, target, stage, mode)
+            await ctx.manifest.checkpoint(conn, claim_id, at.rows_before, rows_after)
+        return written, 0
+    except IngestdError as exc:
+        error: IngestdError = exc
+    except Exception as exc:
+        error, cause = translate(exc, first_row=at.rows_before + 1), exc
+    budget = job.contract.max_bad_rows
+    allowed = budget.allowed(rows_after) - at.rejected_before
+    if allowed <= 0 or not is_bad_data(error):
+        raise error from cause
+    async with conn.transaction():
+        written, rejects = await load_sorting_out(
+            conn, target, stage, mode, at.batch, at.rows_before + 1, allowed, budget
+        )
+        await ctx.manifest.record_rejects(conn, claim_id, job.version, ctx.run_id, rejects)
+        await ctx.manifest.checkpoint(conn, claim_id, at.rows_before, rows_after, len(rejects))
+    ctx.metrics.rows_rejected.labels(target.label).inc(len(rejects))
+    log.warning(
+        "rows_rejected",
+        extra={"rows": len(rejects), "first_row": rejects[0].row, "error": rejects[0].reason},
+    )
+    return written, len(rejects)
 
 
 async def _prepare_target(
@@ -138,20 +187,22 @@ def _count_batch(
     )
 
 
-async def _encoded(reader: BatchReader, rows_done: int) -> AsyncIterator[tuple[int, bytes]]:
-    """(rows, COPY bytes) per batch, reading and encoding the next batch in a thread
+async def _encoded(
+    reader: BatchReader, rows_done: int
+) -> AsyncIterator[tuple[pa.RecordBatch, bytes]]:
+    """(batch, COPY bytes) per batch, reading and encoding the next batch in a thread
     while the current one is in the database."""
     batches: Iterator[pa.RecordBatch] = skip_rows(iter(reader), rows_done)
     next_row = rows_done + 1
 
-    def produce(first_row: int) -> tuple[int, bytes] | None:
+    def produce(first_row: int) -> tuple[pa.RecordBatch, bytes] | None:
         batch = next(batches, None)
-        return None if batch is None else (batch.num_rows, encode_batch(batch, first_row))
+        return None if batch is None else (batch, encode_batch(batch, first_row))
 
     pending = asyncio.ensure_future(asyncio.to_thread(produce, next_row))
     try:
         while (item := await pending) is not None:
-            next_row += item[0]
+            next_row += item[0].num_rows
             pending = asyncio.ensure_future(asyncio.to_thread(produce, next_row))
             yield item
     finally:

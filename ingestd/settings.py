@@ -38,6 +38,42 @@ class CsvOptions:
 
 
 @dataclass(frozen=True)
+class BadRows:
+    """How many rows of a file may be set aside (to ingestion_rejects) before it fails."""
+
+    count: int = 0
+    ratio: float | None = None  # e.g. 0.01 for "1%": of the rows read so far
+
+    def allowed(self, rows_read: int) -> int:
+        """Rejects allowed once `rows_read` rows of the file have been read."""
+        if self.ratio is not None:
+            return int(self.ratio * rows_read)
+        return self.count
+
+    def __str__(self) -> str:
+        return f"{self.ratio * 100:g}%" if self.ratio is not None else str(self.count)
+
+
+def parse_bad_rows(value: object) -> BadRows:
+    """`N` or `N%` (from a flag or the config file)."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            ratio = float(text[:-1]) / 100
+            if not 0 <= ratio <= 1:
+                raise ValueError(text)
+            return BadRows(ratio=ratio)
+        count = int(text)
+        if count < 0:
+            raise ValueError(text)
+        return BadRows(count=count)
+    except ValueError:
+        raise UsageError(
+            f"max bad rows must be a whole number or a percentage such as 1%, not {text!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
 class Contract:
     """Which files go to which table, and how."""
 
@@ -54,6 +90,7 @@ class Contract:
     preserve_types: bool = False
     tolerant: bool = False
     tolerant_mode: Literal["null", "empty"] = "null"
+    max_bad_rows: BadRows = field(default_factory=BadRows)
 
     def matches(self, relative: PurePosixPath) -> bool:
         """True if the file (path relative to the inbox) falls under this contract."""
@@ -116,6 +153,7 @@ class Settings:
 
 # Keys a contract accepts in the config file, and the flag names that override them.
 _CONTRACT_KEYS = {
+    "max_bad_rows",
     "name",
     "pattern",
     "table",
@@ -203,6 +241,13 @@ def resolve(
         return base / path if base is not None and not path.is_absolute() else path
 
     dsn = flags.get("dsn") or env.get("INGESTD_DSN") or config.get("dsn")
+    if dsn:
+        from ingestd.db.dsn import check_dsn
+
+        try:
+            check_dsn(str(dsn))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     password_file = config.get("password_file") or env.get("INGESTD_PASSWORD_FILE")
     if dsn and password_file:
         dsn = _with_password_from_file(dsn, Path(password_file))
@@ -324,6 +369,7 @@ def _contract(raw: Mapping[str, Any], *, where: str) -> Contract:
         preserve_types=bool(raw.get("preserve_types", False)),
         tolerant=bool(raw.get("tolerant", False)),
         tolerant_mode=_choice(raw.get("tolerant_mode", "null"), ("null", "empty"), "tolerant mode"),
+        max_bad_rows=parse_bad_rows(raw.get("max_bad_rows", 0)),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ingestd.db.connection import create_pool
-from ingestd.db.dsn import mask_dsn
+from ingestd.db.dsn import check_dsn, mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
@@ -35,6 +35,11 @@ def main(argv: Sequence[str]) -> int:
         import os
 
         dsn = ns.dsn or os.environ.get("INGESTD_DSN") or config.get("dsn")
+        if dsn:
+            try:
+                check_dsn(dsn)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         table = ns.manifest_table or config.get("manifest_table", DEFAULT_MANIFEST)
         state_dir = Path(ns.state_dir or config.get("state_dir", DEFAULT_STATE_DIR))
         summary = asyncio.run(
@@ -78,10 +83,10 @@ async def _summary(
 def print_status(summary: dict[str, Any], out: TextIO) -> None:
     """A readable table of the summary."""
     counts = summary["counts"]
-    print(f"{'status':<10}{'files':>10}{'rows':>16}", file=out)
+    print(f"{'status':<10}{'files':>10}{'rows':>16}{'rejected':>12}", file=out)
     for status in ("success", "pending", "failed"):
-        c = counts.get(status, {"files": 0, "rows": 0})
-        print(f"{status:<10}{c['files']:>10,}{c['rows']:>16,}", file=out)
+        c = counts.get(status, {"files": 0, "rows": 0, "rejected": 0})
+        print(f"{status:<10}{c['files']:>10,}{c['rows']:>16,}{c['rejected']:>12,}", file=out)
     if summary["pending"]:
         print("\nin progress (or interrupted; resumed on the next run):", file=out)
         for r in summary["pending"]:

@@ -28,6 +28,16 @@ class FileVersion:
     filesize: int
 
 
+@dataclass(frozen=True)
+class Reject:
+    """A row set aside: its position in the file, its text and why PostgreSQL refused it."""
+
+    row: int
+    raw: str
+    reason: str
+    sqlstate: str | None
+
+
 class ProgressConflictError(RetryableError):
     """The manifest moved under us (a crashed run's last commit landed late, or another
     writer): this batch must not commit; a retry re-reads the progress and goes on."""
@@ -40,17 +50,19 @@ class Manifest:
         self.name = quote_qualified(schema, table)
         self._schema = schema
         self._table = table
+        self._rejects = quote_qualified(schema, sql.REJECTS_TABLE)
 
     async def ensure(self, conn: Connection) -> None:
-        """Create the manifest if missing (serialised, so concurrent starts do not clash)."""
-        # An existing manifest is used as is: CREATE ... IF NOT EXISTS still needs CREATE on
-        # the schema and table ownership, which a least-privilege role does not have.
-        if await conn.fetchval(sql.RELATION_EXISTS, self.name):
+        """Create the manifest and rejects tables if missing (serialised across starts)."""
+        # Existing, up-to-date tables are used as they are: CREATE ... IF NOT EXISTS still
+        # needs CREATE on the schema, which a least-privilege role does not have.
+        if await conn.fetchval(sql.MANIFEST_READY, self.name, self._rejects):
             return
         async with conn.transaction():
             await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
             for statement in sql.create_manifest(self._schema, self._table):
                 await conn.execute(statement)
+            await conn.execute(sql.create_rejects(self._schema))
 
     async def lookup(self, conn: Connection, version: FileVersion) -> tuple[str, int] | None:
         """(status, rows) of a file version, or None if it was never seen."""
@@ -81,19 +93,44 @@ class Manifest:
         assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns a row
         return Claim(row["id"], row["rows"])
 
-    async def checkpoint(self, conn: Connection, claim_id: int, before: int, after: int) -> None:
+    async def checkpoint(
+        self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
+    ) -> None:
         """Record progress; call inside the batch's transaction."""
-        status = await conn.execute(sql.manifest_checkpoint(self.name), claim_id, before, after)
+        status = await conn.execute(
+            sql.manifest_checkpoint(self.name), claim_id, before, after, rejected
+        )
         if status != "UPDATE 1":
             raise ProgressConflictError(
                 f"manifest row {claim_id} no longer shows {before} rows committed: "
                 "another ingestd process is loading the same file"
             )
 
-    async def progress(self, conn: Connection, claim_id: int) -> int:
-        """Rows of this version committed so far (the truth after a lost commit reply)."""
-        value = await conn.fetchval(sql.manifest_progress(self.name), claim_id)
-        return int(value or 0)
+    async def progress(self, conn: Connection, claim_id: int) -> tuple[int, int]:
+        """(rows done, rows rejected) of this version so far: the truth after a lost reply."""
+        row = await conn.fetchrow(sql.manifest_progress(self.name), claim_id)
+        return (0, 0) if row is None else (int(row["rows"]), int(row["rows_rejected"]))
+
+    async def record_rejects(
+        self,
+        conn: Connection,
+        claim_id: int,
+        version: FileVersion,
+        run_id: str,
+        rejects: list[Reject],
+    ) -> None:
+        """Store rejected rows, in the transaction of the batch they came from."""
+        await conn.execute(
+            sql.insert_rejects(self._schema),
+            claim_id,
+            version.filename,
+            version.checksum,
+            run_id,
+            [r.row for r in rejects],
+            [r.raw for r in rejects],
+            [r.reason for r in rejects],
+            [r.sqlstate for r in rejects],
+        )
 
     async def add_attempt(self, conn: Connection, claim_id: int) -> None:
         """Count one attempt."""
@@ -123,7 +160,10 @@ class Manifest:
         failed = await conn.fetch(sql.manifest_recent(self.name), "failed", recent)
         pending = await conn.fetch(sql.manifest_recent(self.name), "pending", recent)
         return {
-            "counts": {r["status"]: {"files": r["files"], "rows": r["rows"]} for r in counts},
+            "counts": {
+                r["status"]: {"files": r["files"], "rows": r["rows"], "rejected": r["rejected"]}
+                for r in counts
+            },
             "failed": [dict(r) for r in failed],
             "pending": [dict(r) for r in pending],
         }

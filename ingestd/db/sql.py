@@ -173,7 +173,10 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             started_at   timestamptz NOT NULL DEFAULT now(),
             processed_at timestamptz,
             notes        text,
+            rows_rejected bigint     NOT NULL DEFAULT 0,
             UNIQUE (filename, checksum))""",
+        # Manifests made by 0.1.0 lack the column.
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
         # Truncated so that any valid table name gives a valid index name.
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table[:48] + '_status_idx')} "
         f"ON {name} (status, processed_at)",
@@ -182,6 +185,13 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
 
 # True if the relation ($1: a quoted, possibly qualified name) exists and is visible.
 RELATION_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
+
+# $1 manifest, $2 rejects table (quoted names): both exist, the manifest with rows_rejected.
+MANIFEST_READY = """
+SELECT to_regclass($2) IS NOT NULL AND EXISTS (
+    SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass($1) AND attname = 'rows_rejected' AND NOT attisdropped)
+"""
 
 
 def manifest_lookup(name: str) -> str:
@@ -206,18 +216,19 @@ def manifest_claim(name: str) -> str:
 def manifest_checkpoint(name: str) -> str:
     """Advance a file's progress inside the batch's transaction.
 
-    $1 id, $2 rows before, $3 rows after. Matching the old value means a batch can
-    only be counted once: a second writer on the same file updates nothing.
+    $1 id, $2 rows before, $3 rows after, $4 rows of the batch set aside as rejects.
+    Matching the old value means a batch can only be counted once: a second writer on
+    the same file updates nothing.
     """
     return (
-        f"UPDATE {name} SET rows = $3, batches = batches + 1 "
+        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4 "
         "WHERE id = $1 AND rows = $2 AND status = 'pending'"
     )
 
 
 def manifest_progress(name: str) -> str:
-    """Rows committed so far for a manifest row ($1 id)."""
-    return f"SELECT rows FROM {name} WHERE id = $1"
+    """Rows committed so far and rows set aside, for a manifest row ($1 id)."""
+    return f"SELECT rows, rows_rejected FROM {name} WHERE id = $1"
 
 
 def manifest_attempt(name: str) -> str:
@@ -242,9 +253,10 @@ def manifest_record_failure(name: str) -> str:
 
 
 def manifest_status_counts(name: str) -> str:
-    """Counts and rows by status, for `ingestd status`."""
+    """Counts, rows and rejected rows by status, for `ingestd status`."""
     return (
-        f"SELECT status, count(*) AS files, coalesce(sum(rows), 0)::bigint AS rows FROM {name} "
+        f"SELECT status, count(*) AS files, coalesce(sum(rows), 0)::bigint AS rows, "
+        f"coalesce(sum(rows_rejected), 0)::bigint AS rejected FROM {name} "
         "GROUP BY status ORDER BY status"
     )
 
@@ -252,9 +264,50 @@ def manifest_status_counts(name: str) -> str:
 def manifest_recent(name: str) -> str:
     """The most recent rows of a status ($1), newest first, at most $2."""
     return (
-        f"SELECT filename, table_name, rows, attempts, run_id, started_at, processed_at, notes "
+        f"SELECT filename, table_name, rows, rows_rejected, attempts, run_id, started_at, "
+        "processed_at, notes "
         f"FROM {name} WHERE status = $1 ORDER BY coalesce(processed_at, started_at) DESC LIMIT $2"
     )
+
+
+# --- rejected rows ---------------------------------------------------------------------------
+
+
+REJECTS_TABLE = "ingestion_rejects"
+
+
+def create_rejects(schema: str | None) -> str:
+    """The table of rows set aside by --max-bad-rows, created beside the manifest."""
+    return f"""CREATE TABLE IF NOT EXISTS {quote_qualified(schema, REJECTS_TABLE)} (
+        id           bigserial   PRIMARY KEY,
+        manifest_id  bigint      NOT NULL,
+        filename     text        NOT NULL,
+        checksum     bytea       NOT NULL,
+        row_number   bigint      NOT NULL,
+        raw          text        NOT NULL,
+        reason       text        NOT NULL,
+        sqlstate     text,
+        run_id       text        NOT NULL,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (manifest_id, row_number))"""
+
+
+def insert_rejects(schema: str | None) -> str:
+    """Record rejected rows: $1 manifest id, $2 filename, $3 checksum, $4 run_id, then arrays
+    $5 row numbers, $6 raw text, $7 reasons, $8 SQLSTATEs. A row already recorded (a batch
+    retried after a lost commit reply) is not recorded twice."""
+    return (
+        f"INSERT INTO {quote_qualified(schema, REJECTS_TABLE)} "
+        "(manifest_id, filename, checksum, run_id, row_number, raw, reason, sqlstate) "
+        "SELECT $1, $2, $3, $4, r.n, r.raw, r.reason, r.state "
+        "FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[]) AS r(n, raw, reason, state) "
+        "ON CONFLICT (manifest_id, row_number) DO NOTHING"
+    )
+
+
+def truncate_stage(stage: str) -> str:
+    """Empty the stage inside a transaction (ON COMMIT DELETE ROWS only acts at commit)."""
+    return f"TRUNCATE {quote_ident(stage)}"
 
 
 SERVER_VERSION = "SELECT current_setting('server_version_num')::int"

@@ -22,3 +22,8 @@ async def copy_batch(conn: Connection, target: Target, stage: str, payload: byte
     await conn.copy_to_table(
         stage, source=_pieces(payload), columns=sql.stage_columns(target), format="csv"
     )
+
+
+async def truncate_stage(conn: Connection, stage: str) -> None:
+    """Empty the stage inside a transaction, before staging a piece of a batch again."""
+    await conn.execute(sql.truncate_stage(stage))

@@ -240,8 +240,8 @@ def test_status_command_reports_counts_and_failures(
     result = run_cli(["status", "--dsn", dsn])
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[1].split() == ["success", "1", "2"]
-    assert lines[3].split() == ["failed", "1", "0"]
+    assert lines[1].split() == ["success", "1", "2", "0"]
+    assert lines[3].split() == ["failed", "1", "0", "0"]
     assert "bad.csv -> t: row 1 has 1 fields" in result.out
     as_json = json.loads(run_cli(["status", "--dsn", dsn, "--json"]).out)
-    assert as_json["counts"]["success"] == {"files": 1, "rows": 2}
+    assert as_json["counts"]["success"] == {"files": 1, "rows": 2, "rejected": 0}

@@ -45,14 +45,19 @@ def test_every_identifier_is_quoted(builder: Callable[[Target], str]) -> None:
 
 def test_create_manifest_quotes_its_names() -> None:
     statements = sql.create_manifest("audit", "ingestion_manifest")
-    assert len(statements) == 2
+    assert len(statements) == 3
     assert 'CREATE TABLE IF NOT EXISTS "audit"."ingestion_manifest"' in statements[0]
+    assert statements[1] == (
+        'ALTER TABLE "audit"."ingestion_manifest" '
+        "ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0"
+    )
     assert (
         'CREATE INDEX IF NOT EXISTS "ingestion_manifest_status_idx" '
         'ON "audit"."ingestion_manifest" (status, processed_at)'
-    ) == statements[1]
+    ) == statements[2]
     assert "UNIQUE (filename, checksum)" in statements[0]
-    for column in ("filename", "checksum", "filesize", "processed_at", "rows", "status", "run_id"):
+    for column in ("filename", "checksum", "filesize", "processed_at", "rows", "status", "run_id",
+                   "rows_rejected"):  # fmt: skip
         assert re.search(rf"^\s*{column}\s", statements[0], re.M), column
 
 

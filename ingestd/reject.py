@@ -1,0 +1,109 @@
+"""Rejected rows: when a batch fails on bad data, find the bad rows and load the rest.
+
+Like pgloader: the batch is retried in pieces inside savepoints. COPY names the row of a
+value that does not cast, so that row is set aside at once; an error without a row (a
+constraint checked in the merge) splits the piece in two until the bad row is alone.
+Pieces are applied in file order, so "the last occurrence wins" still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from ingestd.db.connection import Connection
+from ingestd.db.errors import translate
+from ingestd.db.manifest import Reject
+from ingestd.db.merge import merge_batch
+from ingestd.db.sql import Target
+from ingestd.db.stage import copy_batch, truncate_stage
+from ingestd.encode import encode_batch, raw_rows
+from ingestd.exceptions import FileError, IngestdError
+from ingestd.settings import BadRows, Mode
+
+log = logging.getLogger("ingestd.reject")
+
+
+def is_bad_data(error: IngestdError) -> bool:
+    """Errors a row can cause: data exceptions (22) and integrity violations (23)."""
+    code = getattr(error, "sqlstate", None) or ""
+    return isinstance(error, FileError) and code.startswith(("22", "23"))
+
+
+async def load_sorting_out(
+    conn: Connection,
+    target: Target,
+    stage: str,
+    mode: Mode,
+    batch: pa.RecordBatch,
+    first_row: int,
+    allowed: int,
+    budget: BadRows,
+) -> tuple[int, list[Reject]]:
+    """Load the good rows of `batch` (inside the caller's transaction) and return
+    (target rows written, rows set aside). Raises FileError past `allowed` rejects."""
+    written = 0
+    rejects: list[Reject] = []
+    pieces = [(0, batch.num_rows)]
+    while pieces:
+        lo, hi = pieces.pop()
+        error = await _try_piece(conn, target, stage, mode, batch, first_row, lo, hi)
+        if isinstance(error, int):
+            written += error
+            continue
+        bad = _named_row(error, first_row, lo, hi)
+        if bad is None and hi - lo == 1:
+            bad = lo
+        if bad is None:
+            mid = (lo + hi) // 2
+            pieces += [(mid, hi), (lo, mid)]  # popped left first: file order
+            continue
+        rejects.append(_reject(batch, first_row, bad, error))
+        if len(rejects) > allowed:
+            raise FileError(
+                f"more bad rows than --max-bad-rows {budget} allows; row {first_row + bad}: "
+                f"{error}",
+                row=first_row + bad,
+                sqlstate=error.sqlstate,
+            )
+        pieces += [p for p in ((bad + 1, hi), (lo, bad)) if p[0] < p[1]]
+    return written, rejects
+
+
+async def _try_piece(
+    conn: Connection,
+    target: Target,
+    stage: str,
+    mode: Mode,
+    batch: pa.RecordBatch,
+    first_row: int,
+    lo: int,
+    hi: int,
+) -> int | FileError:
+    """Rows written by rows [lo, hi) in a savepoint, or the data error that undid them."""
+    try:
+        async with conn.transaction():  # nested: a savepoint
+            await truncate_stage(conn, stage)
+            await copy_batch(
+                conn, target, stage, encode_batch(batch.slice(lo, hi - lo), first_row + lo)
+            )
+            return await merge_batch(conn, target, stage, mode)
+    except Exception as exc:
+        error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=first_row + lo)
+        if not is_bad_data(error):
+            raise error from exc
+        assert isinstance(error, FileError)  # noqa: S101 - is_bad_data checked it
+        return error
+
+
+def _named_row(error: FileError, first_row: int, lo: int, hi: int) -> int | None:
+    if error.row is None:
+        return None
+    index = error.row - first_row
+    return index if lo <= index < hi else None
+
+
+def _reject(batch: pa.RecordBatch, first_row: int, index: int, error: FileError) -> Reject:
+    raw = raw_rows(batch.slice(index, 1))[0]
+    return Reject(first_row + index, raw, str(error), error.sqlstate)
