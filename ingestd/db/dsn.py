@@ -35,3 +35,14 @@ def password_of(dsn: str) -> str | None:
         return unquote(parts.password) if parts.password else None
     match = _KV_PASSWORD.search(dsn)
     return match.group("pw").strip("'") if match else None
+
+
+def check_dsn(dsn: str) -> str:
+    """Return the DSN if a URL DSN parses (host, port); else raise ValueError without the DSN."""
+    if "://" in dsn:
+        try:
+            _ = urlsplit(dsn).port
+        except ValueError as exc:
+            reason = mask_dsn(str(exc))
+            raise ValueError(f"the DSN is not a valid PostgreSQL URL: {reason}") from None
+    return dsn
