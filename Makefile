@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench bench-quick clean
+.PHONY: demo test test-fast lint format bench bench-quick clean wheel
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## wheel: build dist/ingestd-*.whl exactly as the Dockerfile's builder stage does
+# The Dockerfile runs this very command (RUN line); tests/deploy/test_docker.py checks it.
+WHEEL_CMD := pip wheel --no-deps -w dist .
+wheel: $(STAMP)
+	rm -rf build dist  # setuptools would pack stale modules left in build/lib
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(WHEEL_CMD)
 
 ## bench: ingestd against psql \copy on generated data (see bench/README.md)
 bench: $(STAMP)
