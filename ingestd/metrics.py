@@ -90,6 +90,16 @@ class Metrics:
             "Unix time of the last file loaded.",
             registry=r,
         )
+        self.precreate()
+
+    def precreate(self) -> None:
+        """Give the outcome counters their series at zero, so that rate() and increase()
+        see the first failure after a start (a series born at 1 has no increase)."""
+        for file_type in ("csv", "parquet"):
+            for status in ("success", "failed", "skipped"):
+                self.files_processed.labels(file_type, status)
+            self.rows_read.labels(file_type)
+            self.rows_staged.labels(file_type)
 
     def track_oldest(self, oldest_since: Callable[[], float | None]) -> None:
         """Compute the oldest-waiting age at scrape time from a monotonic timestamp source."""
