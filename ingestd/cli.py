@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingestd",
         description="Load CSV and Parquet files into PostgreSQL, exactly once.",
-        epilog="Subcommands: `ingestd status` shows the manifest. Exit status: 0 all files "
+        epilog="Subcommands: `ingestd status` shows the manifest; `ingestd check-config FILE` "
+        "validates a config; `ingestd retry FILE...|--all-failed` moves failed files back to "
+        "the inbox. Exit status: 0 all files "
         "loaded or skipped, 1 some file failed, 2 bad usage or configuration.",
     )
     p.add_argument("--version", action="version", version=f"ingestd {__version__}")
@@ -146,6 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ingestd.status import main as status_main
 
         return status_main(args[1:])
+    if args[:1] == ["check-config"]:
+        from ingestd.operator import check_config
+
+        return check_config(args[1:])
+    if args[:1] == ["retry"]:
+        from ingestd.operator import retry
+
+        return retry(args[1:])
     try:
         settings = build_settings(args)
     except UsageError as exc:

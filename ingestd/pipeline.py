@@ -22,6 +22,7 @@ from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, IngestdError, Interrupted
 from ingestd.metrics import Metrics
+from ingestd.progress import Progress
 from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.reject import is_bad_data, load_sorting_out
 from ingestd.settings import Mode, Settings
@@ -39,6 +40,7 @@ class LoadContext:
     run_id: str
     server_version: int
     stopping: asyncio.Event
+    progress: Progress | None = None  # --once on a terminal
 
 
 class FileChangedError(FileError):
@@ -82,6 +84,8 @@ async def process_file(
             _count_batch(
                 ctx, reader, target, worker_id, batch.num_rows, written, started, rows_done
             )
+            if ctx.progress is not None:
+                ctx.progress.batch(str(job.name), batch.num_rows, len(payload))
         _check_unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, "success", None)
         return rows_done

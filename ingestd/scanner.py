@@ -21,6 +21,7 @@ from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
+from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
@@ -57,6 +58,7 @@ class Scanner:
         self.waiting: dict[str, float] = {}  # name -> when first seen (monotonic)
         self.in_hand: set[str] = set()  # queued or being loaded: never offered twice
         self._refused: set[Path] = set()  # logged once, not at every rescan
+        self.progress: Progress | None = None
 
     def oldest_waiting(self) -> float | None:
         """Monotonic time the oldest unfinished file was first seen."""
@@ -178,6 +180,10 @@ class Scanner:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
         s = self.settings
         name = relative_name(path, None if s.files else s.inbox)
+        if not s.files and name.is_absolute():
+            # Resolves outside the inbox: reached through a symlinked folder. Never read it.
+            self._refuse(path, "outside the inbox (through a symbolic link)")
+            return
         key = str(name)
         if key in self.in_hand:
             return
@@ -206,6 +212,8 @@ class Scanner:
                 await self._archive_skipped(path, name)
                 return
             self.in_hand.add(key)
+            if self.progress is not None:
+                self.progress.claimed(key, version.filesize)
             await self._queue.put(job)
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ingestd.exceptions import UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
 from ingestd.pipeline import LoadContext
+from ingestd.progress import Progress
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
@@ -109,6 +111,15 @@ class Service:
         files = tuple(self.results.files)
         return RunReport(self.run_id, files, time.monotonic() - started, self.settings.once)
 
+    def _show_progress(self) -> bool:
+        """A progress line for --once at a terminal; the info log lines would garble it,
+        so the terminal then shows warnings and errors only."""
+        if not (self.settings.once and sys.stderr.isatty()):
+            return False
+        root = logging.getLogger()
+        root.setLevel(max(root.level, logging.WARNING))
+        return True
+
     async def _start_endpoint(self) -> None:
         addr = self.settings.metrics_addr
         if addr is None:
@@ -155,12 +166,20 @@ class Service:
             version = await server_version(conn)
         _check_server(s, version)
         queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=s.effective_queue_size)
-        ctx = LoadContext(s, manifest, self.metrics, self.run_id, version, self.stop_event)
+        progress = Progress(sys.stderr) if self._show_progress() else None
+        ctx = LoadContext(
+            s, manifest, self.metrics, self.run_id, version, self.stop_event, progress
+        )
         scanner = Scanner(
             s, pool, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
         )
         self._scanner = scanner
+        scanner.progress = progress
         self.results.on_result = _chain(self.results.on_result, scanner.finished)
+        if progress is not None:
+            self.results.on_result = _chain(
+                self.results.on_result, lambda result: progress.finished(result.name)
+            )
         self.metrics.queue_depth.set_function(queue.qsize)
         self.metrics.track_oldest(scanner.oldest_waiting)
         workers = [
@@ -170,13 +189,16 @@ class Service:
             asyncio.create_task(w.run(queue), name=f"ingestd-worker-{i}")
             for i, w in enumerate(workers)
         ]
-        health = asyncio.create_task(self._health(pool, scanner), name="ingestd-health")
+        background = [asyncio.create_task(self._health(pool, scanner), name="ingestd-health")]
+        if progress is not None:
+            background.append(asyncio.create_task(progress.run(), name="ingestd-progress"))
         try:
             await self._drive(scanner, queue, tasks)
         finally:
             await self._stop_workers(workers, tasks)
-            health.cancel()
-            await asyncio.gather(health, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     async def _drive(
         self, scanner: Scanner, queue: asyncio.Queue[Job], workers: list[asyncio.Task[None]]

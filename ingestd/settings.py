@@ -224,33 +224,15 @@ def resolve(
     env = os.environ if env is None else env
     config = config or {}
 
-    base = Path(config_path).parent if config_path else None
-
     def pick(key: str, default: Any = None) -> Any:
         if flags.get(key) is not None:
             return flags[key]
         return config.get(key, default)
 
     def pick_path(key: str) -> Path | None:
-        # Relative paths in a config file are relative to the file, on the command line to cwd.
-        if flags.get(key) is not None:
-            return Path(str(flags[key])).expanduser()
-        if config.get(key) is None:
-            return None
-        path = Path(str(config[key])).expanduser()
-        return base / path if base is not None and not path.is_absolute() else path
+        return path_setting(key, flags, config, config_path)
 
-    dsn = flags.get("dsn") or env.get("INGESTD_DSN") or config.get("dsn")
-    if dsn:
-        from ingestd.db.dsn import check_dsn
-
-        try:
-            check_dsn(str(dsn))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    password_file = config.get("password_file") or env.get("INGESTD_PASSWORD_FILE")
-    if dsn and password_file:
-        dsn = _with_password_from_file(dsn, Path(password_file))
+    dsn = resolve_dsn(flags.get("dsn"), env, config)
     inbox = pick_path("inbox")
     files = tuple(Path(f) for f in flags.get("files") or ())
     once = bool(flags.get("once"))
@@ -287,6 +269,39 @@ def resolve(
     )
     _check_sources(settings)
     return settings
+
+
+def path_setting(
+    key: str, flags: Mapping[str, Any], config: Mapping[str, Any], config_path: Path | None
+) -> Path | None:
+    """A directory setting: relative paths in a config file are relative to the file, on
+    the command line to the working directory."""
+    if flags.get(key) is not None:
+        return Path(str(flags[key])).expanduser()
+    if config.get(key) is None:
+        return None
+    path = Path(str(config[key])).expanduser()
+    if config_path is not None and not path.is_absolute():
+        return Path(config_path).parent / path
+    return path
+
+
+def resolve_dsn(flag: str | None, env: Mapping[str, str], config: Mapping[str, Any]) -> str | None:
+    """--dsn, else INGESTD_DSN, else the config's dsn; with the password from password_file
+    (or INGESTD_PASSWORD_FILE) when one is set. None: use the embedded server."""
+    dsn = flag or env.get("INGESTD_DSN") or config.get("dsn")
+    if not dsn:
+        return None
+    from ingestd.db.dsn import check_dsn
+
+    try:
+        check_dsn(str(dsn))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    password_file = config.get("password_file") or env.get("INGESTD_PASSWORD_FILE")
+    if password_file:
+        return _with_password_from_file(str(dsn), Path(password_file))
+    return str(dsn)
 
 
 def _check_sources(settings: Settings) -> None:

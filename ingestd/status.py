@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from ingestd.db.connection import create_pool
-from ingestd.db.dsn import check_dsn, mask_dsn
+from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import setup as setup_logging
 from ingestd.retry import Backoff
-from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR, load_config
+from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR, load_config, resolve_dsn
 
 
 def main(argv: Sequence[str]) -> int:
@@ -32,14 +33,7 @@ def main(argv: Sequence[str]) -> int:
     setup_logging("text", "ERROR")
     try:
         config = load_config(ns.config) if ns.config else {}
-        import os
-
-        dsn = ns.dsn or os.environ.get("INGESTD_DSN") or config.get("dsn")
-        if dsn:
-            try:
-                check_dsn(dsn)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+        dsn = resolve_dsn(ns.dsn, os.environ, config)
         table = ns.manifest_table or config.get("manifest_table", DEFAULT_MANIFEST)
         state_dir = Path(ns.state_dir or config.get("state_dir", DEFAULT_STATE_DIR))
         summary = asyncio.run(

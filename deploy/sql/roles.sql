@@ -1,0 +1,147 @@
+-- ingestd: a least-privilege login role. Run as a superuser or the owner of the schema
+-- and tables, connected to the database ingestd loads into (see deploy/sql/README.md):
+--
+--   psql -X -v ON_ERROR_STOP=1 -d mydb -v schema=public -v tables=companies,orders \
+--        -f deploy/sql/roles.sql
+--
+-- Variables (psql -v NAME=VALUE), all optional:
+--   role           login role to create or update                  (default ingestd)
+--   db             database to grant CONNECT and TEMPORARY on      (default: the current one)
+--   schema         schema of the target tables                     (default public)
+--   tables         comma-separated target tables, or * for every   (default *)
+--                  table now in the schema
+--   manifest       manifest table name                             (default ingestion_manifest)
+--   manifest_schema  schema of the manifest                        (default: schema)
+--   allow_create   off: this script creates the manifest and the   (default off)
+--                  ingestion_rejects table with ingestd's exact DDL and grants them; the target tables must
+--                  exist. on: grant CREATE on the schema instead, so ingestd creates
+--                  the manifest and missing target tables itself (and owns them).
+-- The password is never a -v variable (it would show in `ps`): set it afterwards with
+-- psql's \password ROLE, or export INGESTD_ROLE_PASSWORD before running psql 15+.
+--
+-- The script is idempotent: run it again after adding target tables.
+
+\set ON_ERROR_STOP on
+\if :{?role}
+\else
+  \set role ingestd
+\endif
+\if :{?db}
+\else
+  \set db :DBNAME
+\endif
+\if :{?schema}
+\else
+  \set schema public
+\endif
+\if :{?tables}
+\else
+  \set tables '*'
+\endif
+\if :{?manifest}
+\else
+  \set manifest ingestion_manifest
+\endif
+\if :{?manifest_schema}
+\else
+  \set manifest_schema :schema
+\endif
+\if :{?allow_create}
+\else
+  \set allow_create off
+\endif
+
+BEGIN;
+
+-- The role: it logs in and does nothing else on the cluster.
+SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') AS role_is_new \gset
+\if :role_is_new
+  CREATE ROLE :"role" LOGIN;
+\endif
+ALTER ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+
+\getenv role_password INGESTD_ROLE_PASSWORD
+\if :{?role_password}
+  ALTER ROLE :"role" PASSWORD :'role_password';
+  \unset role_password
+\endif
+
+-- Connect, and create the per-connection temp stage tables.
+GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"role";
+GRANT USAGE ON SCHEMA :"schema" TO :"role";
+GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
+
+\if :allow_create
+  -- ingestd creates the manifest and missing target tables, and owns what it creates.
+  GRANT CREATE ON SCHEMA :"schema" TO :"role";
+  GRANT CREATE ON SCHEMA :"manifest_schema" TO :"role";
+\else
+  -- The manifest, exactly as ingestd would create it (ingestd/db/sql.py create_manifest).
+  CREATE TABLE IF NOT EXISTS :"manifest_schema".:"manifest" (
+      id           bigserial PRIMARY KEY,
+      filename     text        NOT NULL,
+      checksum     bytea       NOT NULL,
+      filesize     bigint      NOT NULL,
+      table_name   text        NOT NULL,
+      status       text        NOT NULL CHECK (status IN ('pending', 'success', 'failed')),
+      rows         bigint      NOT NULL DEFAULT 0,
+      batches      bigint      NOT NULL DEFAULT 0,
+      attempts     integer     NOT NULL DEFAULT 0,
+      run_id       text        NOT NULL,
+      started_at   timestamptz NOT NULL DEFAULT now(),
+      processed_at timestamptz,
+      notes        text,
+      rows_rejected bigint     NOT NULL DEFAULT 0,
+      UNIQUE (filename, checksum));
+  -- Manifests made by ingestd 0.1.0 lack the column.
+  ALTER TABLE :"manifest_schema".:"manifest"
+      ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0;
+  SELECT format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (status, processed_at)',
+                left(:'manifest', 48) || '_status_idx', :'manifest_schema', :'manifest') \gexec
+  -- Rows set aside by --max-bad-rows (ingestd/db/sql.py create_rejects), beside the manifest.
+  CREATE TABLE IF NOT EXISTS :"manifest_schema".ingestion_rejects (
+      id           bigserial   PRIMARY KEY,
+      manifest_id  bigint      NOT NULL,
+      filename     text        NOT NULL,
+      checksum     bytea       NOT NULL,
+      row_number   bigint      NOT NULL,
+      raw          text        NOT NULL,
+      reason       text        NOT NULL,
+      sqlstate     text,
+      run_id       text        NOT NULL,
+      created_at   timestamptz NOT NULL DEFAULT now(),
+      UNIQUE (manifest_id, row_number));
+\endif
+
+-- The manifest (when it exists: with allow_create=on ingestd creates and owns it).
+SELECT format('GRANT SELECT, INSERT, UPDATE ON TABLE %I.%I TO %I',
+              :'manifest_schema', :'manifest', :'role')
+WHERE to_regclass(format('%I.%I', :'manifest_schema', :'manifest')) IS NOT NULL \gexec
+SELECT format('GRANT USAGE ON SEQUENCE %s TO %I',
+              pg_get_serial_sequence(format('%I.%I', :'manifest_schema', :'manifest'), 'id'),
+              :'role')
+WHERE to_regclass(format('%I.%I', :'manifest_schema', :'manifest')) IS NOT NULL \gexec
+
+-- Rejected rows: ingestd inserts them (ON CONFLICT on its key also needs SELECT).
+SELECT format('GRANT SELECT, INSERT ON TABLE %I.ingestion_rejects TO %I', :'manifest_schema', :'role')
+WHERE to_regclass(format('%I.ingestion_rejects', :'manifest_schema')) IS NOT NULL \gexec
+SELECT format('GRANT USAGE ON SEQUENCE %s TO %I',
+              pg_get_serial_sequence(format('%I.ingestion_rejects', :'manifest_schema'), 'id'),
+              :'role')
+WHERE to_regclass(format('%I.ingestion_rejects', :'manifest_schema')) IS NOT NULL \gexec
+
+-- Target tables: SELECT + INSERT + UPDATE is what upsert (INSERT ... ON CONFLICT DO
+-- UPDATE) and MERGE need; append needs INSERT (and SELECT to shape its stage table).
+-- No DELETE, TRUNCATE, REFERENCES or TRIGGER. A listed table that does not exist
+-- stops the script.
+SELECT format('GRANT SELECT, INSERT, UPDATE ON TABLE %I.%I TO %I',
+              :'schema', btrim(t), :'role')
+FROM unnest(string_to_array(:'tables', ',')) AS t
+WHERE btrim(t) <> '*' \gexec
+SELECT format('GRANT SELECT, INSERT, UPDATE ON TABLE %I.%I TO %I', n.nspname, c.relname, :'role')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE :'tables' = '*' AND n.nspname = :'schema' AND c.relkind IN ('r', 'p')
+  AND NOT (n.nspname = :'manifest_schema'
+           AND c.relname IN (:'manifest', 'ingestion_rejects')) \gexec
+
+COMMIT;

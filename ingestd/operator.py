@@ -1,0 +1,119 @@
+"""Operator commands: `ingestd check-config FILE` and `ingestd retry FILE... | --all-failed`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ingestd.exceptions import UsageError
+from ingestd.settings import Settings, load_config, path_setting, resolve
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """Validate a config file without touching anything: 0 if usable, 2 with the reason."""
+    p = argparse.ArgumentParser(prog="ingestd check-config", description=check_config.__doc__)
+    p.add_argument("config", type=Path)
+    ns = p.parse_args(argv)
+    try:
+        settings = resolve({}, config=load_config(ns.config), config_path=ns.config)
+    except UsageError as exc:
+        print(f"ingestd check-config: {ns.config}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{ns.config}: ok")
+    print(f"  inbox {settings.inbox}, done {_done(settings)}, failed {_failed(settings)}")
+    print(f"  chunk size {settings.chunk_size:,}, concurrency {settings.concurrency}, "
+          f"metrics {_addr(settings)}")  # fmt: skip
+    print(f"  database: {'from the config or INGESTD_DSN' if settings.dsn else 'embedded'}")
+    for c in settings.contracts:
+        target = f"{c.schema}.{c.table}" if c.schema else c.table
+        key = ",".join(c.pk) or "no key"
+        print(f"  contract {c.name}: {c.pattern} -> {target} ({c.mode}, {key}, {c.file_type})")
+    return 0
+
+
+def retry(argv: Sequence[str]) -> int:
+    """Move failed files back to the inbox (after a fix) and drop their sidecars."""
+    p = argparse.ArgumentParser(prog="ingestd retry", description=retry.__doc__)
+    p.add_argument("files", nargs="*", type=Path, help="files in the failed directory")
+    p.add_argument("--all-failed", action="store_true", help="every file in the failed directory")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--inbox", help="the inbox (when there is no config file)")
+    p.add_argument("--failed-dir", help="the failed directory (default: failed/ beside the inbox)")
+    ns = p.parse_args(argv)
+    try:
+        inbox, failed = _directories(ns)
+        moved = _retry(inbox, failed, ns.files, all_failed=ns.all_failed)
+    except UsageError as exc:
+        print(f"ingestd retry: error: {exc}", file=sys.stderr)
+        return 2
+    for src, dest in moved:
+        print(f"  {src} -> {dest}")
+    print(f"{len(moved)} file(s) back in the inbox; the next scan loads them")
+    return 0
+
+
+def _directories(ns: argparse.Namespace) -> tuple[Path, Path]:
+    """(inbox, failed directory) from the flags or the config file, by resolve's rules."""
+    config = load_config(ns.config) if ns.config else {}
+    flags = {"inbox": ns.inbox, "failed_dir": ns.failed_dir}
+    inbox = path_setting("inbox", flags, config, ns.config)
+    if inbox is None:
+        raise UsageError("no inbox: give --inbox or --config")
+    failed = path_setting("failed_dir", flags, config, ns.config)
+    return inbox, failed or inbox.parent / "failed"
+
+
+def _retry(
+    inbox: Path, failed: Path, files: list[Path], *, all_failed: bool
+) -> list[tuple[Path, Path]]:
+    failed = failed.resolve()
+    if all_failed == bool(files):
+        raise UsageError("name the files to retry, or give --all-failed (not both)")
+    chosen = _all_failed(failed) if all_failed else [_inside(f, failed) for f in files]
+    moved = []
+    for src in chosen:
+        relative = src.relative_to(failed)
+        dest = inbox / relative
+        if dest.exists():
+            raise UsageError(f"{dest} already exists in the inbox; remove one of them first")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        src.with_name(src.name + ".error.json").unlink(missing_ok=True)
+        moved.append((src, dest))
+    return moved
+
+
+def _all_failed(failed: Path) -> list[Path]:
+    return sorted(
+        p for p in failed.rglob("*") if p.is_file() and not p.name.endswith(".error.json")
+    )
+
+
+def _inside(path: Path, failed: Path) -> Path:
+    candidate = path if path.is_absolute() else (Path.cwd() / path)
+    if not candidate.exists():
+        candidate = failed / path
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(failed) or not resolved.is_file():
+        raise UsageError(f"{path} is not a file in the failed directory {failed}")
+    return resolved
+
+
+def _done(settings: Settings) -> Path | None:
+    if settings.done_dir or settings.inbox is None:
+        return settings.done_dir
+    return settings.inbox.parent / "done"
+
+
+def _failed(settings: Settings) -> Path | None:
+    if settings.failed_dir or settings.inbox is None:
+        return settings.failed_dir
+    return settings.inbox.parent / "failed"
+
+
+def _addr(settings: Settings) -> str:
+    addr = settings.metrics_addr
+    return "off" if addr is None else f"{addr[0]}:{addr[1]}"
