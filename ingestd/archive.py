@@ -25,12 +25,20 @@ def _free_name(path: Path) -> Path:
 
 def _move(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest = _free_name(dest)
-    try:
-        os.rename(src, dest)
-    except OSError:
-        shutil.move(str(src), str(dest))  # another filesystem
-    return dest
+    for _ in range(100):
+        dest = _free_name(dest)
+        try:
+            # link + unlink never replaces a file that appeared since _free_name looked
+            # (rename would, silently).
+            os.link(src, dest, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError:
+            shutil.move(str(src), str(dest))  # another filesystem (or no hard links)
+            return dest
+        os.unlink(src)
+        return dest
+    raise FileExistsError(dest)
 
 
 def _inside(folder: Path, name: PurePosixPath) -> Path:

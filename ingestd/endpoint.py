@@ -59,7 +59,7 @@ class Endpoint:
 
     def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"only GET\n"
+            return "405 Method Not Allowed\r\nAllow: GET, HEAD", "text/plain", b"only GET\n"
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
         if path == "/healthz":

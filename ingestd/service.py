@@ -14,11 +14,12 @@ from typing import Any
 
 from ingestd.claim import Job
 from ingestd.db.connection import Pool, create_pool, ping, server_version
+from ingestd.db.errors import translate
 from ingestd.db.manifest import Manifest
 from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
-from ingestd.exceptions import UsageError
+from ingestd.exceptions import IngestdError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
 from ingestd.pipeline import LoadContext
@@ -161,9 +162,16 @@ class Service:
     async def _serve(self, pool: Pool) -> None:
         s = self.settings
         manifest = Manifest(s.manifest_schema, s.manifest_table)
-        async with pool.acquire() as conn:
-            await manifest.ensure(conn)
-            version = await server_version(conn)
+        try:
+            async with pool.acquire() as conn:
+                await manifest.ensure(conn)
+                version = await server_version(conn)
+        except IngestdError:
+            raise
+        except Exception as exc:
+            # Typically a missing grant: the message names the privilege and the fix.
+            error = translate(exc)
+            raise UsageError(f"cannot use the manifest {manifest.name}: {error}") from None
         _check_server(s, version)
         queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=s.effective_queue_size)
         progress = Progress(sys.stderr) if self._show_progress() else None

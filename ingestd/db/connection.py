@@ -93,7 +93,8 @@ def _worth_retrying_connect(exc: BaseException) -> bool:
         asyncpg.InvalidPasswordError
         | asyncpg.InvalidAuthorizationSpecificationError
         | asyncpg.InvalidCatalogNameError
-        | PermissionError,
+        | PermissionError
+        | FileNotFoundError,  # e.g. sslrootcert
     )
 
 
@@ -103,6 +104,8 @@ def describe_connect_error(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
     text = str(exc).strip() or type(exc).__name__
     return mask_dsn(text.splitlines()[0])
 

@@ -38,11 +38,15 @@ def password_of(dsn: str) -> str | None:
 
 
 def check_dsn(dsn: str) -> str:
-    """Return the DSN if a URL DSN parses (host, port); else raise ValueError without the DSN."""
-    if "://" in dsn:
-        try:
-            _ = urlsplit(dsn).port
-        except ValueError as exc:
-            reason = mask_dsn(str(exc))
-            raise ValueError(f"the DSN is not a valid PostgreSQL URL: {reason}") from None
+    """Return the DSN if it is a URL that parses (host, port); else raise ValueError without it."""
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "the DSN must be a URL: postgresql://user@host:5432/db?sslmode=verify-full "
+            "(libpq's key=value form is not supported)"
+        )
+    try:
+        _ = urlsplit(dsn).port
+    except ValueError as exc:
+        reason = mask_dsn(str(exc))
+        raise ValueError(f"the DSN is not a valid PostgreSQL URL: {reason}") from None
     return dsn

@@ -73,6 +73,13 @@ def test_a_malformed_url_dsn_is_refused_without_echoing_it(dsn: str) -> None:
     assert "S3cr3t" not in str(exc.value)
 
 
-def test_check_dsn_accepts_good_and_key_value_dsns() -> None:
-    for dsn in ("postgresql://u:p@h:5432/db?sslmode=require", "host=h dbname=d password=p"):
+def test_check_dsn_accepts_url_dsns() -> None:
+    for dsn in ("postgresql://u:p@h:5432/db?sslmode=require", "postgres:///db?host=/run/pg"):
         assert check_dsn(dsn) == dsn
+
+
+def test_check_dsn_refuses_key_value_dsns_without_echoing_them() -> None:
+    # asyncpg takes URLs only: say so up front instead of failing at connect time.
+    with pytest.raises(ValueError, match="must be a URL") as exc:
+        check_dsn("host=h dbname=d password=S3cr3t")
+    assert "S3cr3t" not in str(exc.value)
