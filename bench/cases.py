@@ -1,0 +1,505 @@
+"""One function per benchmark case. Each prepares the database, runs one client process,
+checks what landed, and returns a Measurement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import data
+from bench.server import ChildRun, Server, psql_path, run_child, wait_child, watch_rss
+
+TARGET = "bench_t"  # typed table with a primary key: every CSV case loads into it
+SOURCE = "bench_src"  # the full data set, loaded once, to prepare half-full / full targets
+PARQUET_TARGET = "bench_pq"  # created by ingestd --preserve-types
+SMALL_TARGET = "bench_small"
+MANIFEST = "ingestion_manifest"
+TIMEOUT_S = 1800.0
+
+
+class CaseError(RuntimeError):
+    """A case could not run or loaded the wrong thing."""
+
+
+@dataclass
+class Measurement:
+    """One run of one case."""
+
+    case: str
+    rows: int
+    nbytes: int
+    wall_s: float
+    client_cpu_s: float | None = None
+    server_cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each case is (the full suite, or --quick)."""
+
+    rows: int
+    small_files: int = 2_000
+    small_rows: int = 100
+    daemon_files: int = 200
+    daemon_interval_s: float = 0.05
+    big_factor: int = 4  # memory flatness: a file this many times bigger
+
+
+@dataclass
+class Files:
+    """The generated inputs (cached under bench/data/)."""
+
+    csv: Path
+    parquet: Path
+    halves: tuple[Path, Path]
+    small_dir: Path
+    daemon_dir: Path
+    big_csv: Path | None = None
+
+
+@dataclass
+class Bench:
+    """What every case needs."""
+
+    srv: Server
+    sizes: Sizes
+    files: Files
+    workdir: Path
+    python: str = sys.executable
+
+
+def prepare_files(sizes: Sizes, *, big: bool, log: Callable[[str], None]) -> Files:
+    """Build (or reuse) every input file."""
+    n = sizes.rows
+    half = n // 2
+    log(f"data: {n:,} rows CSV + Parquet (cached in {data.DATA_DIR})")
+    csv = data.csv_file(1, n)
+    parquet = data.parquet_file(1, n)
+    halves = (
+        data.csv_file(1, half, name=f"half_a_v{data.FORMAT_VERSION}_{n}.csv"),
+        data.csv_file(half + 1, n - half, name=f"half_b_v{data.FORMAT_VERSION}_{n}.csv"),
+    )
+    small_first = 10**9  # keys far away from the big files' keys
+    log(f"data: {sizes.small_files:,} small files of {sizes.small_rows} rows")
+    small_dir = data.small_file_set(small_first, sizes.small_files, sizes.small_rows)
+    daemon_dir = data.small_file_set(2 * small_first, sizes.daemon_files, sizes.small_rows)
+    big_csv = None
+    if big:
+        log(f"data: {n * sizes.big_factor:,} rows CSV for memory flatness")
+        big_csv = data.csv_file(1, n * sizes.big_factor)
+    return Files(csv, parquet, halves, small_dir, daemon_dir, big_csv)
+
+
+# --- database preparation ----------------------------------------------------------------
+
+
+def setup_database(b: Bench) -> None:
+    """Fresh tables, and the source table loaded with the whole data set (via \\copy)."""
+    srv = b.srv
+    for table in (TARGET, SOURCE, PARQUET_TARGET, SMALL_TARGET, MANIFEST):
+        srv.execute(f"DROP TABLE IF EXISTS {table}")
+    srv.execute(data.table_ddl(TARGET))
+    srv.execute(data.table_ddl(SMALL_TARGET))
+    srv.execute(data.table_ddl(SOURCE))
+    _psql_copy(b, SOURCE, b.files.csv)
+    srv.execute(f"VACUUM ANALYZE {SOURCE}")
+
+
+def _psql_copy(b: Bench, table: str, path: Path) -> ChildRun:
+    run = run_child([psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", b.srv.dsn,
+                     "-c", _copy_command(table, path)], timeout_s=TIMEOUT_S)  # fmt: skip
+    _check(run, "psql \\copy")
+    return run
+
+
+def _copy_command(table: str, path: Path) -> str:
+    quoted = str(path).replace("'", "''")
+    return (
+        f"\\copy {table} FROM '{quoted}' "
+        f"WITH (FORMAT csv, DELIMITER '{data.DELIMITER}', ENCODING 'LATIN1')"
+    )
+
+
+def _fresh(b: Bench, table: str = TARGET, *, fill: str | None = None) -> None:
+    """Empty the target (and the manifest), optionally refill it from the source table.
+
+    fill="half": the even keys, with different values (so an upsert updates them);
+    fill="all": the same rows as the file.
+    """
+    srv = b.srv
+    srv.execute(f"TRUNCATE {table}")
+    if srv.value("SELECT to_regclass($1) IS NOT NULL", MANIFEST):
+        srv.execute(f"TRUNCATE {MANIFEST}")
+    cols = ", ".join(data.COLUMNS)
+    if fill == "half":
+        changed = ", ".join(
+            "razao_social || ' (antiga)'"
+            if c == "razao_social"
+            else ("capital_social + 1" if c == "capital_social" else c)
+            for c in data.COLUMNS
+        )
+        srv.execute(
+            f"INSERT INTO {table} ({cols}) SELECT {changed} FROM {SOURCE} WHERE {data.PK} % 2 = 0"
+        )
+    elif fill == "all":
+        srv.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {SOURCE}")
+    srv.execute(f"VACUUM ANALYZE {table}")
+    srv.checkpoint()
+
+
+def _count(b: Bench, table: str) -> int:
+    return int(b.srv.value(f"SELECT count(*) FROM {table}"))
+
+
+def _expect_rows(b: Bench, table: str, expected: int, case: str) -> None:
+    got = _count(b, table)
+    if got != expected:
+        raise CaseError(f"{case}: {table} holds {got:,} rows, expected {expected:,}")
+
+
+def _check(run: ChildRun, what: str) -> None:
+    if run.returncode != 0:
+        tail = "\n".join(run.stderr.strip().splitlines()[-15:])
+        raise CaseError(f"{what} exited with {run.returncode}:\n{tail}")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_pythonpath() -> str:
+    """PYTHONPATH for children: bench.naive runs from the work dir, so the repo goes on it,
+    after whatever is there already (run.py puts an --ingestd-rev snapshot first)."""
+    current = os.environ.get("PYTHONPATH")
+    return f"{current}{os.pathsep}{REPO}" if current else str(REPO)
+
+
+def _measured(b: Bench, case: str, args: Sequence[str], rows: int, nbytes: int) -> Measurement:
+    """Run one client process; wall, client CPU and peak RSS from its rusage, server CPU
+    from the postgres processes' times before and after."""
+    b.srv.checkpoint()
+    before = b.srv.cpu_seconds()
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
+    run = run_child(args, timeout_s=TIMEOUT_S, cwd=b.workdir, env=env)
+    after = _server_cpu_settled(b)
+    _check(run, case)
+    server_cpu = None if before is None or after is None else after - before
+    return Measurement(case, rows, nbytes, run.wall_s, run.cpu_s, server_cpu, run.maxrss_mb)
+
+
+def _server_cpu_settled(b: Bench) -> float | None:
+    """Server CPU once the client's backends have exited and been reaped by the postmaster
+    (until then their time is in neither the live children nor the reaped total)."""
+    time.sleep(0.3)
+    return b.srv.cpu_seconds()
+
+
+# --- ingestd command lines ---------------------------------------------------------------
+
+
+def _csv_contract(table: str, mode: str) -> list[str]:
+    return [
+        "--table", table, "--pk", data.PK, "--mode", mode, "--file-type", "csv",
+        "--no-header", "--headers", ",".join(data.COLUMNS),
+        "--delimiter", data.DELIMITER, "--encoding", data.ENCODING,
+    ]  # fmt: skip
+
+
+def _ingestd(b: Bench, *args: str) -> list[str]:
+    return [
+        b.python, "-m", "ingestd", "--dsn", b.srv.dsn, "--metrics-addr", "off",
+        "--log-level", "WARNING", "--state-dir", str(b.workdir / "state"), *args,
+    ]  # fmt: skip
+
+
+def _size(*paths: Path) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+# --- the limits ----------------------------------------------------------------------------
+
+
+def psql_copy(b: Bench) -> Measurement:
+    """psql \\copy of the CSV into the typed table: the limit for append."""
+    _fresh(b)
+    args = [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", b.srv.dsn,
+            "-c", _copy_command(TARGET, b.files.csv)]  # fmt: skip
+    m = _measured(b, "psql_copy", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def sql_upsert(b: Bench) -> Measurement:
+    """Temp table + \\copy + INSERT ... ON CONFLICT DO UPDATE, into a half-full table."""
+    _fresh(b, fill="half")
+    cols = ", ".join(data.COLUMNS)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in data.COLUMNS if c != data.PK)
+    script = b.workdir / "sql_upsert.sql"
+    script.write_text(
+        "BEGIN;\n"
+        f"CREATE TEMP TABLE stage (LIKE {TARGET}) ON COMMIT DROP;\n"
+        f"{_copy_command('stage', b.files.csv)}\n"
+        f"INSERT INTO {TARGET} ({cols}) SELECT {cols} FROM stage "
+        f"ON CONFLICT ({data.PK}) DO UPDATE SET {sets};\n"
+        "COMMIT;\n"
+    )
+    args = [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", b.srv.dsn, "-f", str(script)]
+    stats = b.srv.table_stats(TARGET)
+    m = _measured(b, "sql_upsert", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    _add_tuple_deltas(b, m, stats)
+    return m
+
+
+def _add_tuple_deltas(b: Bench, m: Measurement, before: tuple[int, int]) -> None:
+    # Statistics reach the shared counters when a backend ends or within about a second.
+    time.sleep(1.1)
+    ins, upd = b.srv.table_stats(TARGET)
+    m.extra["n_tup_ins"] = ins - before[0]
+    m.extra["n_tup_upd"] = upd - before[1]
+
+
+# --- ingestd -------------------------------------------------------------------------------
+
+
+def ingestd_append_csv(b: Bench) -> Measurement:
+    """ingestd --mode append of the CSV into the empty typed table."""
+    _fresh(b)
+    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.csv))
+    m = _measured(b, "ingestd_append_csv", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def ingestd_upsert_csv(b: Bench) -> Measurement:
+    """ingestd --mode upsert of the CSV into the half-full table."""
+    _fresh(b, fill="half")
+    args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv))
+    stats = b.srv.table_stats(TARGET)
+    m = _measured(b, "ingestd_upsert_csv", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    _add_tuple_deltas(b, m, stats)
+    return m
+
+
+def ingestd_rerun_csv(b: Bench) -> Measurement:
+    """The unchanged file again with --no-resume: every row is read and compared, none written.
+
+    Runs right after ingestd_upsert_csv; on its own it first loads the file (not timed).
+    """
+    loaded = b.srv.value(
+        f"SELECT count(*) FROM {MANIFEST} WHERE status = 'success' AND filename = $1",
+        str(b.files.csv.resolve()),
+    ) if b.srv.value("SELECT to_regclass($1) IS NOT NULL", MANIFEST) else 0  # fmt: skip
+    args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv))
+    if not loaded or _count(b, TARGET) != b.sizes.rows:
+        _fresh(b)
+        _check(run_child(args, timeout_s=TIMEOUT_S, cwd=b.workdir), "ingestd first load")
+    b.srv.execute(f"VACUUM ANALYZE {TARGET}")
+    stats = b.srv.table_stats(TARGET)
+    m = _measured(b, "ingestd_rerun_csv", [*args, "--no-resume"], b.sizes.rows,
+                  _size(b.files.csv))  # fmt: skip
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    _add_tuple_deltas(b, m, stats)
+    return m
+
+
+def ingestd_parquet(b: Bench) -> Measurement:
+    """ingestd --preserve-types --mode append of the Parquet file (ingestd creates the table)."""
+    b.srv.execute(f"DROP TABLE IF EXISTS {PARQUET_TARGET}")
+    _fresh(b)
+    args = _ingestd(
+        b, "--table", PARQUET_TARGET, "--pk", data.PK, "--mode", "append", "--preserve-types",
+        "--file-type", "parquet", "--files", str(b.files.parquet),
+    )  # fmt: skip
+    m = _measured(b, "ingestd_parquet", args, b.sizes.rows, _size(b.files.parquet))
+    _expect_rows(b, PARQUET_TARGET, b.sizes.rows, m.case)
+    types = b.srv.value(
+        "SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) "
+        "FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0",
+        PARQUET_TARGET,
+    )
+    want = ",".join(pg for _, pg, _ in data.SCHEMA)
+    if types != want:
+        raise CaseError(f"ingestd_parquet: column types {types}, expected {want}")
+    b.srv.execute(f"DROP TABLE {PARQUET_TARGET}")
+    return m
+
+
+def ingestd_concurrency2(b: Bench) -> Measurement:
+    """Two files (the two halves of the CSV) at --concurrency 2, append."""
+    _fresh(b)
+    a, c = b.files.halves
+    args = _ingestd(
+        b, *_csv_contract(TARGET, "append"), "--concurrency", "2", "--files", str(a), str(c)
+    )
+    m = _measured(b, "ingestd_concurrency2", args, b.sizes.rows, _size(a, c))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def naive_tuples(b: Bench) -> Measurement:
+    """csv.reader tuples -> copy_records_to_table -> INSERT ... SELECT (a reference point)."""
+    _fresh(b)
+    args = [b.python, "-m", "bench.naive", str(b.files.csv), b.srv.dsn, TARGET]
+    m = _measured(b, "naive_tuples", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def small_files(b: Bench) -> Measurement:
+    """Many small files in one --once run of the inbox, default concurrency and mode."""
+    _fresh(b, SMALL_TARGET)
+    paths = sorted(b.files.small_dir.glob("*.csv"))
+    args = _ingestd(b, *_csv_contract(SMALL_TARGET, "upsert"), "--once", "--inbox",
+                    str(b.files.small_dir), "--keep-files")  # fmt: skip
+    m = _measured(b, "small_files", args, len(paths) * b.sizes.small_rows, _size(*paths))
+    _expect_rows(b, SMALL_TARGET, len(paths) * b.sizes.small_rows, m.case)
+    span = b.srv.value(
+        f"SELECT extract(epoch FROM max(processed_at) - min(started_at)) FROM {MANIFEST} "
+        "WHERE status = 'success'"
+    )
+    m.extra["files"] = len(paths)
+    m.extra["files_per_s"] = len(paths) / m.wall_s
+    m.extra["files_per_s_loading"] = len(paths) / float(span) if span else 0.0
+    return m
+
+
+def daemon_latency(b: Bench) -> Measurement:
+    """Small files renamed one by one into a running daemon's inbox (default settings).
+
+    Latency: the manifest's processed_at (set when the row turns success) minus the wall
+    clock time of the rename, per file.
+    """
+    _fresh(b, SMALL_TARGET)
+    root = b.workdir / "daemon"
+    shutil.rmtree(root, ignore_errors=True)
+    staging, inbox = root / "staging", root / "inbox"
+    shutil.copytree(b.files.daemon_dir, staging, ignore=shutil.ignore_patterns(".*"))
+    inbox.mkdir()
+    names = sorted(p.name for p in staging.glob("*.csv"))
+    port = _free_port()
+    args = _ingestd(b, *_csv_contract(SMALL_TARGET, "upsert"), "--inbox", str(inbox))
+    args[args.index("--metrics-addr") + 1] = f"127.0.0.1:{port}"
+    log_path = root / "ingestd.log"
+    before = b.srv.cpu_seconds()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, cwd=b.workdir, stdout=subprocess.DEVNULL, stderr=log)
+        watch_rss(proc)
+        try:
+            _wait_ready(port, proc, log_path)
+            renamed: dict[str, float] = {}
+            started = time.perf_counter()
+            for name in names:
+                os.rename(staging / name, inbox / name)
+                renamed[name] = time.time()
+                time.sleep(b.sizes.daemon_interval_s)
+            rows = _wait_manifest(b, len(names), proc, log_path)
+            wall = time.perf_counter() - started
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code, cpu, rss = wait_child(proc, 60)
+    after = _server_cpu_settled(b)
+    if code != 0:
+        raise CaseError(f"daemon exited with {code}: {log_path.read_text()[-2000:]}")
+    latencies = sorted(processed.timestamp() - renamed[name] for name, processed in rows)
+    m = Measurement(
+        "daemon_latency",
+        len(names) * b.sizes.small_rows,
+        _size(*(inbox.parent / "done").rglob("*.csv")),
+        wall,
+        cpu,
+        None if before is None or after is None else after - before,
+        rss,
+    )
+    m.extra["files"] = len(names)
+    m.extra["p50_s"] = statistics.median(latencies)
+    m.extra["p99_s"] = _percentile(latencies, 0.99)
+    m.extra["max_s"] = latencies[-1]
+    return m
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, min(len(values), int(-(-q * len(values) // 1))))
+    return values[rank - 1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CaseError(f"daemon died at start: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise CaseError("daemon not ready after 60 s")
+
+
+def _wait_manifest(
+    b: Bench, files: int, proc: subprocess.Popen[bytes], log_path: Path
+) -> list[tuple[str, dt.datetime]]:
+    deadline = time.monotonic() + max(120.0, files * 1.0)
+    query = f"SELECT filename, processed_at FROM {MANIFEST} WHERE status = 'success'"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CaseError(f"daemon died: {log_path.read_text()[-2000:]}")
+        if b.srv.value("SELECT to_regclass($1) IS NOT NULL", MANIFEST):
+            rows = b.srv.fetch(query)
+            if len(rows) >= files:
+                return [(str(r[0]), r[1]) for r in rows]
+        time.sleep(0.1)
+    raise CaseError(f"daemon did not load {files} files in time")
+
+
+def memory_big(b: Bench) -> Measurement:
+    """ingestd append of a file big_factor times larger: peak RSS should stay flat."""
+    if b.files.big_csv is None:
+        raise CaseError("memory_big needs the big file (not built in --quick)")
+    _fresh(b)
+    rows = b.sizes.rows * b.sizes.big_factor
+    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.big_csv))
+    m = _measured(b, "memory_big", args, rows, _size(b.files.big_csv))
+    _expect_rows(b, TARGET, rows, m.case)
+    return m
+
+
+Case = Callable[[Bench], Measurement]
+
+# In run order; each repeat runs them all again, so cases alternate.
+CASES: dict[str, Case] = {
+    "psql_copy": psql_copy,
+    "ingestd_append_csv": ingestd_append_csv,
+    "sql_upsert": sql_upsert,
+    "ingestd_upsert_csv": ingestd_upsert_csv,
+    "ingestd_rerun_csv": ingestd_rerun_csv,
+    "ingestd_parquet": ingestd_parquet,
+    "ingestd_concurrency2": ingestd_concurrency2,
+    "naive_tuples": naive_tuples,
+    "small_files": small_files,
+    "daemon_latency": daemon_latency,
+    "memory_big": memory_big,
+}
+ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a speed number)
