@@ -33,6 +33,8 @@ def _move(src: Path, dest: Path) -> Path:
             os.link(src, dest, follow_symlinks=False)
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            raise  # the source is gone (moved by someone else): nothing to move
         except OSError:
             shutil.move(str(src), str(dest))  # another filesystem (or no hard links)
             return dest

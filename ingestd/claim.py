@@ -31,6 +31,14 @@ class Job:
     queued_at: float
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A file not to load now: loaded already, and/or held by another instance."""
+
+    loaded: bool
+    held_elsewhere: bool
+
+
 def sha256_file(path: Path) -> tuple[bytes, int]:
     """Streaming sha256 and size of a file (blocking: run it in a thread)."""
     digest = hashlib.sha256()
@@ -64,11 +72,13 @@ async def claim_file(
     identity: tuple[int, int],
     run_id: str,
     resume: bool,
-) -> Job | None:
-    """A Job for this file version, or None if it already loaded and resume is on."""
+) -> Job | Skip:
+    """A Job for this file version, or why not: loaded already, or another instance has it."""
     seen = await manifest.lookup(conn, version)
-    if seen is not None and seen[0] == "success" and resume:
-        return None
+    if seen is not None and seen.status == "success" and resume:
+        return Skip(loaded=True, held_elsewhere=seen.leased)
     label = f"{contract.schema}.{contract.table}" if contract.schema else contract.table
     claim = await manifest.claim(conn, version, label, run_id, resume=resume)
+    if claim is None:  # another live instance holds it, or it has just finished loading
+        return Skip(loaded=False, held_elsewhere=True)
     return Job(path, name, contract, version, claim, identity, time.monotonic())

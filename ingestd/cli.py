@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="memory for one file's batches in flight; wide rows shrink the batch (default 256)",
     )
+    r.add_argument(
+        "--instance-id",
+        help="this instance's name in the manifest and logs (default: the host name; "
+        "or INGESTD_INSTANCE_ID); several instances on one host need one each",
+    )
     r.add_argument("--manifest-table", help="manifest table name (default ingestion_manifest)")
     r.add_argument(
         "--metrics-addr",
@@ -226,7 +231,7 @@ def _reload(service: Any, args: Sequence[str]) -> None:
 
 def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out: TextIO) -> None:
     """One readable block: totals, then a line per file (failures with their reason)."""
-    statuses = ("success", "skipped", "failed", "interrupted")
+    statuses = ("success", "skipped", "failed", "interrupted", "held")
     count = {s: sum(1 for f in files if f.status == s) for s in statuses}
     rows = sum(f.rows for f in files if f.status == "success")
     rate = rows / seconds if seconds > 0 else 0.0
@@ -234,6 +239,7 @@ def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out:
         f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
         f"{count['failed']} failed"
         + (f", {count['interrupted']} interrupted" if count["interrupted"] else "")
+        + (f", {count['held']} held by another instance" if count["held"] else "")
         + f"; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
         file=out,
     )

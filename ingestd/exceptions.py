@@ -38,3 +38,7 @@ class ConnectError(RetryableError):
 
 class Interrupted(IngestdError):
     """A stop was requested; the file stays pending and resumes on the next run."""
+
+
+class HandedOver(IngestdError):
+    """Another instance took the file over (this one's lease had expired): leave it be."""

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from watchfiles import Change, awatch
 
 from ingestd import archive
-from ingestd.claim import Job, claim_file, file_version
+from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.connection import Pool
 from ingestd.db.errors import translate
 from ingestd.db.manifest import FileVersion, Manifest
@@ -26,8 +26,6 @@ from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
 from ingestd.worker import FileResult, Results
-
-RESCAN_S = 30.0  # full rescans catch what the watcher cannot see (NFS, overflowed inotify)
 
 log = logging.getLogger("ingestd.scanner")
 
@@ -59,6 +57,7 @@ class Scanner:
         self.in_hand: set[str] = set()  # queued or being loaded: never offered twice
         self._refused: set[Path] = set()  # logged once, not at every rescan
         self.progress: Progress | None = None
+        self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
 
     def oldest_waiting(self) -> float | None:
         """Monotonic time the oldest unfinished file was first seen."""
@@ -119,7 +118,9 @@ class Scanner:
                     failures += 1
                     await _sleep_or_stop(stop, self._backoff.delay(min(failures, 5) - 1))
                     break
-                if time.monotonic() - last_rescan > RESCAN_S:
+                # Full rescans catch what the watcher cannot see (NFS, overflowed inotify),
+                # and files whose lease ran out at a dead instance.
+                if time.monotonic() - last_rescan > self.settings.rescan_s:
                     last_rescan = time.monotonic()
                     for path in self.candidates():
                         self._note(settler, path)
@@ -168,6 +169,13 @@ class Scanner:
         except (RetryableError, DatabaseUnavailableError) as exc:
             self._db_down(exc)
             return False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # One file must never stop discovery: log it; the next rescan offers it again.
+            self.in_hand.discard(str(relative_name(path, self.settings.inbox)))
+            log.error("offer_failed", extra={"file": str(path), "error": repr(exc)}, exc_info=True)
+            return True
         self.db_ok = True
         return True
 
@@ -205,13 +213,11 @@ class Scanner:
                 self.waiting.pop(key, None)
                 return  # still being written: a later event offers it again
             job = await self._claim(path, name, contract, version, before)
-            if job is None:
-                log.info("file_skipped", extra={"status": "skipped", "reason": "already loaded"})
-                self._results.add(FileResult(key, contract.table, "skipped"))
-                self._metrics.files_processed.labels(guess_file_type(path.name), "skipped").inc()
-                await self._archive_skipped(path, name)
+            if isinstance(job, Skip):
+                await self._skipped(path, name, contract.table, job)
                 return
             self.in_hand.add(key)
+            self.leases.add(job.claim.manifest_id)  # renewed while it waits in the queue too
             if self.progress is not None:
                 self.progress.claimed(key, version.filesize)
             await self._queue.put(job)
@@ -224,7 +230,7 @@ class Scanner:
         contract: Contract,
         version: FileVersion,
         before: tuple[int, int],
-    ) -> Job | None:
+    ) -> Job | Skip:
         try:
             async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
                 return await claim_file(
@@ -243,12 +249,33 @@ class Scanner:
         except Exception as exc:
             raise translate(exc) from exc
 
+    async def _skipped(self, path: Path, name: PurePosixPath, table: str, skip: Skip) -> None:
+        key = str(name)
+        self.waiting.pop(key, None)
+        if not skip.loaded:
+            # Another instance is loading it; if that instance dies, its lease runs out and
+            # a later scan here takes the file over.
+            log.info("file_held_elsewhere", extra={"status": "held"})
+            if self.settings.once:
+                self._results.add(FileResult(key, table, "held", error="another instance has it"))
+            return
+        log.info("file_skipped", extra={"status": "skipped", "reason": "already loaded"})
+        self._results.add(FileResult(key, table, "skipped"))
+        self._metrics.files_processed.labels(guess_file_type(path.name), "skipped").inc()
+        if not skip.held_elsewhere:  # the instance that loaded it moves it itself
+            await self._archive_skipped(path, name)
+
     async def _archive_skipped(self, path: Path, name: PurePosixPath) -> None:
         # A file already loaded (a re-drop of the same bytes) leaves the inbox like a loaded one.
         s = self.settings
         if not s.keep_files and s.inbox is not None:
             done = s.done_dir or s.inbox.parent / "done"
-            await asyncio.to_thread(archive.to_done, path, done, name)
+            try:
+                await asyncio.to_thread(archive.to_done, path, done, name)
+            except FileNotFoundError:
+                pass  # the instance that loaded it moved it first
+            except OSError as exc:
+                log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
 
     async def _unroutable(self, path: Path, name: PurePosixPath) -> None:
         patterns = ", ".join(c.pattern for c in self.settings.contracts)

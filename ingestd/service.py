@@ -100,7 +100,7 @@ class Service:
     async def run(self) -> RunReport:
         """Run until the inbox is drained (--once) or a stop is requested (daemon)."""
         started = time.monotonic()
-        with bound(run_id=self.run_id):
+        with bound(run_id=self.run_id, instance_id=self.settings.instance_id):
             log.info("run_started", extra={"once": self.settings.once})
             await self._start_endpoint()
             try:
@@ -147,7 +147,7 @@ class Service:
             s.inbox.mkdir(parents=True, exist_ok=True)
         pool = await create_pool(
             await self._dsn(),
-            size=s.concurrency + 1,  # one per worker, one for claims and health checks
+            size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks
             connect_timeout_s=s.connect_timeout_s,
             statement_timeout_s=s.statement_timeout_s,
             attempts=s.max_retries,
@@ -161,7 +161,7 @@ class Service:
 
     async def _serve(self, pool: Pool) -> None:
         s = self.settings
-        manifest = Manifest(s.manifest_schema, s.manifest_table)
+        manifest = Manifest(s.manifest_schema, s.manifest_table, s.instance_id, s.lease_s)
         try:
             async with pool.acquire() as conn:
                 await manifest.ensure(conn)
@@ -190,14 +190,19 @@ class Service:
             )
         self.metrics.queue_depth.set_function(queue.qsize)
         self.metrics.track_oldest(scanner.oldest_waiting)
+        leases = scanner.leases
         workers = [
-            Worker(f"w{i}", pool, ctx, self.results, self._backoff) for i in range(s.concurrency)
+            Worker(f"w{i}", pool, ctx, self.results, self._backoff, leases)
+            for i in range(s.concurrency)
         ]
         tasks = [
             asyncio.create_task(w.run(queue), name=f"ingestd-worker-{i}")
             for i, w in enumerate(workers)
         ]
-        background = [asyncio.create_task(self._health(pool, scanner), name="ingestd-health")]
+        background = [
+            asyncio.create_task(self._health(pool, scanner), name="ingestd-health"),
+            asyncio.create_task(self._renew(pool, manifest, leases), name="ingestd-leases"),
+        ]
         if progress is not None:
             background.append(asyncio.create_task(progress.run(), name="ingestd-progress"))
         try:
@@ -244,6 +249,18 @@ class Service:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=10)
+
+    async def _renew(self, pool: Pool, manifest: Manifest, leases: set[int]) -> None:
+        """Renew the leases on files in hand, so that a slow batch is not taken over."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            if not leases:
+                continue
+            try:
+                async with pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+                    await manifest.renew(conn, sorted(leases))
+            except Exception as exc:  # the batches renew too; an outage is reported elsewhere
+                log.debug("lease_renewal_failed", extra={"error": str(exc)})
 
     async def _health(self, pool: Pool, scanner: Scanner) -> None:
         """Keep readiness honest while no files flow: ping the database now and then."""

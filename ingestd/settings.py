@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -134,6 +135,9 @@ class Settings:
     shutdown_grace_s: float = 30.0
     queue_size: int = 0  # 0: twice the concurrency
     memory_limit_mb: int = 256  # one file's batches in flight; a CSV row may use half
+    instance_id: str = "ingestd"  # shown in the manifest (owner) and every log line
+    lease_s: float = 30.0  # a claim another instance may take over once it runs out
+    rescan_s: float = 30.0  # daemon: full rescans of the inbox besides the watcher
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
 
@@ -171,6 +175,9 @@ _CONTRACT_KEYS = {
 _CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
 _GLOBAL_KEYS = {
     "memory_limit_mb",
+    "instance_id",
+    "lease_s",
+    "rescan_s",
     "dsn",
     "inbox",
     "state_dir",
@@ -266,6 +273,11 @@ def resolve(
         shutdown_grace_s=_float(pick("shutdown_grace_s", 30.0), "shutdown grace"),
         queue_size=_int(pick("queue_size", 0), "queue size", minimum=0),
         memory_limit_mb=_int(pick("memory_limit_mb", 256), "memory limit (MB)", minimum=16),
+        instance_id=_instance_id(
+            flags.get("instance_id") or env.get("INGESTD_INSTANCE_ID") or config.get("instance_id")
+        ),
+        lease_s=_float(pick("lease_s", 30.0), "lease", minimum=1.0),
+        rescan_s=_float(pick("rescan_s", 30.0), "rescan interval", minimum=0.1),
     )
     _check_sources(settings)
     return settings
@@ -489,6 +501,18 @@ def _choice(value: Any, allowed: tuple[Any, ...], what: str) -> Any:
     if value not in allowed:
         raise UsageError(f"unknown {what} {value!r}: use one of {', '.join(map(str, allowed))}")
     return value
+
+
+def _instance_id(value: Any) -> str:
+    """A given id, else the host name. The id stays the same across restarts, so a restarted
+    instance takes its own unfinished files back at once instead of waiting for their
+    leases to run out. Several instances on one host each need their own id."""
+    if value is None:
+        return socket.gethostname() or "ingestd"
+    text = str(value).strip()
+    if not text or len(text) > 100 or not text.isprintable():
+        raise UsageError(f"instance id {text[:40]!r} must be 1-100 printable characters")
+    return text
 
 
 def _log_level(value: str) -> str:

@@ -14,7 +14,14 @@ from ingestd.claim import Job
 from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
 from ingestd.db.target import StageTables
-from ingestd.exceptions import ConnectError, FileError, IngestdError, Interrupted, RetryableError
+from ingestd.exceptions import (
+    ConnectError,
+    FileError,
+    HandedOver,
+    IngestdError,
+    Interrupted,
+    RetryableError,
+)
 from ingestd.logs import bound
 from ingestd.pipeline import FileChangedError, LoadContext, process_file
 from ingestd.read import guess_file_type
@@ -56,7 +63,13 @@ class Worker:
     """Takes jobs off the queue until cancelled."""
 
     def __init__(
-        self, worker_id: str, pool: Pool, ctx: LoadContext, results: Results, backoff: Backoff
+        self,
+        worker_id: str,
+        pool: Pool,
+        ctx: LoadContext,
+        results: Results,
+        backoff: Backoff,
+        leases: set[int],
     ):
         self.worker_id = worker_id
         self._pool = pool
@@ -65,6 +78,7 @@ class Worker:
         self._backoff = backoff
         self._conn: PooledConnection | None = None
         self._stages = StageTables()
+        self._leases = leases  # claims queued or in hand, renewed by the service
         self.busy = False
 
     async def run(self, queue: asyncio.Queue[Job]) -> None:
@@ -90,8 +104,14 @@ class Worker:
             result = await self._load(job)
         finally:
             metrics.files_in_flight.dec()
+            self._leases.discard(job.claim.manifest_id)
         result = replace(result, seconds=time.monotonic() - started)
+        if result.status == "handed_over":
+            log.warning("file_handed_over", extra={"reason": "another instance took it over"})
+            self._results.add(result)
+            return
         await self._archive(job, result)
+        await self._release_lease(job)
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
         if result.status == "success":
             metrics.last_success.set(time.time())
@@ -129,6 +149,8 @@ class Worker:
                 raise
             except Interrupted:
                 return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
+            except HandedOver:
+                return FileResult(str(job.name), job.contract.table, "handed_over", stay=True)
             except Exception as exc:
                 error = exc if isinstance(exc, IngestdError) else translate(exc)
                 if not isinstance(error, RetryableError):
@@ -156,6 +178,14 @@ class Worker:
                 if await self._stopped_during(delay):
                     return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
 
+    async def _release_lease(self, job: Job) -> None:
+        """The file is recorded and moved: other instances need not wait for the lease."""
+        try:
+            conn = await self._connection()
+            await self._ctx.manifest.release(conn, job.claim.manifest_id)
+        except Exception as exc:  # it runs out by itself; nothing depends on this
+            log.debug("lease_release_failed", extra={"error": str(exc)})
+
     def _count_db_error(self, exc: BaseException) -> None:
         cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
         self._ctx.metrics.db_errors.labels(error_class(cause)).inc()
@@ -181,6 +211,8 @@ class Worker:
         try:
             conn = await self._connection()
             await self._ctx.manifest.finish(conn, job.claim.manifest_id, "failed", reason)
+        except HandedOver:
+            return FileResult(str(job.name), job.contract.table, "handed_over", stay=True)
         except Exception:
             reason += " (not recorded in the manifest: the database is unreachable)"
             stay = True

@@ -7,7 +7,7 @@ from typing import Any
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import RetryableError
+from ingestd.exceptions import HandedOver, RetryableError
 from ingestd.identifiers import quote_qualified
 
 
@@ -29,6 +29,15 @@ class FileVersion:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """A file version the manifest already has."""
+
+    status: str
+    rows: int
+    leased: bool  # another instance holds a live lease on it
+
+
+@dataclass(frozen=True)
 class Reject:
     """A row set aside: its position in the file, its text and why PostgreSQL refused it."""
 
@@ -46,11 +55,15 @@ class ProgressConflictError(RetryableError):
 class Manifest:
     """Statements on the manifest table; every method takes the caller's connection."""
 
-    def __init__(self, schema: str | None, table: str):
+    def __init__(
+        self, schema: str | None, table: str, instance_id: str = "ingestd", lease_s: float = 30.0
+    ):
         self.name = quote_qualified(schema, table)
         self._schema = schema
         self._table = table
         self._rejects = quote_qualified(schema, sql.REJECTS_TABLE)
+        self.instance_id = instance_id
+        self.lease_s = lease_s
 
     async def ensure(self, conn: Connection) -> None:
         """Create the manifest and rejects tables if missing (serialised across starts)."""
@@ -64,12 +77,12 @@ class Manifest:
                 await conn.execute(statement)
             await conn.execute(sql.create_rejects(self._schema))
 
-    async def lookup(self, conn: Connection, version: FileVersion) -> tuple[str, int] | None:
-        """(status, rows) of a file version, or None if it was never seen."""
+    async def lookup(self, conn: Connection, version: FileVersion) -> Seen | None:
+        """What the manifest knows of a file version, or None if it was never seen."""
         row = await conn.fetchrow(
-            sql.manifest_lookup(self.name), version.filename, version.checksum
+            sql.manifest_lookup(self.name), version.filename, version.checksum, self.instance_id
         )
-        return None if row is None else (row["status"], row["rows"])
+        return None if row is None else Seen(row["status"], row["rows"], bool(row["leased"]))
 
     async def claim(
         self,
@@ -79,8 +92,9 @@ class Manifest:
         run_id: str,
         *,
         resume: bool,
-    ) -> Claim:
-        """Mark a version pending for this run; keep its committed progress if resuming."""
+    ) -> Claim | None:
+        """Take a version for this instance (pending, leased), keeping its committed progress
+        if resuming; None if another instance holds it or it has loaded meanwhile."""
         row = await conn.fetchrow(
             sql.manifest_claim(self.name),
             version.filename,
@@ -89,16 +103,23 @@ class Manifest:
             table,
             run_id,
             resume,
+            self.instance_id,
+            self.lease_s,
         )
-        assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns a row
-        return Claim(row["id"], row["rows"])
+        return None if row is None else Claim(row["id"], row["rows"])
 
     async def checkpoint(
         self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
     ) -> None:
         """Record progress; call inside the batch's transaction."""
         status = await conn.execute(
-            sql.manifest_checkpoint(self.name), claim_id, before, after, rejected
+            sql.manifest_checkpoint(self.name),
+            claim_id,
+            before,
+            after,
+            rejected,
+            self.instance_id,
+            self.lease_s,
         )
         if status != "UPDATE 1":
             raise ProgressConflictError(
@@ -133,12 +154,28 @@ class Manifest:
         )
 
     async def add_attempt(self, conn: Connection, claim_id: int) -> None:
-        """Count one attempt."""
-        await conn.execute(sql.manifest_attempt(self.name), claim_id)
+        """Count one attempt and renew the lease; HandedOver if another instance has it now."""
+        status = await conn.execute(
+            sql.manifest_attempt(self.name), claim_id, self.instance_id, self.lease_s
+        )
+        if status != "UPDATE 1":
+            raise HandedOver(f"another instance took over manifest row {claim_id}")
+
+    async def renew(self, conn: Connection, claim_ids: list[int]) -> None:
+        """Renew this instance's leases on the files it is loading."""
+        await conn.execute(sql.manifest_renew(self.name), self.instance_id, claim_ids, self.lease_s)
+
+    async def release(self, conn: Connection, claim_id: int) -> None:
+        """End the lease once the file has been moved (the owner stays on record)."""
+        await conn.execute(sql.manifest_release(self.name), claim_id, self.instance_id)
 
     async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> None:
         """Mark the outcome: success or failed, with the reason in notes."""
-        await conn.execute(sql.manifest_finish(self.name), claim_id, status, notes)
+        done = await conn.execute(
+            sql.manifest_finish(self.name), claim_id, status, notes, self.instance_id
+        )
+        if done != "UPDATE 1":
+            raise HandedOver(f"another instance took over manifest row {claim_id}")
 
     async def record_failure(
         self, conn: Connection, version: FileVersion, table: str, run_id: str, notes: str

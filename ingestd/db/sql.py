@@ -174,9 +174,13 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             processed_at timestamptz,
             notes        text,
             rows_rejected bigint     NOT NULL DEFAULT 0,
+            owner        text,
+            lease_until  timestamptz,
             UNIQUE (filename, checksum))""",
-        # Manifests made by 0.1.0 lack the column.
+        # Manifests made by 0.1.0 lack these columns.
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS owner text",
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS lease_until timestamptz",
         # Truncated so that any valid table name gives a valid index name.
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table[:48] + '_status_idx')} "
         f"ON {name} (status, processed_at)",
@@ -186,44 +190,73 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
 # True if the relation ($1: a quoted, possibly qualified name) exists and is visible.
 RELATION_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
 
-# $1 manifest, $2 rejects table (quoted names): both exist, the manifest with rows_rejected.
+# $1 manifest, $2 rejects table (quoted names): both exist, the manifest with its newest
+# columns (rows_rejected, owner, lease_until).
 MANIFEST_READY = """
-SELECT to_regclass($2) IS NOT NULL AND EXISTS (
-    SELECT 1 FROM pg_attribute
-    WHERE attrelid = to_regclass($1) AND attname = 'rows_rejected' AND NOT attisdropped)
+SELECT to_regclass($2) IS NOT NULL AND (
+    SELECT count(*) FROM pg_attribute
+    WHERE attrelid = to_regclass($1) AND NOT attisdropped
+      AND attname IN ('rows_rejected', 'owner', 'lease_until')) = 3
 """
 
 
 def manifest_lookup(name: str) -> str:
-    """The manifest row of one version of a file: $1 filename, $2 checksum."""
-    return f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND checksum = $2"
+    """A file version's row ($1 filename, $2 checksum): status, rows, and whether another
+    instance ($3) holds a live lease on it."""
+    return (
+        f"SELECT id, status, rows, (owner IS DISTINCT FROM $3 AND lease_until > now()) AS leased "
+        f"FROM {name} WHERE filename = $1 AND checksum = $2"
+    )
 
 
 def manifest_claim(name: str) -> str:
-    """Claim a file version as pending; $6 false restarts its progress from row 0."""
+    """Claim a file version for instance $7 with a lease of $8 seconds, in one statement.
+
+    Nothing comes back if another instance holds a live lease on it, or (with $6, resume)
+    if it has loaded meanwhile. $6 false restarts its progress from row 0.
+    """
     return (
-        f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id) "
-        "VALUES ($1, $2, $3, $4, 'pending', $5) "
+        f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id, "
+        "owner, lease_until) VALUES ($1, $2, $3, $4, 'pending', $5, $7, "
+        "now() + make_interval(secs => $8)) "
         "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'pending', "
         "run_id = EXCLUDED.run_id, table_name = EXCLUDED.table_name, started_at = now(), "
-        "processed_at = NULL, notes = NULL, "
+        "processed_at = NULL, notes = NULL, owner = EXCLUDED.owner, "
+        "lease_until = EXCLUDED.lease_until, "
         "rows = CASE WHEN $6 THEN m.rows ELSE 0 END, "
-        "batches = CASE WHEN $6 THEN m.batches ELSE 0 END "
+        "batches = CASE WHEN $6 THEN m.batches ELSE 0 END, "
+        "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END "
+        "WHERE (m.owner IS NOT DISTINCT FROM EXCLUDED.owner OR m.lease_until IS NULL "
+        "OR m.lease_until < now()) AND (m.status <> 'success' OR NOT $6) "
         "RETURNING id, rows"
     )
 
 
 def manifest_checkpoint(name: str) -> str:
-    """Advance a file's progress inside the batch's transaction.
+    """Advance a file's progress inside the batch's transaction, and renew the lease.
 
-    $1 id, $2 rows before, $3 rows after, $4 rows of the batch set aside as rejects.
-    Matching the old value means a batch can only be counted once: a second writer on
-    the same file updates nothing.
+    $1 id, $2 rows before, $3 rows after, $4 rows of the batch set aside as rejects,
+    $5 this instance, $6 lease seconds. Matching the old count and the owner means a
+    batch is counted once, by the instance holding the file.
     """
     return (
-        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4 "
-        "WHERE id = $1 AND rows = $2 AND status = 'pending'"
+        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4, "
+        "lease_until = now() + make_interval(secs => $6) "
+        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner = $5"
     )
+
+
+def manifest_renew(name: str) -> str:
+    """Renew the leases of instance $1 on the files $2 (ids) for $3 seconds."""
+    return (
+        f"UPDATE {name} SET lease_until = now() + make_interval(secs => $3) "
+        "WHERE owner = $1 AND id = ANY($2::bigint[]) AND status = 'pending'"
+    )
+
+
+def manifest_release(name: str) -> str:
+    """Give up the lease on a file ($1 id) of instance $2; the owner stays for the record."""
+    return f"UPDATE {name} SET lease_until = NULL WHERE id = $1 AND owner = $2"
 
 
 def manifest_progress(name: str) -> str:
@@ -232,13 +265,20 @@ def manifest_progress(name: str) -> str:
 
 
 def manifest_attempt(name: str) -> str:
-    """Count one more attempt at a file ($1 id)."""
-    return f"UPDATE {name} SET attempts = attempts + 1 WHERE id = $1"
+    """Count one more attempt at a file ($1 id) by its owner $2, renewing the lease ($3 s).
+    Updates nothing if another instance has taken the file over."""
+    return (
+        f"UPDATE {name} SET attempts = attempts + 1, "
+        "lease_until = now() + make_interval(secs => $3) WHERE id = $1 AND owner = $2"
+    )
 
 
 def manifest_finish(name: str) -> str:
-    """Mark a file's outcome: $1 id, $2 status, $3 notes."""
-    return f"UPDATE {name} SET status = $2, notes = $3, processed_at = now() WHERE id = $1"
+    """Mark a file's outcome by its owner: $1 id, $2 status, $3 notes, $4 owner."""
+    return (
+        f"UPDATE {name} SET status = $2, notes = $3, processed_at = now() "
+        "WHERE id = $1 AND owner = $4"
+    )
 
 
 def manifest_record_failure(name: str) -> str:
