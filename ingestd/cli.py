@@ -205,20 +205,21 @@ def _event_loop_run(service_cls: Any, settings: Settings, args: Sequence[str]) -
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(service, args))
-        try:
-            report = await service.run()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+        report = await service.run()
         print_summary(report.run_id, report.files, report.seconds, sys.stdout)
         return int(report.exit_code)
 
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        return int(uvloop.run(go()))
-    except ImportError:
-        return asyncio.run(go())
+            return int(uvloop.run(go()))
+        except ImportError:
+            return asyncio.run(go())
+    finally:
+        # The run is over: a late second SIGTERM must not turn a clean exit into a kill.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _reload(service: Any, args: Sequence[str]) -> None:

@@ -8,17 +8,20 @@ import pyarrow.csv as pacsv
 _WRITE = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="needed")
 
 
-def encode_batch(batch: pa.RecordBatch, first_row: int) -> bytes:
-    """CSV bytes of `batch` plus its file row numbers (first_row, first_row + 1, ...).
+def encode_batch(batch: pa.RecordBatch, first_row: int, *, ordinal: bool = True) -> memoryview:
+    """CSV bytes of `batch`, with each row's file row number (first_row, first_row + 1, ...)
+    as a last column when `ordinal` (the stage table needs it to keep file order).
 
     Strings are always quoted and NULLs written as nothing, which is exactly how
-    PostgreSQL's CSV COPY tells '' (quoted) from NULL (empty, unquoted).
+    PostgreSQL's CSV COPY tells '' (quoted) from NULL (empty, unquoted). The bytes stay
+    in Arrow's buffer: COPY reads them from there, no copy is made.
     """
-    ordinal = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
+    if ordinal:
+        rows = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
+        batch = batch.append_column("_ingestd_row", rows)
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(batch.append_column("_ingestd_row", ordinal), sink, _WRITE)
-    payload: bytes = sink.getvalue().to_pybytes()
-    return payload
+    pacsv.write_csv(batch, sink, _WRITE)
+    return memoryview(sink.getvalue())
 
 
 def raw_rows(batch: pa.RecordBatch) -> list[str]:

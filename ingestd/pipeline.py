@@ -14,9 +14,8 @@ from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.errors import translate
 from ingestd.db.manifest import Manifest
-from ingestd.db.merge import check_mode_supported, merge_batch
+from ingestd.db.merge import apply_batch, check_mode_supported
 from ingestd.db.sql import Target
-from ingestd.db.stage import copy_batch
 from ingestd.db.target import StageTables, ensure_table_from_headers, has_unique_key
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
@@ -67,11 +66,11 @@ async def process_file(
         await _prepare_target(
             conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
         )
-        stage = await stages.ensure(conn, target)
+        stage = None if contract.mode == "append" else await stages.ensure(conn, target)
         rows_done, rejected = await ctx.manifest.progress(conn, job.claim.manifest_id)
         if rows_done:
             log.info("file_resumed", extra={"rows_committed": rows_done})
-        async for batch, payload in _encoded(reader, rows_done):
+        async for batch, payload in _encoded(reader, rows_done, ordinal=stage is not None):
             if ctx.stopping.is_set():
                 raise Interrupted(f"stopped after {rows_done} rows; resumes on the next run")
             _check_unchanged(job)  # one stat per batch: stop early on a file rewritten under us
@@ -105,13 +104,18 @@ class _BatchAt:
     """A batch and where the file stood before it."""
 
     batch: pa.RecordBatch
-    payload: bytes
+    payload: memoryview
     rows_before: int
     rejected_before: int
 
 
 async def _commit_batch(
-    conn: Connection, job: Job, ctx: LoadContext, target: Target, stage: str, at: _BatchAt
+    conn: Connection,
+    job: Job,
+    ctx: LoadContext,
+    target: Target,
+    stage: str | None,
+    at: _BatchAt,
 ) -> tuple[int, int]:
     """COPY, merge and checkpoint one batch in one transaction: (rows written, rows set aside).
 
@@ -123,8 +127,7 @@ async def _commit_batch(
     cause: BaseException | None = None
     try:
         async with conn.transaction():
-            await copy_batch(conn, target, stage, at.payload)
-            written = await merge_batch(conn, target, stage, mode)
+            written = await apply_batch(conn, target, stage, mode, at.payload)
             await ctx.manifest.checkpoint(conn, claim_id, at.rows_before, rows_after)
         return written, 0
     except IngestdError as exc:
@@ -192,16 +195,18 @@ def _count_batch(
 
 
 async def _encoded(
-    reader: BatchReader, rows_done: int
-) -> AsyncIterator[tuple[pa.RecordBatch, bytes]]:
+    reader: BatchReader, rows_done: int, *, ordinal: bool
+) -> AsyncIterator[tuple[pa.RecordBatch, memoryview]]:
     """(batch, COPY bytes) per batch, reading and encoding the next batch in a thread
     while the current one is in the database."""
     batches: Iterator[pa.RecordBatch] = skip_rows(iter(reader), rows_done)
     next_row = rows_done + 1
 
-    def produce(first_row: int) -> tuple[pa.RecordBatch, bytes] | None:
+    def produce(first_row: int) -> tuple[pa.RecordBatch, memoryview] | None:
         batch = next(batches, None)
-        return None if batch is None else (batch, encode_batch(batch, first_row))
+        if batch is None:
+            return None
+        return batch, encode_batch(batch, first_row, ordinal=ordinal)
 
     pending = asyncio.ensure_future(asyncio.to_thread(produce, next_row))
     try:

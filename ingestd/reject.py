@@ -15,9 +15,9 @@ import pyarrow as pa
 from ingestd.db.connection import Connection
 from ingestd.db.errors import translate
 from ingestd.db.manifest import Reject
-from ingestd.db.merge import merge_batch
+from ingestd.db.merge import apply_batch
 from ingestd.db.sql import Target
-from ingestd.db.stage import copy_batch, truncate_stage
+from ingestd.db.stage import truncate_stage
 from ingestd.encode import encode_batch, raw_rows
 from ingestd.exceptions import FileError, IngestdError
 from ingestd.settings import BadRows, Mode
@@ -34,7 +34,7 @@ def is_bad_data(error: IngestdError) -> bool:
 async def load_sorting_out(
     conn: Connection,
     target: Target,
-    stage: str,
+    stage: str | None,
     mode: Mode,
     batch: pa.RecordBatch,
     first_row: int,
@@ -74,7 +74,7 @@ async def load_sorting_out(
 async def _try_piece(
     conn: Connection,
     target: Target,
-    stage: str,
+    stage: str | None,
     mode: Mode,
     batch: pa.RecordBatch,
     first_row: int,
@@ -82,13 +82,12 @@ async def _try_piece(
     hi: int,
 ) -> int | FileError:
     """Rows written by rows [lo, hi) in a savepoint, or the data error that undid them."""
+    piece = encode_batch(batch.slice(lo, hi - lo), first_row + lo, ordinal=stage is not None)
     try:
         async with conn.transaction():  # nested: a savepoint
-            await truncate_stage(conn, stage)
-            await copy_batch(
-                conn, target, stage, encode_batch(batch.slice(lo, hi - lo), first_row + lo)
-            )
-            return await merge_batch(conn, target, stage, mode)
+            if stage is not None:
+                await truncate_stage(conn, stage)
+            return await apply_batch(conn, target, stage, mode, piece)
     except Exception as exc:
         error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=first_row + lo)
         if not is_bad_data(error):

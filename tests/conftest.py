@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -45,8 +46,16 @@ def run_cli(args: Sequence[str]) -> CliResult:
     from ingestd.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in args])
+    handlers = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        # ingestd ignores late signals once its run is over; pytest wants its Ctrl-C back.
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     # The CLI configures the root logger onto the captured stream; detach it.
     for handler in list(logging.getLogger().handlers):
         logging.getLogger().removeHandler(handler)

@@ -1,14 +1,27 @@
-"""Move a staged batch into the target: upsert, append or MERGE."""
+"""Apply a batch to the target: COPY straight in (append), or stage then upsert or MERGE."""
 
 from __future__ import annotations
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
+from ingestd.db.stage import copy_batch, copy_into_target
 from ingestd.exceptions import FileError
 from ingestd.settings import Mode
 
 MERGE_MIN_VERSION = 150000
+
+
+async def apply_batch(
+    conn: Connection, target: Target, stage: str | None, mode: Mode, payload: memoryview
+) -> int:
+    """Write one encoded batch to the target (inside the caller's transaction); returns
+    the target rows written. Append's payload has no ordinal column; the others' do."""
+    if mode == "append":
+        return await copy_into_target(conn, target, payload)
+    assert stage is not None  # noqa: S101 - upsert and merge always have a stage
+    await copy_batch(conn, target, stage, payload)
+    return await merge_batch(conn, target, stage, mode)
 
 
 async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) -> int:

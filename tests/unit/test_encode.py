@@ -11,6 +11,16 @@ import pytest
 
 from ingestd.encode import encode_batch
 
+
+def enc(batch: pa.RecordBatch, first_row: int, **options: bool) -> bytes:
+    return bytes(encode_batch(batch, first_row, **options))
+
+
+def test_without_ordinal_for_append() -> None:
+    batch = pa.record_batch({"a": ["x", None]})
+    assert enc(batch, 1, ordinal=False) == b'"x"\n\n'
+
+
 TRICKY = ["plain", 'say "hi"', "a,b", "line1\nline2", "cr\r\nlf", "  padded  ", "é ü 中", "\\N"]
 
 
@@ -20,29 +30,29 @@ def parse(payload: bytes) -> list[list[str]]:
 
 def test_strings_are_quoted_and_ordinal_appended() -> None:
     batch = pa.record_batch([pa.array(["a", "b"]), pa.array(["x", "y"])], names=["c1", "c2"])
-    assert encode_batch(batch, 1) == b'"a","x",1\n"b","y",2\n'
+    assert enc(batch, 1) == b'"a","x",1\n"b","y",2\n'
 
 
 def test_null_is_empty_unquoted_and_empty_string_is_quoted() -> None:
     batch = pa.record_batch([pa.array([None, "", "v"], pa.string())], names=["s"])
-    assert encode_batch(batch, 7) == b',7\n"",8\n"v",9\n'
+    assert enc(batch, 7) == b',7\n"",8\n"v",9\n'
 
 
 def test_ordinal_starts_at_first_row() -> None:
     batch = pa.record_batch([pa.array(["a", "b", "c"])], names=["s"])
-    rows = parse(encode_batch(batch, 50_001))
+    rows = parse(enc(batch, 50_001))
     assert [r[-1] for r in rows] == ["50001", "50002", "50003"]
 
 
 def test_no_header_line() -> None:
     batch = pa.record_batch([pa.array(["only"])], names=["column_name"])
-    assert b"column_name" not in encode_batch(batch, 1)
+    assert b"column_name" not in enc(batch, 1)
 
 
 @pytest.mark.parametrize("value", TRICKY)
 def test_tricky_values_round_trip(value: str) -> None:
     batch = pa.record_batch([pa.array([value]), pa.array(["next"])], names=["a", "b"])
-    assert parse(encode_batch(batch, 3)) == [[value, "next", "3"]]
+    assert parse(enc(batch, 3)) == [[value, "next", "3"]]
 
 
 def test_many_tricky_values_round_trip() -> None:
@@ -50,12 +60,12 @@ def test_many_tricky_values_round_trip() -> None:
     expected = [
         [a, b, str(i + 1)] for i, (a, b) in enumerate(zip(TRICKY, reversed(TRICKY), strict=True))
     ]
-    assert parse(encode_batch(batch, 1)) == expected
+    assert parse(enc(batch, 1)) == expected
 
 
 def test_embedded_quote_is_doubled() -> None:
     batch = pa.record_batch([pa.array(['x"y'])], names=["s"])
-    assert encode_batch(batch, 1) == b'"x""y",1\n'
+    assert enc(batch, 1) == b'"x""y",1\n'
 
 
 def test_typed_columns_are_written_as_postgres_readable_text() -> None:
@@ -68,7 +78,7 @@ def test_typed_columns_are_written_as_postgres_readable_text() -> None:
         ],
         names=["i", "f", "b", "d"],
     )
-    rows = parse(encode_batch(batch, 1))
+    rows = parse(enc(batch, 1))
     assert rows[0] == ["1", "1.5", "true", "2024-02-29", "1"]
     assert rows[1][0] == "" and rows[1][3] == ""
     assert rows[1][-1] == "2"
@@ -76,10 +86,10 @@ def test_typed_columns_are_written_as_postgres_readable_text() -> None:
 
 def test_empty_batch_gives_no_bytes() -> None:
     batch = pa.record_batch([pa.array([], pa.string())], names=["s"])
-    assert encode_batch(batch, 1) == b""
+    assert enc(batch, 1) == b""
 
 
 def test_encoding_does_not_modify_the_batch() -> None:
     batch = pa.record_batch([pa.array(["a"])], names=["s"])
-    encode_batch(batch, 1)
+    enc(batch, 1)
     assert batch.schema.names == ["s"]
