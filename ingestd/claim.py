@@ -73,12 +73,15 @@ async def claim_file(
     run_id: str,
     resume: bool,
 ) -> Job | Skip:
-    """A Job for this file version, or why not: loaded already, or another instance has it."""
-    seen = await manifest.lookup(conn, version)
-    if seen is not None and seen.status == "success" and resume:
-        return Skip(loaded=True, held_elsewhere=seen.leased)
+    """A Job for this file version, or why not: loaded already, or another instance has it.
+
+    The claim comes first (one statement for a new file, the common case); only a claim
+    refused asks the manifest why.
+    """
     label = f"{contract.schema}.{contract.table}" if contract.schema else contract.table
     claim = await manifest.claim(conn, version, label, run_id, resume=resume)
-    if claim is None:  # another live instance holds it, or it has just finished loading
-        return Skip(loaded=False, held_elsewhere=True)
-    return Job(path, name, contract, version, claim, identity, time.monotonic())
+    if claim is not None:
+        return Job(path, name, contract, version, claim, identity, time.monotonic())
+    seen = await manifest.lookup(conn, version)
+    loaded = seen is not None and seen.status == "success"
+    return Skip(loaded=loaded, held_elsewhere=seen is None or seen.leased)

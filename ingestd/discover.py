@@ -122,6 +122,12 @@ class Settler:
         elif path not in self._seen or self._seen[path][0] != now:
             self._seen[path] = (now, self._clock())
 
+    def _quiet(self, seen: tuple[int, int], since: float) -> bool:
+        # Unchanged since we first saw it for settle_s, or last written at least settle_s ago
+        # (a file renamed into the inbox keeps its mtime: no need to wait for it again).
+        mtime_age_s = time.time() - seen[1] / 1e9
+        return self._clock() - since >= self._settle_s or mtime_age_s >= self._settle_s
+
     def settled(self) -> list[Path]:
         """Files unchanged for settle_s and not open for writing; they are forgotten here."""
         ready = []
@@ -131,7 +137,7 @@ class Settler:
                 del self._seen[path]
             elif now != seen:
                 self._seen[path] = (now, self._clock())
-            elif self._clock() - since >= self._settle_s and not being_written(path):
+            elif self._quiet(now, since) and not being_written(path):
                 del self._seen[path]
                 ready.append(path)
         return ready

@@ -16,7 +16,7 @@ from ingestd.db.errors import translate
 from ingestd.db.manifest import Manifest
 from ingestd.db.merge import apply_batch, check_mode_supported
 from ingestd.db.sql import Target
-from ingestd.db.target import StageTables, ensure_table_from_headers, has_unique_key
+from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, IngestdError, Interrupted
@@ -47,7 +47,12 @@ class FileChangedError(FileError):
 
 
 async def process_file(
-    conn: Connection, job: Job, ctx: LoadContext, stages: StageTables, worker_id: str
+    conn: Connection,
+    job: Job,
+    ctx: LoadContext,
+    session: SessionState,
+    worker_id: str,
+    progress: tuple[int, int] | None = None,
 ) -> int:
     """Load one claimed file, one transaction per batch; returns the file's total rows.
 
@@ -63,11 +68,17 @@ async def process_file(
             open_reader, job.path, contract, s.chunk_size, s.memory_limit_bytes
         )
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
-        await _prepare_target(
-            conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
-        )
-        stage = None if contract.mode == "append" else await stages.ensure(conn, target)
-        rows_done, rejected = await ctx.manifest.progress(conn, job.claim.manifest_id)
+        if not session.checked(target, contract.mode):
+            await _prepare_target(
+                conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
+            )
+            session.mark_checked(target, contract.mode)
+        stage = None if contract.mode == "append" else await session.stage(conn, target)
+        # A first attempt knows its progress from the claim; a retry asks the manifest,
+        # the only truth after a commit whose reply was lost.
+        if progress is None:
+            progress = await ctx.manifest.progress(conn, job.claim.manifest_id)
+        rows_done, rejected = progress
         if rows_done:
             log.info("file_resumed", extra={"rows_committed": rows_done})
         async for batch, payload in _encoded(reader, rows_done, ordinal=stage is not None):

@@ -15,7 +15,7 @@ from ingestd.exceptions import FileError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier
 from ingestd.settings import Contract
 
-CSV_BLOCK_BYTES = 4 << 20  # pyarrow parses in blocks; a row must fit in one (blocks grow)
+CSV_BLOCK_BYTES = 1 << 20  # pyarrow parses in blocks; a row must fit in one (blocks grow)
 DEFAULT_MEMORY_LIMIT_BYTES = 256 << 20
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")

@@ -131,7 +131,7 @@ class Settings:
     manifest_schema: str | None = None
     connect_timeout_s: float = 10.0
     statement_timeout_s: float = 600.0
-    settle_s: float = 0.25
+    settle_s: float = 0.2
     shutdown_grace_s: float = 30.0
     queue_size: int = 0  # 0: twice the concurrency
     memory_limit_mb: int = 256  # one file's batches in flight; a CSV row may use half
@@ -269,7 +269,7 @@ def resolve(
         manifest_schema=_opt_ident(pick("manifest_schema"), "manifest schema"),
         connect_timeout_s=_float(pick("connect_timeout_s", 10.0), "connect timeout"),
         statement_timeout_s=_float(pick("statement_timeout_s", 600.0), "statement timeout"),
-        settle_s=_float(pick("settle_s", 0.25), "settle interval", minimum=0.0),
+        settle_s=_float(pick("settle_s", 0.2), "settle interval", minimum=0.0),
         shutdown_grace_s=_float(pick("shutdown_grace_s", 30.0), "shutdown grace"),
         queue_size=_int(pick("queue_size", 0), "queue size", minimum=0),
         memory_limit_mb=_int(pick("memory_limit_mb", 256), "memory limit (MB)", minimum=16),

@@ -13,7 +13,7 @@ from ingestd import archive
 from ingestd.claim import Job
 from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
-from ingestd.db.target import StageTables
+from ingestd.db.target import SessionState
 from ingestd.exceptions import (
     ConnectError,
     FileError,
@@ -59,6 +59,18 @@ class Results:
             self.on_result(result)
 
 
+@dataclass
+class _Tries:
+    """Failures count against --max-retries; database outages in the daemon do not."""
+
+    failures: int = 0
+    outages: int = 0
+
+    @property
+    def attempt(self) -> int:
+        return self.failures + 1
+
+
 class Worker:
     """Takes jobs off the queue until cancelled."""
 
@@ -77,7 +89,7 @@ class Worker:
         self._results = results
         self._backoff = backoff
         self._conn: PooledConnection | None = None
-        self._stages = StageTables()
+        self._session = SessionState()
         self._leases = leases  # claims queued or in hand, renewed by the service
         self.busy = False
 
@@ -110,8 +122,9 @@ class Worker:
             log.warning("file_handed_over", extra={"reason": "another instance took it over"})
             self._results.add(result)
             return
+        # The lease is not given back: it runs out by itself, and meanwhile other instances
+        # leave a re-dropped copy of this file to this one, which moves it.
         await self._archive(job, result)
-        await self._release_lease(job)
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
         if result.status == "success":
             metrics.last_success.set(time.time())
@@ -133,58 +146,64 @@ class Worker:
         file_type: str = job.contract.file_type
         if file_type == "auto":
             file_type = guess_file_type(job.path.name)
-        failures = 0
-        outages = 0
+        tries = _Tries()
         while True:
-            attempt = failures + 1
             try:
-                conn = await self._connection()
-                await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
-                rows = await process_file(conn, job, self._ctx, self._stages, self.worker_id)
+                rows = await self._attempt(job, first=tries.attempt == 1 and not tries.outages)
                 return FileResult(
                     str(job.name), job.contract.table, "success", rows,
-                    file_type=file_type, attempts=attempt,
+                    file_type=file_type, attempts=tries.attempt,
                 )  # fmt: skip
             except asyncio.CancelledError:
                 raise
-            except Interrupted:
-                return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
-            except HandedOver:
-                return FileResult(str(job.name), job.contract.table, "handed_over", stay=True)
+            except (Interrupted, HandedOver) as exc:
+                status = "interrupted" if isinstance(exc, Interrupted) else "handed_over"
+                return FileResult(str(job.name), job.contract.table, status, stay=True)
             except Exception as exc:
                 error = exc if isinstance(exc, IngestdError) else translate(exc)
+                # Whatever failed may have left this session's stage or checks stale.
+                await self._release(broken=True)
                 if not isinstance(error, RetryableError):
                     if isinstance(exc.__cause__, Exception) or not isinstance(exc, IngestdError):
                         self._count_db_error(exc)
                     stay = isinstance(error, FileChangedError)
-                    return await self._fail(job, error, file_type, attempt, stay=stay)
-                await self._release(broken=True)
-                if isinstance(error, ConnectError) and not self._ctx.settings.once:
-                    # The daemon waits out an outage: the file is not failing, the server is away.
-                    outages += 1
-                    delay = self._backoff.delay(min(outages, 5) - 1)
-                else:
-                    self._count_db_error(exc)
-                    failures += 1
-                    if failures > self._ctx.settings.max_retries:
-                        gave_up = RetryableError(f"gave up after {failures} attempts: {error}")
-                        return await self._fail(job, gave_up, file_type, attempt, stay=True)
-                    delay = self._backoff.delay(failures - 1)
-                    self._ctx.metrics.retries.inc()
+                    return await self._fail(job, error, file_type, tries.attempt, stay=stay)
+                delay = self._next_delay(tries, error, exc)
+                if delay is None:
+                    gave_up = RetryableError(f"gave up after {tries.failures} attempts: {error}")
+                    return await self._fail(job, gave_up, file_type, tries.attempt, stay=True)
                 log.warning(
                     "file_retry",
-                    extra={"error": str(error), "attempt": attempt, "delay_s": round(delay, 2)},
+                    extra={
+                        "error": str(error),
+                        "attempt": tries.attempt,
+                        "delay_s": round(delay, 2),
+                    },
                 )
                 if await self._stopped_during(delay):
                     return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
 
-    async def _release_lease(self, job: Job) -> None:
-        """The file is recorded and moved: other instances need not wait for the lease."""
-        try:
-            conn = await self._connection()
-            await self._ctx.manifest.release(conn, job.claim.manifest_id)
-        except Exception as exc:  # it runs out by itself; nothing depends on this
-            log.debug("lease_release_failed", extra={"error": str(exc)})
+    async def _attempt(self, job: Job, *, first: bool) -> int:
+        conn = await self._connection()
+        progress = None
+        if first:
+            progress = (job.claim.rows_done, job.claim.rejected)  # the claim counted the attempt
+        else:
+            await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
+        return await process_file(conn, job, self._ctx, self._session, self.worker_id, progress)
+
+    def _next_delay(self, tries: _Tries, error: IngestdError, exc: Exception) -> float | None:
+        """Backoff before the next attempt, or None once the retries are used up."""
+        if isinstance(error, ConnectError) and not self._ctx.settings.once:
+            # The daemon waits out an outage: the file is not failing, the server is away.
+            tries.outages += 1
+            return self._backoff.delay(min(tries.outages, 5) - 1)
+        self._count_db_error(exc)
+        tries.failures += 1
+        if tries.failures > self._ctx.settings.max_retries:
+            return None
+        self._ctx.metrics.retries.inc()
+        return self._backoff.delay(tries.failures - 1)
 
     def _count_db_error(self, exc: BaseException) -> None:
         cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
@@ -260,12 +279,12 @@ class Worker:
                 self._conn = await self._pool.acquire(timeout=self._ctx.settings.connect_timeout_s)
             except Exception as exc:
                 raise ConnectError(f"cannot get a database connection: {translate(exc)}") from exc
-            self._stages.forget()
+            self._session.forget()
         return self._conn
 
     async def _release(self, *, broken: bool = False) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        self._stages.forget()
+        self._session.forget()
         await give_back(self._pool, conn, broken=broken)

@@ -37,8 +37,18 @@ TRANSIENT_PYTHON_ERRORS = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
     asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
+    # A table altered under a cached statement: asyncpg drops the statement; a retry
+    # prepares it afresh.
+    asyncpg.exceptions.InvalidCachedStatementError,
+)
+# Other client-side InterfaceErrors are bugs (wrong arguments...), not weather; only a
+# connection that went away, or was left mid-operation by a timeout, is worth another
+# attempt (on a new connection).
+_STALE_CONNECTION = (
+    "connection is closed",
+    "connection was closed",
+    "released back to the pool",
+    "another operation is in progress",
 )
 
 
@@ -49,10 +59,14 @@ def sqlstate_of(exc: BaseException) -> str | None:
 
 def is_retryable(exc: BaseException) -> bool:
     """True for errors where the same work may succeed on a new attempt."""
+    if isinstance(exc, TRANSIENT_PYTHON_ERRORS):
+        return True
     code = sqlstate_of(exc)
     if code is not None:
         return code in _RETRYABLE_CODES or code.startswith(_RETRYABLE_CLASSES)
-    return isinstance(exc, TRANSIENT_PYTHON_ERRORS)
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        return any(text in str(exc) for text in _STALE_CONNECTION)
+    return False
 
 
 def error_class(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ class Claim:
 
     manifest_id: int
     rows_done: int
+    rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Manifest:
             self.instance_id,
             self.lease_s,
         )
-        return None if row is None else Claim(row["id"], row["rows"])
+        return None if row is None else Claim(row["id"], row["rows"], row["rows_rejected"])
 
     async def checkpoint(
         self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
@@ -164,10 +165,6 @@ class Manifest:
     async def renew(self, conn: Connection, claim_ids: list[int]) -> None:
         """Renew this instance's leases on the files it is loading."""
         await conn.execute(sql.manifest_renew(self.name), self.instance_id, claim_ids, self.lease_s)
-
-    async def release(self, conn: Connection, claim_id: int) -> None:
-        """End the lease once the file has been moved (the owner stays on record)."""
-        await conn.execute(sql.manifest_release(self.name), claim_id, self.instance_id)
 
     async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> None:
         """Mark the outcome: success or failed, with the reason in notes."""

@@ -217,18 +217,18 @@ def manifest_claim(name: str) -> str:
     """
     return (
         f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id, "
-        "owner, lease_until) VALUES ($1, $2, $3, $4, 'pending', $5, $7, "
-        "now() + make_interval(secs => $8)) "
+        "owner, lease_until, attempts) VALUES ($1, $2, $3, $4, 'pending', $5, $7, "
+        "now() + make_interval(secs => $8), 1) "
         "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'pending', "
         "run_id = EXCLUDED.run_id, table_name = EXCLUDED.table_name, started_at = now(), "
-        "processed_at = NULL, notes = NULL, owner = EXCLUDED.owner, "
+        "processed_at = NULL, notes = NULL, owner = EXCLUDED.owner, attempts = m.attempts + 1, "
         "lease_until = EXCLUDED.lease_until, "
         "rows = CASE WHEN $6 THEN m.rows ELSE 0 END, "
         "batches = CASE WHEN $6 THEN m.batches ELSE 0 END, "
         "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END "
         "WHERE (m.owner IS NOT DISTINCT FROM EXCLUDED.owner OR m.lease_until IS NULL "
         "OR m.lease_until < now()) AND (m.status <> 'success' OR NOT $6) "
-        "RETURNING id, rows"
+        "RETURNING id, rows, rows_rejected"
     )
 
 
@@ -252,11 +252,6 @@ def manifest_renew(name: str) -> str:
         f"UPDATE {name} SET lease_until = now() + make_interval(secs => $3) "
         "WHERE owner = $1 AND id = ANY($2::bigint[]) AND status = 'pending'"
     )
-
-
-def manifest_release(name: str) -> str:
-    """Give up the lease on a file ($1 id) of instance $2; the owner stays for the record."""
-    return f"UPDATE {name} SET lease_until = NULL WHERE id = $1 AND owner = $2"
 
 
 def manifest_progress(name: str) -> str:

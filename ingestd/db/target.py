@@ -40,13 +40,15 @@ async def _columns(conn: Connection, target: Target) -> dict[str, str]:
     return {r["name"]: r["type"] for r in rows}
 
 
-class StageTables:
-    """The temp tables one connection has created; forgotten when the connection is replaced."""
+class SessionState:
+    """What one worker's connection has set up: its stage tables, and the targets already
+    checked. Forgotten with the connection (temp tables die with their session)."""
 
     def __init__(self) -> None:
         self._made: set[str] = set()
+        self._checked: set[tuple[str, tuple[str, ...], str]] = set()
 
-    async def ensure(self, conn: Connection, target: Target) -> str:
+    async def stage(self, conn: Connection, target: Target) -> str:
         """Name of this connection's stage table for the target layout, created on first use."""
         name = sql.stage_name(target)
         if name not in self._made:
@@ -54,6 +56,14 @@ class StageTables:
             self._made.add(name)
         return name
 
+    def checked(self, target: Target, mode: str) -> bool:
+        """True if this target layout was already prepared and checked on this connection."""
+        return (target.label, target.columns, mode) in self._checked
+
+    def mark_checked(self, target: Target, mode: str) -> None:
+        self._checked.add((target.label, target.columns, mode))
+
     def forget(self) -> None:
-        """Call after a reconnect: temp tables die with their session."""
+        """Call when the connection is replaced."""
         self._made.clear()
+        self._checked.clear()

@@ -196,3 +196,12 @@ def test_translate_empty_message_falls_back_to_type_name() -> None:
 )
 def test_error_class_labels(exc: BaseException, label: str) -> None:
     assert error_class(exc) == label
+
+
+def test_client_side_programming_errors_are_not_retried() -> None:
+    # A wrong argument count is a bug: retrying it only hides it behind "unreachable".
+    error = asyncpg.exceptions.InterfaceError(
+        "the server expects 3 arguments for this query, 2 were passed"
+    )
+    assert not is_retryable(error)
+    assert isinstance(translate(error), FileError)
