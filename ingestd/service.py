@@ -24,6 +24,7 @@ from ingestd.logs import bound
 from ingestd.metrics import Metrics
 from ingestd.pipeline import LoadContext
 from ingestd.progress import Progress
+from ingestd.read import release_memory_promptly
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
@@ -100,6 +101,7 @@ class Service:
     async def run(self) -> RunReport:
         """Run until the inbox is drained (--once) or a stop is requested (daemon)."""
         started = time.monotonic()
+        release_memory_promptly()
         with bound(run_id=self.run_id, instance_id=self.settings.instance_id):
             log.info("run_started", extra={"once": self.settings.once})
             await self._start_endpoint()

@@ -36,6 +36,9 @@ def session_settings(statement_timeout_s: float) -> dict[str, str]:
         "statement_timeout": timeout_ms,
         "idle_in_transaction_session_timeout": timeout_ms,
         "application_name": "ingestd",
+        # The merge sorts a batch by key (last occurrence wins, and a fixed lock order);
+        # 50,000 rows spill past the default 4MB to disk. Per session, so 64MB x workers.
+        "work_mem": "64MB",
     }
 
 
