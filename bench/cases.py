@@ -474,6 +474,76 @@ def _wait_manifest(
     raise CaseError(f"daemon did not load {files} files in time")
 
 
+def _instances(b: Bench, count: int) -> Measurement:
+    """`count` daemons (distinct --instance-id) share one inbox of small files and one
+    database: files/s and rows/s until every file is loaded (issue #7)."""
+    _fresh(b, SMALL_TARGET)
+    root = b.workdir / f"instances{count}"
+    shutil.rmtree(root, ignore_errors=True)
+    inbox = root / "inbox"
+    shutil.copytree(b.files.small_dir, inbox, ignore=shutil.ignore_patterns(".*"))
+    names = sorted(p.name for p in inbox.glob("*.csv"))
+    nbytes = _size(*inbox.glob("*.csv"))
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    before = b.srv.cpu_seconds()
+    started = time.perf_counter()
+    try:
+        for i in range(count):
+            port = _free_port()
+            args = _ingestd(b, *_csv_contract(SMALL_TARGET, "upsert"), "--inbox", str(inbox),
+                            "--instance-id", f"bench-{i}")  # fmt: skip
+            args[args.index("--metrics-addr") + 1] = f"127.0.0.1:{port}"
+            log_path = root / f"ingestd-{i}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(args, cwd=b.workdir, stdout=subprocess.DEVNULL, stderr=log)
+            watch_rss(proc)
+            procs.append((proc, log_path))
+        _wait_manifest(b, len(names), procs[0][0], procs[0][1])
+        wall = time.perf_counter() - started
+        per_owner = f"SELECT count(*) FROM {MANIFEST} GROUP BY owner ORDER BY 1"
+        shares = [int(r[0]) for r in b.srv.fetch(per_owner)]
+    finally:
+        results = []
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs:
+            results.append(wait_child(proc, 60))
+    after = _server_cpu_settled(b)
+    for (code, _, _), (_, log_path) in zip(results, procs, strict=True):
+        if code != 0:
+            raise CaseError(f"instance exited with {code}: {log_path.read_text()[-2000:]}")
+    m = Measurement(
+        f"instances_{count}",
+        len(names) * b.sizes.small_rows,
+        nbytes,
+        wall,
+        sum(cpu for _, cpu, _ in results),
+        None if before is None or after is None else after - before,
+        max(rss for _, _, rss in results),
+    )
+    m.extra["files"] = len(names)
+    m.extra["files_per_s"] = len(names) / wall
+    m.extra["instances"] = count
+    m.extra["share_min"] = min(shares) if shares else 0
+    m.extra["share_max"] = max(shares) if shares else 0
+    return m
+
+
+def instances_1(b: Bench) -> Measurement:
+    """One daemon on the small-file inbox (the base for instances_2 and instances_3)."""
+    return _instances(b, 1)
+
+
+def instances_2(b: Bench) -> Measurement:
+    """Two daemons share the small-file inbox."""
+    return _instances(b, 2)
+
+
+def instances_3(b: Bench) -> Measurement:
+    """Three daemons share the small-file inbox."""
+    return _instances(b, 3)
+
+
 def memory_big(b: Bench) -> Measurement:
     """ingestd append of a file big_factor times larger: peak RSS should stay flat."""
     if b.files.big_csv is None:
@@ -501,5 +571,8 @@ CASES: dict[str, Case] = {
     "small_files": small_files,
     "daemon_latency": daemon_latency,
     "memory_big": memory_big,
+    "instances_1": instances_1,
+    "instances_2": instances_2,
+    "instances_3": instances_3,
 }
 ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a speed number)

@@ -152,7 +152,13 @@ def _notes(x: Summary) -> str:
     parts = []
     if "n_tup_upd" in e:
         parts.append(f"n_tup_ins {e['n_tup_ins']:,.0f}, n_tup_upd {e['n_tup_upd']:,.0f}")
-    if "files_per_s" in e:
+    if "instances" in e:
+        parts.append(
+            f"{e['instances']:.0f} instance(s), {e['files']:,.0f} files: "
+            f"{e['files_per_s']:,.0f} files/s; files per instance {e['share_min']:,.0f}"
+            f"-{e['share_max']:,.0f}"
+        )
+    elif "files_per_s" in e:
         parts.append(
             f"{e['files']:,.0f} files: {e['files_per_s']:,.0f} files/s end to end, "
             f"{e['files_per_s_loading']:,.0f} files/s first claim to last success"
