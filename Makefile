@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench bench-quick clean wheel
+.PHONY: demo test test-pg15 test-fast lint format bench bench-quick clean wheel
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 ## test: the whole suite (unit, integration, fault) against a real PostgreSQL
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+## test-pg15: the integration tests against Debian's PostgreSQL 15 (a second server version)
+test-pg15: $(STAMP)
+	tests/other_server.sh 15
 
 ## test-fast: unit tests only (no database)
 test-fast: $(STAMP)
