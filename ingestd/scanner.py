@@ -201,13 +201,15 @@ class Scanner:
         self.waiting.setdefault(key, time.monotonic())
         with bound(file=key):
             contract = s.contract_for(name)
-            if contract is None:
-                await self._unroutable(path, name)
-                return
             try:
                 version = await file_version(path, name)
             except OSError as exc:
-                await self._unreadable(path, name, contract.table, exc)
+                table = contract.table if contract else ""
+                unread = FileVersion(key, b"", before[0])
+                await self._fail_early(path, unread, table, f"cannot read file: {exc.strerror}")
+                return
+            if contract is None:
+                await self._unroutable(path, version)
                 return
             if identity(path) != before:
                 self.waiting.pop(key, None)
@@ -277,20 +279,26 @@ class Scanner:
             except OSError as exc:
                 log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
 
-    async def _unroutable(self, path: Path, name: PurePosixPath) -> None:
+    async def _unroutable(self, path: Path, version: FileVersion) -> None:
         patterns = ", ".join(c.pattern for c in self.settings.contracts)
         reason = (
-            f"no contract matches {name} (patterns: {patterns}); add a contract or rename the file"
+            f"no contract matches {version.filename} (patterns: {patterns}); "
+            "add a contract or rename the file"
         )
-        await self._fail_early(path, name, "", reason)
+        await self._fail_early(path, version, "", reason)
 
-    async def _unreadable(self, path: Path, name: PurePosixPath, table: str, exc: OSError) -> None:
-        await self._fail_early(path, name, table, f"cannot read file: {exc.strerror}")
-
-    async def _fail_early(self, path: Path, name: PurePosixPath, table: str, reason: str) -> None:
+    async def _fail_early(self, path: Path, version: FileVersion, table: str, reason: str) -> None:
+        """A file that fails before it can be claimed: recorded in the manifest all the same
+        (an unreadable file with an empty checksum), then moved to failed/."""
+        name = PurePosixPath(version.filename)
         log.error("file_finished", extra={"status": "failed", "error": reason})
         self._results.add(FileResult(str(name), table, "failed", error=reason))
         self._metrics.files_processed.labels(guess_file_type(path.name), "failed").inc()
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+                await self._manifest.record_failure(conn, version, table, self._run_id, reason)
+        except Exception as exc:  # the sidecar still tells; the manifest is best effort here
+            log.warning("manifest_record_failed", extra={"error": str(translate(exc))})
         s = self.settings
         if s.keep_files or s.inbox is None:
             return

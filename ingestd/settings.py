@@ -7,7 +7,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -529,8 +529,3 @@ def _ident(value: Any, what: str) -> str:
 
 def _opt_ident(value: Any, what: str) -> str | None:
     return None if value is None else _ident(value, what)
-
-
-def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    """A copy of settings with some fields changed (tests, reloads)."""
-    return replace(settings, **changes)

@@ -25,10 +25,8 @@ async def apply_batch(
 
 
 async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) -> int:
-    """Apply the staged rows to the target; returns how many target rows were written."""
-    if mode == "append":
-        statement = sql.insert_append(target, stage)
-    elif mode == "upsert":
+    """Apply the staged rows to the target (upsert or MERGE); returns the rows written."""
+    if mode == "upsert":
         statement = sql.upsert(target, stage)
     else:
         statement = sql.merge(target, stage)

@@ -103,14 +103,6 @@ def stage_columns(target: Target) -> list[str]:
 # --- merge from stage into target ----------------------------------------------------------
 
 
-def insert_append(target: Target, stage: str) -> str:
-    """Plain insert of the staged rows, in file order."""
-    return (
-        f"INSERT INTO {target.qualified} ({_cols(target.columns)}) "
-        f"SELECT {_cols(target.columns)} FROM {quote_ident(stage)} ORDER BY {quote_ident(ORDINAL)}"
-    )
-
-
 def _last_per_key(target: Target, stage: str) -> str:
     # The last occurrence in file order wins; ordering by key also gives every
     # writer the same lock order, which keeps concurrent upserts from deadlocking.
@@ -186,9 +178,6 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
         f"ON {name} (status, processed_at)",
     ]
 
-
-# True if the relation ($1: a quoted, possibly qualified name) exists and is visible.
-RELATION_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
 
 # $1 manifest, $2 rejects table (quoted names): both exist, the manifest with its newest
 # columns (rows_rejected, owner, lease_until).

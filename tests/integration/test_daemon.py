@@ -147,6 +147,9 @@ def test_unmatched_file_goes_to_failed_with_sidecar(start_daemon, db: Db, tmp_pa
     assert "no contract matches notes.txt" in report["reason"]
     assert report["run_id"] and report["time"]
     assert (tmp_path / "failed" / "notes.txt").read_text() == "hello\n"
+    [m] = db.manifest()
+    assert (m["filename"], m["status"], m["table_name"]) == ("notes.txt", "failed", "")
+    assert "no contract matches" in m["notes"] and len(m["checksum"]) == 32
     wait_for(
         lambda: daemon.metric("ingest_files_processed_total", file_type="csv", status="failed") == 1
     )

@@ -119,7 +119,6 @@ def builders(target: Target, stage: str) -> list[Callable[[], str | list[str]]]:
     return [
         lambda: sql.create_table(target, ["text"] * len(target.columns)),
         lambda: sql.create_stage(target, stage),
-        lambda: sql.insert_append(target, stage),
         lambda: sql.upsert(target, stage),
         lambda: sql.merge(target, stage),
         lambda: sql.create_manifest(target.schema, target.table),

@@ -30,7 +30,6 @@ BUILDERS: dict[str, Callable[[Target], str]] = {
         t, ["bigint", "text", "numeric(12,2)"][: len(t.columns)]
     ),
     "create_stage": lambda t: sql.create_stage(t, sql.stage_name(t)),
-    "insert_append": lambda t: sql.insert_append(t, sql.stage_name(t)),
     "upsert": lambda t: sql.upsert(t, sql.stage_name(t)),
     "merge": lambda t: sql.merge(t, sql.stage_name(t)),
 }
@@ -100,13 +99,6 @@ def test_create_stage() -> None:
 
 def test_stage_columns() -> None:
     assert sql.stage_columns(T) == ["id", "name", "amount", ORDINAL]
-
-
-def test_insert_append_keeps_file_order() -> None:
-    assert sql.insert_append(T, STAGE) == (
-        'INSERT INTO "sales"."orders" ("id", "name", "amount") '
-        f'SELECT "id", "name", "amount" FROM "{STAGE}" ORDER BY "{ORDINAL}"'
-    )
 
 
 def test_upsert() -> None:
