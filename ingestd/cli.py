@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ingestd import __version__
+from ingestd.config import load_config, resolve
 from ingestd.db.dsn import mask_dsn, password_of
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import setup as setup_logging
-from ingestd.settings import Settings, load_config, resolve
+from ingestd.settings import Settings
 from ingestd.worker import FileResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ingestd.config import load_config, path_setting, resolve
 from ingestd.exceptions import UsageError
-from ingestd.settings import Settings, load_config, path_setting, resolve
+from ingestd.settings import Settings
 
 
 def check_config(argv: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ingestd.config import load_config, resolve_dsn
 from ingestd.db.connection import create_pool
 from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
@@ -17,7 +18,7 @@ from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import setup as setup_logging
 from ingestd.retry import Backoff
-from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR, load_config, resolve_dsn
+from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR
 
 
 def main(argv: Sequence[str]) -> int:

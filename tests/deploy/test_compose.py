@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ingestd.settings import load_config, resolve
+from ingestd.config import load_config, resolve
 from tests.deploy.helpers import DEPLOY, ROOT, load_yaml
 
 COMPOSE = DEPLOY / "compose.yaml"

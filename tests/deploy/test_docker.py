@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.settings import load_config, resolve
+from ingestd.config import load_config, resolve
 from tests.daemon import Daemon
 from tests.deploy.helpers import DEPLOY, ROOT, load_yaml
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.settings import resolve
+from ingestd.config import resolve
 from tests.deploy.helpers import DEPLOY
 
 UNIT = DEPLOY / "systemd" / "ingestd.service"

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ingestd.settings import DEFAULT_METRICS_ADDR, Settings, resolve
+from ingestd.config import resolve
+from ingestd.settings import DEFAULT_METRICS_ADDR, Settings
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from asyncpg import connect_utils
 
+from ingestd.config import resolve
 from ingestd.db.dsn import check_dsn
-from ingestd.settings import resolve
 
 
 def parse(dsn: str) -> tuple[list[object], object]:

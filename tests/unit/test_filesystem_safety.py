@@ -9,9 +9,9 @@ import pytest
 
 from ingestd import archive
 from ingestd.claim import sha256_file
+from ingestd.config import resolve
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import UsageError
-from ingestd.settings import resolve
 
 
 def touch(path: Path, text: str = "id\n1\n") -> Path:

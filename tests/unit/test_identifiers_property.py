@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from ingestd.config import resolve
 from ingestd.db import sql
 from ingestd.db.manifest import Manifest
 from ingestd.db.sql import Target
@@ -29,7 +30,7 @@ from ingestd.identifiers import (
     validate_pg_type,
 )
 from ingestd.read import open_reader
-from ingestd.settings import Contract, resolve
+from ingestd.settings import Contract
 
 SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NASTY = [

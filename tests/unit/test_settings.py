@@ -7,15 +7,9 @@ from typing import Any
 
 import pytest
 
+from ingestd.config import load_config, parse_metrics_addr, resolve
 from ingestd.exceptions import UsageError
-from ingestd.settings import (
-    Contract,
-    CsvOptions,
-    Settings,
-    load_config,
-    parse_metrics_addr,
-    resolve,
-)
+from ingestd.settings import Contract, CsvOptions, Settings
 
 NO_ENV: dict[str, str] = {}
 

@@ -1,0 +1,133 @@
+"""CSV: stream a (possibly gzipped) CSV file as record batches, growing the block for big rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from ingestd.exceptions import FileError
+from ingestd.read.batches import (
+    CSV_BLOCK_BYTES,
+    BatchReader,
+    FileLayout,
+    Limits,
+    _normalise,
+    rebatch,
+    skip_rows,
+)
+from ingestd.read.columns import check_header, select_columns
+from ingestd.settings import Contract
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def _csv_stream(path: Path) -> pa.NativeFile:
+    compression = "gzip" if path.name.lower().endswith(".gz") else None
+    return pa.input_stream(str(path), compression=compression)
+
+
+def _csv_options(
+    contract: Contract, block_bytes: int
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+    opts = contract.csv
+    read = pacsv.ReadOptions(
+        # One thread: row numbers in errors are only known single-threaded, and the
+        # other core belongs to PostgreSQL.
+        use_threads=False,
+        block_size=block_bytes,
+        encoding=opts.encoding,
+        column_names=list(contract.headers) if not opts.header and contract.headers else None,
+    )
+    parse = pacsv.ParseOptions(
+        delimiter=opts.delimiter,
+        quote_char=opts.quote,
+        newlines_in_values=True,
+    )
+    return read, parse
+
+
+def _is_straddle(exc: BaseException) -> bool:
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
+
+
+def _too_large(limits: Limits, rows_before: int) -> FileError:
+    return FileError(
+        f"after row {rows_before}, a row is larger than {limits.max_block_bytes >> 20} MiB, "
+        "or a quoted field is never closed (malformed quoting). If rows really are that "
+        "large, raise memory_limit_mb (a row may use half of it)"
+    )
+
+
+def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
+    block = CSV_BLOCK_BYTES
+    while True:
+        read, parse = _csv_options(contract, block)
+        try:
+            with _csv_stream(path) as stream:
+                reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
+                return list(reader.schema.names)
+        except pa.ArrowInvalid as exc:
+            if not _is_straddle(exc):
+                raise
+            if block * 2 > limits.max_block_bytes:
+                raise _too_large(limits, 0) from None
+            block *= 2
+
+
+def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
+    if contract.csv.header:
+        names = _read_header(path, contract, limits)
+        check_header(names, path)
+    else:
+        names = list(contract.headers or ())
+    columns, missing = select_columns(names, contract)
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        include_columns=[c for c in columns if c not in missing],
+        # PostgreSQL's CSV rules: an unquoted empty field is NULL, a quoted one ("") is ''.
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        null_values=[""],
+    )
+
+    def open_with(block: int) -> pacsv.CSVStreamingReader:
+        read, parse = _csv_options(contract, block)
+        return pacsv.open_csv(
+            _csv_stream(path), read_options=read, parse_options=parse, convert_options=convert
+        )
+
+    types = dict(contract.types)
+    layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
+    batches = _normalise(_iter_csv(open_with, limits), columns, missing, contract)
+    header_rows = 1 if contract.csv.header else 0
+    batches = rebatch(batches, limits.chunk_size, limits.batch_bytes)
+    return BatchReader(layout, batches, header_rows, names)
+
+
+def _iter_csv(
+    open_with: Callable[[int], pacsv.CSVStreamingReader], limits: Limits
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches; when a row does not fit pyarrow's block, reopen with a larger
+    block (up to the limit) and continue after the rows already yielded."""
+    block = CSV_BLOCK_BYTES
+    done = 0
+    while True:
+        reader: pacsv.CSVStreamingReader | None = None
+        try:
+            reader = open_with(block)
+            for batch in skip_rows(iter(reader), done):
+                done += batch.num_rows
+                yield batch
+            return
+        except pa.ArrowInvalid as exc:
+            if not _is_straddle(exc):
+                raise
+            if block * 2 > limits.max_block_bytes:
+                raise _too_large(limits, done) from None
+            block *= 2
+        finally:
+            if reader is not None:
+                reader.close()
