@@ -13,7 +13,7 @@ import pyarrow as pa
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.errors import translate
-from ingestd.db.manifest import Manifest
+from ingestd.db.manifest import Committed, Manifest
 from ingestd.db.merge import apply_batch, check_mode_supported
 from ingestd.db.sql import Target
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
@@ -52,7 +52,7 @@ async def process_file(
     ctx: LoadContext,
     session: SessionState,
     worker_id: str,
-    progress: tuple[int, int] | None = None,
+    committed: Committed | None = None,
 ) -> int:
     """Load one claimed file, one transaction per batch; returns the file's total rows.
 
@@ -76,9 +76,9 @@ async def process_file(
         stage = None if contract.mode == "append" else await session.stage(conn, target)
         # A first attempt knows its progress from the claim; a retry asks the manifest,
         # the only truth after a commit whose reply was lost.
-        if progress is None:
-            progress = await ctx.manifest.progress(conn, job.claim.manifest_id)
-        rows_done, rejected = progress
+        if committed is None:
+            committed = await ctx.manifest.progress(conn, job.claim.manifest_id)
+        rows_done, rejected, batch_idx = committed.rows, committed.rejected, committed.batches
         if rows_done:
             log.info("file_resumed", extra={"rows_committed": rows_done})
         async for batch, payload in _encoded(reader, rows_done, ordinal=stage is not None):
@@ -87,13 +87,12 @@ async def process_file(
             _check_unchanged(job)  # one stat per batch: stop early on a file rewritten under us
             first_row = rows_done + 1
             started = time.perf_counter()
-            batch_at = _BatchAt(batch, payload, rows_done, rejected)
-            written, set_aside = await _commit_batch(conn, job, ctx, target, stage, batch_at)
+            at = _BatchAt(batch, payload, rows_done, rejected, batch_idx)
+            written, set_aside = await _commit_batch(conn, job, ctx, target, stage, at)
             rows_done += batch.num_rows
             rejected += set_aside
-            _count_batch(
-                ctx, reader, target, worker_id, batch.num_rows, written, started, rows_done
-            )
+            batch_idx += 1
+            _count_batch(ctx, reader.layout.file_type, target, worker_id, at, written, started)
             if ctx.progress is not None:
                 ctx.progress.batch(str(job.name), batch.num_rows, len(payload))
         _check_unchanged(job)
@@ -118,6 +117,7 @@ class _BatchAt:
     payload: memoryview
     rows_before: int
     rejected_before: int
+    index: int  # batches of this file committed before it (0 for the first)
 
 
 async def _commit_batch(
@@ -177,16 +177,15 @@ async def _prepare_target(
 
 def _count_batch(
     ctx: LoadContext,
-    reader: BatchReader,
+    file_type: str,
     target: Target,
     worker_id: str,
-    rows: int,
+    at: _BatchAt,
     written: int,
     started: float,
-    rows_done: int,
 ) -> None:
     latency = time.perf_counter() - started
-    file_type = reader.layout.file_type
+    rows = at.batch.num_rows
     m = ctx.metrics
     m.batch_latency.observe(latency)
     m.batches_processed.labels(file_type, worker_id).inc()
@@ -196,9 +195,10 @@ def _count_batch(
     log.info(
         "batch_committed",
         extra={
+            "batch_idx": at.index,
             "rows": rows,
             "rows_written": written,
-            "rows_committed": rows_done,
+            "rows_committed": at.rows_before + rows,
             "latency_ms": round(latency * 1000, 1),
             "status": "committed",
         },

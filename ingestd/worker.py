@@ -185,12 +185,12 @@ class Worker:
 
     async def _attempt(self, job: Job, *, first: bool) -> int:
         conn = await self._connection()
-        progress = None
+        committed = None
         if first:
-            progress = (job.claim.rows_done, job.claim.rejected)  # the claim counted the attempt
+            committed = job.claim.committed  # the claim counted this attempt
         else:
             await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
-        return await process_file(conn, job, self._ctx, self._session, self.worker_id, progress)
+        return await process_file(conn, job, self._ctx, self._session, self.worker_id, committed)
 
     def _next_delay(self, tries: _Tries, error: IngestdError, exc: Exception) -> float | None:
         """Backoff before the next attempt, or None once the retries are used up."""

@@ -18,6 +18,20 @@ class Claim:
     manifest_id: int
     rows_done: int
     rejected: int = 0
+    batches: int = 0
+
+    @property
+    def committed(self) -> Committed:
+        return Committed(self.rows_done, self.rejected, self.batches)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """How far a file version has got: rows consumed, of them set aside, batches committed."""
+
+    rows: int
+    rejected: int
+    batches: int
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,9 @@ class Manifest:
             self.instance_id,
             self.lease_s,
         )
-        return None if row is None else Claim(row["id"], row["rows"], row["rows_rejected"])
+        if row is None:
+            return None
+        return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"])
 
     async def checkpoint(
         self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
@@ -128,10 +144,12 @@ class Manifest:
                 "another ingestd process is loading the same file"
             )
 
-    async def progress(self, conn: Connection, claim_id: int) -> tuple[int, int]:
-        """(rows done, rows rejected) of this version so far: the truth after a lost reply."""
+    async def progress(self, conn: Connection, claim_id: int) -> Committed:
+        """What this version has committed so far: the truth after a lost commit reply."""
         row = await conn.fetchrow(sql.manifest_progress(self.name), claim_id)
-        return (0, 0) if row is None else (int(row["rows"]), int(row["rows_rejected"]))
+        if row is None:
+            return Committed(0, 0, 0)
+        return Committed(int(row["rows"]), int(row["rows_rejected"]), int(row["batches"]))
 
     async def record_rejects(
         self,

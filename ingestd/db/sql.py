@@ -217,7 +217,7 @@ def manifest_claim(name: str) -> str:
         "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END "
         "WHERE (m.owner IS NOT DISTINCT FROM EXCLUDED.owner OR m.lease_until IS NULL "
         "OR m.lease_until < now()) AND (m.status <> 'success' OR NOT $6) "
-        "RETURNING id, rows, rows_rejected"
+        "RETURNING id, rows, rows_rejected, batches"
     )
 
 
@@ -245,7 +245,7 @@ def manifest_renew(name: str) -> str:
 
 def manifest_progress(name: str) -> str:
     """Rows committed so far and rows set aside, for a manifest row ($1 id)."""
-    return f"SELECT rows, rows_rejected FROM {name} WHERE id = $1"
+    return f"SELECT rows, rows_rejected, batches FROM {name} WHERE id = $1"
 
 
 def manifest_attempt(name: str) -> str:

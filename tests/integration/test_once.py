@@ -63,7 +63,7 @@ def test_one_csv_rows_values_and_manifest(cli, db: Db, tmp_path: Path) -> None:
     assert "1 loaded, 0 skipped, 0 failed; 2 rows" in result.out
     events = _log_events(result.err)
     batch = next(e for e in events if e["event"] == "batch_committed")
-    assert {"run_id", "file", "rows", "latency_ms", "status"} <= batch.keys()
+    assert {"run_id", "file", "batch_idx", "rows", "latency_ms", "status"} <= batch.keys()
     finished = next(e for e in events if e["event"] == "file_finished")
     assert finished["status"] == "success" and finished["rows"] == 2
 
@@ -176,6 +176,9 @@ def test_duplicate_keys_last_occurrence_wins_inside_and_across_batches(
         {"id": "1", "v": "b"}, {"id": "2", "v": "g"}, {"id": "3", "v": "d"}, {"id": "4", "v": "f"},
     ]  # fmt: skip
     assert db.manifest()[0]["batches"] == 4
+    batches = [e for e in _log_events(result.err) if e["event"] == "batch_committed"]
+    assert [e["batch_idx"] for e in batches] == [0, 1, 2, 3]
+    assert [e["rows_committed"] for e in batches] == [2, 4, 6, 7]
 
 
 def test_append_mode_keeps_every_row(cli, db: Db, tmp_path: Path) -> None:

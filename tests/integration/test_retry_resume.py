@@ -71,6 +71,7 @@ def test_gives_up_after_max_retries_then_resumes_on_next_run(cli, db: Db, tmp_pa
     [m] = db.manifest()
     assert (m["status"], m["rows"]) == ("success", ROWS)
     assert '"rows_committed": 200' in second.err  # file_resumed
+    assert '"batch_idx": 2,' in second.err  # numbering goes on after the committed batches
 
 
 def test_no_resume_reloads_from_the_start(cli, db: Db, tmp_path: Path) -> None:
