@@ -47,6 +47,7 @@ _CONTRACT_KEYS = {
 _CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
 _GLOBAL_KEYS = {
     "memory_limit_mb",
+    "raw_csv",
     "instance_id",
     "lease_s",
     "rescan_s",
@@ -150,6 +151,7 @@ def resolve(
         ),
         lease_s=_float(pick("lease_s", 30.0), "lease", minimum=1.0),
         rescan_s=_float(pick("rescan_s", 30.0), "rescan interval", minimum=0.1),
+        raw_csv=bool(pick("raw_csv", True)),
     )
     _check_sources(settings)
     return settings

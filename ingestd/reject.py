@@ -17,7 +17,7 @@ from ingestd.db.errors import translate
 from ingestd.db.manifest import Reject
 from ingestd.db.merge import apply_batch
 from ingestd.db.sql import Target
-from ingestd.db.stage import truncate_stage
+from ingestd.db.stage import CopyFormat, truncate_stage
 from ingestd.encode import encode_batch, raw_rows
 from ingestd.exceptions import FileError, IngestdError
 from ingestd.settings import BadRows, Mode
@@ -87,7 +87,9 @@ async def _try_piece(
         async with conn.transaction():  # nested: a savepoint
             if stage is not None:
                 await truncate_stage(conn, stage)
-            return await apply_batch(conn, target, stage, mode, piece)
+            fmt = CopyFormat(ordinal=stage is not None)
+            _, written = await apply_batch(conn, target, stage, mode, piece, fmt)
+            return written
     except Exception as exc:
         error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=first_row + lo)
         if not is_bad_data(error):

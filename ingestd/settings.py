@@ -133,6 +133,7 @@ class Settings:
     instance_id: str = "ingestd"  # shown in the manifest (owner) and every log line
     lease_s: float = 30.0  # a claim another instance may take over once it runs out
     rescan_s: float = 30.0  # daemon: full rescans of the inbox besides the watcher
+    raw_csv: bool = True  # CSV files that need no change go to COPY as their own bytes
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
-from ingestd.db.stage import copy_batch, copy_into_target
+from ingestd.db.stage import CopyFormat, copy_batch, copy_into_target
 from ingestd.exceptions import FileError
 from ingestd.settings import Mode
 
@@ -13,15 +13,21 @@ MERGE_MIN_VERSION = 150000
 
 
 async def apply_batch(
-    conn: Connection, target: Target, stage: str | None, mode: Mode, payload: memoryview
-) -> int:
-    """Write one encoded batch to the target (inside the caller's transaction); returns
-    the target rows written. Append's payload has no ordinal column; the others' do."""
+    conn: Connection,
+    target: Target,
+    stage: str | None,
+    mode: Mode,
+    payload: memoryview,
+    fmt: CopyFormat,
+) -> tuple[int, int]:
+    """Write one payload to the target (inside the caller's transaction): (rows read from
+    the payload, target rows written)."""
     if mode == "append":
-        return await copy_into_target(conn, target, payload)
+        rows = await copy_into_target(conn, target, payload, fmt)
+        return rows, rows
     assert stage is not None  # noqa: S101 - upsert and merge always have a stage
-    await copy_batch(conn, target, stage, payload)
-    return await merge_batch(conn, target, stage, mode)
+    rows = await copy_batch(conn, target, stage, payload, fmt)
+    return rows, await merge_batch(conn, target, stage, mode)
 
 
 async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) -> int:

@@ -82,17 +82,22 @@ def stage_name(target: Target) -> str:
     return "ingestd_stage_" + hashlib.sha256(key).hexdigest()[:16]
 
 
-def create_stage(target: Target, stage: str) -> str:
+def create_stage(target: Target, stage: str) -> list[str]:
     """A temp table shaped like the file's columns of the target, plus the row ordinal.
 
     Its columns take the target's types, so COPY itself casts each value and reports
-    the line and column of a value that does not fit.
+    the line and column of a value that does not fit. The ordinal comes with ingestd's
+    own payloads; for a file's raw bytes a sequence numbers the rows in file order.
     """
-    return (
+    sequence = quote_ident(stage + "_seq")
+    return [
         f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} ON COMMIT DELETE ROWS AS "
         f"SELECT {_cols(target.columns)}, 0::bigint AS {quote_ident(ORDINAL)} "
-        f"FROM {target.qualified} WITH NO DATA"
-    )
+        f"FROM {target.qualified} WITH NO DATA",
+        f"CREATE TEMP SEQUENCE IF NOT EXISTS {sequence}",
+        f"ALTER TABLE {quote_ident(stage)} ALTER COLUMN {quote_ident(ORDINAL)} "
+        f"SET DEFAULT nextval('pg_temp.{sequence}')",
+    ]
 
 
 def stage_columns(target: Target) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import cast
 
 from ingestd.db import sql
@@ -21,22 +22,51 @@ def _pieces(payload: memoryview) -> AsyncIterable[bytes]:
     return cast("AsyncIterable[bytes]", pieces())
 
 
-async def copy_batch(conn: Connection, target: Target, stage: str, payload: memoryview) -> None:
-    """COPY CSV bytes (columns in target order, then the row ordinal) into the stage table."""
-    await conn.copy_to_table(
-        stage, source=_pieces(payload), columns=sql.stage_columns(target), format="csv"
-    )
+@dataclass(frozen=True)
+class CopyFormat:
+    """How a payload is spelled: ingestd's own CSV (with the row ordinal as a last column
+    when it goes to a stage), or a file's raw bytes in the file's own dialect."""
+
+    ordinal: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    encoding: str | None = None  # PostgreSQL's name; None: UTF8, what ingestd writes
 
 
-async def copy_into_target(conn: Connection, target: Target, payload: memoryview) -> int:
-    """COPY CSV bytes (no ordinal) straight into the target: append needs no stage, and the
-    rows are written once. Returns the rows written."""
+async def copy_batch(
+    conn: Connection, target: Target, stage: str, payload: memoryview, fmt: CopyFormat
+) -> int:
+    """COPY a payload into the stage table (columns in target order; the row ordinal comes
+    from the payload, or from the stage's sequence in file order). Returns the rows."""
+    columns = sql.stage_columns(target) if fmt.ordinal else list(target.columns)
+    return await _copy(conn, stage, None, columns, payload, fmt)
+
+
+async def copy_into_target(
+    conn: Connection, target: Target, payload: memoryview, fmt: CopyFormat
+) -> int:
+    """COPY a payload straight into the target: append needs no stage, and the rows are
+    written once. Returns the rows written."""
+    return await _copy(conn, target.table, target.schema, list(target.columns), payload, fmt)
+
+
+async def _copy(
+    conn: Connection,
+    table: str,
+    schema: str | None,
+    columns: list[str],
+    payload: memoryview,
+    fmt: CopyFormat,
+) -> int:
     status = await conn.copy_to_table(
-        target.table,
-        schema_name=target.schema,
+        table,
+        schema_name=schema,
         source=_pieces(payload),
-        columns=list(target.columns),
+        columns=columns,
         format="csv",
+        delimiter=fmt.delimiter,
+        quote=fmt.quote,
+        encoding=fmt.encoding,
     )
     return int(status.rsplit(" ", 1)[-1])
 

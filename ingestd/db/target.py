@@ -52,7 +52,8 @@ class SessionState:
         """Name of this connection's stage table for the target layout, created on first use."""
         name = sql.stage_name(target)
         if name not in self._made:
-            await conn.execute(sql.create_stage(target, name))
+            for statement in sql.create_stage(target, name):
+                await conn.execute(statement)
             self._made.add(name)
         return name
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ingestd.exceptions import FileError
+from ingestd.read.raw_csv import RawCsv
 from ingestd.settings import Contract
 
 CSV_BLOCK_BYTES = 1 << 20  # pyarrow parses in blocks; a row must fit in one (blocks grow)
@@ -33,11 +34,14 @@ class BatchReader:
         batches: Iterator[pa.RecordBatch],
         header_rows: int = 0,
         file_columns: Sequence[str] = (),
+        raw: RawCsv | None = None,
     ):
         self.layout = layout
         self._batches = batches
         self._header_rows = header_rows
         self._file_columns = tuple(file_columns)
+        # Set when the file's own bytes can go to COPY as they are (see raw_csv).
+        self.raw = raw
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:

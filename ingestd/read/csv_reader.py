@@ -15,10 +15,12 @@ from ingestd.read.batches import (
     FileLayout,
     Limits,
     _normalise,
+    arrow_file_error,
     rebatch,
     skip_rows,
 )
 from ingestd.read.columns import check_header, select_columns
+from ingestd.read.raw_csv import RawCsv, raw_csv
 from ingestd.settings import Contract
 
 # --- CSV ----------------------------------------------------------------------------------
@@ -84,14 +86,7 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     else:
         names = list(contract.headers or ())
     columns, missing = select_columns(names, contract)
-    convert = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in names},
-        include_columns=[c for c in columns if c not in missing],
-        # PostgreSQL's CSV rules: an unquoted empty field is NULL, a quoted one ("") is ''.
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-        null_values=[""],
-    )
+    convert = _convert(names, [c for c in columns if c not in missing])
 
     def open_with(block: int) -> pacsv.CSVStreamingReader:
         read, parse = _csv_options(contract, block)
@@ -104,7 +99,54 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     batches = _normalise(_iter_csv(open_with, limits), columns, missing, contract)
     header_rows = 1 if contract.csv.header else 0
     batches = rebatch(batches, limits.chunk_size, limits.batch_bytes)
-    return BatchReader(layout, batches, header_rows, names)
+    as_is = not missing and columns == tuple(names)
+    raw = raw_csv(path, contract.csv, as_is, path.name.lower().endswith(".gz"))
+    return BatchReader(layout, batches, header_rows, names, raw)
+
+
+def _convert(names: list[str], include: list[str]) -> pacsv.ConvertOptions:
+    return pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        include_columns=include,
+        # PostgreSQL's CSV rules: an unquoted empty field is NULL, a quoted one ("") is ''.
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        null_values=[""],
+    )
+
+
+def parse_segment(
+    segment: bytes, contract: Contract, raw: RawCsv, rows_before: int
+) -> pa.RecordBatch:
+    """A raw segment (data rows only, after `rows_before` rows of the file) as one Arrow
+    batch, read with the file's dialect; errors name rows of the whole file."""
+    names = list(contract.headers) if not contract.csv.header and contract.headers else None
+    if names is None:
+        with raw.path.open("rb") as fh:  # the header row names the columns
+            header = fh.read(raw.start)
+        names = _read_names(header, contract)
+    read = pacsv.ReadOptions(use_threads=False, column_names=names, encoding=contract.csv.encoding)
+    parse = pacsv.ParseOptions(
+        delimiter=contract.csv.delimiter, quote_char=contract.csv.quote, newlines_in_values=True
+    )
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(segment),
+            read_options=read,
+            parse_options=parse,
+            convert_options=_convert(names, names),
+        )
+    except (pa.ArrowException, UnicodeError, ValueError) as exc:
+        # Row numbers count from the segment's start: shift them to the file's.
+        raise arrow_file_error(exc, -rows_before, names) from None
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+def _read_names(header: bytes, contract: Contract) -> list[str]:
+    read = pacsv.ReadOptions(use_threads=False, encoding=contract.csv.encoding)
+    parse = pacsv.ParseOptions(delimiter=contract.csv.delimiter, quote_char=contract.csv.quote)
+    return list(pacsv.read_csv(pa.BufferReader(header + b"\n"), read, parse).schema.names)
 
 
 def _iter_csv(

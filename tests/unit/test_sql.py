@@ -29,7 +29,7 @@ BUILDERS: dict[str, Callable[[Target], str]] = {
     "create_table": lambda t: sql.create_table(
         t, ["bigint", "text", "numeric(12,2)"][: len(t.columns)]
     ),
-    "create_stage": lambda t: sql.create_stage(t, sql.stage_name(t)),
+    "create_stage": lambda t: ";\n".join(sql.create_stage(t, sql.stage_name(t))),
     "upsert": lambda t: sql.upsert(t, sql.stage_name(t)),
     "merge": lambda t: sql.merge(t, sql.stage_name(t)),
 }
@@ -91,10 +91,16 @@ def test_create_table_needs_one_type_per_column() -> None:
 
 
 def test_create_stage() -> None:
-    text = sql.create_stage(T, STAGE)
+    text, sequence, default = sql.create_stage(T, STAGE)
     assert text.startswith(f'CREATE TEMP TABLE IF NOT EXISTS "{STAGE}" ON COMMIT DELETE ROWS AS ')
     assert f'SELECT "id", "name", "amount", 0::bigint AS "{ORDINAL}"' in text
     assert text.endswith('FROM "sales"."orders" WITH NO DATA')
+    # Rows COPYed without an ordinal (a file's raw bytes) are numbered in file order.
+    assert sequence == f'CREATE TEMP SEQUENCE IF NOT EXISTS "{STAGE}_seq"'
+    assert default == (
+        f'ALTER TABLE "{STAGE}" ALTER COLUMN "{ORDINAL}" '
+        f"SET DEFAULT nextval('pg_temp.\"{STAGE}_seq\"')"
+    )
 
 
 def test_stage_columns() -> None:

@@ -1,0 +1,125 @@
+"""Raw CSV: a file's own bytes in row-aligned segments, for PostgreSQL's COPY to parse.
+
+When a CSV file's columns are exactly the columns to load, in order, there is nothing for
+the client to change: reading, parsing and re-encoding it would only take CPU from the
+server. The file is then cut into segments of about chunk-size rows, each ending at a
+line break outside quotes (an even number of quote characters before it), and each
+segment is COPYed as it is.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestd.settings import CsvOptions
+
+# Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option.
+PG_ENCODINGS = {
+    "utf-8": "UTF8",
+    "ascii": "UTF8",
+    "iso8859-1": "LATIN1",
+    "iso8859-2": "LATIN2",
+    "iso8859-15": "LATIN9",
+    "cp1250": "WIN1250",
+    "cp1251": "WIN1251",
+    "cp1252": "WIN1252",
+}
+_SAMPLE_BYTES = 64 << 10
+_BOM = b"\xef\xbb\xbf"
+
+
+class NotRaw(Exception):
+    """This file (or what is left of it) cannot go as raw bytes: use the Arrow path."""
+
+
+@dataclass(frozen=True)
+class RawCsv:
+    """Where a file's data rows start, and how COPY must read them."""
+
+    path: Path
+    start: int  # byte offset of the first data row (after a BOM and the header)
+    delimiter: str
+    quote: str
+    pg_encoding: str
+    row_bytes: float  # average bytes per row, from a sample
+
+    def segments(self, chunk_rows: int, max_bytes: int) -> Iterator[bytes]:
+        """Row-aligned pieces of about chunk_rows rows (never over max_bytes but for one
+        huge row). Raises NotRaw on a blank line, which COPY would not skip as readers do."""
+        target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
+        quote = self.quote.encode()
+        with self.path.open("rb") as fh:
+            fh.seek(self.start)
+            carry = b""
+            while True:
+                block = fh.read(target)
+                data = carry + block
+                if not data:
+                    return
+                if not block:  # end of file: the rest is the last segment
+                    yield _checked(data)
+                    return
+                cut = _row_boundary(data, quote, len(carry))
+                if cut is None:
+                    if len(data) > max_bytes:
+                        raise NotRaw("a row larger than a batch")  # Arrow's limits apply
+                    carry = data  # no complete row yet: read on
+                    continue
+                yield _checked(data[:cut])
+                carry = data[cut:]
+
+
+def _checked(segment: bytes) -> bytes:
+    if segment.startswith((b"\n", b"\r\n")) or b"\n\n" in segment or b"\n\r\n" in segment:
+        raise NotRaw("blank line")
+    return segment
+
+
+def _row_boundary(data: bytes, quote: bytes, search_from: int) -> int | None:
+    """Offset just after the last line break in data that is outside quotes, or None."""
+    end = len(data)
+    while True:
+        newline = data.rfind(b"\n", search_from, end)
+        if newline < 0:
+            return None
+        if data.count(quote, 0, newline) % 2 == 0:
+            return newline + 1
+        end = newline
+
+
+def _records(data: bytes, quote: bytes, start: int) -> int:
+    """Complete rows in data from start: line breaks outside quotes (once per file)."""
+    rows, at, quotes = 0, start, 0
+    while (newline := data.find(b"\n", at)) >= 0:
+        quotes += data.count(quote, at, newline)
+        rows += quotes % 2 == 0
+        at = newline + 1
+    return rows
+
+
+def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) -> RawCsv | None:
+    """A RawCsv for the file, or None when it must go through Arrow: columns selected or
+    reordered, gzip, an encoding COPY cannot be told, no line feeds, or odd quoting."""
+    if not names_match or compressed:
+        return None
+    pg_encoding = PG_ENCODINGS.get(codecs.lookup(csv.encoding).name)
+    if pg_encoding is None:
+        return None
+    with path.open("rb") as fh:
+        sample = fh.read(_SAMPLE_BYTES)
+    start = len(_BOM) if pg_encoding == "UTF8" and sample.startswith(_BOM) else 0
+    if b"\r" in sample.replace(b"\r\n", b""):
+        return None  # old Mac line ends: leave them to the Arrow reader
+    if csv.header:
+        end = sample.find(b"\n", start)
+        if end < 0 or sample.count(csv.quote.encode(), start, end) % 2:
+            return None  # a header spanning lines, or longer than the sample
+        start = end + 1
+    rows = _records(sample, csv.quote.encode(), start)
+    if rows == 0 and len(sample) == _SAMPLE_BYTES:
+        return None  # rows longer than the sample: the Arrow reader grows its blocks
+    body = len(sample) - start
+    return RawCsv(path, start, csv.delimiter, csv.quote, pg_encoding, body / max(rows, 1))
