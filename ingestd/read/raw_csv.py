@@ -75,6 +75,9 @@ class RawCsv:
 def _checked(segment: bytes) -> bytes:
     if segment.startswith((b"\n", b"\r\n")) or b"\n\n" in segment or b"\n\r\n" in segment:
         raise NotRaw("blank line")
+    # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
+    if segment.startswith(b"\\.") or b"\n\\." in segment:
+        raise NotRaw("a line starting with \\.")
     return segment
 
 

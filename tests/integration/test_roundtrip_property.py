@@ -4,6 +4,7 @@ went in: TEXT mode and --preserve-types, quotes, delimiters, newlines, unicode, 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import itertools
 import math
 from pathlib import Path
@@ -19,7 +20,9 @@ from tests.pg import Db
 
 _counter = itertools.count()
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("INGESTD_PROPERTY_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 names = st.lists(

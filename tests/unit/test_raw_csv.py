@@ -51,6 +51,12 @@ def test_a_blank_line_means_not_raw(tmp_path: Path) -> None:
         _segments(path, CsvOptions(), 10)
 
 
+def test_an_end_of_data_marker_line_means_not_raw(tmp_path: Path) -> None:
+    path = _file(tmp_path, b"v\na\n\\.\nb\n")
+    with pytest.raises(NotRaw):
+        _segments(path, CsvOptions(), 10)
+
+
 def test_a_row_bigger_than_a_batch_means_not_raw(tmp_path: Path) -> None:
     path = _file(tmp_path, b"id,v\n1,a\n2," + b"x" * 5000 + b"\n3,c\n")
     with pytest.raises(NotRaw):
