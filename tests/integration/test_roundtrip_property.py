@@ -4,9 +4,9 @@ went in: TEXT mode and --preserve-types, quotes, delimiters, newlines, unicode, 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import itertools
 import math
+import os
 from pathlib import Path
 from typing import Any
 
