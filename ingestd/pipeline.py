@@ -26,7 +26,7 @@ from ingestd.progress import Progress
 from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.read.csv_reader import parse_segment
 from ingestd.read.raw_csv import NotRaw, RawCsv
-from ingestd.reject import is_bad_data, load_sorting_out
+from ingestd.reject import Sorting, is_bad_data, load_sorting_out
 from ingestd.settings import Mode, Settings
 
 log = logging.getLogger("ingestd.pipeline")
@@ -206,9 +206,8 @@ class _Load:
         if allowed <= 0:
             raise error from cause
         async with conn.transaction():
-            written, rejects = await load_sorting_out(
-                conn, self.target, self.stage, mode, batch, done.rows + 1, allowed, budget
-            )
+            sorting = Sorting(conn, self.target, self.stage, mode, batch, done.rows + 1)
+            written, rejects = await load_sorting_out(sorting, allowed, budget)
             await self.ctx.manifest.record_rejects(
                 conn, claim_id, self.job.version, self.ctx.run_id, rejects
             )

@@ -9,6 +9,7 @@ Pieces are applied in file order, so "the last occurrence wins" still holds.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -31,67 +32,62 @@ def is_bad_data(error: IngestdError) -> bool:
     return isinstance(error, FileError) and code.startswith(("22", "23"))
 
 
-async def load_sorting_out(
-    conn: Connection,
-    target: Target,
-    stage: str | None,
-    mode: Mode,
-    batch: pa.RecordBatch,
-    first_row: int,
-    allowed: int,
-    budget: BadRows,
-) -> tuple[int, list[Reject]]:
-    """Load the good rows of `batch` (inside the caller's transaction) and return
+@dataclass(frozen=True)
+class Sorting:
+    """A batch whose rows are being sorted out, and where they go."""
+
+    conn: Connection
+    target: Target
+    stage: str | None
+    mode: Mode
+    batch: pa.RecordBatch
+    first_row: int  # the file row number of the batch's first row
+
+
+async def load_sorting_out(s: Sorting, allowed: int, budget: BadRows) -> tuple[int, list[Reject]]:
+    """Load the good rows of the batch (inside the caller's transaction) and return
     (target rows written, rows set aside). Raises FileError past `allowed` rejects."""
     written = 0
     rejects: list[Reject] = []
-    pieces = [(0, batch.num_rows)]
+    pieces = [(0, s.batch.num_rows)]
     while pieces:
         lo, hi = pieces.pop()
-        error = await _try_piece(conn, target, stage, mode, batch, first_row, lo, hi)
+        error = await _try_piece(s, lo, hi)
         if isinstance(error, int):
             written += error
             continue
-        bad = _named_row(error, first_row, lo, hi)
+        bad = _named_row(error, s.first_row, lo, hi)
         if bad is None and hi - lo == 1:
             bad = lo
         if bad is None:
             mid = (lo + hi) // 2
             pieces += [(mid, hi), (lo, mid)]  # popped left first: file order
             continue
-        rejects.append(_reject(batch, first_row, bad, error))
+        rejects.append(_reject(s.batch, s.first_row, bad, error))
         if len(rejects) > allowed:
             raise FileError(
-                f"more bad rows than --max-bad-rows {budget} allows; row {first_row + bad}: "
+                f"more bad rows than --max-bad-rows {budget} allows; row {s.first_row + bad}: "
                 f"{error}",
-                row=first_row + bad,
+                row=s.first_row + bad,
                 sqlstate=error.sqlstate,
             )
         pieces += [p for p in ((bad + 1, hi), (lo, bad)) if p[0] < p[1]]
     return written, rejects
 
 
-async def _try_piece(
-    conn: Connection,
-    target: Target,
-    stage: str | None,
-    mode: Mode,
-    batch: pa.RecordBatch,
-    first_row: int,
-    lo: int,
-    hi: int,
-) -> int | FileError:
+async def _try_piece(s: Sorting, lo: int, hi: int) -> int | FileError:
     """Rows written by rows [lo, hi) in a savepoint, or the data error that undid them."""
-    piece = encode_batch(batch.slice(lo, hi - lo), first_row + lo, ordinal=stage is not None)
+    ordinal = s.stage is not None
+    piece = encode_batch(s.batch.slice(lo, hi - lo), s.first_row + lo, ordinal=ordinal)
     try:
-        async with conn.transaction():  # nested: a savepoint
-            if stage is not None:
-                await truncate_stage(conn, stage)
-            fmt = CopyFormat(ordinal=stage is not None)
-            _, written = await apply_batch(conn, target, stage, mode, piece, fmt)
+        async with s.conn.transaction():  # nested: a savepoint
+            if s.stage is not None:
+                await truncate_stage(s.conn, s.stage)
+            fmt = CopyFormat(ordinal=ordinal)
+            _, written = await apply_batch(s.conn, s.target, s.stage, s.mode, piece, fmt)
             return written
     except Exception as exc:
-        error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=first_row + lo)
+        error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=s.first_row + lo)
         if not is_bad_data(error):
             raise error from exc
         assert isinstance(error, FileError)  # noqa: S101 - is_bad_data checked it
