@@ -85,7 +85,14 @@ def profile(bench: Bench, mode: str, use_py_spy: bool) -> str:
     total = sec["process (whole run)"]
     head = f"## {mode}: {bench.sizes.rows:,} rows, wall {total:.2f} s, client CPU {run.cpu_s:.2f} s"
     lines = [head, "", "Wall clock, by step (bench.stagetimer):", ""]
-    loop = ("COPY into stage", "merge SQL", "manifest checkpoint", "BEGIN", "COMMIT")
+    loop = (
+        "COPY into target",
+        "COPY into stage",
+        "merge SQL",
+        "manifest checkpoint",
+        "BEGIN",
+        "COMMIT",
+    )
     in_loop = sum(sec.get(k, 0.0) for k in loop)
     per_file = sec.get("process_file (whole file)", 0.0)
     for key in loop:
@@ -98,7 +105,7 @@ def profile(bench: Bench, mode: str, use_py_spy: bool) -> str:
         f"- outside process_file (startup, claim/sha256, pool, exit): {total - per_file:.2f} s "
         f"({(total - per_file) / total:.0%})"
     )
-    for key in ("read (parse + rebatch)", "encode (Arrow -> CSV bytes)"):
+    for key in ("read raw segments", "read (parse + rebatch)", "encode (Arrow -> CSV bytes)"):
         lines.append(f"- producer thread, overlapped with the above: {key} {sec.get(key, 0):.2f} s")
     if raw.exists():
         counts, samples = summarise_raw(raw)

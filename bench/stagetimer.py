@@ -3,7 +3,8 @@
     python -m bench.stagetimer OUT.json <ingestd arguments...>
 
 Wraps (without changing ingestd) the names ingestd.pipeline calls: the reader's batches
-and encode_batch (in the producer thread), copy_batch, merge_batch, the manifest
+and encode_batch or the raw segments (in the producer thread), the COPY into the
+stage or the target, merge_batch, the manifest
 checkpoint, and asyncpg's transaction BEGIN/COMMIT (on the event loop). Writes the wall
 seconds of each to OUT.json. Used by bench.profile.
 """
@@ -67,18 +68,24 @@ def install() -> None:
     import asyncpg.transaction
 
     from ingestd import pipeline, worker
+    from ingestd.db import merge
     from ingestd.db.manifest import Manifest
+    from ingestd.read.raw_csv import RawCsv
 
-    # The names process_file calls, as ingestd.pipeline imported them.
+    # The names process_file and apply_batch call, as their modules imported them.
     names = vars(pipeline)
     wrap = {
         "skip_rows": _timed_iter("read (parse + rebatch)", names["skip_rows"]),
         "encode_batch": _timed("encode (Arrow -> CSV bytes)", names["encode_batch"]),
-        "copy_batch": _timed_async("COPY into stage", names["copy_batch"]),
-        "merge_batch": _timed_async("merge SQL", names["merge_batch"]),
     }
     for name, wrapper in wrap.items():
         setattr(pipeline, name, wrapper)
+    # apply_batch calls these through ingestd.db.merge's globals.
+    space = vars(merge)
+    space["copy_batch"] = _timed_async("COPY into stage", space["copy_batch"])
+    space["copy_into_target"] = _timed_async("COPY into target", space["copy_into_target"])
+    space["merge_batch"] = _timed_async("merge SQL", space["merge_batch"])
+    RawCsv.segments = _timed_iter("read raw segments", RawCsv.segments)  # type: ignore[method-assign]
     Manifest.checkpoint = _timed_async("manifest checkpoint", Manifest.checkpoint)  # type: ignore[method-assign]
     tx = asyncpg.transaction.Transaction
     tx.__aenter__ = _timed_async("BEGIN", tx.__aenter__)  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ segment is COPYed as it is.
 from __future__ import annotations
 
 import codecs
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,39 +47,49 @@ class RawCsv:
     pg_encoding: str
     row_bytes: float  # average bytes per row, from a sample
 
-    def segments(self, chunk_rows: int, max_bytes: int) -> Iterator[bytes]:
-        """Row-aligned pieces of about chunk_rows rows (never over max_bytes but for one
-        huge row). Raises NotRaw on a blank line, which COPY would not skip as readers do."""
+    def segments(self, chunk_rows: int, max_bytes: int) -> Iterator[memoryview]:
+        """Row-aligned pieces of about chunk_rows rows (never over max_bytes). Raises NotRaw
+        on a blank line, which COPY would not skip as readers do, or on a row bigger than a
+        batch (the Arrow reader's limits apply to it)."""
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
         quote = self.quote.encode()
         with self.path.open("rb") as fh:
-            fh.seek(self.start)
-            carry = b""
+            position = self.start
             while True:
-                block = fh.read(target)
-                data = carry + block
-                if not data:
+                # Each read starts at a row boundary, so a segment is a view of one read:
+                # the bytes are not copied (the tail after the cut is simply read again).
+                size = target
+                while True:
+                    data = os.pread(fh.fileno(), size, position)
+                    if len(data) < size:  # end of file: all of it is the last segment
+                        cut: int | None = len(data)
+                        break
+                    cut = _row_boundary(data, quote, 0)
+                    if cut is not None:
+                        break
+                    if size * 2 > max_bytes:
+                        raise NotRaw("a row larger than a batch")
+                    size *= 2
+                if not cut:
                     return
-                if not block:  # end of file: the rest is the last segment
-                    yield _checked(data)
-                    return
-                cut = _row_boundary(data, quote, len(carry))
-                if cut is None:
-                    if len(data) > max_bytes:
-                        raise NotRaw("a row larger than a batch")  # Arrow's limits apply
-                    carry = data  # no complete row yet: read on
-                    continue
-                yield _checked(data[:cut])
-                carry = data[cut:]
+                yield _checked(memoryview(data)[:cut])
+                position += cut
 
 
-def _checked(segment: bytes) -> bytes:
-    if segment.startswith((b"\n", b"\r\n")) or b"\n\n" in segment or b"\n\r\n" in segment:
+def _checked(segment: memoryview) -> memoryview:
+    data = segment.obj  # the read's bytes: searched in place, not copied
+    assert isinstance(data, bytes)  # noqa: S101 - segments are views of os.pread results
+    end = segment.nbytes
+    if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
         raise NotRaw("blank line")
     # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
-    if segment.startswith(b"\\.") or b"\n\\." in segment:
+    if data.startswith(b"\\.") or _found(data, (b"\n\\.",), end):
         raise NotRaw("a line starting with \\.")
     return segment
+
+
+def _found(data: bytes, needles: tuple[bytes, ...], end: int) -> bool:
+    return any(data.find(needle, 0, end) >= 0 for needle in needles)
 
 
 def _row_boundary(data: bytes, quote: bytes, search_from: int) -> int | None:

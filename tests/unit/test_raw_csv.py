@@ -21,7 +21,7 @@ def _file(tmp_path: Path, data: bytes, name: str = "f.csv") -> Path:
 def _segments(path: Path, opts: CsvOptions, rows: int, max_bytes: int = 1 << 20) -> list[bytes]:
     raw = raw_csv(path, opts, names_match=True, compressed=False)
     assert raw is not None
-    return list(raw.segments(rows, max_bytes))
+    return [bytes(segment) for segment in raw.segments(rows, max_bytes)]
 
 
 def test_segments_cut_only_between_rows_and_cover_the_file(tmp_path: Path) -> None:
