@@ -67,3 +67,29 @@ def to_failed(src: Path, failed_dir: Path, name: PurePosixPath, report: dict[str
     sidecar = dest.with_name(dest.name + ".error.json")
     sidecar.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return dest
+
+
+def failure_report(
+    name: PurePosixPath,
+    reason: str,
+    run_id: str,
+    *,
+    attempts: int,
+    row: int | None = None,
+    table: str | None = None,
+    checksum: bytes | None = None,
+) -> dict[str, Any]:
+    """The content of a failed file's .error.json sidecar."""
+    report: dict[str, Any] = {
+        "file": str(name),
+        "reason": reason,
+        "row": row,
+        "run_id": run_id,
+        "time": dt.datetime.now(dt.UTC).isoformat(),
+        "attempts": attempts,
+    }
+    if table is not None:
+        report["table"] = table
+    if checksum is not None:
+        report["checksum_sha256"] = checksum.hex()
+    return report

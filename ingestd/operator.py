@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ingestd.config import load_config, path_setting, resolve
 from ingestd.exceptions import UsageError
-from ingestd.settings import Settings
+from ingestd.settings import Settings, beside_inbox
 
 
 def check_config(argv: Sequence[str]) -> int:
@@ -24,7 +24,7 @@ def check_config(argv: Sequence[str]) -> int:
         print(f"ingestd check-config: {ns.config}: {exc}", file=sys.stderr)
         return 2
     print(f"{ns.config}: ok")
-    print(f"  inbox {settings.inbox}, done {_done(settings)}, failed {_failed(settings)}")
+    print(f"  inbox {settings.inbox}, done {settings.done_path}, failed {settings.failed_path}")
     print(f"  chunk size {settings.chunk_size:,}, concurrency {settings.concurrency}, "
           f"metrics {_addr(settings)}")  # fmt: skip
     print(f"  database: {'from the config or INGESTD_DSN' if settings.dsn else 'embedded'}")
@@ -64,7 +64,9 @@ def _directories(ns: argparse.Namespace) -> tuple[Path, Path]:
     if inbox is None:
         raise UsageError("no inbox: give --inbox or --config")
     failed = path_setting("failed_dir", flags, config, ns.config)
-    return inbox, failed or inbox.parent / "failed"
+    failed_dir = beside_inbox(failed, inbox, "failed")
+    assert failed_dir is not None  # noqa: S101 - there is an inbox
+    return inbox, failed_dir
 
 
 def _retry(
@@ -101,18 +103,6 @@ def _inside(path: Path, failed: Path) -> Path:
     if not resolved.is_relative_to(failed) or not resolved.is_file():
         raise UsageError(f"{path} is not a file in the failed directory {failed}")
     return resolved
-
-
-def _done(settings: Settings) -> Path | None:
-    if settings.done_dir or settings.inbox is None:
-        return settings.done_dir
-    return settings.inbox.parent / "done"
-
-
-def _failed(settings: Settings) -> Path | None:
-    if settings.failed_dir or settings.inbox is None:
-        return settings.failed_dir
-    return settings.inbox.parent / "failed"
 
 
 def _addr(settings: Settings) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
@@ -159,8 +158,7 @@ class Scanner:
 
     def _archive_dirs(self) -> tuple[Path, ...]:
         s = self.settings
-        assert s.inbox is not None  # noqa: S101
-        return (s.done_dir or s.inbox.parent / "done", s.failed_dir or s.inbox.parent / "failed")
+        return tuple(p for p in (s.done_path, s.failed_path) if p is not None)
 
     async def _try_offer(self, path: Path) -> bool:
         """Offer a file; False if the database could not be reached (the file waits)."""
@@ -269,9 +267,8 @@ class Scanner:
 
     async def _archive_skipped(self, path: Path, name: PurePosixPath) -> None:
         # A file already loaded (a re-drop of the same bytes) leaves the inbox like a loaded one.
-        s = self.settings
-        if not s.keep_files and s.inbox is not None:
-            done = s.done_dir or s.inbox.parent / "done"
+        done = self.settings.done_path
+        if not self.settings.keep_files and done is not None:
             try:
                 await asyncio.to_thread(archive.to_done, path, done, name)
             except FileNotFoundError:
@@ -299,18 +296,10 @@ class Scanner:
                 await self._manifest.record_failure(conn, version, table, self._run_id, reason)
         except Exception as exc:  # the sidecar still tells; the manifest is best effort here
             log.warning("manifest_record_failed", extra={"error": str(translate(exc))})
-        s = self.settings
-        if s.keep_files or s.inbox is None:
+        failed = self.settings.failed_path
+        if self.settings.keep_files or failed is None:
             return
-        failed = s.failed_dir or s.inbox.parent / "failed"
-        report = {
-            "file": str(name),
-            "reason": reason,
-            "row": None,
-            "run_id": self._run_id,
-            "time": dt.datetime.now(dt.UTC).isoformat(),
-            "attempts": 1,
-        }
+        report = archive.failure_report(name, reason, self._run_id, attempts=1)
         try:
             await asyncio.to_thread(archive.to_failed, path, failed, name, report)
         except OSError as exc:

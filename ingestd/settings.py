@@ -146,6 +146,23 @@ class Settings:
         return self.memory_limit_mb << 20
 
     @property
+    def done_path(self) -> Path | None:
+        """Where loaded files go: done_dir, else done/ beside the inbox (None: not moved)."""
+        return beside_inbox(self.done_dir, self.inbox, "done")
+
+    @property
+    def failed_path(self) -> Path | None:
+        """Where failed files go: failed_dir, else failed/ beside the inbox."""
+        return beside_inbox(self.failed_dir, self.inbox, "failed")
+
+    @property
     def effective_queue_size(self) -> int:
         """Bound of the work queue: enough to keep workers fed, small enough to stay flat."""
         return self.queue_size or 2 * self.concurrency
+
+
+def beside_inbox(configured: Path | None, inbox: Path | None, kind: str) -> Path | None:
+    """A done/ or failed/ directory: as configured, else `kind` beside the inbox."""
+    if configured is not None or inbox is None:
+        return configured
+    return inbox.parent / kind

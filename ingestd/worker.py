@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -250,25 +249,17 @@ class Worker:
 
     async def _archive(self, job: Job, result: FileResult) -> None:
         settings = self._ctx.settings
-        if settings.keep_files or settings.inbox is None or result.stay:
+        done, failed = settings.done_path, settings.failed_path
+        if settings.keep_files or done is None or failed is None or result.stay:
             return
-        inbox_parent = settings.inbox.parent
         try:
             if result.status == "success":
-                done = settings.done_dir or inbox_parent / "done"
                 await asyncio.to_thread(archive.to_done, job.path, done, job.name)
             else:
-                failed = settings.failed_dir or inbox_parent / "failed"
-                report = {
-                    "file": str(job.name),
-                    "table": result.table,
-                    "reason": result.error,
-                    "row": result.row,
-                    "run_id": self._ctx.run_id,
-                    "time": dt.datetime.now(dt.UTC).isoformat(),
-                    "attempts": result.attempts,
-                    "checksum_sha256": job.version.checksum.hex(),
-                }
+                report = archive.failure_report(
+                    job.name, result.error or "", self._ctx.run_id, attempts=result.attempts,
+                    row=result.row, table=result.table, checksum=job.version.checksum,
+                )  # fmt: skip
                 await asyncio.to_thread(archive.to_failed, job.path, failed, job.name, report)
         except OSError as exc:
             log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
