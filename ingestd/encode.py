@@ -33,3 +33,19 @@ def raw_rows(batch: pa.RecordBatch) -> list[str]:
         return [text.rstrip("\n")]
     # Quoted fields may hold newlines, so split by re-encoding row by row.
     return [raw_rows(batch.slice(i, 1))[0] for i in range(batch.num_rows)]
+
+
+def record_at_line(payload: bytes | memoryview, line: int, quote: str = '"') -> int:
+    """The record (1-based) that line `line` of CSV `payload` is part of: COPY numbers the
+    lines of its input, and a quoted field may span several."""
+    data = bytes(payload)  # only on the error path
+    mark = quote.encode()
+    at = quotes = records = 0
+    for _ in range(line - 1):
+        newline = data.find(b"\n", at)
+        if newline < 0:
+            break
+        quotes += data.count(mark, at, newline)
+        records += quotes % 2 == 0
+        at = newline + 1
+    return records + 1

@@ -87,7 +87,12 @@ async def _try_piece(s: Sorting, lo: int, hi: int) -> int | FileError:
             _, written = await apply_batch(s.conn, s.target, s.stage, s.mode, piece, fmt)
             return written
     except Exception as exc:
-        error = exc if isinstance(exc, IngestdError) else translate(exc, first_row=s.first_row + lo)
+        first_row = s.first_row + lo
+        error = (
+            exc
+            if isinstance(exc, IngestdError)
+            else translate(exc, first_row=first_row, payload=piece)
+        )
         if not is_bad_data(error):
             raise error from exc
         assert isinstance(error, FileError)  # noqa: S101 - is_bad_data checked it

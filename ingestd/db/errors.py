@@ -8,6 +8,7 @@ import re
 import asyncpg
 
 from ingestd.db.dsn import mask_dsn
+from ingestd.encode import record_at_line
 from ingestd.exceptions import FileError, RetryableError
 
 # SQLSTATE classes and codes worth another attempt: the same statement may succeed later.
@@ -77,11 +78,18 @@ def error_class(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
-def translate(exc: BaseException, *, first_row: int = 1) -> FileError | RetryableError:
+def translate(
+    exc: BaseException,
+    *,
+    first_row: int = 1,
+    payload: bytes | memoryview | None = None,
+    quote: str = '"',
+) -> FileError | RetryableError:
     """Turn a database error into our error tree with a message for the user.
 
     `first_row` is the file row number of the batch's first row: COPY reports the line
-    within the batch, which this turns back into a position in the file.
+    within the batch (`payload`, CSV quoted with `quote`), which this turns back into a
+    position in the file.
     """
     code = sqlstate_of(exc)
     # asyncpg's str() appends DETAIL and HINT lines; take the primary message alone.
@@ -94,7 +102,8 @@ def translate(exc: BaseException, *, first_row: int = 1) -> FileError | Retryabl
     context = getattr(exc, "context", None) or ""  # libpq field W: "COPY x, line 3, column y"
     match = _COPY_CONTEXT.search(context)
     if match:
-        row = first_row + int(match.group("line")) - 1
+        line = int(match.group("line"))
+        row = first_row - 1 + (record_at_line(payload, line, quote) if payload else line)
         column = match.group("column")
         detail.append(f"row {row}" + (f", column {column}" if column else ""))
     extra = getattr(exc, "detail", None)

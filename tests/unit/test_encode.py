@@ -9,7 +9,7 @@ import io
 import pyarrow as pa
 import pytest
 
-from ingestd.encode import encode_batch
+from ingestd.encode import encode_batch, record_at_line
 
 
 def enc(batch: pa.RecordBatch, first_row: int, **options: bool) -> bytes:
@@ -93,3 +93,10 @@ def test_encoding_does_not_modify_the_batch() -> None:
     batch = pa.record_batch([pa.array(["a"])], names=["s"])
     enc(batch, 1)
     assert batch.schema.names == ["s"]
+
+
+def test_record_at_line_maps_copy_line_numbers_to_rows() -> None:
+    payload = b'1,"a\nb"\n2,c\n3,"d\n\ne"\n4,f\n'
+    lines = {1: 1, 2: 1, 3: 2, 4: 3, 5: 3, 6: 3, 7: 4}
+    assert {line: record_at_line(payload, line) for line in lines} == lines
+    assert record_at_line(b"1;'a\nb'\n2;c\n", 3, quote="'") == 2
