@@ -275,11 +275,33 @@ def _add_tuple_deltas(b: Bench, m: Measurement, before: tuple[int, int]) -> None
 
 
 def ingestd_append_csv(b: Bench) -> Measurement:
-    """ingestd --mode append of the CSV into the empty typed table."""
+    """ingestd --mode append of the CSV into the empty typed table, one worker."""
     _fresh(b)
-    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.csv))
+    args = _ingestd(
+        b, *_csv_contract(TARGET, "append"), "--concurrency", "1", "--files", str(b.files.csv)
+    )
     m = _measured(b, "ingestd_append_csv", args, b.sizes.rows, _size(b.files.csv))
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def ingestd_split2(b: Bench) -> Measurement:
+    """The same file at --concurrency 2: cut into two segments, loaded by both workers."""
+    _fresh(b)
+    # The quick run's file is small: segments of 1 MB still split it in two.
+    split = ["--split-mb", "1"] if b.files.big_csv is None else []
+    args = _ingestd(
+        b, *_csv_contract(TARGET, "append"), "--concurrency", "2", *split,
+        "--files", str(b.files.csv),
+    )  # fmt: skip
+    m = _measured(b, "ingestd_split2", args, b.sizes.rows, _size(b.files.csv))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    segments = b.srv.value(
+        f"SELECT cardinality(segment_ends) FROM {MANIFEST} WHERE filename = $1",
+        str(b.files.csv.resolve()),
+    )
+    if segments != 2:
+        raise CaseError(f"ingestd_split2: the file was cut into {segments} segments, not 2")
     return m
 
 
@@ -550,7 +572,9 @@ def memory_big(b: Bench) -> Measurement:
         raise CaseError("memory_big needs the big file (not built in --quick)")
     _fresh(b)
     rows = b.sizes.rows * b.sizes.big_factor
-    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.big_csv))
+    args = _ingestd(
+        b, *_csv_contract(TARGET, "append"), "--concurrency", "1", "--files", str(b.files.big_csv)
+    )
     m = _measured(b, "memory_big", args, rows, _size(b.files.big_csv))
     _expect_rows(b, TARGET, rows, m.case)
     return m
@@ -562,6 +586,7 @@ Case = Callable[[Bench], Measurement]
 CASES: dict[str, Case] = {
     "psql_copy": psql_copy,
     "ingestd_append_csv": ingestd_append_csv,
+    "ingestd_split2": ingestd_split2,
     "sql_upsert": sql_upsert,
     "ingestd_upsert_csv": ingestd_upsert_csv,
     "ingestd_rerun_csv": ingestd_rerun_csv,

@@ -14,6 +14,7 @@ from bench.cases import Measurement
 LIMIT_OF = {
     "psql_copy": "psql_copy",
     "ingestd_append_csv": "psql_copy",
+    "ingestd_split2": "psql_copy",
     "ingestd_parquet": "psql_copy",
     "ingestd_concurrency2": "psql_copy",
     "naive_tuples": "psql_copy",
@@ -103,6 +104,7 @@ def goals(s: dict[str, Summary]) -> list[Goal]:
         )  # fmt: skip
 
     ratio_goal("CSV append", "ingestd_append_csv", 1.0, "psql \\copy")
+    ratio_goal("one file split across 2 workers", "ingestd_split2", 0.8, "psql \\copy")
     ratio_goal("CSV upsert (half-full table)", "ingestd_upsert_csv", 0.95, "the SQL-only upsert")
     ratio_goal("Parquet --preserve-types", "ingestd_parquet", 1.0, "psql \\copy of the CSV")
 

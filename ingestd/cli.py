@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         help="memory for one file's batches in flight; wide rows shrink the batch (default 256)",
     )
     r.add_argument(
+        "--split-mb",
+        type=float,
+        help="append of a CSV file at least twice this size: split into segments of at least "
+        "this size, loaded by idle workers in parallel (default 32; 0: never split)",
+    )
+    r.add_argument(
         "--instance-id",
         help="this instance's name in the manifest and logs (default: the host name; "
         "or INGESTD_INSTANCE_ID); several instances on one host need one each",

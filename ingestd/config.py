@@ -48,6 +48,7 @@ _CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
 _GLOBAL_KEYS = {
     "memory_limit_mb",
     "raw_csv",
+    "split_mb",
     "instance_id",
     "lease_s",
     "rescan_s",
@@ -152,6 +153,7 @@ def resolve(
         lease_s=_float(pick("lease_s", 30.0), "lease", minimum=1.0),
         rescan_s=_float(pick("rescan_s", 30.0), "rescan interval", minimum=0.1),
         raw_csv=bool(pick("raw_csv", True)),
+        split_mb=_float(pick("split_mb", 32.0), "split size", minimum=0.0, unit="MB"),
     )
     _check_sources(settings)
     return settings
@@ -361,13 +363,14 @@ def _int(value: Any, what: str, *, minimum: int) -> int:
     return number
 
 
-def _float(value: Any, what: str, *, minimum: float = 0.001) -> float:
+def _float(value: Any, what: str, *, minimum: float = 0.001, unit: str = "s") -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number of seconds, not {value!r}") from None
+        units = "seconds" if unit == "s" else unit
+        raise UsageError(f"{what} must be a number of {units}, not {value!r}") from None
     if number < minimum:
-        raise UsageError(f"{what} must be at least {minimum} s")
+        raise UsageError(f"{what} must be at least {minimum:g} {unit}")
     return number
 
 

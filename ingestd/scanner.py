@@ -24,7 +24,7 @@ from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
-from ingestd.worker import FileResult, Results
+from ingestd.worker import FileResult, Results, WorkQueue
 
 log = logging.getLogger("ingestd.scanner")
 
@@ -37,7 +37,7 @@ class Scanner:
         settings: Settings,
         pool: Pool,
         manifest: Manifest,
-        queue: asyncio.Queue[Job],
+        queue: WorkQueue,
         results: Results,
         metrics: Metrics,
         run_id: str,

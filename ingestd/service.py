@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingestd.claim import Job
 from ingestd.db.connection import Pool, create_pool, ping, server_version
 from ingestd.db.errors import translate
 from ingestd.db.manifest import Manifest
@@ -20,15 +20,16 @@ from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
 from ingestd.exceptions import IngestdError, UsageError
+from ingestd.load import LoadContext
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
-from ingestd.pipeline import LoadContext
 from ingestd.progress import Progress
 from ingestd.read import release_memory_promptly
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
-from ingestd.worker import FileResult, Results, Worker
+from ingestd.split import Help
+from ingestd.worker import FileResult, Results, Worker, WorkQueue
 
 log = logging.getLogger("ingestd.service")
 HEALTH_INTERVAL_S = 2.0
@@ -175,11 +176,12 @@ class Service:
             error = translate(exc)
             raise UsageError(f"cannot use the manifest {manifest.name}: {error}") from None
         _check_server(s, version)
-        queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=s.effective_queue_size)
+        queue: WorkQueue = asyncio.Queue(maxsize=s.effective_queue_size)
         progress = Progress(sys.stderr) if self._show_progress() else None
         ctx = LoadContext(
-            s, manifest, self.metrics, self.run_id, version, self.stop_event, progress
-        )
+            s, manifest, self.metrics, self.run_id, version, self.stop_event, progress,
+            offer=functools.partial(_offer, queue),
+        )  # fmt: skip
         scanner = Scanner(
             s, pool, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
         )
@@ -216,7 +218,7 @@ class Service:
             await asyncio.gather(*background, return_exceptions=True)
 
     async def _drive(
-        self, scanner: Scanner, queue: asyncio.Queue[Job], workers: list[asyncio.Task[None]]
+        self, scanner: Scanner, queue: WorkQueue, workers: list[asyncio.Task[None]]
     ) -> None:
         """Discover (once, or until stopped), drain the queue in --once; stop if a task dies."""
         if self.settings.once:
@@ -308,3 +310,12 @@ def _chain(
         second(result)
 
     return both
+
+
+def _offer(queue: WorkQueue, item: Help) -> bool:
+    """Put a help offer on the queue unless it is full (then nobody is idle anyway)."""
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        return False
+    return True

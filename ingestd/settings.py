@@ -134,6 +134,7 @@ class Settings:
     lease_s: float = 30.0  # a claim another instance may take over once it runs out
     rescan_s: float = 30.0  # daemon: full rescans of the inbox besides the watcher
     raw_csv: bool = True  # CSV files that need no change go to COPY as their own bytes
+    split_mb: float = 32.0  # appends of raw CSV files this large are split across workers
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
 
@@ -144,6 +145,11 @@ class Settings:
     @property
     def memory_limit_bytes(self) -> int:
         return self.memory_limit_mb << 20
+
+    @property
+    def split_bytes(self) -> int:
+        """Segment size below which a file is not split (0: never split)."""
+        return int(self.split_mb * (1 << 20))
 
     @property
     def done_path(self) -> Path | None:

@@ -21,10 +21,15 @@ from ingestd.exceptions import (
     Interrupted,
     RetryableError,
 )
+from ingestd.load import FileChangedError, LoadContext
 from ingestd.logs import bound
-from ingestd.pipeline import FileChangedError, LoadContext, process_file
+from ingestd.pipeline import process_file
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
+from ingestd.split import Help
+
+# The work queue: files to load, and offers to help with a file another worker is loading.
+WorkQueue = asyncio.Queue[Job | Help]
 
 log = logging.getLogger("ingestd.worker")
 
@@ -92,13 +97,16 @@ class Worker:
         self._leases = leases  # claims queued or in hand, renewed by the service
         self.busy = False
 
-    async def run(self, queue: asyncio.Queue[Job]) -> None:
+    async def run(self, queue: WorkQueue) -> None:
         """Serve the queue forever (the service cancels this task to stop it)."""
         try:
             while True:
                 job = await queue.get()
                 self.busy = True
                 try:
+                    if isinstance(job, Help):
+                        await self._help(job)
+                        continue
                     with bound(file=str(job.name), worker_id=self.worker_id):
                         await self._handle(job)
                 finally:
@@ -106,6 +114,15 @@ class Worker:
                     queue.task_done()
         finally:
             await self._release()
+
+    async def _help(self, offer: Help) -> None:
+        """Load segments of a file another worker owns; it reports how the file ends."""
+        try:
+            conn = await self._connection()
+        except ConnectError:
+            return  # the owner loads the segments itself
+        if not await offer.split.help(conn, self.worker_id):
+            await self._release(broken=True)
 
     async def _handle(self, job: Job) -> None:
         metrics = self._ctx.metrics

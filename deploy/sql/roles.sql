@@ -94,12 +94,16 @@ GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
       rows_rejected bigint     NOT NULL DEFAULT 0,
       owner        text,
       lease_until  timestamptz,
+      segment_ends bigint[],
+      segment_done bigint[],
       UNIQUE (filename, checksum));
   -- Manifests made by ingestd 0.1.0 lack these columns.
   ALTER TABLE :"manifest_schema".:"manifest"
       ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0;
   ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS owner text;
   ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+  ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS segment_ends bigint[];
+  ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS segment_done bigint[];
   SELECT format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (status, processed_at)',
                 left(:'manifest', 48) || '_status_idx', :'manifest_schema', :'manifest') \gexec
   -- Rows set aside by --max-bad-rows (ingestd/db/sql.py create_rejects), beside the manifest.

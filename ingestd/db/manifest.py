@@ -12,26 +12,43 @@ from ingestd.identifiers import quote_qualified
 
 
 @dataclass(frozen=True)
+class Segments:
+    """How a split file is cut (each segment's end offset) and how far each has got (the
+    byte offset its next batch starts at)."""
+
+    ends: tuple[int, ...]
+    done: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """How far a file version has got: rows consumed, of them set aside, batches committed,
+    and for a file split into segments, how far each segment has got."""
+
+    rows: int
+    rejected: int
+    batches: int
+    segments: Segments | None = None
+
+
+@dataclass(frozen=True)
 class Claim:
-    """A file version this run owns: its manifest id and the rows already committed."""
+    """A file version this run owns: its manifest id and what is already committed."""
 
     manifest_id: int
     rows_done: int
     rejected: int = 0
     batches: int = 0
+    segments: Segments | None = None
 
     @property
     def committed(self) -> Committed:
-        return Committed(self.rows_done, self.rejected, self.batches)
+        return Committed(self.rows_done, self.rejected, self.batches, self.segments)
 
 
-@dataclass(frozen=True)
-class Committed:
-    """How far a file version has got: rows consumed, of them set aside, batches committed."""
-
-    rows: int
-    rejected: int
-    batches: int
+def _segments(row: Any) -> Segments | None:
+    ends, done = row["segment_ends"], row["segment_done"]
+    return None if ends is None or done is None else Segments(tuple(ends), tuple(done))
 
 
 @dataclass(frozen=True)
@@ -123,7 +140,7 @@ class Manifest:
         )
         if row is None:
             return None
-        return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"])
+        return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"], _segments(row))
 
     async def checkpoint(
         self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
@@ -149,7 +166,41 @@ class Manifest:
         row = await conn.fetchrow(sql.manifest_progress(self.name), claim_id)
         if row is None:
             return Committed(0, 0, 0)
-        return Committed(int(row["rows"]), int(row["rows_rejected"]), int(row["batches"]))
+        return Committed(
+            int(row["rows"]), int(row["rows_rejected"]), int(row["batches"]), _segments(row)
+        )
+
+    async def plan_segments(self, conn: Connection, claim_id: int, plan: Segments) -> Committed:
+        """Record how a file is split, unless it already has a plan or progress; returns what
+        the manifest then holds (the plan to follow, or the progress of a linear load)."""
+        await conn.execute(
+            sql.manifest_plan_segments(self.name),
+            claim_id,
+            list(plan.ends),
+            list(plan.done),
+            self.instance_id,
+        )
+        return await self.progress(conn, claim_id)
+
+    async def checkpoint_segment(
+        self, conn: Connection, claim_id: int, segment: int, before: int, after: int, rows: int
+    ) -> None:
+        """Record one segment's progress (byte offsets); call inside the batch's transaction."""
+        status = await conn.execute(
+            sql.manifest_segment_checkpoint(self.name),
+            claim_id,
+            segment + 1,
+            before,
+            after,
+            rows,
+            self.instance_id,
+            self.lease_s,
+        )
+        if status != "UPDATE 1":
+            raise ProgressConflictError(
+                f"segment {segment + 1} of manifest row {claim_id} is no longer at byte "
+                f"{before}: another ingestd process is loading the same file"
+            )
 
     async def record_rejects(
         self,

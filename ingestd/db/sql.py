@@ -173,11 +173,16 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             rows_rejected bigint     NOT NULL DEFAULT 0,
             owner        text,
             lease_until  timestamptz,
+            segment_ends bigint[],
+            segment_done bigint[],
             UNIQUE (filename, checksum))""",
         # Manifests made by 0.1.0 lack these columns.
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS owner text",
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS lease_until timestamptz",
+        # ... and 0.1.0's first manifests these.
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS segment_ends bigint[]",
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS segment_done bigint[]",
         # Truncated so that any valid table name gives a valid index name.
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table[:48] + '_status_idx')} "
         f"ON {name} (status, processed_at)",
@@ -185,12 +190,12 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
 
 
 # $1 manifest, $2 rejects table (quoted names): both exist, the manifest with its newest
-# columns (rows_rejected, owner, lease_until).
+# columns (rows_rejected, owner, lease_until, segment_ends, segment_done).
 MANIFEST_READY = """
 SELECT to_regclass($2) IS NOT NULL AND (
     SELECT count(*) FROM pg_attribute
     WHERE attrelid = to_regclass($1) AND NOT attisdropped
-      AND attname IN ('rows_rejected', 'owner', 'lease_until')) = 3
+      AND attname IN ('rows_rejected', 'owner', 'lease_until', 'segment_ends', 'segment_done')) = 5
 """
 
 
@@ -219,10 +224,12 @@ def manifest_claim(name: str) -> str:
         "lease_until = EXCLUDED.lease_until, "
         "rows = CASE WHEN $6 THEN m.rows ELSE 0 END, "
         "batches = CASE WHEN $6 THEN m.batches ELSE 0 END, "
-        "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END "
+        "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END, "
+        "segment_ends = CASE WHEN $6 THEN m.segment_ends END, "
+        "segment_done = CASE WHEN $6 THEN m.segment_done END "
         "WHERE (m.owner IS NOT DISTINCT FROM EXCLUDED.owner OR m.lease_until IS NULL "
         "OR m.lease_until < now()) AND (m.status <> 'success' OR NOT $6) "
-        "RETURNING id, rows, rows_rejected, batches"
+        "RETURNING id, rows, rows_rejected, batches, segment_ends, segment_done"
     )
 
 
@@ -240,6 +247,28 @@ def manifest_checkpoint(name: str) -> str:
     )
 
 
+def manifest_plan_segments(name: str) -> str:
+    """Record how a file is split ($2 segment end offsets, $3 segment start offsets) on a
+    row ($1 id) of owner $4 that has no plan and no progress yet."""
+    return (
+        f"UPDATE {name} SET segment_ends = $2, segment_done = $3 "
+        "WHERE id = $1 AND owner = $4 AND status = 'pending' AND rows = 0 "
+        "AND segment_ends IS NULL"
+    )
+
+
+def manifest_segment_checkpoint(name: str) -> str:
+    """Advance one segment of a split file inside the batch's transaction, and renew the
+    lease: $1 id, $2 segment (1-based), $3 its byte offset before, $4 after, $5 rows,
+    $6 this instance, $7 lease seconds. Matching the segment's old offset means a batch is
+    counted once, whichever worker loads it."""
+    return (
+        f"UPDATE {name} SET segment_done[$2] = $4, rows = rows + $5, batches = batches + 1, "
+        "lease_until = now() + make_interval(secs => $7) "
+        "WHERE id = $1 AND segment_done[$2] = $3 AND status = 'pending' AND owner = $6"
+    )
+
+
 def manifest_renew(name: str) -> str:
     """Renew the leases of instance $1 on the files $2 (ids) for $3 seconds."""
     return (
@@ -250,7 +279,9 @@ def manifest_renew(name: str) -> str:
 
 def manifest_progress(name: str) -> str:
     """Rows committed so far and rows set aside, for a manifest row ($1 id)."""
-    return f"SELECT rows, rows_rejected, batches FROM {name} WHERE id = $1"
+    return (
+        f"SELECT rows, rows_rejected, batches, segment_ends, segment_done FROM {name} WHERE id = $1"
+    )
 
 
 def manifest_attempt(name: str) -> str:

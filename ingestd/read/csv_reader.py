@@ -55,7 +55,8 @@ def _is_straddle(exc: BaseException) -> bool:
     return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
 
 
-def _too_large(limits: Limits, rows_before: int) -> FileError:
+def row_too_large(limits: Limits, rows_before: int) -> FileError:
+    """A row that does not fit in memory_limit_mb, or quoting that never ends."""
     return FileError(
         f"after row {rows_before}, a row is larger than {limits.max_block_bytes >> 20} MiB, "
         "or a quoted field is never closed (malformed quoting). If rows really are that "
@@ -75,7 +76,7 @@ def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
             if not _is_straddle(exc):
                 raise
             if block * 2 > limits.max_block_bytes:
-                raise _too_large(limits, 0) from None
+                raise row_too_large(limits, 0) from None
             block *= 2
 
 
@@ -168,7 +169,7 @@ def _iter_csv(
             if not _is_straddle(exc):
                 raise
             if block * 2 > limits.max_block_bytes:
-                raise _too_large(limits, done) from None
+                raise row_too_large(limits, done) from None
             block *= 2
         finally:
             if reader is not None:

@@ -29,6 +29,7 @@ PG_ENCODINGS = {
     "cp1252": "WIN1252",
 }
 _SAMPLE_BYTES = 64 << 10
+_SCAN_BYTES = 4 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -47,21 +48,33 @@ class RawCsv:
     pg_encoding: str
     row_bytes: float  # average bytes per row, from a sample
 
-    def segments(self, chunk_rows: int, max_bytes: int) -> Iterator[memoryview]:
-        """Row-aligned pieces of about chunk_rows rows (never over max_bytes). Raises NotRaw
-        on a blank line, which COPY would not skip as readers do, or on a row bigger than a
-        batch (the Arrow reader's limits apply to it)."""
+    def segments(
+        self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
+    ) -> Iterator[memoryview]:
+        """Row-aligned pieces of about chunk_rows rows (never over max_bytes) of the bytes from
+        start (the first data row) to end (the end of the file; both row boundaries). Raises
+        NotRaw on a blank line, which COPY would not skip as readers do, or on a row bigger
+        than a batch (the Arrow reader's limits apply to it)."""
+        for piece in self.pieces(chunk_rows, max_bytes, start, end):
+            yield _checked(piece)
+
+    def pieces(
+        self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
+    ) -> Iterator[memoryview]:
+        """segments() without the checks COPY needs: for pieces parsed by Arrow."""
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
         quote = self.quote.encode()
         with self.path.open("rb") as fh:
-            position = self.start
-            while True:
-                # Each read starts at a row boundary, so a segment is a view of one read:
+            position = self.start if start is None else start
+            stop = os.fstat(fh.fileno()).st_size if end is None else end
+            while position < stop:
+                # Each read starts at a row boundary, so a piece is a view of one read:
                 # the bytes are not copied (the tail after the cut is simply read again).
                 size = target
                 while True:
-                    data = os.pread(fh.fileno(), size, position)
-                    if len(data) < size:  # end of file: all of it is the last segment
+                    want = min(size, stop - position)
+                    data = os.pread(fh.fileno(), want, position)
+                    if len(data) < size:  # the end: all of it is the last piece
                         cut: int | None = len(data)
                         break
                     cut = _row_boundary(data, quote, 0)
@@ -72,7 +85,7 @@ class RawCsv:
                     size *= 2
                 if not cut:
                     return
-                yield _checked(memoryview(data)[:cut])
+                yield memoryview(data)[:cut]
                 position += cut
 
 
@@ -106,12 +119,18 @@ def _row_boundary(data: bytes, quote: bytes, search_from: int) -> int | None:
 
 def _records(data: bytes, quote: bytes, start: int) -> int:
     """Complete rows in data from start: line breaks outside quotes (once per file)."""
-    rows, at, quotes = 0, start, 0
+    return _tally(data, quote, start, 0)[0]
+
+
+def _tally(data: bytes, quote: bytes, at: int, quotes: int) -> tuple[int, int]:
+    """Rows ended in data from `at` and the quotes counted by its end, given the quotes
+    counted before `at` (only their parity matters)."""
+    rows = 0
     while (newline := data.find(b"\n", at)) >= 0:
         quotes += data.count(quote, at, newline)
         rows += quotes % 2 == 0
         at = newline + 1
-    return rows
+    return rows, quotes + data.count(quote, at)
 
 
 def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) -> RawCsv | None:
@@ -137,3 +156,62 @@ def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) ->
         return None  # rows longer than the sample: the Arrow reader grows its blocks
     body = len(sample) - start
     return RawCsv(path, start, csv.delimiter, csv.quote, pg_encoding, body / max(rows, 1))
+
+
+def split_points(raw: RawCsv, parts: int) -> list[int]:
+    """Where to cut the file's data rows into `parts` segments of about equal size: the
+    end offset of each segment, each a row boundary (the last is the end of the file).
+
+    Whether a line break ends a row depends on every quote before it, so the file is read
+    once from the start, counting quotes (at memory speed: bytes.count).
+    """
+    quote = raw.quote.encode()
+    size = raw.path.stat().st_size
+    body = size - raw.start
+    wanted = [raw.start + body * i // parts for i in range(1, parts)]
+    ends: list[int] = []
+    quotes = 0  # quote characters from the first data row to `position`
+    position = raw.start
+    with raw.path.open("rb") as fh:
+        while wanted and position < size:
+            block = os.pread(fh.fileno(), _SCAN_BYTES, position)
+            at = 0
+            while wanted and wanted[0] < position + len(block):
+                at = max(at, wanted[0] - position)
+                cut = _next_boundary(block, quote, at, quotes + block.count(quote, 0, at))
+                if cut is None:
+                    break  # the row goes on into the next block
+                if not ends or position + cut > ends[-1]:
+                    ends.append(position + cut)
+                wanted.pop(0)
+                at = cut
+            quotes += block.count(quote)
+            position += len(block)
+    return [end for end in ends if end < size] + [size]
+
+
+def _next_boundary(block: bytes, quote: bytes, at: int, quotes_before: int) -> int | None:
+    """Offset just after the first line break at or after `at` that ends a row, given the
+    quotes counted up to `at`; None if the block has none."""
+    while (newline := block.find(b"\n", at)) >= 0:
+        quotes_before += block.count(quote, at, newline)
+        if quotes_before % 2 == 0:
+            return newline + 1
+        at = newline + 1
+    return None
+
+
+def count_rows(raw: RawCsv, end: int) -> int:
+    """Data rows before byte offset `end` (a row boundary): to number rows in messages when
+    a load starts in the middle of the file. Reads the file up to there."""
+    quote = raw.quote.encode()
+    rows, quotes, position = 0, 0, raw.start
+    with raw.path.open("rb") as fh:
+        while position < end:
+            block = os.pread(fh.fileno(), min(_SCAN_BYTES, end - position), position)
+            if not block:
+                break
+            ended, quotes = _tally(block, quote, 0, quotes)
+            rows += ended
+            position += len(block)
+    return rows

@@ -20,12 +20,14 @@ TOTAL = 60_000
 CHUNK = 1_000
 
 
-def _command(f: Path, dsn: str) -> list[str]:
-    return [
+def _command(f: Path, dsn: str, *, split: bool = False) -> list[str]:
+    # split: three workers load three segments of the file at once (about 150 kB each).
+    cmd = [
         sys.executable, "-m", "ingestd", "--once", "--files", str(f), "--dsn", dsn,
         "--table", "events", "--mode", "append", "--chunk-size", str(CHUNK),
         "--metrics-addr", "off", "--log-level", "WARNING",
     ]  # fmt: skip
+    return [*cmd, "--concurrency", "3", "--split-mb", "0.1"] if split else cmd
 
 
 def _kill_at(cmd: list[str], db: Db, rows_before_kill: int, extra_delay_s: float) -> None:
@@ -45,12 +47,14 @@ def _finish(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _trial(db: Db, tmp_path: Path, dsn: str, rng: random.Random, name: str) -> tuple[int, int]:
+def _trial(
+    db: Db, tmp_path: Path, dsn: str, rng: random.Random, name: str, *, split: bool
+) -> tuple[int, int]:
     """One file, killed 1-3 times at random points, then finished: (rows lost, rows duplicated)."""
     f = write(tmp_path / f"{name}.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
     db.execute("DROP TABLE IF EXISTS events")
     db.execute("DROP TABLE IF EXISTS ingestion_manifest")
-    cmd = _command(f, dsn)
+    cmd = _command(f, dsn, split=split)
     for _ in range(rng.randint(1, 3)):
         _kill_at(cmd, db, rng.randrange(0, TOTAL), rng.uniform(0, 0.05))
     _finish(cmd)
@@ -75,14 +79,35 @@ def test_kill_9_then_restart_loads_every_row_once(
     assert (m["status"], m["rows"]) == ("success", TOTAL)
 
 
+@pytest.mark.parametrize("kill_after_rows", [1, CHUNK * 7, TOTAL // 2 + 123])
+def test_kill_9_of_a_split_file_then_restart_with_one_worker(
+    dsn: str, db: Db, tmp_path: Path, kill_after_rows: int
+) -> None:
+    """Segments loaded by three workers, killed; one worker finishes every segment's rest."""
+    f = write(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
+    _kill_at(_command(f, dsn, split=True), db, kill_after_rows, 0.01)
+    [m] = db.manifest()
+    assert m["segment_ends"] is not None and len(m["segment_ends"]) == 3
+    _finish([*_command(f, dsn), "--concurrency", "1"])
+    assert db.val("SELECT count(*) FROM events") == TOTAL
+    assert db.val("SELECT count(DISTINCT id) FROM events") == TOTAL
+    [m] = db.manifest()
+    assert (m["status"], m["rows"]) == ("success", TOTAL)
+    assert m["segment_done"] == m["segment_ends"]
+
+
 @pytest.mark.slow
 def test_kill_9_loop_25_random_trials(dsn: str, db: Db, tmp_path: Path) -> None:
-    """The figure for the closing note: 25 trials, random kill points, 0 lost, 0 duplicated."""
+    """The figure for the closing note: 25 trials (every other one a file split across three
+    workers), random kill points, 0 lost, 0 duplicated."""
     rng = random.Random(20261128)
     lost = duplicated = 0
     for trial in range(25):
-        trial_lost, trial_dup = _trial(db, tmp_path, dsn, rng, f"t{trial}")
+        trial_lost, trial_dup = _trial(db, tmp_path, dsn, rng, f"t{trial}", split=trial % 2 == 1)
         lost += trial_lost
         duplicated += trial_dup
-    print(f"\nkill -9 loop: 25 trials, {TOTAL} rows each, lost {lost}, duplicated {duplicated}")
+    print(
+        f"\nkill -9 loop: 25 trials (12 split across 3 workers), {TOTAL} rows each, "
+        f"lost {lost}, duplicated {duplicated}"
+    )
     assert (lost, duplicated) == (0, 0)

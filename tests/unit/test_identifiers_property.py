@@ -65,7 +65,7 @@ names = st.one_of(
     st.sampled_from(NASTY),
 )
 # Characters any generated SQL text is made of (the statements' own punctuation included).
-SQL_SAFE = set(string.ascii_letters + string.digits + "_ \n\"(),.=*$:'<>!|+-")
+SQL_SAFE = set(string.ascii_letters + string.digits + "_ \n\"(),.=*$:'<>!|+-[]")
 
 
 def quoted_tokens_are_safe(text: str) -> None:

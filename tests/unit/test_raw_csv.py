@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
 
-from ingestd.read.raw_csv import NotRaw, raw_csv
+from ingestd.read.raw_csv import NotRaw, count_rows, raw_csv, split_points
 from ingestd.settings import CsvOptions
 
 
@@ -85,3 +86,53 @@ def test_files_that_go_through_arrow(
 def test_copy_is_told_the_encoding(tmp_path: Path, encoding: str, pg: str) -> None:
     raw = raw_csv(_file(tmp_path, b"id\n1\n"), CsvOptions(encoding=encoding), True, False)
     assert raw is not None and raw.pg_encoding == pg
+
+
+def _raw(path: Path, opts: CsvOptions | None = None):  # type: ignore[no-untyped-def]
+    raw = raw_csv(path, opts or CsvOptions(), names_match=True, compressed=False)
+    assert raw is not None
+    return raw
+
+
+def test_split_points_cut_between_rows_into_about_equal_parts(tmp_path: Path) -> None:
+    # Every row holds a quoted line break, and the quotes only pair up counted from the top.
+    rows = [f'{i},"one\n{"x" * (i % 50)} two"\n' for i in range(3000)]
+    path = _file(tmp_path, ("id,v\n" + "".join(rows)).encode())
+    raw = _raw(path)
+    ends = split_points(raw, 4)
+    size = path.stat().st_size
+    assert len(ends) == 4 and ends[-1] == size and ends == sorted(set(ends))
+    starts = [raw.start, *ends[:-1]]
+    parts = [path.read_bytes()[a:b] for a, b in zip(starts, ends, strict=True)]
+    for part in parts:
+        assert abs(len(part) - (size - raw.start) / 4) < 200  # about equal
+        assert re.match(rb'\d+,"one\n', part) and part.endswith(b' two"\n')  # whole rows
+    assert [count_rows(raw, end) for end in ends][-1] == 3000
+    assert sum(len(list(csv.reader(io.StringIO(p.decode())))) for p in parts) == 3000
+
+
+def test_segment_pieces_stay_inside_their_byte_range(tmp_path: Path) -> None:
+    path = _file(tmp_path, b"id,v\n" + b"".join(b"%d,x\n" % i for i in range(1000)))
+    raw = _raw(path)
+    ends = split_points(raw, 3)
+    start = raw.start
+    for end in ends:
+        pieces = [bytes(p) for p in raw.segments(50, 1 << 20, start, end)]
+        assert b"".join(pieces) == path.read_bytes()[start:end]
+        assert all(p.endswith(b"\n") for p in pieces)
+        start = end
+
+
+def test_split_of_a_file_with_one_huge_row_gives_fewer_parts(tmp_path: Path) -> None:
+    path = _file(tmp_path, b'id,v\n1,"' + b"y\n" * 5000 + b'"\n2,z\n')
+    ends = split_points(_raw(path), 4)
+    assert ends == [path.stat().st_size - 4, path.stat().st_size]  # the big row is whole
+
+
+def test_count_rows_counts_records_not_lines(tmp_path: Path) -> None:
+    path = _file(tmp_path, b'id,v\n1,"a\nb"\n2,c\n3,"d\n\ne"\n')
+    raw = _raw(path)
+    data = path.read_bytes()
+    assert count_rows(raw, data.index(b"2,c")) == 1
+    assert count_rows(raw, data.index(b"3,")) == 2
+    assert count_rows(raw, len(data)) == 3

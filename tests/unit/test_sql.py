@@ -44,18 +44,20 @@ def test_every_identifier_is_quoted(builder: Callable[[Target], str]) -> None:
 
 def test_create_manifest_quotes_its_names() -> None:
     statements = sql.create_manifest("audit", "ingestion_manifest")
-    assert len(statements) == 5
+    assert len(statements) == 7
     assert 'CREATE TABLE IF NOT EXISTS "audit"."ingestion_manifest"' in statements[0]
-    assert statements[1:4] == [
+    assert statements[1:6] == [
         'ALTER TABLE "audit"."ingestion_manifest" '
         "ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS owner text',
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS lease_until timestamptz',
+        'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS segment_ends bigint[]',
+        'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS segment_done bigint[]',
     ]
     assert (
         'CREATE INDEX IF NOT EXISTS "ingestion_manifest_status_idx" '
         'ON "audit"."ingestion_manifest" (status, processed_at)'
-    ) == statements[4]
+    ) == statements[6]
     assert "UNIQUE (filename, checksum)" in statements[0]
     for column in ("filename", "checksum", "filesize", "processed_at", "rows", "status", "run_id",
                    "rows_rejected", "owner", "lease_until"):  # fmt: skip

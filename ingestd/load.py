@@ -1,0 +1,230 @@
+"""One batch, start to commit: COPY, merge and checkpoint the manifest in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from ingestd.claim import Job
+from ingestd.db.connection import Connection
+from ingestd.db.errors import translate
+from ingestd.db.manifest import Manifest
+from ingestd.db.merge import apply_batch
+from ingestd.db.sql import Target
+from ingestd.db.stage import CopyFormat
+from ingestd.discover import identity
+from ingestd.encode import encode_batch
+from ingestd.exceptions import FileError, IngestdError, Interrupted
+from ingestd.metrics import Metrics
+from ingestd.progress import Progress
+from ingestd.read.csv_reader import parse_segment
+from ingestd.read.raw_csv import RawCsv
+from ingestd.reject import Sorting, is_bad_data, load_sorting_out
+from ingestd.settings import Settings
+
+if TYPE_CHECKING:
+    from ingestd.split import Help
+
+log = logging.getLogger("ingestd.pipeline")
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What every worker shares: read-only settings and the run's books."""
+
+    settings: Settings
+    manifest: Manifest
+    metrics: Metrics
+    run_id: str
+    server_version: int
+    stopping: asyncio.Event
+    progress: Progress | None = None  # --once on a terminal
+    # Asks idle workers to help with a split file (False: the queue is full, nobody is idle).
+    offer: Callable[[Help], bool] | None = None
+
+
+class FileChangedError(FileError):
+    """The file changed or vanished while it was being loaded."""
+
+
+def check_unchanged(job: Job) -> None:
+    """Raise FileChangedError if the file is gone or its size or mtime moved."""
+    now = identity(job.path)
+    if now is None:
+        raise FileChangedError(f"{job.name} disappeared while it was being loaded")
+    if now != job.identity:
+        raise FileChangedError(
+            f"{job.name} changed while it was being loaded (size or mtime differ); "
+            "this version is abandoned and the new one will be loaded as a new version"
+        )
+
+
+@dataclass
+class Done:
+    """Where a load stands: rows consumed, of them set aside, batches committed.
+
+    A load that starts in the middle of a file (a segment) does not know how many rows
+    come before it; `before` counts them, only when a message needs a row number.
+    """
+
+    rows: int
+    rejected: int
+    batches: int
+    before: Callable[[], Awaitable[int]] | None = None
+
+    async def rows_before(self) -> int:
+        """Rows of the file before the next batch."""
+        return self.rows + (await self.before() if self.before is not None else 0)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The bytes a raw piece covers in one segment of a split file."""
+
+    segment: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one batch sends: an Arrow batch encoded by ingestd, or a raw segment of the file
+    (its Arrow form is only made if its rows must be sorted out)."""
+
+    payload: memoryview
+    fmt: CopyFormat
+    batch: pa.RecordBatch | None = None
+    raw: RawCsv | None = None
+    span: Span | None = None  # set for a segment of a split file: checkpointed by bytes
+
+
+@dataclass(frozen=True)
+class BatchLoader:
+    """The fixed parts of loading one file (or one segment of it) on one connection."""
+
+    conn: Connection
+    job: Job
+    ctx: LoadContext
+    target: Target
+    stage: str | None
+    worker_id: str
+    file_type: str
+
+    async def batch(self, piece: Piece, done: Done) -> None:
+        """One batch, start to commit; advances `done`."""
+        if self.ctx.stopping.is_set():
+            raise Interrupted(f"stopped after {done.rows} rows; resumes on the next run")
+        check_unchanged(self.job)  # one stat per batch: stop early on a file rewritten under us
+        started = time.perf_counter()
+        rows, written, set_aside = await self._commit(piece, done)
+        extra: dict[str, object] = {
+            "batch_idx": done.batches,
+            "via": "copy" if piece.raw is not None else "arrow",
+            "rows": rows,
+            "rows_written": written,
+            "rows_committed": done.rows + rows,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "status": "committed",
+        }
+        if piece.span is not None:
+            extra["segment"] = piece.span.segment + 1
+        log.info("batch_committed", extra=extra)
+        done.rows += rows
+        done.rejected += set_aside
+        done.batches += 1
+        m = self.ctx.metrics
+        m.batch_latency.observe(time.perf_counter() - started)
+        m.batches_processed.labels(self.file_type, self.worker_id).inc()
+        m.rows_read.labels(self.file_type).inc(rows)
+        m.rows_staged.labels(self.file_type).inc(rows)
+        m.rows_upserted.labels(self.target.label).inc(written)
+        if self.ctx.progress is not None:
+            self.ctx.progress.batch(str(self.job.name), rows, len(piece.payload))
+
+    async def _commit(self, piece: Piece, done: Done) -> tuple[int, int, int]:
+        """COPY, merge and checkpoint one batch in one transaction: (rows, rows written,
+        rows set aside). If the batch fails on bad data and the contract allows bad rows,
+        the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
+        """
+        conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
+        cause: BaseException | None = None
+        try:
+            async with conn.transaction():
+                rows, written = await apply_batch(
+                    conn, self.target, self.stage, mode, piece.payload, piece.fmt
+                )
+                await self._checkpoint(piece, done, rows)
+            return rows, written, 0
+        except IngestdError as exc:
+            error: IngestdError = exc
+        except Exception as exc:
+            first_row = await done.rows_before() + 1
+            quote = piece.raw.quote if piece.raw is not None else '"'
+            error = translate(exc, first_row=first_row, payload=piece.payload, quote=quote)
+            cause = exc
+        if piece.raw is not None and isinstance(error, FileError):
+            # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
+            # reference reading: same rows, same leniency and the same messages as any
+            # other file (a malformed row is then reported by the reader, with its row).
+            return await self._commit(self._through_arrow(piece, await done.rows_before()), done)
+        batch = piece.batch
+        budget = self.job.contract.max_bad_rows
+        if batch is None or not is_bad_data(error) or piece.span is not None:
+            raise error from cause
+        allowed = budget.allowed(done.rows + batch.num_rows) - done.rejected
+        if allowed <= 0:
+            raise error from cause
+        async with conn.transaction():
+            sorting = Sorting(conn, self.target, self.stage, mode, batch, done.rows + 1)
+            written, rejects = await load_sorting_out(sorting, allowed, budget)
+            await self.ctx.manifest.record_rejects(
+                conn, claim_id, self.job.version, self.ctx.run_id, rejects
+            )
+            await self.ctx.manifest.checkpoint(
+                conn, claim_id, done.rows, done.rows + batch.num_rows, len(rejects)
+            )
+        self.ctx.metrics.rows_rejected.labels(self.target.label).inc(len(rejects))
+        log.warning(
+            "rows_rejected",
+            extra={"rows": len(rejects), "first_row": rejects[0].row, "error": rejects[0].reason},
+        )
+        return batch.num_rows, written, len(rejects)
+
+    async def _checkpoint(self, piece: Piece, done: Done, rows: int) -> None:
+        manifest, claim_id = self.ctx.manifest, self.job.claim.manifest_id
+        span = piece.span
+        if span is None:
+            await manifest.checkpoint(self.conn, claim_id, done.rows, done.rows + rows)
+        else:
+            await manifest.checkpoint_segment(
+                self.conn, claim_id, span.segment, span.start, span.end, rows
+            )
+
+    def _through_arrow(self, piece: Piece, before: int) -> Piece:
+        assert piece.raw is not None  # noqa: S101 - only raw pieces come here
+        batch = parse_segment(bytes(piece.payload), self.job.contract, piece.raw, before)
+        ordinal = self.stage is not None
+        payload = encode_batch(batch, before + 1, ordinal=ordinal)
+        return Piece(payload, CopyFormat(ordinal=ordinal), batch, span=piece.span)
+
+
+async def read_ahead(produce: Callable[[], Piece | None]) -> AsyncIterator[Piece]:
+    """The pieces `produce` makes (None: no more), each made in a thread while the one
+    before is in the database."""
+    pending = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while (item := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(produce))
+            yield item
+    finally:
+        # The thread cannot be interrupted; let it finish so the reader is not used twice.
+        if not pending.done():
+            await asyncio.shield(asyncio.wait([pending]))
+        if pending.done() and not pending.cancelled():
+            pending.exception()  # retrieved: a read error after a failure is not news

@@ -1,0 +1,253 @@
+"""Split: one large CSV file cut into row-aligned segments that several workers load at once.
+
+Only for append (rows of different segments commit in any order) of a CSV file whose own
+bytes go to COPY (a segment is a byte range of the file), and only when no bad rows are
+allowed (a row's number is only known by counting from the top). The plan (each
+segment's end) and each segment's progress (the byte its next batch starts at) live in
+the file's manifest row, and every batch advances its segment in its own transaction:
+whichever worker loads a batch, it commits once, and after a crash every segment resumes
+where it stopped, even if the next run has fewer workers.
+
+The worker that claimed the file offers the rest to idle workers through the work queue
+(a Help item) and loads segments itself until none is left, so a split never waits on a
+worker that is busy elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ingestd.claim import Job
+from ingestd.db.connection import Connection
+from ingestd.db.manifest import Committed, Segments
+from ingestd.db.sql import Target
+from ingestd.db.stage import CopyFormat
+from ingestd.encode import encode_batch
+from ingestd.exceptions import FileError, Interrupted
+from ingestd.load import BatchLoader, Done, LoadContext, Piece, Span, read_ahead
+from ingestd.logs import bound
+from ingestd.read.batches import Limits
+from ingestd.read.csv_reader import parse_segment, row_too_large
+from ingestd.read.raw_csv import NotRaw, RawCsv, count_rows, split_points
+
+log = logging.getLogger("ingestd.split")
+
+
+async def plan_split(
+    conn: Connection, job: Job, ctx: LoadContext, raw: RawCsv | None, committed: Committed
+) -> Committed:
+    """Cut a fresh, large, raw-CSV append into segments and record the plan in the
+    manifest; returns the progress to follow (unchanged when the file is not split)."""
+    s, contract = ctx.settings, job.contract
+    parts = min(s.concurrency, int(job.version.filesize // s.split_bytes)) if s.split_bytes else 0
+    budget = contract.max_bad_rows
+    if (
+        parts < 2
+        or raw is None
+        or not s.raw_csv
+        or ctx.offer is None
+        or contract.mode != "append"
+        or budget.count
+        or budget.ratio
+    ):
+        return committed
+    ends = await asyncio.to_thread(split_points, raw, parts)
+    if len(ends) < 2:
+        return committed
+    plan = Segments(tuple(ends), (raw.start, *ends[:-1]))
+    committed = await ctx.manifest.plan_segments(conn, job.claim.manifest_id, plan)
+    if committed.segments is not None:
+        log.info("file_split", extra={"segments": len(committed.segments.ends)})
+    return committed
+
+
+async def load_split(
+    conn: Connection,
+    job: Job,
+    ctx: LoadContext,
+    target: Target,
+    raw: RawCsv | None,
+    committed: Committed,
+    worker_id: str,
+) -> int:
+    """Load what is left of a split file with any idle workers; returns the file's rows."""
+    assert committed.segments is not None  # noqa: S101 - only split files come here
+    if raw is None or job.contract.mode != "append":
+        raise FileError(
+            "an earlier run split this file into segments, and its contract no longer allows "
+            "that (append of a CSV whose columns are loaded as they are): restore the contract, "
+            "or load the file again from the start with --no-resume"
+        )
+    split = SplitLoad(job, ctx, target, raw, committed.segments)
+    if committed.rows:
+        log.info("file_resumed", extra={"rows_committed": committed.rows})
+    for _ in range(min(split.left, ctx.settings.concurrency) - 1):
+        if ctx.offer is None or not ctx.offer(Help(split)):
+            break
+    try:
+        await split.run(conn, worker_id)
+    except asyncio.CancelledError:
+        split.fail(Interrupted("stopped while loading segments; resumes on the next run"))
+        raise
+    except Exception as exc:
+        split.fail(exc)
+    await split.finished()
+    return (await ctx.manifest.progress(conn, job.claim.manifest_id)).rows
+
+
+@dataclass(frozen=True)
+class Help:
+    """A work-queue item: take segments of this split file, if any are left."""
+
+    split: SplitLoad
+
+    @property
+    def name(self) -> str:
+        return str(self.split.job.name)
+
+
+class _Stopped(Exception):
+    """Another participant failed: stop before the next batch, quietly."""
+
+
+class SplitLoad:
+    """The segments of one file still to load, handed out one at a time to whoever asks."""
+
+    def __init__(self, job: Job, ctx: LoadContext, target: Target, raw: RawCsv, segments: Segments):
+        self.job = job
+        self._ctx = ctx
+        self._target = target
+        self._raw = raw
+        self._segments = segments
+        self._todo = deque(
+            k
+            for k, (at, end) in enumerate(zip(segments.done, segments.ends, strict=True))
+            if at < end
+        )
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.error: BaseException | None = None
+
+    @property
+    def left(self) -> int:
+        """Segments nobody has taken yet."""
+        return len(self._todo)
+
+    def fail(self, error: BaseException) -> None:
+        """Record the first failure; every participant stops before its next batch."""
+        if self.error is None:
+            self.error = error
+
+    async def run(self, conn: Connection, worker_id: str) -> None:
+        """Load segments on this connection until none is left or a participant failed."""
+        while self.error is None and self._todo:
+            segment = self._todo.popleft()
+            self._running += 1
+            self._idle.clear()
+            try:
+                await self._load(conn, worker_id, segment)
+            except _Stopped:
+                return
+            finally:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
+
+    async def help(self, conn: Connection, worker_id: str) -> bool:
+        """run() for a helping worker: a failure is recorded for the file's owner to report.
+        Returns False if it failed (the connection may be unusable)."""
+        with bound(file=str(self.job.name), worker_id=worker_id):
+            try:
+                await self.run(conn, worker_id)
+            except asyncio.CancelledError:
+                self.fail(Interrupted("stopped while loading segments; resumes on the next run"))
+                raise
+            except Exception as exc:
+                self.fail(exc)
+                return False
+        return True
+
+    async def finished(self) -> None:
+        """Wait until no participant is loading; raise the first failure, if any."""
+        await self._idle.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def _load(self, conn: Connection, worker_id: str, segment: int) -> None:
+        start = self._segments.done[segment]
+        end = self._segments.ends[segment]
+        loader = BatchLoader(conn, self.job, self._ctx, self._target, None, worker_id, "csv")
+        raw = self._raw
+
+        @functools.cache
+        def rows_before_start() -> int:
+            return count_rows(raw, start)
+
+        async def before() -> int:
+            return await asyncio.to_thread(rows_before_start)
+
+        done = Done(0, 0, 0, before)
+        strict = self._ctx.settings.raw_csv  # else every piece is parsed by Arrow
+        position = start
+        while True:
+            try:
+                async for piece in self._pieces(segment, position, end, strict, done):
+                    if self.error is not None:
+                        raise _Stopped
+                    await loader.batch(piece, done)
+                    assert piece.span is not None  # noqa: S101 - segment pieces have spans
+                    position = piece.span.end
+                return
+            except NotRaw as why:
+                log.info("raw_csv_fallback", extra={"reason": str(why), "segment": segment + 1})
+                strict = False  # the rest of this segment through Arrow
+
+    def _pieces(
+        self, segment: int, start: int, end: int, strict: bool, done: Done
+    ) -> AsyncIterator[Piece]:
+        """The segment's pieces from byte `start`: raw bytes for COPY, or (not strict) parsed
+        by Arrow and encoded by ingestd, which copes with what COPY would misread."""
+        raw, s = self._raw, self._ctx.settings
+        position = start
+        if strict:
+            fmt = CopyFormat(False, raw.delimiter, raw.quote, raw.pg_encoding)
+            pieces = raw.segments(s.chunk_size, s.memory_limit_bytes // 4, start, end)
+
+            def produce() -> Piece | None:
+                nonlocal position
+                view = next(pieces, None)
+                if view is None:
+                    return None
+                span = Span(segment, position, position + view.nbytes)
+                position = span.end
+                return Piece(view, fmt, raw=raw, span=span)
+
+        else:
+            limits = Limits(s.chunk_size, s.memory_limit_bytes)
+            pieces = raw.pieces(s.chunk_size, limits.max_block_bytes, start, end)
+            rows_before: int | None = None
+
+            def produce() -> Piece | None:
+                nonlocal position, rows_before
+                if rows_before is None:
+                    rows_before = count_rows(raw, start) + done.rows
+                try:
+                    view = next(pieces, None)
+                except NotRaw:
+                    raise row_too_large(limits, rows_before) from None
+                if view is None:
+                    return None
+                batch = parse_segment(bytes(view), self.job.contract, raw, rows_before)
+                payload = encode_batch(batch, rows_before + 1, ordinal=False)
+                span = Span(segment, position, position + view.nbytes)
+                position = span.end
+                rows_before += batch.num_rows
+                return Piece(payload, CopyFormat(ordinal=False), batch, span=span)
+
+        return read_ahead(produce)
