@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--memory-limit-mb",
         type=int,
-        help="memory for one file's batches in flight; wide rows shrink the batch (default 256)",
+        help="memory for one worker's batches in flight; wide rows shrink the batch (default 256)",
     )
     r.add_argument(
         "--split-mb",

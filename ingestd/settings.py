@@ -129,7 +129,7 @@ class Settings:
     settle_s: float = 0.2
     shutdown_grace_s: float = 30.0
     queue_size: int = 0  # 0: twice the concurrency
-    memory_limit_mb: int = 256  # one file's batches in flight; a CSV row may use half
+    memory_limit_mb: int = 256  # one worker's batches in flight; a CSV row may use half
     instance_id: str = "ingestd"  # shown in the manifest (owner) and every log line
     lease_s: float = 30.0  # a claim another instance may take over once it runs out
     rescan_s: float = 30.0  # daemon: full rescans of the inbox besides the watcher

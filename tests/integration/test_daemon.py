@@ -248,3 +248,43 @@ def test_status_command_reports_counts_and_failures(
     assert "bad.csv -> t: row 1 has 1 fields" in result.out
     as_json = json.loads(run_cli(["status", "--dsn", dsn, "--json"]).out)
     assert as_json["counts"]["success"] == {"files": 1, "rows": 2, "rejected": 0}
+
+
+SPLIT = CONFIG.format(extra="concurrency = 3\nchunk_size = 500\nsplit_mb = 0.1").replace(
+    'pk = ["id"]', 'pk = ["id"]\nmode = "append"'
+)
+
+
+def test_a_large_file_is_split_across_workers_and_survives_sigterm(
+    start_daemon, db: Db, tmp_path: Path
+) -> None:
+    """Workers share the file; SIGTERM stops them between batches; the next start finishes
+    every segment, each row once, and moves the file to done/ once."""
+    inbox = tmp_path / "inbox"
+    total = 60_000
+    daemon = start_daemon(SPLIT)
+    drop(inbox, "big.csv", rows(total))
+    wait_for(lambda: count(db) > 0, what="the first batches")
+    [split] = daemon.events("file_split")
+    assert split["segments"] == 3
+    daemon.signal(signal.SIGTERM)
+    daemon.proc.wait(30)  # one signal: workers stop between batches (a second would cancel)
+    assert daemon.stop() == 0
+    loaded = count(db)
+    [m] = db.manifest()
+    assert len(m["segment_ends"]) == 3
+    if loaded < total:  # stopped mid-file: it stays in the inbox, its segments where they are
+        assert m["status"] == "pending" and m["rows"] == loaded
+        assert (inbox / "big.csv").exists()
+    again = start_daemon(SPLIT)
+    wait_for(lambda: count(db) == total, what="the rest of the segments")
+    wait_for(lambda: len(list((tmp_path / "done").rglob("big.csv"))) == 1, what="done/")
+    assert db.val("SELECT count(DISTINCT id) FROM t") == total
+    [m] = db.manifest()
+    assert (m["status"], m["rows"]) == ("success", total)
+    assert m["segment_done"] == m["segment_ends"]
+    assert again.metric("ingest_batches_processed_total", file_type="csv", worker_id="w0") > 0
+    assert again.stop() == 0
+    batches = daemon.events("batch_committed") + again.events("batch_committed")
+    assert len(batches) == m["batches"] and sum(b["rows"] for b in batches) == total
+    assert len({b["worker_id"] for b in batches}) >= 2  # idle workers helped
