@@ -42,34 +42,44 @@ def _load(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 
 
-def _exactly_once(db: Db) -> None:
+def _exactly_once(db: Db, *, segments: int | None = None) -> None:
     assert db.val("SELECT count(*) FROM events") == TOTAL
     assert db.val("SELECT count(DISTINCT id) FROM events") == TOTAL
     [m] = db.manifest()
     assert (m["status"], m["rows"]) == ("success", TOTAL)
     assert m["attempts"] >= 2
+    assert m["segment_done"] == m["segment_ends"]
+    assert (m["segment_ends"] and len(m["segment_ends"])) == segments
 
 
+# The same file whole, and split in two segments loaded by two workers at once.
+SPLIT = pytest.mark.parametrize(
+    "extra", [(), ("--concurrency", "2", "--split-mb", "1")], ids=["whole", "split"]
+)
+
+
+@SPLIT
 def test_connection_dropped_mid_copy_is_retried(
-    proxy: Proxy, own_dsn: str, own_db: Db, tmp_path: Path
+    proxy: Proxy, own_dsn: str, own_db: Db, tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
     fault = proxy.add_fault(Fault("drop", after_bytes(1_500_000)))
-    result = _load(tmp_path, proxy, own_dsn)
+    result = _load(tmp_path, proxy, own_dsn, *extra)
     assert fault.fired.is_set()
     assert result.returncode == 0, result.stderr[-3000:]
-    _exactly_once(own_db)
+    _exactly_once(own_db, segments=2 if extra else None)
 
 
+@SPLIT
 def test_connection_dropped_after_commit_sent_counts_the_batch_once(
-    proxy: Proxy, own_dsn: str, own_db: Db, tmp_path: Path
+    proxy: Proxy, own_dsn: str, own_db: Db, tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
     # The server gets the COMMIT, the client never hears back: the outcome is unknown
     # to ingestd, and the manifest is what tells it the batch is in.
     fault = proxy.add_fault(Fault("drop", commit_number(6), after_forwarding=True))
-    result = _load(tmp_path, proxy, own_dsn)
+    result = _load(tmp_path, proxy, own_dsn, *extra)
     assert fault.fired.is_set()
     assert result.returncode == 0, result.stderr[-3000:]
-    _exactly_once(own_db)
+    _exactly_once(own_db, segments=2 if extra else None)
 
 
 def test_connection_dropped_before_commit_arrives_rolls_back_the_batch(
