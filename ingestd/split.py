@@ -236,7 +236,7 @@ class SplitLoad:
             def produce() -> Piece | None:
                 nonlocal position, rows_before
                 if rows_before is None:
-                    rows_before = count_rows(raw, start) + done.rows
+                    rows_before = count_rows(raw, start)
                 try:
                     view = next(pieces, None)
                 except NotRaw:

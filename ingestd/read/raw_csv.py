@@ -122,14 +122,19 @@ def _records(data: bytes, quote: bytes, start: int) -> int:
     return _tally(data, quote, start, 0)[0]
 
 
-def _tally(data: bytes, quote: bytes, at: int, quotes: int) -> tuple[int, int]:
+def _tally(
+    data: bytes, quote: bytes, at: int, quotes: int, line_start: bool = True
+) -> tuple[int, int]:
     """Rows ended in data from `at` and the quotes counted by its end, given the quotes
-    counted before `at` (only their parity matters)."""
+    counted before `at` (only their parity matters) and whether `at` starts a line. Blank
+    lines are not rows, as for the readers."""
     rows = 0
     while (newline := data.find(b"\n", at)) >= 0:
+        blank = line_start and quotes % 2 == 0 and data[at:newline] in (b"", b"\r")
         quotes += data.count(quote, at, newline)
-        rows += quotes % 2 == 0
+        rows += quotes % 2 == 0 and not blank
         at = newline + 1
+        line_start = True
     return rows, quotes + data.count(quote, at)
 
 
@@ -205,13 +210,14 @@ def count_rows(raw: RawCsv, end: int) -> int:
     """Data rows before byte offset `end` (a row boundary): to number rows in messages when
     a load starts in the middle of the file. Reads the file up to there."""
     quote = raw.quote.encode()
-    rows, quotes, position = 0, 0, raw.start
+    rows, quotes, position, line_start = 0, 0, raw.start, True
     with raw.path.open("rb") as fh:
         while position < end:
             block = os.pread(fh.fileno(), min(_SCAN_BYTES, end - position), position)
             if not block:
                 break
-            ended, quotes = _tally(block, quote, 0, quotes)
+            ended, quotes = _tally(block, quote, 0, quotes, line_start)
             rows += ended
+            line_start = block.endswith(b"\n")
             position += len(block)
     return rows

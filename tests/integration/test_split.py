@@ -99,6 +99,19 @@ def test_a_segment_with_a_blank_line_goes_through_arrow_and_loads_the_same_rows(
     assert db.val("SELECT count(*) FROM t") == ROWS
 
 
+def test_after_a_blank_line_a_bad_row_is_still_named_by_its_row_in_the_file(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    text = _quoted_rows(ROWS).replace("\n4600,", "\n\n4600,", 1)
+    text = text.replace("\n5500,", "\n5500,extra,", 1)
+    f = write(tmp_path / "both.csv", text)
+    for extra in [("--concurrency", "3"), ("--split-mb", "0")]:
+        result = _split(cli, f, *extra, "--no-resume")
+        assert result.code == 1
+        [m] = db.manifest()
+        assert "row 5501 has 4 fields where 3 were expected" in m["notes"], (extra, m["notes"])
+
+
 def test_a_type_error_names_the_row_of_the_whole_file_split_or_not(
     cli, db: Db, tmp_path: Path
 ) -> None:

@@ -136,3 +136,8 @@ def test_count_rows_counts_records_not_lines(tmp_path: Path) -> None:
     assert count_rows(raw, data.index(b"2,c")) == 1
     assert count_rows(raw, data.index(b"3,")) == 2
     assert count_rows(raw, len(data)) == 3
+
+
+def test_count_rows_skips_blank_lines_as_the_readers_do(tmp_path: Path) -> None:
+    path = _file(tmp_path, b'id,v\n1,a\n\n\r\n2,"\n\nb"\n3,c\n')
+    assert count_rows(_raw(path), path.stat().st_size) == 3
