@@ -106,10 +106,6 @@ class Help:
 
     split: SplitLoad
 
-    @property
-    def name(self) -> str:
-        return str(self.split.job.name)
-
 
 class _Stopped(Exception):
     """Another participant failed: stop before the next batch, quietly."""
