@@ -201,6 +201,12 @@ class Scanner:
             contract = s.contract_for(name)
             try:
                 version = await file_version(path, name)
+            except FileNotFoundError:
+                # Moved away meanwhile: by another instance that has just loaded it, or by
+                # an operator. Nothing to load and nothing failed.
+                self.waiting.pop(key, None)
+                log.info("file_vanished", extra={"status": "gone"})
+                return
             except OSError as exc:
                 table = contract.table if contract else ""
                 unread = FileVersion(key, b"", before[0])
