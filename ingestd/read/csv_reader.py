@@ -69,9 +69,13 @@ def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
     while True:
         read, parse = _csv_options(contract, block)
         try:
-            with _csv_stream(path) as stream:
-                reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
-                return list(reader.schema.names)
+            # The reader owns its stream, as in open_csv below: never close it ourselves.
+            # pyarrow reads ahead on an IO thread that outlives open_csv() (returned or
+            # raised), and its read loop does not notice a close: its next read() would
+            # take bytes from the next file given that descriptor number (the retry's own
+            # stream, or the data stream). The file closes when the readahead lets go of it.
+            reader = pacsv.open_csv(_csv_stream(path), read_options=read, parse_options=parse)
+            return list(reader.schema.names)
         except pa.ArrowInvalid as exc:
             if not _is_straddle(exc):
                 raise

@@ -489,3 +489,28 @@ def test_rebatch(sizes: tuple[int, ...], chunk: int, expected: list[int]) -> Non
 )
 def test_skip_rows(sizes: tuple[int, ...], skip: int, expected: list[int]) -> None:
     assert flat(list(skip_rows(batches(*sizes), skip))) == expected
+
+
+def test_no_stream_handed_to_pyarrow_is_closed_under_its_readahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow reads ahead on an IO thread after open_csv() returns or raises, and a read in
+    flight takes bytes from whatever file next gets the closed descriptor's number (seen as
+    a rare 'Empty CSV file or block' on a retry with a bigger block). So ingestd never closes
+    a stream it gave to pyarrow: the reader's last reference closes it."""
+    from ingestd.read import csv_reader
+
+    opened: list[pa.NativeFile] = []
+    original = csv_reader._csv_stream
+
+    def tracked(path: Path) -> pa.NativeFile:
+        opened.append(original(path))
+        return opened[-1]
+
+    monkeypatch.setattr(csv_reader, "_csv_stream", tracked)
+    f = tmp_path / "long_row.csv"
+    f.write_bytes(b"id,payload\n1," + b"y" * (3 << 20) + b"\n2,z\n")  # retries: 1, 2, 4 MiB
+    reader = open_reader(f, Contract(name="c", pattern="*", table="t"), 10)
+    assert [len(v) for b in reader for v in b.column("payload").to_pylist()] == [3 << 20, 1]
+    assert len(opened) >= 4  # header and data, each retried with a bigger block
+    assert not any(stream.closed for stream in opened)
