@@ -288,8 +288,10 @@ def ingestd_append_csv(b: Bench) -> Measurement:
 def ingestd_split2(b: Bench) -> Measurement:
     """The same file at --concurrency 2: cut into two segments, loaded by both workers."""
     _fresh(b)
-    # The quick run's file is small: segments of 1 MB still split it in two.
-    split = ["--split-mb", "1"] if b.files.big_csv is None else []
+    # Default settings split a file of 64 MB or more in two here; a smaller one (--quick)
+    # needs smaller segments: a third of it still makes two (one per worker).
+    size = b.files.csv.stat().st_size
+    split = [] if size >= 64 << 20 else ["--split-mb", f"{size / 3 / (1 << 20):.3f}"]
     args = _ingestd(
         b, *_csv_contract(TARGET, "append"), "--concurrency", "2", *split,
         "--files", str(b.files.csv),
