@@ -92,6 +92,11 @@ class Span:
     end: int
 
 
+def raw_copy_format(raw: RawCsv) -> CopyFormat:
+    """How COPY must read a file's own bytes: its dialect and encoding, no row ordinal."""
+    return CopyFormat(False, raw.delimiter, raw.quote, raw.pg_encoding)
+
+
 @dataclass(frozen=True)
 class Piece:
     """What one batch sends: an Arrow batch encoded by ingestd, or a raw segment of the file

@@ -26,6 +26,7 @@ from ingestd.load import (
     LoadContext,
     Piece,
     check_unchanged,
+    raw_copy_format,
     read_ahead,
 )
 from ingestd.read import BatchReader, open_reader, skip_rows
@@ -133,7 +134,7 @@ def _pieces(
     """The file's batches, each read (and encoded) in a thread while the one before is in
     the database: raw segments of the file, or Arrow batches encoded by ingestd."""
     if raw is not None:
-        fmt = CopyFormat(False, raw.delimiter, raw.quote, raw.pg_encoding)
+        fmt = raw_copy_format(raw)
         segments = raw.segments(s.chunk_size, s.memory_limit_bytes // 4)
 
         def produce() -> Piece | None:

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ingestd.claim import Job
@@ -29,7 +29,15 @@ from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
-from ingestd.load import BatchLoader, Done, LoadContext, Piece, Span, read_ahead
+from ingestd.load import (
+    BatchLoader,
+    Done,
+    LoadContext,
+    Piece,
+    Span,
+    raw_copy_format,
+    read_ahead,
+)
 from ingestd.logs import bound
 from ingestd.read.batches import Limits
 from ingestd.read.csv_reader import parse_segment, row_too_large
@@ -89,13 +97,7 @@ async def load_split(
     for _ in range(min(split.left, ctx.settings.concurrency) - 1):
         if ctx.offer is None or not ctx.offer(Help(split)):
             break
-    try:
-        await split.run(conn, worker_id)
-    except asyncio.CancelledError:
-        split.fail(Interrupted("stopped while loading segments; resumes on the next run"))
-        raise
-    except Exception as exc:
-        split.fail(exc)
+    await split.take_part(conn, worker_id)
     await split.finished()
     return (await ctx.manifest.progress(conn, job.claim.manifest_id)).rows
 
@@ -155,19 +157,23 @@ class SplitLoad:
                 if not self._running:
                     self._idle.set()
 
-    async def help(self, conn: Connection, worker_id: str) -> bool:
-        """run() for a helping worker: a failure is recorded for the file's owner to report.
+    async def take_part(self, conn: Connection, worker_id: str) -> bool:
+        """run(), with a failure recorded for the file's owner to raise from finished().
         Returns False if it failed (the connection may be unusable)."""
-        with bound(file=str(self.job.name), worker_id=worker_id):
-            try:
-                await self.run(conn, worker_id)
-            except asyncio.CancelledError:
-                self.fail(Interrupted("stopped while loading segments; resumes on the next run"))
-                raise
-            except Exception as exc:
-                self.fail(exc)
-                return False
+        try:
+            await self.run(conn, worker_id)
+        except asyncio.CancelledError:
+            self.fail(Interrupted("stopped while loading segments; resumes on the next run"))
+            raise
+        except Exception as exc:
+            self.fail(exc)
+            return False
         return True
+
+    async def help(self, conn: Connection, worker_id: str) -> bool:
+        """take_part() for a helping worker, its log lines naming the file."""
+        with bound(file=str(self.job.name), worker_id=worker_id):
+            return await self.take_part(conn, worker_id)
 
     async def finished(self) -> None:
         """Wait until no participant is loading; raise the first failure, if any."""
@@ -181,6 +187,8 @@ class SplitLoad:
         loader = BatchLoader(conn, self.job, self._ctx, self._target, None, worker_id, "csv")
         raw = self._raw
 
+        # Rows of the file before this load's first byte: counted at most once, and only
+        # when a message or the Arrow fallback needs a row number.
         @functools.cache
         def rows_before_start() -> int:
             return count_rows(raw, start)
@@ -193,7 +201,8 @@ class SplitLoad:
         position = start
         while True:
             try:
-                async for piece in self._pieces(segment, position, end, strict, done):
+                pieces = self._pieces(segment, position, end, strict, rows_before_start, done)
+                async for piece in pieces:
                     if self.error is not None:
                         raise _Stopped
                     await loader.batch(piece, done)
@@ -205,14 +214,20 @@ class SplitLoad:
                 strict = False  # the rest of this segment through Arrow
 
     def _pieces(
-        self, segment: int, start: int, end: int, strict: bool, done: Done
+        self,
+        segment: int,
+        start: int,
+        end: int,
+        strict: bool,
+        rows_before_load: Callable[[], int],
+        done: Done,
     ) -> AsyncIterator[Piece]:
         """The segment's pieces from byte `start`: raw bytes for COPY, or (not strict) parsed
         by Arrow and encoded by ingestd, which copes with what COPY would misread."""
         raw, s = self._raw, self._ctx.settings
         position = start
         if strict:
-            fmt = CopyFormat(False, raw.delimiter, raw.quote, raw.pg_encoding)
+            fmt = raw_copy_format(raw)
             pieces = raw.segments(s.chunk_size, s.memory_limit_bytes // 4, start, end)
 
             def produce() -> Piece | None:
@@ -231,8 +246,8 @@ class SplitLoad:
 
             def produce() -> Piece | None:
                 nonlocal position, rows_before
-                if rows_before is None:
-                    rows_before = count_rows(raw, start)
+                if rows_before is None:  # the rows committed by this load come after
+                    rows_before = rows_before_load() + done.rows
                 try:
                     view = next(pieces, None)
                 except NotRaw:
