@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Claim, FileVersion, Manifest
+from ingestd.names import manifest_name
 from ingestd.settings import Contract
 
 _HASH_PIECE_BYTES = 1 << 20
@@ -56,9 +57,10 @@ def sha256_file(path: Path) -> tuple[bytes, int]:
 
 
 async def file_version(path: Path, name: PurePosixPath) -> FileVersion:
-    """Checksum a file without blocking the event loop."""
+    """Checksum a file without blocking the event loop; the version carries the name's
+    manifest form (names.manifest_name), which a text column can hold."""
     checksum, size = await asyncio.to_thread(sha256_file, path)
-    return FileVersion(str(name), checksum, size)
+    return FileVersion(manifest_name(str(name)), checksum, size)
 
 
 async def claim_file(

@@ -12,6 +12,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from ingestd.db.dsn import mask_dsn
+from ingestd.names import shown
 
 _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "ingestd_log", default=None
@@ -37,7 +38,7 @@ class _ContextAndSecrets(logging.Filter):
     def _scrub(self, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        value = mask_dsn(value)
+        value = mask_dsn(shown(value))  # a file name that is not UTF-8 must not break a line
         for secret in self._secrets:
             value = value.replace(secret, "***")
         return value

@@ -20,6 +20,7 @@ from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
+from ingestd.names import manifest_name
 from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
@@ -197,7 +198,7 @@ class Scanner:
         if before is None:
             return  # gone, or not a regular file any more
         self.waiting.setdefault(key, time.monotonic())
-        with bound(file=key):
+        with bound(file=manifest_name(key)):
             contract = s.contract_for(name)
             try:
                 version = await file_version(path, name)
@@ -209,11 +210,12 @@ class Scanner:
                 return
             except OSError as exc:
                 table = contract.table if contract else ""
-                unread = FileVersion(key, b"", before[0])
-                await self._fail_early(path, unread, table, f"cannot read file: {exc.strerror}")
+                unread = FileVersion(manifest_name(key), b"", before[0])
+                reason = f"cannot read file: {exc.strerror}"
+                await self._fail_early(path, name, unread, table, reason)
                 return
             if contract is None:
-                await self._unroutable(path, version)
+                await self._unroutable(path, name, version)
                 return
             if identity(path) != before:
                 self.waiting.pop(key, None)
@@ -282,18 +284,20 @@ class Scanner:
             except OSError as exc:
                 log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
 
-    async def _unroutable(self, path: Path, version: FileVersion) -> None:
+    async def _unroutable(self, path: Path, name: PurePosixPath, version: FileVersion) -> None:
         patterns = ", ".join(c.pattern for c in self.settings.contracts)
         reason = (
             f"no contract matches {version.filename} (patterns: {patterns}); "
             "add a contract or rename the file"
         )
-        await self._fail_early(path, version, "", reason)
+        await self._fail_early(path, name, version, "", reason)
 
-    async def _fail_early(self, path: Path, version: FileVersion, table: str, reason: str) -> None:
+    async def _fail_early(
+        self, path: Path, name: PurePosixPath, version: FileVersion, table: str, reason: str
+    ) -> None:
         """A file that fails before it can be claimed: recorded in the manifest all the same
-        (an unreadable file with an empty checksum), then moved to failed/."""
-        name = PurePosixPath(version.filename)
+        (an unreadable file with an empty checksum), then moved to failed/ under its own
+        name (the version holds the manifest form of it)."""
         log.error("file_finished", extra={"status": "failed", "error": reason})
         self._results.add(FileResult(str(name), table, "failed", error=reason))
         self._metrics.files_processed.labels(guess_file_type(path.name), "failed").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from ingestd.settings import Contract
 
 def _csv_stream(path: Path) -> pa.NativeFile:
     compression = "gzip" if path.name.lower().endswith(".gz") else None
-    return pa.input_stream(str(path), compression=compression)
+    # Opened by its bytes: pyarrow cannot encode a name that is not UTF-8.
+    return pa.input_stream(pa.OSFile(os.fsencode(path)), compression=compression)
 
 
 def _csv_options(
