@@ -145,7 +145,7 @@ def _write_temp(folder: Path, fill: Any, mode: int = 0o644) -> Path:
 
 def _copy_temp(src: Path, folder: Path) -> Path:
     def fill(out: Any) -> None:
-        with open(src, "rb") as fh:  # noqa: PTH123 - a plain stream for copyfileobj
+        with open(src, "rb") as fh:
             shutil.copyfileobj(fh, out, 1 << 20)
 
     temp = _write_temp(folder, fill, os.stat(src).st_mode & 0o777)

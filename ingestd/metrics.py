@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ingestd import archive
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -90,6 +92,17 @@ class Metrics:
             "Unix time of the last file loaded.",
             registry=r,
         )
+        self.archive_errors = Counter(
+            "ingest_archive_errors",
+            "Moves to done/ or failed/ that could not complete (retried with backoff).",
+            ["folder", "reason"],
+            registry=r,
+        )
+        self.archive_pending = Gauge(
+            "ingest_archive_pending_files",
+            "Finished files still in the inbox because their move failed; retried.",
+            registry=r,
+        )
         self.precreate()
 
     def precreate(self) -> None:
@@ -100,6 +113,9 @@ class Metrics:
                 self.files_processed.labels(file_type, status)
             self.rows_read.labels(file_type)
             self.rows_staged.labels(file_type)
+        for folder in archive.FOLDERS:
+            for reason in archive.REASONS:
+                self.archive_errors.labels(folder, reason)
 
     def track_oldest(self, oldest_since: Callable[[], float | None]) -> None:
         """Compute the oldest-waiting age at scrape time from a monotonic timestamp source."""

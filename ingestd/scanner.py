@@ -58,6 +58,9 @@ class Scanner:
         self._refused: set[Path] = set()  # logged once, not at every rescan
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
+        # Finished files whose move out of the inbox failed: never offered again, retried.
+        self.archives = archive.Backlog(metrics.archive_errors)
+        metrics.archive_pending.set_function(lambda: len(self.archives))
 
     def oldest_waiting(self) -> float | None:
         """Monotonic time the oldest unfinished file was first seen."""
@@ -67,6 +70,8 @@ class Scanner:
         """Called for every result: the file is no longer waiting."""
         self.waiting.pop(result.name, None)
         self.in_hand.discard(result.name)
+        if result.archive is not None:
+            self.archives.add(result.archive)
 
     def candidates(self) -> Iterable[Path]:
         """Explicit --files, or every eligible file in the inbox (done/failed excluded)."""
@@ -120,6 +125,7 @@ class Scanner:
                     break
                 # Full rescans catch what the watcher cannot see (NFS, overflowed inotify),
                 # and files whose lease ran out at a dead instance.
+                await self.archives.retry_due()
                 if time.monotonic() - last_rescan > self.settings.rescan_s:
                     last_rescan = time.monotonic()
                     for path in self.candidates():
@@ -132,7 +138,7 @@ class Scanner:
 
     def _note(self, settler: Settler, path: Path) -> None:
         name = str(relative_name(path, self.settings.inbox))
-        if name not in self.in_hand:
+        if name not in self.in_hand and not self.archives.holds(name, identity(path)):
             settler.note(path)
             if identity(path) is not None:
                 self.waiting.setdefault(name, time.monotonic())
@@ -197,6 +203,8 @@ class Scanner:
         before = identity(path)
         if before is None:
             return  # gone, or not a regular file any more
+        if self.archives.holds(key, before):
+            return  # finished already; only its move waits (retried with backoff)
         self.waiting.setdefault(key, time.monotonic())
         with bound(file=manifest_name(key)):
             contract = s.contract_for(name)
@@ -277,12 +285,7 @@ class Scanner:
         # A file already loaded (a re-drop of the same bytes) leaves the inbox like a loaded one.
         done = self.settings.done_path
         if not self.settings.keep_files and done is not None:
-            try:
-                await asyncio.to_thread(archive.to_done, path, done, name)
-            except FileNotFoundError:
-                pass  # the instance that loaded it moved it first
-            except OSError as exc:
-                log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
+            await self.archives.move(archive.Pending(path, name, "done", done))
 
     async def _unroutable(self, path: Path, name: PurePosixPath, version: FileVersion) -> None:
         patterns = ", ".join(c.pattern for c in self.settings.contracts)
@@ -310,10 +313,7 @@ class Scanner:
         if self.settings.keep_files or failed is None:
             return
         report = archive.failure_report(name, reason, self._run_id, attempts=1)
-        try:
-            await asyncio.to_thread(archive.to_failed, path, failed, name, report)
-        except OSError as exc:
-            log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
+        await self.archives.move(archive.Pending(path, name, "failed", failed, report))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

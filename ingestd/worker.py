@@ -48,6 +48,7 @@ class FileResult:
     file_type: str = ""
     attempts: int = 1
     stay: bool = False  # leave the file in the inbox (transient failure, file changed)
+    archive: archive.Pending | None = None  # its move out of the inbox failed: retried
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Worker:
             return
         # The lease is not given back: it runs out by itself, and meanwhile other instances
         # leave a re-dropped copy of this file to this one, which moves it.
-        await self._archive(job, result)
+        result = await self._archive(job, result)
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
         if result.status == "success":
             metrics.last_success.set(time.time())
@@ -264,22 +265,24 @@ class Worker:
             stay=stay,
         )
 
-    async def _archive(self, job: Job, result: FileResult) -> None:
+    async def _archive(self, job: Job, result: FileResult) -> FileResult:
+        """Move the finished file; one that cannot move comes back with a Pending the
+        scanner retries (the manifest row is final: the file is not loaded again)."""
         settings = self._ctx.settings
         done, failed = settings.done_path, settings.failed_path
         if settings.keep_files or done is None or failed is None or result.stay:
-            return
-        try:
-            if result.status == "success":
-                await asyncio.to_thread(archive.to_done, job.path, done, job.name)
-            else:
-                report = archive.failure_report(
-                    job.name, result.error or "", self._ctx.run_id, attempts=result.attempts,
-                    row=result.row, table=result.table, checksum=job.version.checksum,
-                )  # fmt: skip
-                await asyncio.to_thread(archive.to_failed, job.path, failed, job.name, report)
-        except OSError as exc:
-            log.error("archive_failed", extra={"error": f"{exc.strerror}: {exc.filename}"})
+            return result
+        if result.status == "success":
+            item = archive.Pending(job.path, job.name, "done", done, identity=job.identity)
+        else:
+            report = archive.failure_report(
+                job.name, result.error or "", self._ctx.run_id, attempts=result.attempts,
+                row=result.row, table=result.table, checksum=job.version.checksum,
+            )  # fmt: skip
+            item = archive.Pending(job.path, job.name, "failed", failed, report, job.identity)
+        if await archive.attempt(item, self._ctx.metrics.archive_errors):
+            return result
+        return replace(result, archive=item)
 
     async def _connection(self) -> PooledConnection:
         if self._conn is None:

@@ -227,3 +227,144 @@ def test_to_failed_twice_keeps_both_files_and_reports(tmp_path: Path) -> None:
     assert (one.read_text(), two.read_text()) == ("v1", "v2")
     assert json.loads((failed / "sub" / "b.csv.error.json").read_text()) == {"n": 1}
     assert json.loads((failed / "sub" / "b.1.csv.error.json").read_text()) == {"n": 2}
+
+
+# --- archive: hostile names and volumes ---------------------------------------------------
+
+LONG = "a" * 251 + ".csv"  # 255 bytes: the longest name Linux allows
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files a move left behind."""
+    return sorted(p.name for p in folder.rglob(archive.TEMP_PREFIX + "*"))
+
+
+def test_a_255_byte_failed_name_keeps_its_extension_and_its_sidecar(tmp_path: Path) -> None:
+    failed = tmp_path / "failed"
+    one = archive.to_failed(touch(tmp_path / LONG, "v1"), failed, PurePosixPath(LONG), {"n": 1})
+    two = archive.to_failed(touch(tmp_path / LONG, "v2"), failed, PurePosixPath(LONG), {"n": 2})
+    assert one != two
+    for dest, n in ((one, 1), (two, 2)):
+        sidecar = dest.with_name(dest.name + archive.SIDECAR_SUFFIX)
+        assert len(sidecar.name.encode()) <= 255
+        assert dest.name.startswith("a" * 200) and dest.name.endswith(".csv")
+        assert json.loads(sidecar.read_text()) == {"n": n}
+    assert (one.read_text(), two.read_text()) == ("v1", "v2")
+    assert not (tmp_path / LONG).exists()
+    assert len(list(failed.iterdir())) == 4
+    # Deterministic: the same name always shortens the same way.
+    assert one.name == archive.fit_name(LONG, 0, len(archive.SIDECAR_SUFFIX), 255)
+
+
+def test_a_second_version_of_a_255_byte_name_gets_a_numbered_shortened_name(
+    tmp_path: Path,
+) -> None:
+    done = tmp_path / "done"
+    first = archive.to_done(touch(tmp_path / LONG, "v1"), done, PurePosixPath(LONG), DAY)
+    second = archive.to_done(touch(tmp_path / LONG, "v2"), done, PurePosixPath(LONG), DAY)
+    assert first.name == LONG  # fits as it is: kept exact
+    assert second.name != LONG and second.name.endswith(".1.csv")
+    assert len(second.name.encode()) <= 255
+    assert (first.read_text(), second.read_text()) == ("v1", "v2")
+
+
+def test_fit_name_keeps_names_that_fit_and_cuts_on_a_character_boundary() -> None:
+    assert archive.fit_name("a.csv.gz", 0, 11, 255) == "a.csv.gz"
+    assert archive.fit_name("a.csv.gz", 3, 11, 255) == "a.3.csv.gz"
+    accented = "é" * 127 + ".csv.gz"  # 261 bytes
+    short = archive.fit_name(accented, 0, 11, 255)
+    assert len(short.encode()) <= 255 - 11
+    assert short.endswith(".csv.gz") and "~" in short
+    short.encode("utf-8")  # still valid UTF-8: no character cut in half
+    assert archive.fit_name(accented, 1, 11, 255) != short
+
+
+def test_a_move_across_file_systems_copies_then_leaves_no_temp(tmp_path: Path) -> None:
+    from tests.mounts import tmpfs
+
+    with tmpfs(tmp_path / "inbox", "1m") as inbox:
+        src = touch(inbox / "x.csv", "id\n1\n" * 1000)
+        dest = archive.to_done(src, tmp_path / "done", PurePosixPath("x.csv"), DAY)
+        assert dest.read_text() == "id\n1\n" * 1000
+        assert not src.exists()
+        assert leftovers(tmp_path / "done") == []
+
+
+def test_a_full_done_volume_leaves_no_partial_copy(tmp_path: Path) -> None:
+    from tests.mounts import tmpfs
+
+    src = touch(tmp_path / "inbox" / "big.csv", "id,v\n" + "1,xxxxxxxxxxxxxxxx\n" * 20_000)
+    with tmpfs(tmp_path / "done", "64k") as done:
+        for _ in range(3):
+            with pytest.raises(OSError) as caught:
+                archive.to_done(src, done, PurePosixPath("big.csv"), DAY)
+            assert archive.reason_of(caught.value) == "no_space"
+        assert [p for p in done.rglob("*") if p.is_file()] == []
+    assert src.stat().st_size > 300_000  # the original is untouched
+
+
+def test_an_immutable_failed_folder_leaves_the_file_in_place(tmp_path: Path) -> None:
+    from tests.mounts import immutable
+
+    src = touch(tmp_path / "inbox" / "bad.csv", "broken")
+    with immutable(tmp_path / "failed") as failed:
+        with pytest.raises(OSError) as caught:
+            archive.to_failed(src, failed, PurePosixPath("bad.csv"), {"n": 1})
+        assert archive.reason_of(caught.value) == "permission"
+        assert list(failed.iterdir()) == []
+    assert src.read_text() == "broken"
+
+
+def test_a_read_only_done_folder_is_reported_as_such(tmp_path: Path) -> None:
+    from tests.mounts import read_only_bind
+
+    src = touch(tmp_path / "inbox" / "a.csv")
+    (tmp_path / "done" / DAY.isoformat()).mkdir(parents=True)
+    with read_only_bind(tmp_path / "done") as done:
+        with pytest.raises(OSError) as caught:
+            archive.to_done(src, done, PurePosixPath("a.csv"), DAY)
+        assert archive.reason_of(caught.value) == "read_only"
+    assert src.exists()
+    assert list((tmp_path / "done" / DAY.isoformat()).iterdir()) == []
+
+
+def test_an_inbox_that_cannot_let_go_leaves_no_copy_in_done(tmp_path: Path) -> None:
+    from tests.mounts import immutable
+
+    src = touch(tmp_path / "inbox" / "a.csv")
+    with immutable(tmp_path / "inbox"):
+        with pytest.raises(OSError):
+            archive.to_done(src, tmp_path / "done", PurePosixPath("a.csv"), DAY)
+    assert src.exists()
+    assert list((tmp_path / "done" / DAY.isoformat()).iterdir()) == []
+
+
+def test_the_same_bytes_dropped_again_are_not_archived_twice(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    first = archive.to_done(touch(tmp_path / "a.csv", "same"), done, PurePosixPath("a.csv"), DAY)
+    again = archive.to_done(touch(tmp_path / "a.csv", "same"), done, PurePosixPath("a.csv"), DAY)
+    assert again == first
+    assert not (tmp_path / "a.csv").exists()
+    assert [p.name for p in (done / DAY.isoformat()).iterdir()] == ["a.csv"]
+
+
+def test_retry_delays_grow_and_are_capped() -> None:
+    delays = [archive.retry_delay_s(n) for n in range(1, 20)]
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert delays == sorted(delays)
+    assert max(delays) == archive.RETRY_CAP_S
+
+
+def test_the_backlog_lets_go_of_a_file_that_changed(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    errors = Counter("e", "e", ["folder", "reason"], registry=CollectorRegistry())
+    backlog = archive.Backlog(errors)
+    src = touch(tmp_path / "a.csv", "v1")
+    backlog.add(archive.Pending(src, PurePosixPath("a.csv"), "done", tmp_path / "done",
+                                identity=identity(src)))  # fmt: skip
+    assert backlog.holds("a.csv", identity(src))
+    assert len(backlog) == 1
+    touch(src, "version two")
+    assert not backlog.holds("a.csv", identity(src))
+    assert len(backlog) == 0
