@@ -28,6 +28,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from ingestd.names import manifest_name
+
 log = logging.getLogger("ingestd.archive")
 
 SIDECAR_SUFFIX = ".error.json"
@@ -304,7 +306,7 @@ def failure_report(
 ) -> dict[str, Any]:
     """The content of a failed file's .error.json sidecar."""
     report: dict[str, Any] = {
-        "file": str(name),
+        "file": manifest_name(str(name)),  # as the manifest has it: JSON-safe for any bytes
         "reason": reason,
         "row": row,
         "run_id": run_id,
