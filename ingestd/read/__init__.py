@@ -73,9 +73,15 @@ def detect_type(path: Path, contract: Contract) -> str:
             )
     with path.open("rb") as fh:
         magic = fh.read(4)
+    if file_type == "parquet" and magic == b"PARE":
+        # An encrypted footer: only the key holder can read even the schema.
+        raise FileError(
+            f"{path.name} is an encrypted Parquet file (encrypted footer), and ingestd "
+            "cannot decrypt Parquet: decrypt it before loading"
+        )
     if file_type == "parquet" and magic != b"PAR1":
         raise FileError(f"{path.name} is not a Parquet file (no PAR1 magic bytes)")
-    if file_type == "csv" and magic == b"PAR1":
+    if file_type == "csv" and magic in (b"PAR1", b"PARE"):
         raise FileError(
             f"{path.name} is a Parquet file with a CSV name: rename it to .parquet "
             "or set file_type = parquet in its contract"
@@ -100,4 +106,13 @@ def open_reader(
         return open_csv(path, contract, limits)
     except (pa.ArrowException, OSError, UnicodeError, ValueError) as exc:
         header_rows = 1 if file_type == "csv" and contract.csv.header else 0
-        raise arrow_file_error(exc, header_rows) from None
+        error = arrow_file_error(exc, header_rows)
+        if (
+            file_type == "parquet"
+            and "Parquet" not in str(error)
+            and "cannot read" not in str(error)
+        ):
+            # pyarrow's schema errors ("Map keys must be annotated as required") say nothing
+            # of where they come from.
+            error = FileError(f"not a readable Parquet file: {error}")
+        raise error from None

@@ -9,20 +9,38 @@ from ingestd.identifiers import InvalidIdentifierError, validate_identifier
 from ingestd.settings import Contract
 
 
-def check_header(names: list[str], path: Path) -> None:
+def check_header(
+    names: list[str], path: Path, file_type: str = "csv", loaded: tuple[str, ...] | None = None
+) -> None:
+    """Refuse a file whose column names cannot be loaded, with advice fitting its type.
+
+    A CSV header is checked whole. A Parquet file's names are its schema: only the
+    columns that will be loaded (`loaded`, when the contract picks them) must be valid.
+    """
     seen: set[str] = set()
     for name in names:
-        try:
-            validate_identifier(name, what="header column")
-        except InvalidIdentifierError as exc:
-            raise FileError(
-                f"{path.name}: {exc}. Rename the column in the file, or load it with "
-                "--no-header --headers a,b,c to name the columns yourself",
-                row=1,
-            ) from None
         if name in seen:
             raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
         seen.add(name)
+        if loaded is not None and name not in loaded:
+            continue
+        try:
+            validate_identifier(name, what="header column" if file_type == "csv" else "column")
+        except InvalidIdentifierError as exc:
+            row = 1 if file_type == "csv" else None  # a Parquet file has no header row
+            raise FileError(f"{path.name}: {exc}. {_rename_advice(file_type)}", row=row) from None
+
+
+def _rename_advice(file_type: str) -> str:
+    if file_type == "parquet":
+        return (
+            "Rename the column where the file is written, or load the other columns only "
+            "with --headers a,b,c"
+        )
+    return (
+        "Rename the column in the file, or load it with "
+        "--no-header --headers a,b,c to name the columns yourself"
+    )
 
 
 def select_columns(names: list[str], contract: Contract) -> tuple[tuple[str, ...], set[str]]:

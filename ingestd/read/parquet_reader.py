@@ -1,7 +1,11 @@
-"""Parquet: read a Parquet file as record batches, and map its Arrow types to PostgreSQL types."""
+"""Parquet: read a Parquet file as record batches, map its Arrow types to PostgreSQL types,
+and give PostgreSQL each value in a form it reads back as the same value (or refuse it)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,69 +14,129 @@ import pyarrow.parquet as pq
 from ingestd.exceptions import FileError
 from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
 from ingestd.read.columns import check_header, select_columns
+from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of
 from ingestd.settings import Contract
 
-# --- Parquet ------------------------------------------------------------------------------
+__all__ = ["open_parquet", "pg_type_for"]
 
-_ARROW_TO_PG = {
-    pa.int8(): "smallint",
-    pa.int16(): "smallint",
-    pa.int32(): "integer",
-    pa.int64(): "bigint",
-    pa.uint8(): "smallint",
-    pa.uint16(): "integer",
-    pa.uint32(): "bigint",
-    pa.uint64(): "numeric(20,0)",
-    pa.float16(): "real",
-    pa.float32(): "real",
-    pa.float64(): "double precision",
-    pa.bool_(): "boolean",
-    pa.date32(): "date",
-    pa.date64(): "date",
-    pa.string(): "text",
-    pa.large_string(): "text",
-    pa.binary(): "bytea",
-    pa.large_binary(): "bytea",
-}
+# Contract types under which a binary column's bytes are a text value, not bytea.
+_BYTES_TYPES = {"bytea"}
 
 
 def pg_type_for(arrow_type: pa.DataType, column: str) -> str:
-    """The PostgreSQL type a Parquet column keeps under --preserve-types."""
-    if pa.types.is_dictionary(arrow_type):
-        return pg_type_for(arrow_type.value_type, column)
-    if pa.types.is_decimal(arrow_type):
-        return f"numeric({arrow_type.precision},{arrow_type.scale})"
-    if pa.types.is_timestamp(arrow_type):
-        return "timestamptz" if arrow_type.tz else "timestamp"
-    if pa.types.is_time(arrow_type):
-        return "time"
-    if arrow_type in _ARROW_TO_PG:
-        return _ARROW_TO_PG[arrow_type]
-    raise FileError(
-        f"column {column} has type {arrow_type}, which ingestd cannot load into a column: "
-        "flatten nested data before loading"
-    )
+    """The PostgreSQL type a Parquet column keeps under --preserve-types (FileError if none)."""
+    return pg_type_of(arrow_type, column)
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    arrow_type: pa.DataType
+    pg_type: str  # under --preserve-types
+    convert: Converter
+    checked: bool  # whose values can be refused, so they are read once before loading
 
 
 def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
-    pf = pq.ParquetFile(str(path))
+    """Open a Parquet file; every type and value is checked before the first batch goes out."""
+    # INT96 (Spark, Hive, Impala) is read as microseconds: nanoseconds overflow past 2262,
+    # and PostgreSQL keeps microseconds. Checksums, where the writer wrote them, are verified.
+    pf = pq.ParquetFile(
+        pa.OSFile(os.fsencode(path)),  # by its bytes: pyarrow cannot encode a non-UTF-8 name
+        coerce_int96_timestamp_unit="us",
+        page_checksum_verification=True,
+    )
     schema = pf.schema_arrow
     names = list(schema.names)
-    check_header(names, path)
+    check_header(names, path, "parquet", contract.headers)
     columns, missing = select_columns(names, contract)
-    for column in columns:
-        if column not in missing:
-            pg_type_for(schema.field(column).type, column)  # refuse nested types up front
     types = dict(contract.types)
+    plan = {
+        c: _plan(pf, schema.field(c).type, c, types.get(c)) for c in columns if c not in missing
+    }
     if contract.preserve_types:
         pg_types = tuple(
-            types.get(c) or ("text" if c in missing else pg_type_for(schema.field(c).type, c))
-            for c in columns
+            types.get(c) or ("text" if c in missing else plan[c].pg_type) for c in columns
         )
     else:
         pg_types = tuple(types.get(c, "text") for c in columns)
     present = [c for c in columns if c not in missing]
-    raw = pf.iter_batches(batch_size=limits.chunk_size, columns=present, use_threads=False)
+    checked = [c for c in present if plan[c].checked]
+    if checked:
+        # Refuse a file before any of it is loaded, not after its first batches committed.
+        for _ in _converted(pf, checked, plan, limits.chunk_size):
+            pass
     layout = FileLayout("parquet", columns, pg_types)
+    raw = _converted(pf, present, plan, limits.chunk_size)
     batches = _normalise(raw, columns, missing, contract)
     return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
+
+
+def _plan(
+    pf: pq.ParquetFile, arrow_type: pa.DataType, column: str, declared: str | None
+) -> _Column:
+    pg_type = pg_type_of(arrow_type, column)  # refuses nested and unknown types up front
+    # Bytes the file does not mark as UTF-8 (Impala and Hive write strings so) stay bytes,
+    # unless the contract gives the column a type that is not bytea: then they are text.
+    as_text = declared is not None and declared.split("(")[0].strip() not in _BYTES_TYPES
+    as_text = as_text or _logical_type(pf, column) == "ENUM"  # ENUM is UTF-8 by definition
+    convert, checked = converter_for(arrow_type, column, decode_binary=as_text)
+    return _Column(column, arrow_type, pg_type, convert, checked)
+
+
+def _logical_type(pf: pq.ParquetFile, column: str) -> str:
+    schema = pf.schema
+    for i in range(len(schema)):
+        leaf = schema.column(i)
+        if leaf.path == column:
+            return str(leaf.logical_type.type)
+    return "NONE"
+
+
+def _converted(
+    pf: pq.ParquetFile, columns: list[str], plan: dict[str, _Column], chunk_size: int
+) -> Iterator[pa.RecordBatch]:
+    """The file's batches, row group by row group, each value made COPY-ready."""
+    row = 0
+    for group in range(pf.num_row_groups):
+        try:
+            for batch in pf.iter_batches(
+                batch_size=chunk_size, row_groups=[group], columns=columns, use_threads=False
+            ):
+                arrays = []
+                for name in columns:
+                    try:
+                        arrays.append(plan[name].convert(batch.column(name)))
+                    except BadValueError as exc:
+                        at = row + exc.index + 1
+                        raise FileError(
+                            f"row {at}, column {name} ({plan[name].arrow_type}): {exc}", row=at
+                        ) from None
+                row += batch.num_rows
+                yield pa.RecordBatch.from_arrays(arrays, names=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(pf, group, columns, exc) from None
+
+
+def _damaged(pf: pq.ParquetFile, group: int, columns: list[str], exc: Exception) -> FileError:
+    """Name the column a read failed in: each is read alone from the failing row group."""
+    culprit = None
+    for name in columns:
+        try:
+            pf.read_row_group(group, columns=[name], use_threads=False)
+        except (pa.ArrowException, OSError):
+            culprit = name
+            break
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f"row group {group}" + (f", column {culprit}" if culprit else "")
+    if "checksum" in text.lower():
+        return FileError(
+            f"the Parquet file is damaged: a page checksum does not match ({where}); "
+            "write the file again from its source"
+        )
+    if "decrypt" in text.lower() or "encrypt" in text.lower():
+        return FileError(
+            f"the Parquet file has encrypted columns ({where}), and ingestd cannot decrypt "
+            "Parquet: decrypt it before loading"
+        )
+    return FileError(f"not a readable Parquet file ({where}): {text}")
