@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import wait_for
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = pytest.mark.fault
@@ -67,6 +68,7 @@ def test_file_rewritten_mid_load_is_abandoned_then_new_version_loads(
     versions = db.manifest()
     assert [v["status"] for v in versions] == ["failed", "success"]
     assert versions[1]["rows"] == ROWS + 1
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed")
 
 
 def test_file_deleted_mid_load_fails_without_success(dsn: str, db: Db, tmp_path: Path) -> None:
@@ -81,6 +83,7 @@ def test_file_deleted_mid_load_fails_without_success(dsn: str, db: Db, tmp_path:
     [m] = db.manifest()
     assert m["status"] == "failed" and "disappeared while it was being loaded" in m["notes"]
     assert m["rows"] < ROWS
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed")
 
 
 def test_unique_violation_in_append_fails_the_file_and_others_load(
@@ -102,3 +105,4 @@ def test_unique_violation_in_append_fails_the_file_and_others_load(
     assert db.fetch("SELECT id FROM t ORDER BY id") == [
         {"id": "1"}, {"id": "2"}, {"id": "5"}, {"id": "7"},
     ]  # fmt: skip
+    check_books(db, None, None, None, files=(a, clash, c))

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import wait_for
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = pytest.mark.fault
@@ -77,6 +78,7 @@ def test_kill_9_then_restart_loads_every_row_once(
     assert db.val("SELECT count(DISTINCT id) FROM events") == TOTAL
     [m] = db.manifest()
     assert (m["status"], m["rows"]) == ("success", TOTAL)
+    check_books(db, None, None, None, "events", files=(f,))
 
 
 @pytest.mark.parametrize("kill_after_rows", [1, CHUNK * 7, TOTAL // 2 + 123])
@@ -94,6 +96,7 @@ def test_kill_9_of_a_split_file_then_restart_with_one_worker(
     [m] = db.manifest()
     assert (m["status"], m["rows"]) == ("success", TOTAL)
     assert m["segment_done"] == m["segment_ends"]
+    check_books(db, None, None, None, "events", files=(f,))
 
 
 @pytest.mark.slow

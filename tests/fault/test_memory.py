@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -41,6 +42,7 @@ def test_a_50_mb_field_loads(dsn: str, db: Db, tmp_path: Path) -> None:
         {"id": "1", "n": 5}, {"id": "2", "n": 50 * MB}, {"id": "3", "n": 5},
     ]  # fmt: skip
     assert peak < 700 * MB
+    check_books(db, None, None, None, "big", files=(f,))
 
 
 def test_a_100_mb_line_without_newline_loads(dsn: str, db: Db, tmp_path: Path) -> None:
@@ -52,6 +54,7 @@ def test_a_100_mb_line_without_newline_loads(dsn: str, db: Db, tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-2000:]
     assert db.val("SELECT length(payload) FROM big WHERE id = '7'") == 100 * MB
     assert peak < 1100 * MB
+    check_books(db, None, None, None, "big", files=(f,))
 
 
 def test_a_row_over_the_memory_limit_fails_with_an_instruction(
@@ -67,6 +70,7 @@ def test_a_row_over_the_memory_limit_fails_with_an_instruction(
     [m] = db.manifest()
     assert m["status"] == "failed"
     assert "larger than 16 MiB" in m["notes"] and "memory_limit_mb" in m["notes"]
+    check_books(db, None, None, None, files=(f,))
 
 
 def test_an_unclosed_quote_fails_instead_of_reading_forever(
@@ -80,6 +84,7 @@ def test_an_unclosed_quote_fails_instead_of_reading_forever(
     assert result.returncode == 1
     [m] = db.manifest()
     assert "quoted field is never closed" in m["notes"]
+    check_books(db, None, None, None, files=(f,))
 
 
 def test_wide_rows_shrink_the_batch(dsn: str, db: Db, tmp_path: Path) -> None:
@@ -93,3 +98,4 @@ def test_wide_rows_shrink_the_batch(dsn: str, db: Db, tmp_path: Path) -> None:
     [m] = db.manifest()
     assert m["rows"] == 400 and m["batches"] >= 10  # 400 rows did not go as one batch
     assert db.val("SELECT count(*) FROM big") == 400
+    check_books(db, None, None, None, "big", files=(f,))

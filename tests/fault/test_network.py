@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import write
 from tests.fault.proxy import Fault, Proxy, after_bytes, commit_number
 from tests.fault.server import ControlledServer
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = pytest.mark.fault
@@ -67,6 +68,7 @@ def test_connection_dropped_mid_copy_is_retried(
     assert fault.fired.is_set()
     assert result.returncode == 0, result.stderr[-3000:]
     _exactly_once(own_db, segments=2 if extra else None)
+    check_books(own_db, None, None, None, "events", files=(tmp_path / "n.csv",))
 
 
 @SPLIT
@@ -80,6 +82,7 @@ def test_connection_dropped_after_commit_sent_counts_the_batch_once(
     assert fault.fired.is_set()
     assert result.returncode == 0, result.stderr[-3000:]
     _exactly_once(own_db, segments=2 if extra else None)
+    check_books(own_db, None, None, None, "events", files=(tmp_path / "n.csv",))
 
 
 def test_connection_dropped_before_commit_arrives_rolls_back_the_batch(
@@ -90,6 +93,7 @@ def test_connection_dropped_before_commit_arrives_rolls_back_the_batch(
     assert fault.fired.is_set()
     assert result.returncode == 0, result.stderr[-3000:]
     _exactly_once(own_db)
+    check_books(own_db, None, None, None, "events", files=(tmp_path / "n.csv",))
 
 
 def test_stalled_commit_is_bounded_by_timeouts(
@@ -108,3 +112,4 @@ def test_stalled_commit_is_bounded_by_timeouts(
     assert time.monotonic() - started < 90
     assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower()
     _exactly_once(own_db)
+    check_books(own_db, None, None, None, "events", files=(tmp_path / "n.csv",))

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
 from tests.fault.server import ControlledServer
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = pytest.mark.fault
@@ -70,6 +71,7 @@ def test_database_outage_files_wait_then_load(
         statuses = [m["status"] for m in own_db.manifest()]
         assert statuses == ["success", "success"]
         assert daemon.stop() == 0
+        check_books(own_db, tmp_path / "inbox", tmp_path / "done", tmp_path / "failed", "t")
     finally:
         daemon.kill()
 
@@ -100,3 +102,4 @@ def test_server_restart_mid_file_finishes_without_duplicates(
     [m] = own_db.manifest()
     assert (m["status"], m["rows"]) == ("success", total)
     assert m["attempts"] >= 2
+    check_books(own_db, None, None, None, "t", files=(f,))

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
+from tests.invariants import check_books
 from tests.pg import Db
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -86,6 +87,7 @@ def test_three_instances_one_killed_every_file_and_row_exactly_once(
         wait_for(lambda: not list(inbox.glob("*.csv")), what="the inbox to empty")
         assert len(list((tmp_path / "done").rglob("*.csv"))) == FILES
         assert not (tmp_path / "failed").exists()
+        check_books(db, inbox, tmp_path / "done", tmp_path / "failed", "events")
         print(f"\nshares {shares}; {len(orphans)} file(s) of the killed instance taken over")
         for name in ("a", "c"):
             assert instances[name].stop() == 0
