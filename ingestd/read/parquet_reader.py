@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from ingestd.exceptions import FileError
 from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
 from ingestd.read.columns import check_header, select_columns
-from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of
+from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of, range_only
 from ingestd.settings import Contract
 
 __all__ = ["open_parquet", "pg_type_for"]
@@ -61,7 +61,7 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     else:
         pg_types = tuple(types.get(c, "text") for c in columns)
     present = [c for c in columns if c not in missing]
-    checked = [c for c in present if plan[c].checked]
+    checked = [c for c in present if plan[c].checked and not _cleared(pf, plan[c])]
     if checked:
         # Refuse a file before any of it is loaded, not after its first batches committed.
         for _ in _converted(pf, checked, plan, limits.chunk_size):
@@ -84,13 +84,36 @@ def _plan(
     return _Column(column, arrow_type, pg_type, convert, checked)
 
 
-def _logical_type(pf: pq.ParquetFile, column: str) -> str:
+def _leaf(pf: pq.ParquetFile, column: str) -> int | None:
     schema = pf.schema
     for i in range(len(schema)):
-        leaf = schema.column(i)
-        if leaf.path == column:
-            return str(leaf.logical_type.type)
-    return "NONE"
+        if schema.column(i).path == column:
+            return i
+    return None
+
+
+def _logical_type(pf: pq.ParquetFile, column: str) -> str:
+    index = _leaf(pf, column)
+    return "NONE" if index is None else str(pf.schema.column(index).logical_type.type)
+
+
+_STORED_UNIT = {"ms": "milliseconds", "us": "microseconds"}
+
+
+def _cleared(pf: pq.ParquetFile, column: _Column) -> bool:
+    """True if every row group's statistics show the column's values are all in range."""
+    span = range_only(column.arrow_type)
+    index = _leaf(pf, column.name)
+    if span is None or index is None:
+        return False
+    unit = _STORED_UNIT.get(getattr(column.arrow_type, "unit", ""), "Date")
+    for group in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max or unit not in str(stats.logical_type):
+            return False  # INT96, or statistics in another unit than the Arrow type's
+        if not (span[0] <= stats.min_raw and stats.max_raw <= span[1]):
+            return False
+    return True
 
 
 def _converted(

@@ -13,7 +13,7 @@ from ingestd.exceptions import FileError
 
 Converter = Callable[[pa.Array], pa.Array]
 
-__all__ = ["BadValueError", "Converter", "converter_for", "pg_type_of"]
+__all__ = ["BadValueError", "Converter", "converter_for", "pg_type_of", "range_only"]
 
 
 class BadValueError(ValueError):
@@ -76,7 +76,7 @@ def pg_type_of(arrow_type: pa.DataType, column: str) -> str:
     for test, pg_type in _KINDS:
         if test(t):
             return pg_type
-    if pa.types.is_nested(t) or _is_list_view(t):
+    if (pa.types.is_nested(t) or _is_list_view(t)) and not pa.types.is_run_end_encoded(t):
         raise FileError(
             f"column {column} has type {t}, a nested type, which ingestd cannot load into "
             "a column: flatten nested data before loading, or leave the column out with "
@@ -151,6 +151,18 @@ def converter_for(
     if _is_binary(t):
         return (_decoded if decode_binary else _hex), False
     return (lambda a: a), False
+
+
+def range_only(arrow_type: pa.DataType) -> tuple[int, int] | None:
+    """For a type whose values are refused only outside a range, that range as stored
+    integers (a Parquet file's statistics can then clear a column without reading it)."""
+    t = arrow_type
+    if pa.types.is_timestamp(t) and t.unit in _UNIT_US:
+        factor = _UNIT_US[t.unit]
+        return -(-_MIN_US // factor), _MAX_US // factor
+    if t == pa.date32():
+        return _MIN_DAY, _MAX_DAY
+    return None
 
 
 def _first(mask: pa.Array) -> int | None:

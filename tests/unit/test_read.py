@@ -514,3 +514,100 @@ def test_no_stream_handed_to_pyarrow_is_closed_under_its_readahead(
     assert [len(v) for b in reader for v in b.column("payload").to_pylist()] == [3 << 20, 1]
     assert len(opened) >= 4  # header and data, each retried with a bigger block
     assert not any(stream.closed for stream in opened)
+
+
+# --- Parquet types and values (issue 12) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arrow_type", "pg_type"),
+    [
+        (pa.null(), "text"),
+        (pa.uint64(), "numeric(20,0)"),
+        (pa.float16(), "real"),
+        (pa.decimal256(76, 38), "numeric(76,38)"),
+        (pa.duration("ns"), "interval"),
+        (pa.binary(16), "bytea"),
+        (pa.binary_view(), "bytea"),
+        (pa.string_view(), "text"),
+        (pa.large_binary(), "bytea"),
+        (pa.time32("s"), "time"),
+        (pa.date64(), "date"),
+        (pa.timestamp("ns", tz="Europe/Paris"), "timestamptz"),
+        (pa.dictionary(pa.int8(), pa.binary()), "bytea"),
+        (pa.uuid(), "uuid"),
+        (pa.json_(), "json"),
+    ],
+)
+def test_pg_type_for_every_flat_type(arrow_type: pa.DataType, pg_type: str) -> None:
+    from ingestd.read import pg_type_for
+
+    assert pg_type_for(arrow_type, "v") == pg_type
+
+
+@pytest.mark.parametrize(
+    ("arrow_type", "fragment"),
+    [
+        (pa.list_(pa.int64()), "a nested type, which ingestd cannot load into a column: flatten"),
+        (pa.struct([("a", pa.int8())]), "a nested type"),
+        (pa.month_day_nano_interval(), "which ingestd has no PostgreSQL type for"),
+        (pa.run_end_encoded(pa.int32(), pa.int64()), "which ingestd has no PostgreSQL type for"),
+    ],
+)
+def test_pg_type_for_refuses_with_a_true_reason(arrow_type: pa.DataType, fragment: str) -> None:
+    from ingestd.read import pg_type_for
+
+    with pytest.raises(FileError, match=f"^column v has type .*{fragment}"):
+        pg_type_for(arrow_type, "v")
+    if "nested" not in fragment:
+        with pytest.raises(FileError) as info:
+            pg_type_for(arrow_type, "v")
+        assert "flatten" not in str(info.value)
+
+
+def test_a_value_deep_in_the_file_is_refused_before_any_batch(tmp_path: Path) -> None:
+    values = [dt.datetime(2024, 1, 1)] * 9 + [None]
+    table = pa.table({"ts": pa.array(values, pa.timestamp("ns"))})
+    table = pa.concat_tables([table, pa.table({"ts": pa.array([5], pa.timestamp("ns"))})])
+    path = write_parquet(tmp_path / "late.parquet", table, row_group_size=4)
+    with pytest.raises(FileError, match=r"^row 11, column ts \(timestamp\[ns\]\): .* whole micro"):
+        open_reader(path, contract(), 2)  # at open, not while batches are committed
+
+
+def test_int96_past_2262_reads_as_written(tmp_path: Path) -> None:
+    values = [dt.datetime(1, 1, 1), dt.datetime(3000, 1, 1), dt.datetime(9999, 12, 31, 3)]
+    path = write_parquet(tmp_path / "i96.parquet", pa.table({"ts": pa.array(values)}),
+                         use_deprecated_int96_timestamps=True)  # fmt: skip
+    assert [r["ts"] for r in read_rows(path, contract(preserve_types=True))] == values
+
+
+def test_aware_timestamps_go_out_as_utc(tmp_path: Path) -> None:
+    at = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)  # Paris: +00:09:21, not a whole minute
+    table = pa.table({"ts": pa.array([at], pa.timestamp("us", tz="Europe/Paris"))})
+    [batch] = list(open_reader(write_parquet(tmp_path / "p.parquet", table), contract(), 10))
+    assert batch.column("ts").type == pa.timestamp("us", tz="UTC")
+    assert batch.column("ts").to_pylist() == [at]
+
+
+def test_encrypted_footer_is_named_as_such(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "secret.parquet", b"PARE" + b"\x00" * 32 + b"PARE")
+    with pytest.raises(FileError, match=r"is an encrypted Parquet file .* cannot decrypt"):
+        open_reader(path, contract(), 10)
+    named_csv = write_bytes(tmp_path / "secret.csv", path.read_bytes())
+    with pytest.raises(FileError, match="is a Parquet file with a CSV name"):
+        open_reader(named_csv, contract(), 10)
+
+
+def test_parquet_name_outside_the_contract_columns_is_not_checked(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "n.parquet", pa.table({"id": [1], "First Name": ["x"]}))
+    with pytest.raises(FileError, match="Rename the column where the file is written") as info:
+        open_reader(path, contract(), 10)
+    assert "--no-header" not in str(info.value) and info.value.row is None
+    assert read_rows(path, contract(headers=("id",))) == [{"id": 1}]
+
+
+def test_binary_typed_as_text_by_the_contract_is_decoded(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "b.parquet", pa.table({"s": pa.array([b"0", None])}))
+    assert read_rows(path) == [{"s": "\\x30"}, {"s": None}]
+    assert read_rows(path, contract(types=(("s", "text"),))) == [{"s": "0"}, {"s": None}]
+    assert read_rows(path, contract(types=(("s", "bytea"),))) == [{"s": "\\x30"}, {"s": None}]
