@@ -368,3 +368,65 @@ def test_the_backlog_lets_go_of_a_file_that_changed(tmp_path: Path) -> None:
     touch(src, "version two")
     assert not backlog.holds("a.csv", identity(src))
     assert len(backlog) == 0
+
+
+def test_a_full_failed_volume_leaves_neither_file_nor_sidecar(tmp_path: Path) -> None:
+    from tests.mounts import tmpfs
+
+    src = touch(tmp_path / "inbox" / "bad.csv", "x" * 200_000)
+    with tmpfs(tmp_path / "failed", "64k") as failed:
+        with pytest.raises(OSError) as caught:
+            archive.to_failed(src, failed, PurePosixPath("bad.csv"), {"reason": "r" * 1000})
+        assert archive.reason_of(caught.value) == "no_space"
+        assert list(failed.iterdir()) == []
+    assert src.stat().st_size == 200_000
+
+
+def test_a_failed_file_across_file_systems_arrives_with_its_sidecar(tmp_path: Path) -> None:
+    from tests.mounts import tmpfs
+
+    src = touch(tmp_path / "inbox" / "bad.csv", "broken")
+    with tmpfs(tmp_path / "failed", "1m") as failed:
+        dest = archive.to_failed(src, failed, PurePosixPath("bad.csv"), {"n": 1})
+        assert sorted(p.name for p in failed.iterdir()) == ["bad.csv", "bad.csv.error.json"]
+        assert dest.read_text() == "broken"
+        assert json.loads((failed / "bad.csv.error.json").read_text()) == {"n": 1}
+    assert not src.exists()
+
+
+def test_a_done_folder_without_write_permission(tmp_path: Path) -> None:
+    """chmod only stops a user that is not root: the move runs as nobody."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the move as another user")
+    base = Path(f"/tmp/ingestd-perm-{os.getpid()}")  # noqa: S108 - nobody cannot enter tmp_path
+    try:
+        base.mkdir(mode=0o755)
+        src = touch(base / "inbox" / "a.csv")
+        (base / "done").mkdir()
+        for p in (base, base / "inbox", src, base / "done"):
+            os.chown(p, 65534, 65534)
+        (base / "done").chmod(0o555)
+        code = (
+            "import sys; from pathlib import Path, PurePosixPath; from ingestd import archive\n"
+            "try:\n"
+            f"    archive.to_done(Path('{src}'), Path('{base}/done'), PurePosixPath('a.csv'))\n"
+            "except OSError as e:\n"
+            "    print(archive.reason_of(e))\n"
+        )
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-c", code],
+            capture_output=True, text=True, timeout=60, check=False,
+            cwd=Path(archive.__file__).parents[1],
+        )  # fmt: skip
+        if "No module named" in done.stderr or "Permission denied" in done.stderr:
+            pytest.skip(f"nobody cannot run this checkout's python: {done.stderr[-200:]}")
+        assert done.stdout.strip() == "permission", done.stderr
+        assert src.exists()
+        assert list((base / "done").iterdir()) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
