@@ -213,3 +213,26 @@ def test_255_byte_names_get_their_sidecar_and_their_numbered_second_version(
         check_books(db, inbox, done, failed)
     finally:
         daemon.kill()
+
+
+def test_check_books_names_every_disagreement(cli, db: Db, tmp_path: Path) -> None:
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    write(inbox / "a.csv", rows(3))
+    write(inbox / "bad.csv", "v\nno key column\n")
+    assert cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id").code == 1
+    check_books(db, inbox, done, failed, "t")  # an honest run agrees
+
+    day = done / time.strftime("%Y-%m-%d")
+    (day / "a.1.csv").write_bytes((day / "a.csv").read_bytes())  # archived twice
+    (day / "big.csv").write_bytes(b"id,v\n1,trunc")  # a truncated copy: no row
+    (failed / "bad.csv.error.json").unlink()  # a failed file without its reason
+    (failed / f"{archive.TEMP_PREFIX}1-ab{archive.TEMP_SUFFIX}").write_bytes(b"partial")
+    db.execute("INSERT INTO t VALUES ('99', 'not from any file')")
+    with pytest.raises(AssertionError) as caught:
+        check_books(db, inbox, done, failed, "t")
+    text = str(caught.value)
+    assert "the same version is in done/ 2 times" in text
+    assert "big.csv is in done/ but no success row has its checksum" in text
+    assert "bad.csv is in failed/ without its sidecar" in text
+    assert "temporary file left by a move" in text
+    assert "t has 4 rows; the manifest counts 3 committed" in text
