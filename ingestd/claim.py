@@ -34,7 +34,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Skip:
-    """A file not to load now: loaded already, and/or held by another instance."""
+    """A file not to load now: loaded already (or skipped as a duplicate), and/or held by
+    another live process."""
 
     loaded: bool
     held_elsewhere: bool
@@ -84,6 +85,6 @@ async def claim_file(
     claim = await manifest.claim(conn, version, label, run_id, resume=resume)
     if claim is not None:
         return Job(path, name, contract, version, claim, identity, time.monotonic())
-    seen = await manifest.lookup(conn, version)
-    loaded = seen is not None and seen.status == "success"
+    seen = await manifest.lookup(conn, version, label)
+    loaded = seen is not None and seen.status in ("success", "skipped")
     return Skip(loaded=loaded, held_elsewhere=seen is None or seen.leased)

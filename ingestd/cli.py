@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,6 +18,7 @@ from ingestd import __version__
 from ingestd.config import load_config, resolve
 from ingestd.db.dsn import mask_dsn, password_of
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.logs import bound
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown
 from ingestd.settings import Settings
@@ -135,6 +137,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--manifest-table", help="manifest table name (default ingestion_manifest)")
     r.add_argument(
+        "--lock-timeout-s",
+        type=float,
+        help="seconds a statement waits for a lock another session holds on a table before "
+        "the attempt fails and is retried (default 30; 0: no limit; or INGESTD_LOCK_TIMEOUT_S)",
+    )
+    r.add_argument(
+        "--on-new-version",
+        choices=["refuse", "append"],
+        default=None,
+        help="append mode, a changed file whose earlier version committed rows: refuse "
+        "(default: it fails, naming those rows and the clean-up) or append on top of them",
+    )
+    r.add_argument(
+        "--on-duplicate-content",
+        choices=["skip", "load"],
+        default=None,
+        help="append mode, the same bytes under another name: skip (default) or load again",
+    )
+    r.add_argument(
         "--metrics-addr",
         help="HOST:PORT for /metrics, /healthz, /readyz, or off (default 127.0.0.1:9108)",
     )
@@ -163,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `ingestd status | head`: the reader left; say nothing more, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # a bug before or after the run: still one JSON line
+        if not logging.getLogger().handlers:
+            setup_logging("json", "INFO")
+        log_crash(exc)
         return EXIT_FAILED
 
 
@@ -207,7 +233,7 @@ def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> i
         print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug: say so in one line; the log has the traceback
-        log.debug("internal_error", exc_info=True)
+        log_crash(exc)
         print(
             f"ingestd: internal error: {scrub(repr(exc))}; files not finished stay pending and "
             "resume on the next run (--log-level DEBUG shows the traceback)",
@@ -242,17 +268,29 @@ def _event_loop_run(service_cls: Any, settings: Settings, args: Sequence[str]) -
 
 def _reload(service: Any, args: Sequence[str]) -> None:
     """SIGHUP: re-read the config file with the same flags; keep the old one if it is bad."""
-    try:
-        service.reload(build_settings(args))
-    except UsageError as exc:
-        log.error("config_reload_failed", extra={"error": str(exc)})
+    # A signal handler runs outside the run's task: bind its context here.
+    with bound(run_id=service.run_id, instance_id=service.settings.instance_id):
+        try:
+            service.reload(build_settings(args))
+        except UsageError as exc:
+            log.error("config_reload_failed", extra={"error": str(exc)})
+
+
+def log_crash(exc: BaseException) -> None:
+    """The last word of a process that dies of a bug: one JSON line, `crashed`, with the
+    exception's type and message; the traceback only at DEBUG, as a field."""
+    extra: dict[str, Any] = {"error_type": type(exc).__name__, "error": str(exc)}
+    if log.isEnabledFor(logging.DEBUG):
+        extra["traceback"] = "".join(traceback.format_exception(exc))
+    log.critical("crashed", extra=extra)
 
 
 def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out: TextIO) -> None:
     """One readable block: totals, then a line per file (failures with their reason)."""
     statuses = ("success", "skipped", "failed", "interrupted", "held")
     count = {s: sum(1 for f in files if f.status == s) for s in statuses}
-    rows = sum(f.rows for f in files if f.status == "success")
+    # Every row committed counts, a failed or interrupted file's too: the books say so.
+    rows = sum(f.rows for f in files)
     rate = rows / seconds if seconds > 0 else 0.0
     print(
         f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
@@ -269,6 +307,8 @@ def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out:
             line += f" ({f.rows:,} rows)"
         if f.error:
             line += f": {shown(f.error)}"
+        if f.status != "success" and f.rows:
+            line += f" ({f.rows:,} rows committed)"
         print(line, file=out)
 
 

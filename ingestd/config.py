@@ -14,13 +14,16 @@ from ingestd.identifiers import InvalidIdentifierError, validate_identifier, val
 from ingestd.settings import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONCURRENCY,
+    DEFAULT_LOCK_TIMEOUT_S,
     DEFAULT_MANIFEST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_METRICS_ADDR,
     DEFAULT_STATE_DIR,
     DELIMITERS,
+    DUPLICATE_CONTENT_CHOICES,
     FILE_TYPES,
     MODES,
+    NEW_VERSION_CHOICES,
     Contract,
     CsvOptions,
     Settings,
@@ -75,6 +78,9 @@ _GLOBAL_KEYS = {
     "contracts",
     "defaults",
     "password_file",
+    "lock_timeout_s",
+    "on_new_version",
+    "on_duplicate_content",
 }
 
 
@@ -109,6 +115,12 @@ def resolve(
         if flags.get(key) is not None:
             return flags[key]
         return config.get(key, default)
+
+    def pick_env(key: str, default: Any = None) -> Any:
+        # flag beats INGESTD_KEY beats config file beats default
+        if flags.get(key) is not None:
+            return flags[key]
+        return env.get("INGESTD_" + key.upper(), config.get(key, default))
 
     def pick_path(key: str) -> Path | None:
         return path_setting(key, flags, config, config_path)
@@ -154,6 +166,17 @@ def resolve(
         rescan_s=_float(pick("rescan_s", 30.0), "rescan interval", minimum=0.1),
         raw_csv=bool(pick("raw_csv", True)),
         split_mb=_float(pick("split_mb", 32.0), "split size", minimum=0.0, unit="MB"),
+        lock_timeout_s=_float(
+            pick_env("lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S), "lock timeout", minimum=0.0
+        ),
+        on_new_version=_choice(
+            pick_env("on_new_version", "refuse"), NEW_VERSION_CHOICES, "on_new_version"
+        ),
+        on_duplicate_content=_choice(
+            pick_env("on_duplicate_content", "skip"),
+            DUPLICATE_CONTENT_CHOICES,
+            "on_duplicate_content",
+        ),
     )
     _check_sources(settings)
     return settings

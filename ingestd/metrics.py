@@ -103,6 +103,18 @@ class Metrics:
             "Finished files still in the inbox because their move failed; retried.",
             registry=r,
         )
+        self.instance_id_shared = Gauge(
+            "ingest_instance_id_shared",
+            "Other live processes using this process's instance id on the same database "
+            "(should be 0: give each instance its own id).",
+            registry=r,
+        )
+        self.manifest_missing = Gauge(
+            "ingest_manifest_missing",
+            "1 once the manifest or a row of a file in hand disappeared under this process: "
+            "it loads nothing more (not ready) until restarted.",
+            registry=r,
+        )
         self.precreate()
 
     def precreate(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ingestd.db.connection import Pool, create_pool, ping, server_version
 from ingestd.db.errors import translate
-from ingestd.db.manifest import Manifest
+from ingestd.db.manifest import Manifest, ManifestGoneError, application_name, new_token
 from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
@@ -43,11 +43,17 @@ class RunReport:
     files: tuple[FileResult, ...]
     seconds: float
     once: bool
+    halted: bool = False  # the manifest disappeared under the run
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md's exit status: --once exits 1 if any file failed; the daemon exits 0."""
-        return 1 if self.once and any(f.status == "failed" for f in self.files) else 0
+        """DESIGN.md's exit status: --once exits 1 if any file failed (or the manifest
+        disappeared under it); the daemon exits 0 (a restart must not be automatic then:
+        systemd would restart it onto a new, empty manifest)."""
+        if not self.once:
+            return 0
+        failed = any(f.status in ("failed", "retrying") for f in self.files)
+        return 1 if failed or self.halted else 0
 
 
 def new_run_id() -> str:
@@ -67,6 +73,11 @@ class Service:
     ):
         self.settings = settings
         self.run_id = new_run_id()
+        self.token = new_token()  # this process's claims, apart from another with our id
+        self.manifest = Manifest(
+            settings.manifest_schema, settings.manifest_table, settings.instance_id,
+            settings.lease_s, self.token,
+        )  # fmt: skip
         self.metrics = Metrics()
         self.stop_event = asyncio.Event()
         self._abort = asyncio.Event()
@@ -75,6 +86,7 @@ class Service:
         self._scanner: Scanner | None = None
         self._embedded: Any = None  # keeps the embedded server alive for the run
         self.endpoint: Endpoint | None = None
+        self._twins = 0  # other live processes seen with our instance id
 
     def request_stop(self) -> None:
         """First signal: stop discovery; workers finish their batch in hand, then exit.
@@ -113,7 +125,10 @@ class Service:
                     await self.endpoint.stop()
             log.info("run_finished", extra={"files": len(self.results.files)})
         files = tuple(self.results.files)
-        return RunReport(self.run_id, files, time.monotonic() - started, self.settings.once)
+        return RunReport(
+            self.run_id, files, time.monotonic() - started, self.settings.once,
+            halted=self.manifest.broken is not None,
+        )  # fmt: skip
 
     def _show_progress(self) -> bool:
         """A progress line for --once at a terminal; the info log lines would garble it,
@@ -155,6 +170,8 @@ class Service:
             statement_timeout_s=s.statement_timeout_s,
             attempts=s.max_retries,
             backoff=self._backoff,
+            lock_timeout_s=s.lock_timeout_s,
+            application_name=application_name(self.token, s.instance_id),
         )
         try:
             await self._serve(pool)
@@ -164,11 +181,16 @@ class Service:
 
     async def _serve(self, pool: Pool) -> None:
         s = self.settings
-        manifest = Manifest(s.manifest_schema, s.manifest_table, s.instance_id, s.lease_s)
+        manifest = self.manifest
+        self.metrics.manifest_missing.set_function(lambda: float(manifest.broken is not None))
         try:
             async with pool.acquire() as conn:
-                await manifest.ensure(conn)
+                if await manifest.ensure(conn):
+                    # Normal on a first start; after a manifest was dropped, every file in
+                    # the inbox loads again (README runbook).
+                    log.warning("manifest_created", extra={"manifest": manifest.name})
                 version = await server_version(conn)
+                await self._check_twins(manifest, conn)
         except IngestdError:
             raise
         except Exception as exc:
@@ -255,16 +277,37 @@ class Service:
         await asyncio.wait(tasks, timeout=10)
 
     async def _renew(self, pool: Pool, manifest: Manifest, leases: set[int]) -> None:
-        """Renew the leases on files in hand, so that a slow batch is not taken over."""
+        """Renew the leases on files in hand, so that a slow batch is not taken over; and
+        look out for another live process using this instance id."""
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
-            if not leases:
-                continue
             try:
                 async with pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
-                    await manifest.renew(conn, sorted(leases))
+                    await self._check_twins(manifest, conn)
+                    if leases and manifest.broken is None:
+                        await manifest.renew(conn, sorted(leases))
+            except ManifestGoneError as exc:
+                manifest.halt(exc)
             except Exception as exc:  # the batches renew too; an outage is reported elsewhere
                 log.debug("lease_renewal_failed", extra={"error": str(exc)})
+
+    async def _check_twins(self, manifest: Manifest, conn: Any) -> None:
+        """Warn once when another live process uses this instance id; the gauge follows."""
+        twins = await manifest.twins(conn)
+        seen_before = self._twins
+        self._twins = twins
+        self.metrics.instance_id_shared.set(twins)
+        if twins and not seen_before:
+            log.warning(
+                "instance_id_shared",
+                extra={
+                    "processes": twins + 1,
+                    "error": f"{twins} other live process(es) use instance id "
+                    f"{self.settings.instance_id!r} on this database; each keeps its own "
+                    "claims apart (per-process token), but give every instance its own "
+                    "--instance-id / INGESTD_INSTANCE_ID",
+                },
+            )
 
     async def _health(self, pool: Pool, scanner: Scanner) -> None:
         """Keep readiness honest while no files flow: ping the database now and then."""

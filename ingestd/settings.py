@@ -21,6 +21,11 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_METRICS_ADDR = "127.0.0.1:9108"
 DEFAULT_MANIFEST = "ingestion_manifest"
 DEFAULT_STATE_DIR = ".ingestd"
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+NewVersion = Literal["refuse", "append"]
+DuplicateContent = Literal["skip", "load"]
+NEW_VERSION_CHOICES: tuple[NewVersion, ...] = ("refuse", "append")
+DUPLICATE_CONTENT_CHOICES: tuple[DuplicateContent, ...] = ("skip", "load")
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,12 @@ class Settings:
     split_mb: float = 32.0  # appends of raw CSV files this large are split across workers
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # a wait for a lock held by someone else
+    # Append mode, a new version of a file whose earlier version committed rows:
+    # refuse (it fails, naming the rows and the clean-up) or append on top of them.
+    on_new_version: NewVersion = "refuse"
+    # Append mode, the same bytes under another name: skip (as a duplicate) or load again.
+    on_duplicate_content: DuplicateContent = "skip"
 
     def contract_for(self, relative: PurePosixPath) -> Contract | None:
         """The first contract whose pattern matches, or None."""

@@ -68,6 +68,13 @@ async def _summary(
     )
     try:
         async with pool.acquire() as conn:
+            # Never create it here: a manifest dropped under a running daemon must stay
+            # missing for the daemon to notice (manifest.halt), not come back empty.
+            if not await manifest.exists(conn):
+                raise UsageError(
+                    f"there is no manifest table {manifest.name} in this database: ingestd "
+                    "creates it at its first start (check --dsn and --manifest-table)"
+                )
             await manifest.ensure(conn)
             return await manifest.summary(conn, limit)
     finally:
@@ -79,7 +86,9 @@ def print_status(summary: dict[str, Any], out: TextIO) -> None:
     """A readable table of the summary."""
     counts = summary["counts"]
     print(f"{'status':<10}{'files':>10}{'rows':>16}{'rejected':>12}", file=out)
-    for status in ("success", "pending", "failed"):
+    shown = ["success", "pending", "failed"]
+    shown += [s for s in ("retrying", "skipped", "superseded") if s in counts]
+    for status in shown:
         c = counts.get(status, {"files": 0, "rows": 0, "rejected": 0})
         print(f"{status:<10}{c['files']:>10,}{c['rows']:>16,}{c['rejected']:>12,}", file=out)
     if summary["pending"]:
@@ -90,6 +99,11 @@ def print_status(summary: dict[str, Any], out: TextIO) -> None:
                 f"{r['rows']:,} rows committed, run {r['run_id']}",
                 file=out,
             )
+    if summary.get("retrying"):
+        print("\nwaiting for another attempt (transient failure; the file is in the inbox):",
+              file=out)  # fmt: skip
+        for r in summary["retrying"]:
+            print(f"  {r['filename']} -> {r['table_name']}: {r['notes']}", file=out)
     if summary["failed"]:
         print("\nrecent failures:", file=out)
         for r in summary["failed"]:

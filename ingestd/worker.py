@@ -12,6 +12,8 @@ from ingestd import archive
 from ingestd.claim import Job
 from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
+from ingestd.db.locks import LOCK_NOT_AVAILABLE, describe_lock_wait
+from ingestd.db.manifest import ManifestGoneError
 from ingestd.db.target import SessionState
 from ingestd.exceptions import (
     ConnectError,
@@ -27,6 +29,7 @@ from ingestd.pipeline import process_file
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.split import Help
+from ingestd.versions import DuplicateContent, check_append
 
 # The work queue: files to load, and offers to help with a file another worker is loading.
 WorkQueue = asyncio.Queue[Job | Help]
@@ -40,7 +43,7 @@ class FileResult:
 
     name: str
     table: str
-    status: str  # success | skipped | failed | interrupted
+    status: str  # success | skipped | failed | retrying | interrupted | held | handed_over
     rows: int = 0
     error: str | None = None
     row: int | None = None
@@ -136,7 +139,7 @@ class Worker:
             self._leases.discard(job.claim.manifest_id)
         result = replace(result, seconds=time.monotonic() - started)
         if result.status == "handed_over":
-            log.warning("file_handed_over", extra={"reason": "another instance took it over"})
+            log.warning("file_handed_over", extra={"reason": "another process took it over"})
             self._results.add(result)
             return
         # The lease is not given back: it runs out by itself, and meanwhile other instances
@@ -145,37 +148,36 @@ class Worker:
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
         if result.status == "success":
             metrics.last_success.set(time.time())
-        log.log(
-            logging.INFO if result.status == "success" else logging.ERROR,
-            "file_finished",
-            extra={
-                "status": result.status,
-                "rows": result.rows,
-                "latency_ms": round(result.seconds * 1000, 1),
-                "error": result.error,
-                "row": result.row,
-                "table": result.table,
-            },
-        )
+        _log_result(result)
         self._results.add(result)
 
     async def _load(self, job: Job) -> FileResult:
         file_type: str = job.contract.file_type
         if file_type == "auto":
             file_type = guess_file_type(job.path.name)
+        name, table = str(job.name), job.contract.table
         tries = _Tries()
         while True:
+            if self._ctx.manifest.broken is not None:
+                # The books are gone: loading on would load rows twice (manifest.halt).
+                return FileResult(name, table, "interrupted", error=self._ctx.manifest.broken,
+                                  file_type=file_type, stay=True)  # fmt: skip
             try:
                 rows = await self._attempt(job, first=tries.attempt == 1 and not tries.outages)
                 return FileResult(
-                    str(job.name), job.contract.table, "success", rows,
-                    file_type=file_type, attempts=tries.attempt,
-                )  # fmt: skip
+                    name, table, "success", rows, file_type=file_type, attempts=tries.attempt
+                )
             except asyncio.CancelledError:
                 raise
             except (Interrupted, HandedOver) as exc:
                 status = "interrupted" if isinstance(exc, Interrupted) else "handed_over"
-                return FileResult(str(job.name), job.contract.table, status, stay=True)
+                rows = await self._rows_committed(job) if status == "interrupted" else 0
+                return FileResult(name, table, status, rows, file_type=file_type, stay=True)
+            except ManifestGoneError as exc:
+                self._ctx.manifest.halt(exc)
+                await self._release(broken=True)
+            except DuplicateContent as exc:
+                return await self._skip_duplicate(job, exc, file_type)
             except Exception as exc:
                 error = exc if isinstance(exc, IngestdError) else translate(exc)
                 # Whatever failed may have left this session's stage or checks stale.
@@ -185,20 +187,81 @@ class Worker:
                         self._count_db_error(exc)
                     stay = isinstance(error, FileChangedError)
                     return await self._fail(job, error, file_type, tries.attempt, stay=stay)
-                delay = self._next_delay(tries, error, exc)
-                if delay is None:
-                    gave_up = RetryableError(f"gave up after {tries.failures} attempts: {error}")
-                    return await self._fail(job, gave_up, file_type, tries.attempt, stay=True)
-                log.warning(
-                    "file_retry",
-                    extra={
-                        "error": str(error),
-                        "attempt": tries.attempt,
-                        "delay_s": round(delay, 2),
-                    },
-                )
-                if await self._stopped_during(delay):
-                    return FileResult(str(job.name), job.contract.table, "interrupted", stay=True)
+                result = await self._transient(job, error, exc, tries, file_type)
+                if result is not None:
+                    return result
+
+    async def _transient(
+        self, job: Job, error: RetryableError, exc: Exception, tries: _Tries, file_type: str
+    ) -> FileResult | None:
+        """After a transient error: wait and go again (None), or how the file ends."""
+        error = await self._explain(job, error)
+        delay = self._next_delay(tries, error, exc)
+        if delay is None:
+            gave_up = RetryableError(
+                f"gave up after {tries.failures} attempts: {_final(error)}; {self._stays_for()}",
+                sqlstate=error.sqlstate,
+            )
+            return await self._fail(job, gave_up, file_type, tries.attempt, stay=True)
+        log.warning(
+            "file_retry",
+            extra={"error": str(error), "attempt": tries.attempt, "delay_s": round(delay, 2)},
+        )
+        if not await self._stopped_during(delay):
+            return None
+        rows = await self._rows_committed(job)
+        return FileResult(
+            str(job.name), job.contract.table, "interrupted", rows, file_type=file_type, stay=True
+        )
+
+    def _stays_for(self) -> str:
+        if self._ctx.settings.once:
+            return "the file stays in the inbox for the next run"
+        return "the file stays in the inbox and is tried again at the next rescan"
+
+    async def _explain(self, job: Job, error: RetryableError) -> RetryableError:
+        """A lock timeout says which table and who holds the lock, not just 'canceled'."""
+        if error.sqlstate != LOCK_NOT_AVAILABLE:
+            return error
+        c = job.contract
+        try:
+            conn = await self._connection()
+            text = await describe_lock_wait(
+                conn, c.schema, c.table, self._ctx.settings.lock_timeout_s
+            )
+        except Exception:  # the plain message still tells what happened
+            return error
+        return RetryableError(f"{text} (transient; will retry)", sqlstate=error.sqlstate)
+
+    async def _rows_committed(self, job: Job) -> int:
+        """What the manifest says this version committed (0 if it cannot be asked now)."""
+        try:
+            conn = await self._connection()
+            return (await self._ctx.manifest.progress(conn, job.claim.manifest_id)).rows
+        except Exception:  # the summary then says 0; the manifest keeps the truth
+            await self._release(broken=True)
+            return 0
+
+    async def _skip_duplicate(self, job: Job, dup: DuplicateContent, file_type: str) -> FileResult:
+        name, table = str(job.name), job.contract.table
+        log.info(
+            "duplicate_content",
+            extra={"original": dup.original.filename, "original_id": dup.original.manifest_id,
+                   "status": "skipped", "reason": str(dup)},
+        )  # fmt: skip
+        try:
+            conn = await self._connection()
+            await self._ctx.manifest.finish(conn, job.claim.manifest_id, "skipped", str(dup))
+        except HandedOver:
+            return FileResult(name, table, "handed_over", stay=True)
+        except ManifestGoneError as exc:
+            self._ctx.manifest.halt(exc)
+            return FileResult(name, table, "interrupted", error=str(exc), stay=True)
+        except Exception as exc:  # not recorded: leave the file for another look
+            await self._release(broken=True)
+            reason = f"{dup} (not recorded in the manifest: {translate(exc)})"
+            return FileResult(name, table, "skipped", error=reason, file_type=file_type, stay=True)
+        return FileResult(name, table, "skipped", error=str(dup), file_type=file_type)
 
     async def _attempt(self, job: Job, *, first: bool) -> int:
         conn = await self._connection()
@@ -207,6 +270,7 @@ class Worker:
             committed = job.claim.committed  # the claim counted this attempt
         else:
             await self._ctx.manifest.add_attempt(conn, job.claim.manifest_id)
+        await check_append(conn, job, self._ctx.manifest, self._ctx.settings)
         return await process_file(conn, job, self._ctx, self._session, self.worker_id, committed)
 
     def _next_delay(self, tries: _Tries, error: IngestdError, exc: Exception) -> float | None:
@@ -241,23 +305,35 @@ class Worker:
     async def _fail(
         self, job: Job, error: IngestdError, file_type: str, attempts: int, *, stay: bool
     ) -> FileResult:
-        """Record the failure in the manifest. A transient failure leaves the file in the
-        inbox for the next run; so does one that could not be recorded (database down)."""
+        """Record the failure in the manifest, with the rows the version committed. A
+        transient failure leaves the file in the inbox for another attempt, and its row
+        says 'retrying', not 'failed' (final only once the file leaves the inbox); so does
+        one that could not be recorded (database down)."""
         reason = str(error)
+        name, table = str(job.name), job.contract.table
+        retrying = stay and isinstance(error, RetryableError)
+        status = "retrying" if retrying else "failed"
+        rows = 0
         try:
             conn = await self._connection()
-            await self._ctx.manifest.finish(conn, job.claim.manifest_id, "failed", reason)
+            rows = await self._ctx.manifest.finish(conn, job.claim.manifest_id, status, reason)
         except HandedOver:
-            return FileResult(str(job.name), job.contract.table, "handed_over", stay=True)
-        except Exception:
-            reason += " (not recorded in the manifest: the database is unreachable)"
+            return FileResult(name, table, "handed_over", stay=True)
+        except ManifestGoneError as exc:
+            self._ctx.manifest.halt(exc)
+            return FileResult(name, table, "interrupted", error=str(exc), stay=True)
+        except Exception as exc:
+            await self._release(broken=True)
+            why = translate(exc)
+            cause = "the database is unreachable" if isinstance(why, RetryableError) else why
+            reason += f" (not recorded in the manifest: {cause})"
             stay = True
         row = error.row if isinstance(error, FileError) else None
         return FileResult(
-            str(job.name),
-            job.contract.table,
-            "failed",
-            0,
+            name,
+            table,
+            "retrying" if retrying else "failed",
+            rows,
             reason,
             row,
             file_type=file_type,
@@ -272,7 +348,7 @@ class Worker:
         done, failed = settings.done_path, settings.failed_path
         if settings.keep_files or done is None or failed is None or result.stay:
             return result
-        if result.status == "success":
+        if result.status in ("success", "skipped"):
             item = archive.Pending(job.path, job.name, "done", done, identity=job.identity)
         else:
             report = archive.failure_report(
@@ -299,3 +375,29 @@ class Worker:
             return
         self._session.forget()
         await give_back(self._pool, conn, broken=broken)
+
+
+_TRANSIENT = " (transient; will retry)"
+
+
+def _final(error: IngestdError) -> str:
+    """A transient error's message once no retry follows."""
+    return str(error).removesuffix(_TRANSIENT)
+
+
+def _log_result(result: FileResult) -> None:
+    """One line per finished file: an interruption is not an error (it resumes), a
+    transient give-up is a warning (the file stays for another attempt)."""
+    extra = {
+        "status": result.status,
+        "rows": result.rows,
+        "latency_ms": round(result.seconds * 1000, 1),
+        "error": result.error,
+        "row": result.row,
+        "table": result.table,
+    }
+    if result.status == "interrupted":
+        log.warning("file_interrupted", extra={**extra, "rows_committed": result.rows})
+        return
+    levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
+    log.log(levels.get(result.status, logging.ERROR), "file_finished", extra=extra)

@@ -83,7 +83,8 @@ GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
       checksum     bytea       NOT NULL,
       filesize     bigint      NOT NULL,
       table_name   text        NOT NULL,
-      status       text        NOT NULL CHECK (status IN ('pending', 'success', 'failed')),
+      -- its check on the values is added below, named after the manifest
+      status       text        NOT NULL,
       rows         bigint      NOT NULL DEFAULT 0,
       batches      bigint      NOT NULL DEFAULT 0,
       attempts     integer     NOT NULL DEFAULT 0,
@@ -96,7 +97,7 @@ GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
       lease_until  timestamptz,
       segment_ends bigint[],
       segment_done bigint[],
-      UNIQUE (filename, checksum));
+      owner_token  text);
   -- Manifests made by ingestd 0.1.0 lack these columns.
   ALTER TABLE :"manifest_schema".:"manifest"
       ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0;
@@ -104,8 +105,27 @@ GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
   ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS lease_until timestamptz;
   ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS segment_ends bigint[];
   ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS segment_done bigint[];
+  ALTER TABLE :"manifest_schema".:"manifest" ADD COLUMN IF NOT EXISTS owner_token text;
   SELECT format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (status, processed_at)',
                 left(:'manifest', 48) || '_status_idx', :'manifest_schema', :'manifest') \gexec
+  -- A version is its name and bytes for one table; older manifests keyed (filename, checksum)
+  -- and allowed three statuses: both constraints are replaced (sql.py MANIFEST_OLD_CONSTRAINTS).
+  SELECT format('CREATE UNIQUE INDEX IF NOT EXISTS %I ON %I.%I (filename, checksum, table_name)',
+                left(:'manifest', 40) || '_version_key', :'manifest_schema', :'manifest') \gexec
+  SELECT format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (checksum)',
+                left(:'manifest', 40) || '_checksum_idx', :'manifest_schema', :'manifest') \gexec
+  SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT %I', :'manifest_schema', :'manifest', conname)
+  FROM pg_constraint
+  WHERE conrelid = format('%I.%I', :'manifest_schema', :'manifest')::regclass
+    AND conname <> left(:'manifest', 40) || '_status_values'
+    AND ((contype = 'u' AND cardinality(conkey) = 2)
+         OR (contype = 'c' AND pg_get_constraintdef(oid) LIKE '%status%')) \gexec
+  SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I CHECK (status IN (%s))',
+                :'manifest_schema', :'manifest', left(:'manifest', 40) || '_status_values',
+                '''pending'', ''success'', ''failed'', ''retrying'', ''skipped'', ''superseded''')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = format('%I.%I', :'manifest_schema', :'manifest')::regclass
+                      AND conname = left(:'manifest', 40) || '_status_values') \gexec
   -- Rows set aside by --max-bad-rows (ingestd/db/sql.py create_rejects), beside the manifest.
   CREATE TABLE IF NOT EXISTS :"manifest_schema".ingestion_rejects (
       id           bigserial   PRIMARY KEY,

@@ -23,23 +23,30 @@ PooledConnection = asyncpg.pool.PoolConnectionProxy
 Pool = asyncpg.Pool
 
 
-def session_settings(statement_timeout_s: float) -> dict[str, str]:
+def session_settings(
+    statement_timeout_s: float, lock_timeout_s: float = 0.0, application_name: str = "ingestd"
+) -> dict[str, str]:
     """Startup parameters of every connection.
 
     Every statement gets a deadline, and a session whose client vanished mid-transaction
-    (a network partition) is ended by the server, releasing its locks. As startup
-    parameters they survive the RESET ALL the pool runs when a connection is released,
-    which a SET after connecting would not.
+    (a network partition) is ended by the server, releasing its locks. A wait for a lock
+    has a deadline of its own, far shorter than a statement's: a lock held by someone else
+    is not a slow server. As startup parameters they survive the RESET ALL the pool runs
+    when a connection is released, which a SET after connecting would not. The
+    application_name carries the process's claim token (manifest.application_name).
     """
     timeout_ms = str(int(statement_timeout_s * 1000))
-    return {
+    settings = {
         "statement_timeout": timeout_ms,
         "idle_in_transaction_session_timeout": timeout_ms,
-        "application_name": "ingestd",
+        "application_name": application_name,
         # The merge sorts a batch by key (last occurrence wins, and a fixed lock order);
         # 50,000 rows spill past the default 4MB to disk. Per session, so 64MB x workers.
         "work_mem": "64MB",
     }
+    if lock_timeout_s > 0:
+        settings["lock_timeout"] = str(max(1, int(lock_timeout_s * 1000)))
+    return settings
 
 
 async def create_pool(
@@ -50,6 +57,8 @@ async def create_pool(
     statement_timeout_s: float,
     attempts: int,
     backoff: Backoff,
+    lock_timeout_s: float = 0.0,
+    application_name: str = "ingestd",
 ) -> asyncpg.Pool:
     """Open a pool of `size` connections, retrying while the server is unreachable."""
 
@@ -62,7 +71,9 @@ async def create_pool(
                 max_size=size,
                 timeout=connect_timeout_s,
                 command_timeout=statement_timeout_s + 5,
-                server_settings=session_settings(statement_timeout_s),
+                server_settings=session_settings(
+                    statement_timeout_s, lock_timeout_s, application_name
+                ),
                 # The statement cache saves a Parse round trip per statement: a large
                 # share of the cost of small files. Behind PgBouncer in transaction mode,
                 # use 1.21+ with max_prepared_statements set.

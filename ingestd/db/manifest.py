@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import asyncpg
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import HandedOver, RetryableError
+from ingestd.exceptions import HandedOver, IngestdError, RetryableError
 from ingestd.identifiers import quote_qualified
+
+log = logging.getLogger("ingestd.manifest")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,20 @@ class Seen:
 
     status: str
     rows: int
-    leased: bool  # another instance holds a live lease on it
+    leased: bool  # another live process holds a lease on it
+    owner: str | None = None  # the instance id that last claimed it
+    owner_token: str | None = None  # ... and the process
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """Another manifest row that bears on a new one: an earlier version of the same file
+    with committed rows, or the same bytes under another name."""
+
+    manifest_id: int
+    status: str
+    rows: int
+    filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,11 +105,40 @@ class ProgressConflictError(RetryableError):
     writer): this batch must not commit; a retry re-reads the progress and goes on."""
 
 
+class ManifestGoneError(IngestdError):
+    """The manifest table, or the row of a file in hand, disappeared under a running
+    instance. Loading on would load files again from row 1: ingestd stops loading."""
+
+    event = "manifest_missing"
+
+
+class ManifestRowGoneError(ManifestGoneError):
+    """The manifest row of a file in hand was deleted."""
+
+    event = "manifest_row_missing"
+
+
+def new_token() -> str:
+    """A per-process claim token (16 hex digits): two processes with one instance id hold
+    different tokens, so neither takes the other's claims for its own."""
+    return secrets.token_hex(8)
+
+
+def application_name(token: str, instance_id: str) -> str:
+    """The application_name a process's sessions carry: its token marks it alive."""
+    return f"{sql.APP_NAME_PREFIX}{token} {instance_id}"
+
+
 class Manifest:
     """Statements on the manifest table; every method takes the caller's connection."""
 
     def __init__(
-        self, schema: str | None, table: str, instance_id: str = "ingestd", lease_s: float = 30.0
+        self,
+        schema: str | None,
+        table: str,
+        instance_id: str = "ingestd",
+        lease_s: float = 30.0,
+        token: str | None = None,
     ):
         self.name = quote_qualified(schema, table)
         self._schema = schema
@@ -96,25 +146,91 @@ class Manifest:
         self._rejects = quote_qualified(schema, sql.REJECTS_TABLE)
         self.instance_id = instance_id
         self.lease_s = lease_s
+        self.token = token or new_token()
+        # Set once the manifest or a row in hand disappeared: nothing loads any more.
+        self.broken: str | None = None
 
-    async def ensure(self, conn: Connection) -> None:
-        """Create the manifest and rejects tables if missing (serialised across starts)."""
+    def halt(self, error: ManifestGoneError) -> None:
+        """Stop loading for the rest of this process's life, saying so once, loudly."""
+        if self.broken is None:
+            self.broken = str(error)
+            log.error(error.event, extra={"error": str(error), "manifest": self.name})
+
+    async def ensure(self, conn: Connection) -> bool:
+        """Create the manifest and rejects tables if missing (serialised across starts);
+        True if the manifest itself had to be created."""
+        check = sql.manifest_status_check_name(self._table)
+        index = sql.manifest_version_index(self._schema, self._table)
         # Existing, up-to-date tables are used as they are: CREATE ... IF NOT EXISTS still
         # needs CREATE on the schema, which a least-privilege role does not have.
-        if await conn.fetchval(sql.MANIFEST_READY, self.name, self._rejects):
-            return
+        if await conn.fetchval(sql.MANIFEST_READY, self.name, self._rejects, index, check):
+            return False
         async with conn.transaction():
             await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
+            existed = await conn.fetchval(sql.TABLE_EXISTS, self.name)
             for statement in sql.create_manifest(self._schema, self._table):
                 await conn.execute(statement)
+            for old in await conn.fetch(sql.MANIFEST_OLD_CONSTRAINTS, self.name, check):
+                await conn.execute(sql.drop_constraint(self.name, old["name"]))
+            if not await conn.fetchval(sql.MANIFEST_HAS_CONSTRAINT, self.name, check):
+                await conn.execute(sql.manifest_add_status_check(self._schema, self._table))
             await conn.execute(sql.create_rejects(self._schema))
+        return not existed
 
-    async def lookup(self, conn: Connection, version: FileVersion) -> Seen | None:
-        """What the manifest knows of a file version, or None if it was never seen."""
-        row = await conn.fetchrow(
-            sql.manifest_lookup(self.name), version.filename, version.checksum, self.instance_id
+    async def exists(self, conn: Connection) -> bool:
+        """True if the manifest table is there."""
+        return bool(await conn.fetchval(sql.TABLE_EXISTS, self.name))
+
+    async def _guard(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one statement on the manifest; a manifest dropped under us is not a file's
+        fault nor the database's weather, and says so."""
+        try:
+            return await call()
+        except asyncpg.UndefinedTableError:
+            raise ManifestGoneError(
+                f"the manifest table {self.name} disappeared while ingestd was running; "
+                "ingestd stopped loading (not ready) so that no file loads twice: restore it "
+                "from a backup and restart ingestd (a restart without it creates an empty "
+                "manifest and loads every file in the inbox again)"
+            ) from None
+
+    async def _why_not(self, conn: Connection, claim_id: int, rows: int | None = None) -> None:
+        """After an update of a row in hand matched nothing: ManifestRowGoneError if the
+        row was deleted (else the caller's own conflict: another process has the file)."""
+        row = await self._guard(lambda: conn.fetchrow(sql.manifest_row_state(self.name), claim_id))
+        if row is not None:
+            return
+        committed = f" after {rows:,} rows of it were committed" if rows else ""
+        raise ManifestRowGoneError(
+            f"manifest row {claim_id} of the file in hand was deleted{committed}; ingestd "
+            "stopped loading (not ready) so that the file does not load again from row 1: "
+            "restore the row from a backup, or remove the file's rows from the target, then "
+            "restart ingestd"
         )
-        return None if row is None else Seen(row["status"], row["rows"], bool(row["leased"]))
+
+    async def twins(self, conn: Connection) -> int:
+        """How many other live processes use this instance id on this database."""
+        mine = await conn.fetchval(sql.CURRENT_APPLICATION_NAME)
+        if not str(mine).startswith(sql.APP_NAME_PREFIX + self.token):
+            return 0  # a connection without our token (a proxy rewrote it): cannot tell
+        return int(await conn.fetchval(sql.INSTANCE_TWINS, mine))
+
+    async def lookup(self, conn: Connection, version: FileVersion, table: str) -> Seen | None:
+        """What the manifest knows of a file version, or None if it was never seen."""
+        row = await self._guard(
+            lambda: conn.fetchrow(
+                sql.manifest_lookup(self.name),
+                version.filename,
+                version.checksum,
+                table,
+                self.token,
+            )
+        )
+        if row is None:
+            return None
+        return Seen(
+            row["status"], row["rows"], bool(row["leased"]), row["owner"], row["owner_token"]
+        )
 
     async def claim(
         self,
@@ -125,18 +241,21 @@ class Manifest:
         *,
         resume: bool,
     ) -> Claim | None:
-        """Take a version for this instance (pending, leased), keeping its committed progress
-        if resuming; None if another instance holds it or it has loaded meanwhile."""
-        row = await conn.fetchrow(
-            sql.manifest_claim(self.name),
-            version.filename,
-            version.checksum,
-            version.filesize,
-            table,
-            run_id,
-            resume,
-            self.instance_id,
-            self.lease_s,
+        """Take a version for this process (pending, leased), keeping its committed progress
+        if resuming; None if another live process holds it or it has loaded meanwhile."""
+        row = await self._guard(
+            lambda: conn.fetchrow(
+                sql.manifest_claim(self.name),
+                version.filename,
+                version.checksum,
+                version.filesize,
+                table,
+                run_id,
+                resume,
+                self.instance_id,
+                self.lease_s,
+                self.token,
+            )
         )
         if row is None:
             return None
@@ -146,16 +265,19 @@ class Manifest:
         self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
     ) -> None:
         """Record progress; call inside the batch's transaction."""
-        status = await conn.execute(
-            sql.manifest_checkpoint(self.name),
-            claim_id,
-            before,
-            after,
-            rejected,
-            self.instance_id,
-            self.lease_s,
+        status = await self._guard(
+            lambda: conn.execute(
+                sql.manifest_checkpoint(self.name),
+                claim_id,
+                before,
+                after,
+                rejected,
+                self.token,
+                self.lease_s,
+            )
         )
         if status != "UPDATE 1":
+            await self._why_not(conn, claim_id, before)
             raise ProgressConflictError(
                 f"manifest row {claim_id} no longer shows {before} rows committed: "
                 "another ingestd process is loading the same file"
@@ -163,9 +285,10 @@ class Manifest:
 
     async def progress(self, conn: Connection, claim_id: int) -> Committed:
         """What this version has committed so far: the truth after a lost commit reply."""
-        row = await conn.fetchrow(sql.manifest_progress(self.name), claim_id)
+        row = await self._guard(lambda: conn.fetchrow(sql.manifest_progress(self.name), claim_id))
         if row is None:
-            return Committed(0, 0, 0)
+            await self._why_not(conn, claim_id)
+            return Committed(0, 0, 0)  # back meanwhile: nothing to go on from
         return Committed(
             int(row["rows"]), int(row["rows_rejected"]), int(row["batches"]), _segments(row)
         )
@@ -173,12 +296,14 @@ class Manifest:
     async def plan_segments(self, conn: Connection, claim_id: int, plan: Segments) -> Committed:
         """Record how a file is split, unless it already has a plan or progress; returns what
         the manifest then holds (the plan to follow, or the progress of a linear load)."""
-        await conn.execute(
-            sql.manifest_plan_segments(self.name),
-            claim_id,
-            list(plan.ends),
-            list(plan.done),
-            self.instance_id,
+        await self._guard(
+            lambda: conn.execute(
+                sql.manifest_plan_segments(self.name),
+                claim_id,
+                list(plan.ends),
+                list(plan.done),
+                self.token,
+            )
         )
         return await self.progress(conn, claim_id)
 
@@ -186,17 +311,20 @@ class Manifest:
         self, conn: Connection, claim_id: int, segment: int, before: int, after: int, rows: int
     ) -> None:
         """Record one segment's progress (byte offsets); call inside the batch's transaction."""
-        status = await conn.execute(
-            sql.manifest_segment_checkpoint(self.name),
-            claim_id,
-            segment + 1,
-            before,
-            after,
-            rows,
-            self.instance_id,
-            self.lease_s,
+        status = await self._guard(
+            lambda: conn.execute(
+                sql.manifest_segment_checkpoint(self.name),
+                claim_id,
+                segment + 1,
+                before,
+                after,
+                rows,
+                self.token,
+                self.lease_s,
+            )
         )
         if status != "UPDATE 1":
+            await self._why_not(conn, claim_id)
             raise ProgressConflictError(
                 f"segment {segment + 1} of manifest row {claim_id} is no longer at byte "
                 f"{before}: another ingestd process is loading the same file"
@@ -211,50 +339,97 @@ class Manifest:
         rejects: list[Reject],
     ) -> None:
         """Store rejected rows, in the transaction of the batch they came from."""
-        await conn.execute(
-            sql.insert_rejects(self._schema),
-            claim_id,
-            version.filename,
-            version.checksum,
-            run_id,
-            [r.row for r in rejects],
-            [r.raw for r in rejects],
-            [r.reason for r in rejects],
-            [r.sqlstate for r in rejects],
+        await self._guard(
+            lambda: conn.execute(
+                sql.insert_rejects(self._schema),
+                claim_id,
+                version.filename,
+                version.checksum,
+                run_id,
+                [r.row for r in rejects],
+                [r.raw for r in rejects],
+                [r.reason for r in rejects],
+                [r.sqlstate for r in rejects],
+            )
         )
 
     async def add_attempt(self, conn: Connection, claim_id: int) -> None:
         """Count one attempt and renew the lease; HandedOver if another instance has it now."""
-        status = await conn.execute(
-            sql.manifest_attempt(self.name), claim_id, self.instance_id, self.lease_s
+        status = await self._guard(
+            lambda: conn.execute(
+                sql.manifest_attempt(self.name), claim_id, self.token, self.lease_s
+            )
         )
         if status != "UPDATE 1":
-            raise HandedOver(f"another instance took over manifest row {claim_id}")
+            await self._why_not(conn, claim_id)
+            raise HandedOver(f"another process took over manifest row {claim_id}")
 
-    async def renew(self, conn: Connection, claim_ids: list[int]) -> None:
-        """Renew this instance's leases on the files it is loading."""
-        await conn.execute(sql.manifest_renew(self.name), self.instance_id, claim_ids, self.lease_s)
-
-    async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> None:
-        """Mark the outcome: success or failed, with the reason in notes."""
-        done = await conn.execute(
-            sql.manifest_finish(self.name), claim_id, status, notes, self.instance_id
+    async def renew(self, conn: Connection, claim_ids: list[int]) -> set[int]:
+        """Renew this process's leases on the files it is loading; the ids renewed."""
+        rows = await self._guard(
+            lambda: conn.fetch(sql.manifest_renew(self.name), self.token, claim_ids, self.lease_s)
         )
-        if done != "UPDATE 1":
-            raise HandedOver(f"another instance took over manifest row {claim_id}")
+        return {int(r["id"]) for r in rows}
+
+    async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> int:
+        """Mark the outcome (success, failed, retrying, skipped) with the reason in notes;
+        returns the rows the version committed."""
+        rows = await self._guard(
+            lambda: conn.fetchval(
+                sql.manifest_finish(self.name), claim_id, status, notes, self.token
+            )
+        )
+        if rows is None:
+            await self._why_not(conn, claim_id)
+            raise HandedOver(f"another process took over manifest row {claim_id}")
+        return int(rows)
+
+    async def earlier_versions(
+        self, conn: Connection, claim_id: int, version: FileVersion, table: str
+    ) -> list[Earlier]:
+        """Other versions of this file for this table that committed rows (not superseded)."""
+        del claim_id  # the version's own row has its checksum: never among them
+        rows = await self._guard(
+            lambda: conn.fetch(
+                sql.manifest_earlier_versions(self.name),
+                version.filename,
+                table,
+                version.checksum,
+            )
+        )
+        return [Earlier(int(r["id"]), r["status"], int(r["rows"])) for r in rows]
+
+    async def same_content(
+        self, conn: Connection, claim_id: int, version: FileVersion, table: str
+    ) -> Earlier | None:
+        """An earlier row with the same bytes for this table under another name."""
+        row = await self._guard(
+            lambda: conn.fetchrow(
+                sql.manifest_same_content(self.name),
+                version.checksum,
+                table,
+                version.filename,
+                claim_id,
+            )
+        )
+        if row is None:
+            return None
+        return Earlier(int(row["id"]), row["status"], int(row["rows"]), row["filename"])
 
     async def record_failure(
         self, conn: Connection, version: FileVersion, table: str, run_id: str, notes: str
     ) -> None:
         """Record a file that failed before it could be claimed."""
-        await conn.execute(
-            sql.manifest_record_failure(self.name),
-            version.filename,
-            version.checksum,
-            version.filesize,
-            table,
-            run_id,
-            notes,
+        await self._guard(
+            lambda: conn.execute(
+                sql.manifest_record_failure(self.name),
+                version.filename,
+                version.checksum,
+                version.filesize,
+                table,
+                run_id,
+                notes,
+            )
         )
 
     async def summary(self, conn: Connection, recent: int) -> dict[str, Any]:
@@ -262,6 +437,7 @@ class Manifest:
         counts = await conn.fetch(sql.manifest_status_counts(self.name))
         failed = await conn.fetch(sql.manifest_recent(self.name), "failed", recent)
         pending = await conn.fetch(sql.manifest_recent(self.name), "pending", recent)
+        retrying = await conn.fetch(sql.manifest_recent(self.name), "retrying", recent)
         return {
             "counts": {
                 r["status"]: {"files": r["files"], "rows": r["rows"], "rejected": r["rejected"]}
@@ -269,4 +445,5 @@ class Manifest:
             },
             "failed": [dict(r) for r in failed],
             "pending": [dict(r) for r in pending],
+            "retrying": [dict(r) for r in retrying],
         }

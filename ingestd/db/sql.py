@@ -151,10 +151,36 @@ def merge(target: Target, stage: str) -> str:
 
 # --- manifest ------------------------------------------------------------------------------
 
+# Every status a manifest row can have. 'retrying': the last attempt failed on something
+# transient and the file stays in the inbox for another; 'skipped': the same bytes were
+# loaded under another name (notes name it); 'superseded': set by an operator once the rows
+# of a version are removed, so that a new version of the file may load (on_new_version).
+MANIFEST_STATUSES = ("pending", "success", "failed", "retrying", "skipped", "superseded")
+
+# The per-process token in application_name: "ingestd TOKEN INSTANCE" (TOKEN: 16 hex digits).
+# A claim whose token has no session left in the database belongs to a dead process.
+APP_NAME_PREFIX = "ingestd "
+
+
+def _alive(token: str) -> str:
+    """SQL true while a process with claim token `token` (an SQL expression) is connected."""
+    return (
+        "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database() "
+        f"AND starts_with(a.application_name, '{APP_NAME_PREFIX}' || {token} || ' '))"
+    )
+
+
+def _suffixed(table: str, suffix: str) -> str:
+    # Truncated so that any valid table name gives a valid index or constraint name.
+    return quote_ident(table[:40] + suffix)
+
 
 def create_manifest(schema: str | None, table: str) -> list[str]:
-    """The manifest table and its index, created if missing."""
+    """The manifest table and its indexes, created if missing (and manifests of older
+    versions brought up to date; see manifest_migrate for their old constraints)."""
     name = quote_qualified(schema, table)
+    check = quote_ident(manifest_status_check_name(table))
+    statuses = ", ".join(f"'{s}'" for s in MANIFEST_STATUSES)
     return [
         f"""CREATE TABLE IF NOT EXISTS {name} (
             id           bigserial PRIMARY KEY,
@@ -162,7 +188,7 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             checksum     bytea       NOT NULL,
             filesize     bigint      NOT NULL,
             table_name   text        NOT NULL,
-            status       text        NOT NULL CHECK (status IN ('pending', 'success', 'failed')),
+            status       text        NOT NULL CONSTRAINT {check} CHECK (status IN ({statuses})),
             rows         bigint      NOT NULL DEFAULT 0,
             batches      bigint      NOT NULL DEFAULT 0,
             attempts     integer     NOT NULL DEFAULT 0,
@@ -175,7 +201,7 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
             lease_until  timestamptz,
             segment_ends bigint[],
             segment_done bigint[],
-            UNIQUE (filename, checksum))""",
+            owner_token  text)""",
         # Manifests made by 0.1.0 lack these columns.
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS owner text",
@@ -183,52 +209,124 @@ def create_manifest(schema: str | None, table: str) -> list[str]:
         # ... and 0.1.0's first manifests these.
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS segment_ends bigint[]",
         f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS segment_done bigint[]",
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS owner_token text",
         # Truncated so that any valid table name gives a valid index name.
         f"CREATE INDEX IF NOT EXISTS {quote_ident(table[:48] + '_status_idx')} "
         f"ON {name} (status, processed_at)",
+        # A version of a file is its name and bytes *for one table*: the same file routed to
+        # another table is another load.
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {_suffixed(table, '_version_key')} "
+        f"ON {name} (filename, checksum, table_name)",
+        f"CREATE INDEX IF NOT EXISTS {_suffixed(table, '_checksum_idx')} ON {name} (checksum)",
     ]
 
 
-# $1 manifest, $2 rejects table (quoted names): both exist, the manifest with its newest
-# columns (rows_rejected, owner, lease_until, segment_ends, segment_done).
+def manifest_status_check_name(table: str) -> str:
+    """The name of the manifest's status check (its constraint of this version)."""
+    return table[:40] + "_status_values"
+
+
+def manifest_add_status_check(schema: str | None, table: str) -> str:
+    """The check on the status values of this version."""
+    values = ", ".join(f"'{s}'" for s in MANIFEST_STATUSES)
+    return (
+        f"ALTER TABLE {quote_qualified(schema, table)} ADD CONSTRAINT "
+        f"{quote_ident(manifest_status_check_name(table))} CHECK (status IN ({values}))"
+    )
+
+
+# $1 manifest (quoted name), $2 the current status check's name: the constraints of older
+# manifests to drop (the UNIQUE (filename, checksum) key, the three-status check), and
+# whether the current check exists.
+MANIFEST_OLD_CONSTRAINTS = """
+SELECT conname::text AS name FROM pg_constraint
+WHERE conrelid = to_regclass($1) AND conname <> $2
+  AND ((contype = 'u' AND cardinality(conkey) = 2)
+       OR (contype = 'c' AND pg_get_constraintdef(oid) LIKE '%status%'))
+"""
+MANIFEST_HAS_CONSTRAINT = (
+    "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)"
+)
+
+
+def drop_constraint(name: str, constraint: str) -> str:
+    """ALTER TABLE ... DROP CONSTRAINT (name: the quoted table name)."""
+    return f"ALTER TABLE {name} DROP CONSTRAINT {quote_ident(constraint)}"
+
+
+# $1 manifest, $2 rejects table, $3 the version index (quoted names), $4 the status check's
+# name: both tables exist, the manifest with its newest columns, its status check and its
+# (filename, checksum, table_name) key, and without 0.1.0's (filename, checksum) key.
 MANIFEST_READY = """
-SELECT to_regclass($2) IS NOT NULL AND (
+SELECT to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL AND (
     SELECT count(*) FROM pg_attribute
     WHERE attrelid = to_regclass($1) AND NOT attisdropped
-      AND attname IN ('rows_rejected', 'owner', 'lease_until', 'segment_ends', 'segment_done')) = 5
+      AND attname IN ('rows_rejected', 'owner', 'lease_until', 'segment_ends', 'segment_done',
+                      'owner_token')) = 6
+  AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $4)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1)
+                  AND contype = 'u' AND cardinality(conkey) = 2)
 """
 
 
+def manifest_version_index(schema: str | None, table: str) -> str:
+    """The quoted name of the (filename, checksum, table_name) index."""
+    return quote_qualified(schema, table[:40] + "_version_key")
+
+
+# $1 the database-side application_name of this process: how many other processes of
+# ingestd in this database use the same instance id (the part after the token).
+INSTANCE_TWINS = f"""
+SELECT count(DISTINCT application_name) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name <> $1
+  AND left(application_name, 8) = '{APP_NAME_PREFIX}'
+  AND substr(application_name, 26) = substr($1, 26)
+"""
+
+CURRENT_APPLICATION_NAME = "SELECT current_setting('application_name')"
+TABLE_EXISTS = "SELECT to_regclass($1) IS NOT NULL"  # $1 a quoted table name
+
+
 def manifest_lookup(name: str) -> str:
-    """A file version's row ($1 filename, $2 checksum): status, rows, and whether another
-    instance ($3) holds a live lease on it."""
+    """A file version's row ($1 filename, $2 checksum, $3 table): status, rows, owner, and
+    whether another live process (token other than $4) holds a lease on it."""
     return (
-        f"SELECT id, status, rows, (owner IS DISTINCT FROM $3 AND lease_until > now()) AS leased "
-        f"FROM {name} WHERE filename = $1 AND checksum = $2"
+        "SELECT id, status, rows, owner, owner_token, "
+        f"(owner_token IS DISTINCT FROM $4 AND lease_until > now() "
+        f"AND (owner_token IS NULL OR {_alive('m.owner_token')})) AS leased "
+        f"FROM {name} AS m WHERE filename = $1 AND checksum = $2 AND table_name = $3"
     )
 
 
 def manifest_claim(name: str) -> str:
-    """Claim a file version for instance $7 with a lease of $8 seconds, in one statement.
+    """Claim a file version for instance $7, process token $9, with a lease of $8 seconds,
+    in one statement.
 
-    Nothing comes back if another instance holds a live lease on it, or (with $6, resume)
-    if it has loaded meanwhile. $6 false restarts its progress from row 0.
+    Nothing comes back if another live process holds a lease on it, or (with $6, resume)
+    if it has loaded (or was skipped as a duplicate) meanwhile. A lease whose process has
+    no session left (killed, crashed) is taken over at once. $6 false restarts its progress
+    from row 0.
     """
     return (
         f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id, "
-        "owner, lease_until, attempts) VALUES ($1, $2, $3, $4, 'pending', $5, $7, "
-        "now() + make_interval(secs => $8), 1) "
-        "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'pending', "
-        "run_id = EXCLUDED.run_id, table_name = EXCLUDED.table_name, started_at = now(), "
-        "processed_at = NULL, notes = NULL, owner = EXCLUDED.owner, attempts = m.attempts + 1, "
+        "owner, owner_token, lease_until, attempts) VALUES ($1, $2, $3, $4, 'pending', $5, $7, "
+        "$9, now() + make_interval(secs => $8), 1) "
+        "ON CONFLICT (filename, checksum, table_name) DO UPDATE SET status = 'pending', "
+        "run_id = EXCLUDED.run_id, started_at = now(), "
+        "processed_at = NULL, notes = NULL, owner = EXCLUDED.owner, "
+        "owner_token = EXCLUDED.owner_token, attempts = m.attempts + 1, "
         "lease_until = EXCLUDED.lease_until, "
         "rows = CASE WHEN $6 THEN m.rows ELSE 0 END, "
         "batches = CASE WHEN $6 THEN m.batches ELSE 0 END, "
         "rows_rejected = CASE WHEN $6 THEN m.rows_rejected ELSE 0 END, "
         "segment_ends = CASE WHEN $6 THEN m.segment_ends END, "
         "segment_done = CASE WHEN $6 THEN m.segment_done END "
-        "WHERE (m.owner IS NOT DISTINCT FROM EXCLUDED.owner OR m.lease_until IS NULL "
-        "OR m.lease_until < now()) AND (m.status <> 'success' OR NOT $6) "
+        "WHERE (m.owner_token IS NOT DISTINCT FROM EXCLUDED.owner_token "
+        "OR m.lease_until IS NULL OR m.lease_until < now() "
+        # A row of 0.1.0 (no token): its own instance id takes it back, as then.
+        "OR (m.owner_token IS NULL AND m.owner IS NOT DISTINCT FROM EXCLUDED.owner) "
+        f"OR (m.owner_token IS NOT NULL AND NOT {_alive('m.owner_token')})) "
+        "AND (m.status NOT IN ('success', 'skipped') OR NOT $6) "
         "RETURNING id, rows, rows_rejected, batches, segment_ends, segment_done"
     )
 
@@ -237,22 +335,22 @@ def manifest_checkpoint(name: str) -> str:
     """Advance a file's progress inside the batch's transaction, and renew the lease.
 
     $1 id, $2 rows before, $3 rows after, $4 rows of the batch set aside as rejects,
-    $5 this instance, $6 lease seconds. Matching the old count and the owner means a
-    batch is counted once, by the instance holding the file.
+    $5 this process's token, $6 lease seconds. Matching the old count and the token means
+    a batch is counted once, by the process holding the file.
     """
     return (
         f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4, "
         "lease_until = now() + make_interval(secs => $6) "
-        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner = $5"
+        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner_token = $5"
     )
 
 
 def manifest_plan_segments(name: str) -> str:
     """Record how a file is split ($2 segment end offsets, $3 segment start offsets) on a
-    row ($1 id) of owner $4 that has no plan and no progress yet."""
+    row ($1 id) of token $4 that has no plan and no progress yet."""
     return (
         f"UPDATE {name} SET segment_ends = $2, segment_done = $3 "
-        "WHERE id = $1 AND owner = $4 AND status = 'pending' AND rows = 0 "
+        "WHERE id = $1 AND owner_token = $4 AND status = 'pending' AND rows = 0 "
         "AND segment_ends IS NULL"
     )
 
@@ -260,20 +358,21 @@ def manifest_plan_segments(name: str) -> str:
 def manifest_segment_checkpoint(name: str) -> str:
     """Advance one segment of a split file inside the batch's transaction, and renew the
     lease: $1 id, $2 segment (1-based), $3 its byte offset before, $4 after, $5 rows,
-    $6 this instance, $7 lease seconds. Matching the segment's old offset means a batch is
-    counted once, whichever worker loads it."""
+    $6 this process's token, $7 lease seconds. Matching the segment's old offset means a
+    batch is counted once, whichever worker loads it."""
     return (
         f"UPDATE {name} SET segment_done[$2] = $4, rows = rows + $5, batches = batches + 1, "
         "lease_until = now() + make_interval(secs => $7) "
-        "WHERE id = $1 AND segment_done[$2] = $3 AND status = 'pending' AND owner = $6"
+        "WHERE id = $1 AND segment_done[$2] = $3 AND status = 'pending' AND owner_token = $6"
     )
 
 
 def manifest_renew(name: str) -> str:
-    """Renew the leases of instance $1 on the files $2 (ids) for $3 seconds."""
+    """Renew the leases of process token $1 on the files $2 (ids) for $3 seconds; the ids
+    renewed come back (a missing one: its row was deleted, or taken over)."""
     return (
         f"UPDATE {name} SET lease_until = now() + make_interval(secs => $3) "
-        "WHERE owner = $1 AND id = ANY($2::bigint[]) AND status = 'pending'"
+        "WHERE owner_token = $1 AND id = ANY($2::bigint[]) AND status = 'pending' RETURNING id"
     )
 
 
@@ -284,20 +383,45 @@ def manifest_progress(name: str) -> str:
     )
 
 
+def manifest_row_state(name: str) -> str:
+    """Who holds a manifest row ($1 id) and how it stands: nothing if it was deleted."""
+    return f"SELECT status, rows, owner, owner_token FROM {name} WHERE id = $1"
+
+
 def manifest_attempt(name: str) -> str:
-    """Count one more attempt at a file ($1 id) by its owner $2, renewing the lease ($3 s).
-    Updates nothing if another instance has taken the file over."""
+    """Count one more attempt at a file ($1 id) by its token $2, renewing the lease ($3 s).
+    Updates nothing if another process has taken the file over."""
     return (
         f"UPDATE {name} SET attempts = attempts + 1, "
-        "lease_until = now() + make_interval(secs => $3) WHERE id = $1 AND owner = $2"
+        "lease_until = now() + make_interval(secs => $3) WHERE id = $1 AND owner_token = $2"
     )
 
 
 def manifest_finish(name: str) -> str:
-    """Mark a file's outcome by its owner: $1 id, $2 status, $3 notes, $4 owner."""
+    """Mark a file's outcome by its token: $1 id, $2 status, $3 notes, $4 token; returns the
+    rows the version committed."""
     return (
         f"UPDATE {name} SET status = $2, notes = $3, processed_at = now() "
-        "WHERE id = $1 AND owner = $4"
+        "WHERE id = $1 AND owner_token = $4 RETURNING rows"
+    )
+
+
+def manifest_earlier_versions(name: str) -> str:
+    """Other versions of file $1 for table $2 (checksum other than $3) with committed rows,
+    not superseded: id, status, rows, oldest first."""
+    return (
+        f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND table_name = $2 "
+        "AND checksum <> $3 AND rows > 0 AND status <> 'superseded' ORDER BY id"
+    )
+
+
+def manifest_same_content(name: str) -> str:
+    """An earlier row ($4: ids below) with the same bytes ($1) for table $2 under another
+    name than $3, loaded or loading: the original of a duplicate."""
+    return (
+        f"SELECT id, filename, status, rows FROM {name} WHERE checksum = $1 AND table_name = $2 "
+        "AND filename <> $3 AND id < $4 AND status NOT IN ('skipped', 'superseded') "
+        "AND (status <> 'failed' OR rows > 0) ORDER BY id LIMIT 1"
     )
 
 
@@ -306,7 +430,7 @@ def manifest_record_failure(name: str) -> str:
     return (
         f"INSERT INTO {name} AS m (filename, checksum, filesize, table_name, status, run_id, "
         "processed_at, notes, attempts) VALUES ($1, $2, $3, $4, 'failed', $5, now(), $6, 1) "
-        "ON CONFLICT (filename, checksum) DO UPDATE SET status = 'failed', "
+        "ON CONFLICT (filename, checksum, table_name) DO UPDATE SET status = 'failed', "
         "run_id = EXCLUDED.run_id, processed_at = now(), notes = EXCLUDED.notes, "
         "attempts = m.attempts + 1"
     )
@@ -328,6 +452,32 @@ def manifest_recent(name: str) -> str:
         "processed_at, notes "
         f"FROM {name} WHERE status = $1 ORDER BY coalesce(processed_at, started_at) DESC LIMIT $2"
     )
+
+
+def manifest_supersede_hint(name: str, ids: Sequence[int]) -> str:
+    """The statement an operator runs (in a message) once a version's rows are removed."""
+    listed = ", ".join(str(int(i)) for i in ids)
+    return f"UPDATE {name} SET status = 'superseded' WHERE id IN ({listed})"
+
+
+# --- locks ---------------------------------------------------------------------------------
+
+
+def session_hint(pid: int) -> str:
+    """The query an operator runs (in a message) to see a session."""
+    return f"SELECT * FROM pg_stat_activity WHERE pid = {int(pid)}"
+
+
+# $1 a table (quoted name): the oldest session other than this one holding a lock on it
+# that blocks writing rows (pid, lock mode, since when its transaction runs).
+LOCK_HOLDER = """
+SELECT l.pid, l.mode, a.xact_start FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.relation = to_regclass($1) AND l.granted
+  AND l.pid <> pg_backend_pid()
+  AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+ORDER BY a.xact_start NULLS LAST LIMIT 1
+"""
 
 
 # --- rejected rows ---------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def test_gives_up_after_max_retries_then_resumes_on_next_run(cli, db: Db, tmp_pa
     first = cli(*args, "--max-retries", "1")
     assert first.code == 1
     [m] = db.manifest()
-    assert m["status"] == "failed" and "gave up after 2 attempts" in m["notes"]
+    # Transient: the file stays for the next run, and the row says so (not a final 'failed').
+    assert m["status"] == "retrying" and "gave up after 2 attempts" in m["notes"]
+    assert "(transient; will retry)" not in m["notes"] and "stays in the inbox" in m["notes"]
     # Two batches (of about 100 rows: the file goes as raw segments) committed before the fault.
     assert m["batches"] == 2 and 150 <= m["rows"] <= 250
     assert db.val("SELECT count(*) FROM events") == m["rows"]

@@ -44,21 +44,23 @@ def test_every_identifier_is_quoted(builder: Callable[[Target], str]) -> None:
 
 def test_create_manifest_quotes_its_names() -> None:
     statements = sql.create_manifest("audit", "ingestion_manifest")
-    assert len(statements) == 7
+    assert len(statements) == 10
     assert 'CREATE TABLE IF NOT EXISTS "audit"."ingestion_manifest"' in statements[0]
-    assert statements[1:6] == [
+    assert statements[1:7] == [
         'ALTER TABLE "audit"."ingestion_manifest" '
         "ADD COLUMN IF NOT EXISTS rows_rejected bigint NOT NULL DEFAULT 0",
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS owner text',
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS lease_until timestamptz',
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS segment_ends bigint[]',
         'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS segment_done bigint[]',
+        'ALTER TABLE "audit"."ingestion_manifest" ADD COLUMN IF NOT EXISTS owner_token text',
     ]
     assert (
         'CREATE INDEX IF NOT EXISTS "ingestion_manifest_status_idx" '
         'ON "audit"."ingestion_manifest" (status, processed_at)'
-    ) == statements[6]
-    assert "UNIQUE (filename, checksum)" in statements[0]
+    ) == statements[7]
+    assert "(filename, checksum, table_name)" in statements[8]
+    assert statements[8].startswith('CREATE UNIQUE INDEX IF NOT EXISTS "ingestion_manifest_')
     for column in ("filename", "checksum", "filesize", "processed_at", "rows", "status", "run_id",
                    "rows_rejected", "owner", "lease_until"):  # fmt: skip
         assert re.search(rf"^\s*{column}\s", statements[0], re.M), column
@@ -220,13 +222,15 @@ def test_stage_name_differs_per_layout(other: Target) -> None:
 def test_manifest_statements_take_values_as_parameters() -> None:
     name = '"ingestion_manifest"'
     lookup = sql.manifest_lookup(name)
-    assert lookup.endswith(f"FROM {name} WHERE filename = $1 AND checksum = $2")
-    assert "owner IS DISTINCT FROM $3 AND lease_until > now()" in lookup
+    assert lookup.endswith(
+        f"FROM {name} AS m WHERE filename = $1 AND checksum = $2 AND table_name = $3"
+    )
+    assert "owner_token IS DISTINCT FROM $4 AND lease_until > now()" in lookup
     checkpoint = sql.manifest_checkpoint(name)
-    assert "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner = $5" in checkpoint
+    assert "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner_token = $5" in checkpoint
     assert "SET rows = $3" in checkpoint
     claim = sql.manifest_claim(name)
-    assert "ON CONFLICT (filename, checksum)" in claim
+    assert "ON CONFLICT (filename, checksum, table_name)" in claim
     assert "m.lease_until < now()" in claim and "RETURNING id, rows" in claim
 
 
