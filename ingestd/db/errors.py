@@ -25,13 +25,28 @@ _RETRYABLE_CODES = {
     "58000",  # system_error
     "58030",  # io_error
 }
-_HINTS = {
-    "42501": "grant the role ingestd connects as the privilege named above (see deploy/sql)",
-    "42P10": "the target table has no primary key or unique index on the key: add one, "
-    "or use --mode merge",
-    "42703": "the target table lacks a column the file has: add it, or fix --headers",
-    "0A000": "MERGE needs PostgreSQL 15 or newer: use --mode upsert",
-}
+_GENERATED_HINT = (
+    "PostgreSQL computes a GENERATED column itself: leave it out of the file, or select "
+    "the file's other columns with --headers"
+)
+# (SQLSTATE, a piece of the message, hint). One SQLSTATE covers several causes (42P10 is
+# ON CONFLICT without a matching index, and also a generated column named in COPY), so a
+# hint is given only where the message shows it is the true one.
+_HINTS = (
+    ("42501", "", "grant the role ingestd connects as the privilege named above (see deploy/sql)"),
+    (
+        "42P10",
+        "ON CONFLICT",
+        "the target table has no primary key or unique index on the key: add one, "
+        "or use --mode merge",
+    ),
+    ("42P10", "is a generated column", _GENERATED_HINT),
+    ("428C9", "", _GENERATED_HINT),  # generated_always: a value for a GENERATED column
+    ("42703", "", "the target table lacks a column the file has: add it, or fix --headers"),
+    ("0A000", "MERGE", "MERGE needs PostgreSQL 15 or newer: use --mode upsert"),
+)
+_PART_CHARS = 400  # each part of a message (PostgreSQL's, its detail) at most this long
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COPY_CONTEXT = re.compile(r"COPY \S+, line (?P<line>\d+)(?:, column (?P<column>\w+))?")
 
 TRANSIENT_PYTHON_ERRORS = (
@@ -78,6 +93,18 @@ def error_class(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
+def one_line(text: str, limit: int = _PART_CHARS) -> str:
+    """`text` as one line of at most `limit` characters: a trigger's message or DETAIL may
+    hold line breaks, and a summary line, a log field and a manifest note must not."""
+    lines = (line.strip() for line in re.split(r"\r\n|\r|\n", text))
+    flat = _CONTROL.sub(" ", " / ".join(line for line in lines if line))
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _hint(code: str | None, message: str) -> str | None:
+    return next((h for c, part, h in _HINTS if c == code and part in message), None)
+
+
 def translate(
     exc: BaseException,
     *,
@@ -94,7 +121,7 @@ def translate(
     code = sqlstate_of(exc)
     # asyncpg's str() appends DETAIL and HINT lines; take the primary message alone.
     primary = getattr(exc, "message", None) or str(exc).strip().split("\n", 1)[0]
-    message = mask_dsn(primary or type(exc).__name__)
+    message = one_line(mask_dsn(primary or type(exc).__name__))
     if is_retryable(exc):
         return RetryableError(f"{message} (transient; will retry)", sqlstate=code)
     row = None
@@ -108,8 +135,8 @@ def translate(
         detail.append(f"row {row}" + (f", column {column}" if column else ""))
     extra = getattr(exc, "detail", None)
     if extra:
-        detail.append(mask_dsn(str(extra)))
-    hint = _HINTS.get(code or "")
+        detail.append(one_line(mask_dsn(str(extra))))
+    hint = _hint(code, message)
     text = message + (f" ({'; '.join(detail)})" if detail else "")
     if hint:
         text += f". Hint: {hint}"

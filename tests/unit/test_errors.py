@@ -155,15 +155,60 @@ def test_translate_shows_the_detail_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "fragment"),
+    ("sqlstate", "message", "fragment"),
     [
-        (pgx.InvalidColumnReferenceError, "--mode merge"),
-        (pgx.UndefinedColumnError, "fix --headers"),
-        (pgx.FeatureNotSupportedError, "PostgreSQL 15"),
+        (
+            "42P10",
+            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+            "--mode merge",
+        ),
+        ("42703", 'column "x" of relation "t" does not exist', "fix --headers"),
+        ("0A000", "MERGE not supported in WITH query", "PostgreSQL 15"),
+        ("42P10", 'column "g" is a generated column', "GENERATED column"),
+        ("428C9", 'cannot insert a non-DEFAULT value into column "g"', "GENERATED column"),
     ],
 )
-def test_translate_hints(cls: type[asyncpg.PostgresError], fragment: str) -> None:
-    assert fragment in str(translate(cls("boom")))
+def test_translate_hints(sqlstate: str, message: str, fragment: str) -> None:
+    assert fragment in str(translate(server_error(sqlstate, message)))
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "message", "wrong"),
+    [
+        # COPY naming a generated column is 42P10 too: not a missing key.
+        ("42P10", 'column "g" is a generated column', "--mode merge"),
+        # Any unsupported feature is 0A000: a server without XML support is not about MERGE.
+        ("0A000", "unsupported XML feature", "MERGE"),
+    ],
+)
+def test_translate_gives_no_hint_meant_for_another_cause(
+    sqlstate: str, message: str, wrong: str
+) -> None:
+    assert wrong not in str(translate(server_error(sqlstate, message)))
+
+
+def test_translate_makes_a_multi_line_trigger_error_one_line() -> None:
+    exc = server_error(
+        "P0001",
+        "order rejected\nby policy",
+        D="line one\nline two\r\n\n  line three\ttabbed\r",
+    )
+    out = str(translate(exc))
+    assert "\n" not in out and "\r" not in out and "\t" not in out
+    assert out == "order rejected / by policy (line one / line two / line three tabbed)"
+
+
+def test_translate_bounds_a_long_message_and_detail() -> None:
+    exc = server_error("P0001", "x" * 5000, D="y" * 5000)
+    out = str(translate(exc))
+    assert len(out) < 1000
+    assert out.startswith("x" * 100) and "…" in out and "y" * 100 in out
+
+
+def test_translate_one_line_for_transient_errors_too() -> None:
+    out = translate(server_error("40P01", "deadlock\ndetected"))
+    assert isinstance(out, RetryableError)
+    assert str(out) == "deadlock / detected (transient; will retry)"
 
 
 def test_translate_masks_passwords_in_messages_and_details() -> None:
