@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
-from ingestd.db.stage import CopyFormat, copy_batch, copy_into_target
+from ingestd.db.stage import CopyFormat, copy_batch, copy_into_target, follow_target
 from ingestd.exceptions import FileError
 from ingestd.settings import Mode
 
@@ -26,6 +26,9 @@ async def apply_batch(
         rows = await copy_into_target(conn, target, payload, fmt)
         return rows, rows
     assert stage is not None  # noqa: S101 - upsert and merge always have a stage
+    # Before every batch: a target altered since the last one gets a new stage, and the
+    # merge statement is written for its types and keys as they are now.
+    target = await follow_target(conn, target, stage)
     rows = await copy_batch(conn, target, stage, payload, fmt)
     return rows, await merge_batch(conn, target, stage, mode)
 

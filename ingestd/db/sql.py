@@ -8,17 +8,31 @@ from dataclasses import dataclass
 
 from ingestd.identifiers import quote_ident, quote_qualified, validate_pg_type
 
-ORDINAL = "_ingestd_row"  # file-order row number carried through the stage table
+# File-order row number carried through the stage table. Its name lies outside the
+# identifier grammar every file column must match, so no column a file brings can clash.
+ORDINAL = "ingestd row"
+_ORDINAL = '"ingestd row"'
 
 
 @dataclass(frozen=True)
 class Target:
-    """A validated target table and the columns a file brings to it."""
+    """A validated target table and the columns a file brings to it.
+
+    The last three fields come from the catalog (stage.follow_target) before each staged
+    batch; their defaults are the cautious reading, used until the catalog has been read.
+    """
 
     schema: str | None
     table: str
     columns: tuple[str, ...]
     pk: tuple[str, ...]
+    # Columns whose type has no equality (json, xml, point...): compared by text form.
+    as_text: frozenset[str] = frozenset()
+    # Key columns that may hold NULL, where a NULL equals no other NULL (PostgreSQL's rule
+    # for a unique key); None: not read yet, every key column counts.
+    distinct_nulls: tuple[str, ...] | None = None
+    # Key columns that may hold NULL under a NULLS NOT DISTINCT unique index: NULL = NULL.
+    equal_nulls: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -64,12 +78,82 @@ WHERE a.attrelid = (
 ORDER BY a.attnum
 """
 
+# $1 target (quoted name), $2 the file's columns -> those PostgreSQL computes itself.
+GENERATED_COLUMNS = """
+SELECT a.attname::text AS name FROM pg_attribute a
+WHERE a.attrelid = $1::regclass AND a.attname = ANY ($2::text[]) AND a.attgenerated <> ''
+  AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
 # Columns of the unique indexes on the table: ON CONFLICT needs one matching the key.
 UNIQUE_KEYS = """
 SELECT array_agg(a.attname::text ORDER BY a.attname) AS cols
 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
 GROUP BY i.indexrelid
+"""
+
+
+# A type has a true equality when a default btree or hash operator class takes it (or a
+# type it is binary-coercible to), as PostgreSQL's own type cache decides; domains are
+# read as their base type and arrays as their element type. A composite counts as
+# having none: its = needs every field's. `leaf` is the type so resolved.
+_EQUALITY_CLASS = """
+    SELECT FROM pg_opclass c JOIN pg_am am ON am.oid = c.opcmethod
+    WHERE c.opcdefault AND am.amname IN ('btree', 'hash') AND c.opcintype = """
+_HAS_EQUALITY = f"""
+    leaf.typtype IN ('e', 'r', 'm') OR (leaf.typtype = 'b' AND (
+        EXISTS ({_EQUALITY_CLASS}leaf.typ)
+        OR EXISTS (SELECT FROM pg_cast k WHERE k.castsource = leaf.typ AND k.castmethod = 'b'
+                   AND k.castcontext = 'i' AND EXISTS ({_EQUALITY_CLASS}k.casttarget))))"""
+
+
+def follow_target(target: Target) -> str:
+    """What the staged merge needs to know of the target, read afresh before each batch.
+
+    $1 target (quoted name), $2 the file's columns, $3 the key, $4 the stage
+    (pg_temp.name). Returns whether the stage's column types still are the target's
+    (`current`), the columns to compare by text (`as_text`), the key columns that may hold
+    NULL (`nullable_key`) and whether a NULLS NOT DISTINCT unique index covers the key.
+    Naming the target in FROM holds a lock on it to the end of the batch, so its
+    definition cannot change between this read and the merge.
+    """
+    return f"""
+WITH RECURSIVE file_col AS (
+    SELECT a.attname::text AS col, a.atttypid, a.atttypmod, a.attcollation, a.attnotnull
+    FROM pg_attribute a
+    WHERE a.attrelid = $1::regclass AND a.attname = ANY ($2::text[])
+      AND a.attnum > 0 AND NOT a.attisdropped
+), walk (col, typ, typtype, depth) AS (
+    SELECT f.col, t.oid, t.typtype, 0 FROM file_col f JOIN pg_type t ON t.oid = f.atttypid
+  UNION ALL
+    SELECT w.col, t.oid, t.typtype, w.depth + 1
+    FROM walk w JOIN pg_type p ON p.oid = w.typ
+    JOIN pg_type t ON t.oid = CASE WHEN p.typtype = 'd' THEN p.typbasetype ELSE p.typelem END
+    WHERE w.depth < 8 AND (p.typtype = 'd' OR (p.typelem <> 0 AND p.typlen = -1))
+), leaf AS (
+    SELECT DISTINCT ON (col) col, typ, typtype FROM walk ORDER BY col, depth DESC
+), key_index AS (
+    -- indnullsnotdistinct is PostgreSQL 15+; read through jsonb, older servers lack it.
+    SELECT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) AS nnd
+    FROM pg_index i
+    WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+          = (SELECT array_agg(k ORDER BY k) FROM unnest($3::text[]) AS k)
+)
+SELECT
+    coalesce((SELECT count(*) = cardinality($2::text[]) AND bool_and(
+                  (s.atttypid, s.atttypmod, s.attcollation)
+                  = (f.atttypid, f.atttypmod, f.attcollation))
+              FROM file_col f JOIN pg_attribute s ON s.attrelid = to_regclass($4)
+                   AND s.attname = f.col AND NOT s.attisdropped), false) AS current,
+    ARRAY(SELECT col FROM leaf WHERE NOT ({_HAS_EQUALITY})) AS as_text,
+    ARRAY(SELECT col FROM file_col WHERE NOT attnotnull AND col = ANY ($3::text[]))
+        AS nullable_key,
+    coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct
+FROM (SELECT) AS one LEFT JOIN {target.qualified} AS held ON false
 """
 
 
@@ -92,10 +176,10 @@ def create_stage(target: Target, stage: str) -> list[str]:
     sequence = quote_ident(stage + "_seq")
     return [
         f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} ON COMMIT DELETE ROWS AS "
-        f"SELECT {_cols(target.columns)}, 0::bigint AS {quote_ident(ORDINAL)} "
+        f"SELECT {_cols(target.columns)}, 0::bigint AS {_ORDINAL} "
         f"FROM {target.qualified} WITH NO DATA",
         f"CREATE TEMP SEQUENCE IF NOT EXISTS {sequence}",
-        f"ALTER TABLE {quote_ident(stage)} ALTER COLUMN {quote_ident(ORDINAL)} "
+        f"ALTER TABLE {quote_ident(stage)} ALTER COLUMN {_ORDINAL} "
         f"SET DEFAULT nextval('pg_temp.{sequence}')",
     ]
 
@@ -108,20 +192,42 @@ def stage_columns(target: Target) -> list[str]:
 # --- merge from stage into target ----------------------------------------------------------
 
 
+def _key(target: Target, column: str, prefix: str = "") -> str:
+    # A key without equality can still be matched on its text form (MERGE needs no index).
+    name = prefix + quote_ident(column)
+    return f"{name}::text" if column in target.as_text else name
+
+
 def _last_per_key(target: Target, stage: str) -> str:
     # The last occurrence in file order wins; ordering by key also gives every
     # writer the same lock order, which keeps concurrent upserts from deadlocking.
-    pk = _cols(target.pk)
+    # DISTINCT ON takes NULLs as equal, but in a unique key a NULL equals no other NULL:
+    # a row whose key holds such a NULL is kept whatever the batch holds beside it.
+    keys = [_key(target, c) for c in target.pk]
+    nullable = target.pk if target.distinct_nulls is None else target.distinct_nulls
+    if nullable:
+        test = " OR ".join(f"{quote_ident(c)} IS NULL" for c in nullable)
+        keys.append(f"CASE WHEN {test} THEN {_ORDINAL} END")
+    pk = ", ".join(keys)
     return (
         f"SELECT DISTINCT ON ({pk}) {_cols(target.columns)} FROM {quote_ident(stage)} "
-        f"ORDER BY {pk}, {quote_ident(ORDINAL)} DESC"
+        f"ORDER BY {pk}, {_ORDINAL} DESC"
     )
 
 
 def _changed(target: Target, left: str, right: str) -> str:
-    # Rows whose values did not change are not rewritten: no dead tuples, no WAL.
+    # Rows whose values did not change are not rewritten: no dead tuples, no WAL. A type
+    # without equality (json, xml, point) is compared by its text form, which is exact;
+    # so is one whose = is not identity (box and circle compare areas).
     non_key = [c for c in target.columns if c not in target.pk]
-    return f"({_cols(non_key, left)}) IS DISTINCT FROM ({_cols(non_key, right)})"
+
+    def side(prefix: str) -> str:
+        return ", ".join(
+            f"{prefix}{quote_ident(c)}::text" if c in target.as_text else prefix + quote_ident(c)
+            for c in non_key
+        )
+
+    return f"({side(left)}) IS DISTINCT FROM ({side(right)})"
 
 
 def upsert(target: Target, stage: str) -> str:
@@ -137,11 +243,23 @@ def upsert(target: Target, stage: str) -> str:
     return head + f"DO UPDATE SET {sets} WHERE {_changed(target, 't.', 'EXCLUDED.')}"
 
 
+def _matches(target: Target) -> str:
+    def one(c: str) -> str:
+        same = f"{_key(target, c, 't.')} = {_key(target, c, 's.')}"
+        if c in target.equal_nulls:  # a NULLS NOT DISTINCT index: NULL matches NULL
+            same = f"({same} OR (t.{quote_ident(c)} IS NULL AND s.{quote_ident(c)} IS NULL))"
+        return same
+
+    return " AND ".join(one(c) for c in target.pk)
+
+
 def merge(target: Target, stage: str) -> str:
     """MERGE (PostgreSQL 15+): works without a unique index on the key."""
-    on = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
     non_key = [c for c in target.columns if c not in target.pk]
-    sql = f"MERGE INTO {target.qualified} AS t USING ({_last_per_key(target, stage)}) AS s ON {on} "
+    sql = (
+        f"MERGE INTO {target.qualified} AS t USING ({_last_per_key(target, stage)}) AS s "
+        f"ON {_matches(target)} "
+    )
     if non_key:
         sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in non_key)
         sql += f"WHEN MATCHED AND {_changed(target, 't.', 's.')} THEN UPDATE SET {sets} "
@@ -513,6 +631,11 @@ def insert_rejects(schema: str | None) -> str:
         "FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[]) AS r(n, raw, reason, state) "
         "ON CONFLICT (manifest_id, row_number) DO NOTHING"
     )
+
+
+def drop_stage(stage: str) -> str:
+    """Drop a stage whose column types no longer are the target's (it is made again)."""
+    return f"DROP TABLE IF EXISTS pg_temp.{quote_ident(stage)}"
 
 
 def truncate_stage(stage: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
+from ingestd.identifiers import quote_ident
 
 _COPY_PIECE_BYTES = 1 << 20
 
@@ -69,6 +70,41 @@ async def _copy(
         encoding=fmt.encoding,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def create_stage(conn: Connection, target: Target, stage: str) -> None:
+    """Make the stage table for a target layout on this connection, if it is missing."""
+    for statement in sql.create_stage(target, stage):
+        await conn.execute(statement)
+
+
+async def follow_target(conn: Connection, target: Target, stage: str) -> Target:
+    """Read the target's definition (inside the batch's transaction) and remake the stage if
+    the target's column types moved since it was made; returns the target with what the
+    merge must know (columns compared by text, how NULLs in the key compare).
+
+    A stage keeps the types it was made with; one left behind after ALTER TABLE would make
+    every later batch fail.
+    """
+    row = await conn.fetchrow(
+        sql.follow_target(target),
+        target.qualified,
+        list(target.columns),
+        list(target.pk),
+        f"pg_temp.{quote_ident(stage)}",
+    )
+    assert row is not None  # noqa: S101 - the query always returns one row
+    if not row["current"]:
+        await conn.execute(sql.drop_stage(stage))
+        await create_stage(conn, target, stage)
+    nullable = tuple(c for c in target.pk if c in row["nullable_key"])
+    equal = bool(row["nulls_not_distinct"])
+    return replace(
+        target,
+        as_text=frozenset(row["as_text"]),
+        distinct_nulls=() if equal else nullable,
+        equal_nulls=nullable if equal else (),
+    )
 
 
 async def truncate_stage(conn: Connection, stage: str) -> None:

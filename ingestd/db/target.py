@@ -5,6 +5,7 @@ from __future__ import annotations
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
+from ingestd.db.stage import create_stage
 from ingestd.exceptions import FileError
 
 
@@ -26,6 +27,13 @@ async def ensure_table_from_headers(
             f"(table has: {', '.join(columns)}); add them with ALTER TABLE, or select the "
             "file's columns with --headers"
         )
+    generated = await _generated(conn, target)
+    if generated:
+        raise FileError(
+            f"the file brings a value for {', '.join(generated)}, a generated column of table "
+            f"{target.label} that PostgreSQL computes itself: leave the column out of the file, "
+            "or select the file's other columns with --headers"
+        )
     return columns
 
 
@@ -40,6 +48,11 @@ async def _columns(conn: Connection, target: Target) -> dict[str, str]:
     return {r["name"]: r["type"] for r in rows}
 
 
+async def _generated(conn: Connection, target: Target) -> list[str]:
+    rows = await conn.fetch(sql.GENERATED_COLUMNS, target.qualified, list(target.columns))
+    return [r["name"] for r in rows]
+
+
 class SessionState:
     """What one worker's connection has set up: its stage tables, and the targets already
     checked. Forgotten with the connection (temp tables die with their session)."""
@@ -49,11 +62,13 @@ class SessionState:
         self._checked: set[tuple[str, tuple[str, ...], str]] = set()
 
     async def stage(self, conn: Connection, target: Target) -> str:
-        """Name of this connection's stage table for the target layout, created on first use."""
+        """Name of this connection's stage table for the target layout, created on first use.
+
+        Each batch checks it still fits the target (stage.follow_target).
+        """
         name = sql.stage_name(target)
         if name not in self._made:
-            for statement in sql.create_stage(target, name):
-                await conn.execute(statement)
+            await create_stage(conn, target, name)
             self._made.add(name)
         return name
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from ingestd.db import sql
 from ingestd.db.sql import ORDINAL, Target
-from ingestd.identifiers import InvalidIdentifierError
+from ingestd.identifiers import InvalidIdentifierError, validate_identifier
 
 T = Target(schema="sales", table="orders", columns=("id", "name", "amount"), pk=("id",))
 STAGE = sql.stage_name(T)
@@ -97,26 +98,39 @@ def test_create_table_needs_one_type_per_column() -> None:
 def test_create_stage() -> None:
     text, sequence, default = sql.create_stage(T, STAGE)
     assert text.startswith(f'CREATE TEMP TABLE IF NOT EXISTS "{STAGE}" ON COMMIT DELETE ROWS AS ')
-    assert f'SELECT "id", "name", "amount", 0::bigint AS "{ORDINAL}"' in text
+    assert 'SELECT "id", "name", "amount", 0::bigint AS "ingestd row"' in text
     assert text.endswith('FROM "sales"."orders" WITH NO DATA')
     # Rows COPYed without an ordinal (a file's raw bytes) are numbered in file order.
     assert sequence == f'CREATE TEMP SEQUENCE IF NOT EXISTS "{STAGE}_seq"'
     assert default == (
-        f'ALTER TABLE "{STAGE}" ALTER COLUMN "{ORDINAL}" '
+        f'ALTER TABLE "{STAGE}" ALTER COLUMN "ingestd row" '
         f"SET DEFAULT nextval('pg_temp.\"{STAGE}_seq\"')"
     )
+
+
+def test_the_ordinal_cannot_clash_with_a_file_column() -> None:
+    # A file column named like the old ordinal is just a column.
+    t = Target(None, "t", ("id", "_ingestd_row"), ("id",))
+    assert '"_ingestd_row", 0::bigint AS "ingestd row"' in sql.create_stage(t, "s")[0]
+    # The ordinal's name is outside the grammar every file column must match.
+    with pytest.raises(InvalidIdentifierError):
+        validate_identifier(ORDINAL)
 
 
 def test_stage_columns() -> None:
     assert sql.stage_columns(T) == ["id", "name", "amount", ORDINAL]
 
 
+# The key as the catalog describes it: NOT NULL (a primary key).
+PK = Target("sales", "orders", ("id", "name", "amount"), ("id",), distinct_nulls=())
+
+
 def test_upsert() -> None:
-    text = sql.upsert(T, STAGE)
+    text = sql.upsert(PK, STAGE)
     assert text.startswith('INSERT INTO "sales"."orders" AS t ("id", "name", "amount") ')
     # The last occurrence of a key in file order wins.
     assert f'SELECT DISTINCT ON ("id") "id", "name", "amount" FROM "{STAGE}"' in text
-    assert f'ORDER BY "id", "{ORDINAL}" DESC' in text
+    assert 'ORDER BY "id", "ingestd row" DESC' in text
     assert (
         'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name", "amount" = EXCLUDED."amount"'
         in text
@@ -128,12 +142,49 @@ def test_upsert() -> None:
     assert '"id" = EXCLUDED."id"' not in text
 
 
-def test_upsert_composite_key() -> None:
-    t = Target(None, "t", ("a", "b", "v"), ("a", "b"))
+def test_rows_with_a_null_key_are_never_folded() -> None:
+    # Until the catalog says otherwise, any key column may hold NULL, and NULL equals no
+    # other NULL in a unique key: such a row is its own group (its ordinal).
+    for target in (T, replace(PK, distinct_nulls=("id",))):
+        text = sql.upsert(target, STAGE)
+        nulls = 'CASE WHEN "id" IS NULL THEN "ingestd row" END'
+        assert f'SELECT DISTINCT ON ("id", {nulls}) ' in text
+        assert f'ORDER BY "id", {nulls}, "ingestd row" DESC' in text
+
+
+def test_upsert_composite_key_with_nullable_columns() -> None:
+    t = Target(None, "t", ("a", "b", "v"), ("a", "b"), distinct_nulls=("b",))
     text = sql.upsert(t, "s")
-    assert 'DISTINCT ON ("a", "b")' in text
-    assert 'ORDER BY "a", "b", "_ingestd_row" DESC' in text
+    nulls = 'CASE WHEN "b" IS NULL THEN "ingestd row" END'
+    assert f'DISTINCT ON ("a", "b", {nulls})' in text
+    assert f'ORDER BY "a", "b", {nulls}, "ingestd row" DESC' in text
     assert 'ON CONFLICT ("a", "b") DO UPDATE SET "v" = EXCLUDED."v" ' in text
+    both = replace(t, distinct_nulls=None)
+    assert 'CASE WHEN "a" IS NULL OR "b" IS NULL THEN' in sql.upsert(both, "s")
+
+
+def test_nulls_not_distinct_key_folds_nulls_and_merge_matches_them() -> None:
+    t = Target(None, "t", ("k", "v"), ("k",), distinct_nulls=(), equal_nulls=("k",))
+    assert 'DISTINCT ON ("k") ' in sql.upsert(t, "s")
+    assert 'ON (t."k" = s."k" OR (t."k" IS NULL AND s."k" IS NULL)) ' in sql.merge(t, "s")
+
+
+def test_types_without_equality_are_compared_by_text() -> None:
+    t = Target(None, "t", ("id", "doc", "p", "n"), ("id",), as_text=frozenset({"doc", "p"}))
+    assert sql.upsert(t, "s").endswith(
+        'WHERE (t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
+        '(EXCLUDED."doc"::text, EXCLUDED."p"::text, EXCLUDED."n")'
+    )
+    assert (
+        'WHEN MATCHED AND (t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
+        '(s."doc"::text, s."p"::text, s."n") THEN'
+    ) in sql.merge(t, "s")
+
+
+def test_merge_key_without_equality_matches_on_text() -> None:
+    t = Target(None, "t", ("p", "v"), ("p",), as_text=frozenset({"p"}), distinct_nulls=())
+    text = sql.merge(t, "s")
+    assert 'DISTINCT ON ("p"::text) ' in text and 'ON t."p"::text = s."p"::text ' in text
 
 
 def test_upsert_pk_only_table_does_nothing_on_conflict() -> None:
@@ -144,9 +195,9 @@ def test_upsert_pk_only_table_does_nothing_on_conflict() -> None:
 
 
 def test_merge() -> None:
-    text = sql.merge(T, STAGE)
+    text = sql.merge(PK, STAGE)
     assert text.startswith('MERGE INTO "sales"."orders" AS t USING (SELECT DISTINCT ON ("id")')
-    assert f'ORDER BY "id", "{ORDINAL}" DESC) AS s ON t."id" = s."id" ' in text
+    assert 'ORDER BY "id", "ingestd row" DESC) AS s ON t."id" = s."id" ' in text
     assert (
         'WHEN MATCHED AND (t."name", t."amount") IS DISTINCT FROM (s."name", s."amount") '
         'THEN UPDATE SET "name" = s."name", "amount" = s."amount" '
@@ -161,6 +212,14 @@ def test_merge_pk_only_only_inserts() -> None:
     text = sql.merge(Target(None, "keys", ("k",), ("k",)), "s")
     assert "WHEN MATCHED" not in text
     assert text.endswith('WHEN NOT MATCHED THEN INSERT ("k") VALUES (s."k")')
+
+
+def test_follow_target_names_the_target_only_quoted() -> None:
+    text = sql.follow_target(T)
+    assert 'LEFT JOIN "sales"."orders" AS held ON false' in text
+    assert unquoted_names(text) == set()
+    with pytest.raises(InvalidIdentifierError):
+        sql.follow_target(Target("s;", "t", ("id",), ("id",)))
 
 
 BAD_TARGETS = {
