@@ -193,6 +193,7 @@ class _Placement:
         self.folder = folder
         self.copy: Path | None = None  # the temporary copy, if links cannot be used
         self.created: list[Path] = []
+        self.renamed: Path | None = None  # src renamed to this (then src is gone)
 
     def put(self, dest: Path) -> None:
         if self.copy is None:
@@ -203,9 +204,27 @@ class _Placement:
             except OSError as exc:
                 if exc.errno not in _NO_LINK:
                     raise
+                # EPERM: protected_hardlinks refuses to link a file ingestd's user cannot
+                # read or write (an unreadable file that failed); a rename only needs the
+                # folders' permission, as before.
+                if exc.errno != errno.EXDEV and self._rename(dest):
+                    return
             self.copy = _copy_temp(self.src, self.folder)
         _link_new(self.copy, dest, copied=True)
         self.created.append(dest)
+
+    def _rename(self, dest: Path) -> bool:
+        """Rename src to dest on the same file system; False if it is another one."""
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dest))
+        try:
+            os.rename(self.src, dest)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        self.renamed = dest
+        return True
 
     def put_bytes(self, dest: Path, data: bytes) -> None:
         temp = _write_temp(self.folder, lambda fh: fh.write(data))
@@ -216,6 +235,9 @@ class _Placement:
         self.created.append(dest)
 
     def undo(self) -> None:
+        if self.renamed is not None:
+            os.rename(self.renamed, self.src)  # the only copy: put it back
+            self.renamed = None
         for path in reversed(self.created):
             path.unlink(missing_ok=True)
         self.created.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -394,39 +395,76 @@ def test_a_failed_file_across_file_systems_arrives_with_its_sidecar(tmp_path: Pa
     assert not src.exists()
 
 
-def test_a_done_folder_without_write_permission(tmp_path: Path) -> None:
-    """chmod only stops a user that is not root: the move runs as nobody."""
+def _as_nobody(base: Path, code: str) -> str:
+    """Run python code as the user nobody in `base` (made for it); its stdout."""
     import shutil
     import subprocess
     import sys
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the move as another user")
-    base = Path(f"/tmp/ingestd-perm-{os.getpid()}")  # noqa: S108 - nobody cannot enter tmp_path
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", "from pathlib import Path, PurePosixPath\n"
+         "from ingestd import archive\n" + code],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(archive.__file__).parents[1],
+    )  # fmt: skip
+    if "No module named" in done.stderr or "Permission denied: '" in done.stderr:
+        pytest.skip(f"nobody cannot run this checkout's python: {done.stderr[-200:]}")
+    assert not done.stderr, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def nobody_base() -> Iterator[Path]:
+    """A folder outside tmp_path (which nobody cannot enter), owned by nobody."""
+    import shutil
+
+    base = Path(f"/tmp/ingestd-perm-{os.getpid()}")  # noqa: S108 - see the docstring
+    base.mkdir(mode=0o755)
+    os.chown(base, 65534, 65534)
     try:
-        base.mkdir(mode=0o755)
-        src = touch(base / "inbox" / "a.csv")
-        (base / "done").mkdir()
-        for p in (base, base / "inbox", src, base / "done"):
-            os.chown(p, 65534, 65534)
-        (base / "done").chmod(0o555)
-        code = (
-            "import sys; from pathlib import Path, PurePosixPath; from ingestd import archive\n"
-            "try:\n"
-            f"    archive.to_done(Path('{src}'), Path('{base}/done'), PurePosixPath('a.csv'))\n"
-            "except OSError as e:\n"
-            "    print(archive.reason_of(e))\n"
-        )
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=60, check=False,
-            cwd=Path(archive.__file__).parents[1],
-        )  # fmt: skip
-        if "No module named" in done.stderr or "Permission denied" in done.stderr:
-            pytest.skip(f"nobody cannot run this checkout's python: {done.stderr[-200:]}")
-        assert done.stdout.strip() == "permission", done.stderr
-        assert src.exists()
-        assert list((base / "done").iterdir()) == []
+        yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _nobody_dirs(base: Path, *names: str) -> None:
+    for name in names:
+        (base / name).mkdir()
+        os.chown(base / name, 65534, 65534)
+
+
+def test_a_done_folder_without_write_permission(nobody_base: Path) -> None:
+    """chmod only stops a user that is not root: the move runs as nobody."""
+    _nobody_dirs(nobody_base, "inbox", "done")
+    src = touch(nobody_base / "inbox" / "a.csv")
+    os.chown(src, 65534, 65534)
+    (nobody_base / "done").chmod(0o555)
+    code = (
+        "try:\n"
+        f"    archive.to_done(Path('{src}'), Path('{nobody_base}/done'), PurePosixPath('a.csv'))\n"
+        "except OSError as e:\n"
+        "    print(archive.reason_of(e))\n"
+    )
+    assert _as_nobody(nobody_base, code) == "permission"
+    assert src.exists()
+    assert list((nobody_base / "done").iterdir()) == []
+
+
+def test_a_file_the_user_cannot_read_still_moves_to_failed(nobody_base: Path) -> None:
+    """protected_hardlinks refuses to link it; a rename needs only the folders."""
+    _nobody_dirs(nobody_base, "inbox", "failed")
+    src = touch(nobody_base / "inbox" / "secret.csv", "id\n1\n")
+    src.chmod(0o600)  # root's, unreadable to nobody
+    code = (
+        f"d = archive.to_failed(Path('{src}'), Path('{nobody_base}/failed'), "
+        "PurePosixPath('secret.csv'), {'reason': 'cannot read file'})\n"
+        "print(d.name)\n"
+    )
+    assert _as_nobody(nobody_base, code) == "secret.csv"
+    assert not src.exists()
+    failed = nobody_base / "failed"
+    assert sorted(p.name for p in failed.iterdir()) == ["secret.csv", "secret.csv.error.json"]
+    assert (failed / "secret.csv").stat().st_uid == 0  # the same file, moved
