@@ -34,8 +34,9 @@ def check_header(
 def _rename_advice(file_type: str) -> str:
     if file_type == "parquet":
         return (
-            "Rename the column where the file is written, or load the other columns only "
-            "with --headers a,b,c"
+            "Rename the column where the file is written, name every column yourself in "
+            "file order with --no-header --headers a,b,c, or load only the other columns "
+            "with --headers a,b"
         )
     return (
         "Rename the column in the file, or load it with "

@@ -35,6 +35,7 @@ class _Column:
     pg_type: str  # under --preserve-types
     convert: Converter
     checked: bool  # whose values can be refused, so they are read once before loading
+    source: str  # its name in the file (another one under --no-header --headers)
 
 
 def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
@@ -47,12 +48,16 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
         page_checksum_verification=True,
     )
     schema = pf.schema_arrow
-    names = list(schema.names)
-    check_header(names, path, "parquet", contract.headers)
+    source = _source_names(list(schema.names), contract)
+    names = list(source)
+    if contract.csv.header:
+        check_header(names, path, "parquet", contract.headers)
     columns, missing = select_columns(names, contract)
     types = dict(contract.types)
     plan = {
-        c: _plan(pf, schema.field(c).type, c, types.get(c)) for c in columns if c not in missing
+        c: _plan(pf, schema.field(source[c]).type, c, source[c], types.get(c))
+        for c in columns
+        if c not in missing
     }
     if contract.preserve_types:
         pg_types = tuple(
@@ -72,16 +77,32 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
 
 
+def _source_names(names: list[str], contract: Contract) -> dict[str, str]:
+    """Each column's load name -> its name in the file.
+
+    With --no-header --headers a,b,c the user names the file's columns in file order, as
+    for a CSV file without a header row: the way to load names that are not identifiers.
+    """
+    if contract.csv.header or not contract.headers:
+        return {n: n for n in names}
+    if len(contract.headers) != len(names):
+        raise FileError(
+            f"--headers names {len(contract.headers)} columns and the file has {len(names)} "
+            f"({', '.join(names[:30])}): without a header, name every column in file order"
+        )
+    return dict(zip(contract.headers, names, strict=True))
+
+
 def _plan(
-    pf: pq.ParquetFile, arrow_type: pa.DataType, column: str, declared: str | None
+    pf: pq.ParquetFile, arrow_type: pa.DataType, column: str, source: str, declared: str | None
 ) -> _Column:
     pg_type = pg_type_of(arrow_type, column)  # refuses nested and unknown types up front
     # Bytes the file does not mark as UTF-8 (Impala and Hive write strings so) stay bytes,
     # unless the contract gives the column a type that is not bytea: then they are text.
     as_text = declared is not None and declared.split("(")[0].strip() not in _BYTES_TYPES
-    as_text = as_text or _logical_type(pf, column) == "ENUM"  # ENUM is UTF-8 by definition
+    as_text = as_text or _logical_type(pf, source) == "ENUM"  # ENUM is UTF-8 by definition
     convert, checked = converter_for(arrow_type, column, decode_binary=as_text)
-    return _Column(column, arrow_type, pg_type, convert, checked)
+    return _Column(column, arrow_type, pg_type, convert, checked, source)
 
 
 def _leaf(pf: pq.ParquetFile, column: str) -> int | None:
@@ -103,7 +124,7 @@ _STORED_UNIT = {"ms": "milliseconds", "us": "microseconds"}
 def _cleared(pf: pq.ParquetFile, column: _Column) -> bool:
     """True if every row group's statistics show the column's values are all in range."""
     span = range_only(column.arrow_type)
-    index = _leaf(pf, column.name)
+    index = _leaf(pf, column.source)
     if span is None or index is None:
         return False
     unit = _STORED_UNIT.get(getattr(column.arrow_type, "unit", ""), "Date")
@@ -121,15 +142,16 @@ def _converted(
 ) -> Iterator[pa.RecordBatch]:
     """The file's batches, row group by row group, each value made COPY-ready."""
     row = 0
+    sources = [plan[c].source for c in columns]
     for group in range(pf.num_row_groups):
         try:
             for batch in pf.iter_batches(
-                batch_size=chunk_size, row_groups=[group], columns=columns, use_threads=False
+                batch_size=chunk_size, row_groups=[group], columns=sources, use_threads=False
             ):
                 arrays = []
                 for name in columns:
                     try:
-                        arrays.append(plan[name].convert(batch.column(name)))
+                        arrays.append(plan[name].convert(batch.column(plan[name].source)))
                     except BadValueError as exc:
                         at = row + exc.index + 1
                         raise FileError(
@@ -138,17 +160,17 @@ def _converted(
                 row += batch.num_rows
                 yield pa.RecordBatch.from_arrays(arrays, names=columns)
         except (pa.ArrowException, OSError) as exc:
-            raise _damaged(pf, group, columns, exc) from None
+            raise _damaged(pf, group, [plan[c] for c in columns], exc) from None
 
 
-def _damaged(pf: pq.ParquetFile, group: int, columns: list[str], exc: Exception) -> FileError:
+def _damaged(pf: pq.ParquetFile, group: int, columns: list[_Column], exc: Exception) -> FileError:
     """Name the column a read failed in: each is read alone from the failing row group."""
     culprit = None
-    for name in columns:
+    for column in columns:
         try:
-            pf.read_row_group(group, columns=[name], use_threads=False)
+            pf.read_row_group(group, columns=[column.source], use_threads=False)
         except (pa.ArrowException, OSError):
-            culprit = name
+            culprit = column.name
             break
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"row group {group}" + (f", column {culprit}" if culprit else "")

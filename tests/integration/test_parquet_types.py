@@ -335,7 +335,16 @@ def test_parquet_column_that_is_not_an_identifier(cli: Any, db: Db, tmp_path: Pa
     assert _load(cli, path, "t").code == 1
     [m] = db.manifest()
     assert "column 'First Name' is not allowed" in m["notes"]
-    assert "--no-header" not in m["notes"]  # CSV advice; a Parquet file has no header row
-    # The advice works: the other columns load.
+    assert "Rename the column where the file is written" in m["notes"]  # not the CSV advice
+    # The advice works: the other columns load, or every column under a name of one's own.
     assert _load(cli, path, "u", "--headers", "id,age").code == 0
     assert db.fetch("SELECT id, age FROM u") == [{"id": "1", "age": "36"}]
+    named = _load(cli, path, "w", "--no-header", "--headers", "id,first_name,age")
+    assert named.code == 0, named.err
+    assert db.fetch("SELECT * FROM w") == [{"id": "1", "first_name": "Ada", "age": "36"}]
+    wrong = _load(cli, path, "x", "--no-header", "--headers", "id,first_name")
+    assert wrong.code == 1
+    assert (
+        "--headers names 2 columns and the file has 3 (id, First Name, age)"
+        in (db.manifest()[-1]["notes"])
+    )

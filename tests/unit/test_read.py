@@ -602,7 +602,8 @@ def test_parquet_name_outside_the_contract_columns_is_not_checked(tmp_path: Path
     path = write_parquet(tmp_path / "n.parquet", pa.table({"id": [1], "First Name": ["x"]}))
     with pytest.raises(FileError, match="Rename the column where the file is written") as info:
         open_reader(path, contract(), 10)
-    assert "--no-header" not in str(info.value) and info.value.row is None
+    assert "in the file, or load it with" not in str(info.value)  # the CSV advice
+    assert info.value.row is None  # a Parquet file has no header row
     assert read_rows(path, contract(headers=("id",))) == [{"id": 1}]
 
 
@@ -611,3 +612,12 @@ def test_binary_typed_as_text_by_the_contract_is_decoded(tmp_path: Path) -> None
     assert read_rows(path) == [{"s": "\\x30"}, {"s": None}]
     assert read_rows(path, contract(types=(("s", "text"),))) == [{"s": "0"}, {"s": None}]
     assert read_rows(path, contract(types=(("s", "bytea"),))) == [{"s": "\\x30"}, {"s": None}]
+
+
+def test_parquet_columns_named_in_file_order_without_a_header(tmp_path: Path) -> None:
+    table = pa.table({"First Name": ["Ada"], "n": [1]})
+    path = write_parquet(tmp_path / "n.parquet", table)
+    c = contract(headers=("first_name", "n"), csv=CsvOptions(header=False))
+    assert read_rows(path, c) == [{"first_name": "Ada", "n": 1}]
+    with pytest.raises(FileError, match="names 1 columns and the file has 2"):
+        open_reader(path, contract(headers=("a",), csv=CsvOptions(header=False)), 10)
