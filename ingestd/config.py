@@ -179,6 +179,7 @@ def resolve(
         ),
     )
     _check_sources(settings)
+    check_no_loop(settings)
     return settings
 
 
@@ -224,6 +225,31 @@ def _check_sources(settings: Settings) -> None:
     if not settings.files and settings.inbox is not None and not settings.inbox.is_dir():
         if settings.once:
             raise UsageError(f"inbox {settings.inbox} does not exist or is not a directory")
+
+
+def check_no_loop(settings: Settings) -> None:
+    """Refuse a done/ or failed/ directory that is the inbox or inside it, or an inbox inside
+    one of them: archived files would be discovered and loaded again (symlinks resolved)."""
+    inbox = settings.inbox
+    if inbox is None or settings.files or settings.keep_files:
+        return  # nothing is moved anywhere
+    inbox_real = inbox.resolve()
+    for key, folder in (("done_dir", settings.done_path), ("failed_dir", settings.failed_path)):
+        if folder is None:
+            continue
+        real = folder.resolve()
+        if real == inbox_real:
+            where = f"{key} {folder} is the inbox {inbox}"
+        elif real.is_relative_to(inbox_real):
+            where = f"{key} {folder} is inside the inbox {inbox}"
+        elif inbox_real.is_relative_to(real):
+            where = f"the inbox {inbox} is inside {key} {folder}"
+        else:
+            continue
+        raise UsageError(
+            f"{where}: files moved there would be found and loaded again; "
+            f"put {key} outside the inbox (default: beside it)"
+        )
 
 
 def _contracts(flags: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Contract, ...]:

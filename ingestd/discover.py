@@ -22,21 +22,20 @@ def scan(
     inbox: Path,
     skip_dirs: tuple[Path, ...] = (),
     on_refused: Callable[[Path, str], None] | None = None,
+    on_unreadable: Callable[[Path, str], None] | None = None,
 ) -> Iterator[Path]:
     """Every regular, non-ignored file under the inbox (subfolders too), in name order.
 
     Symlinks, FIFOs, sockets and devices are skipped without being opened, so a FIFO
-    can never block the scan.
+    can never block the scan. A folder that cannot be listed is reported to
+    `on_unreadable` with the reason; one that vanished meanwhile is not. Names that are
+    not UTF-8 come back exact (os.scandir's surrogateescape).
     """
     skip = {p.resolve() for p in skip_dirs}
     stack = [inbox]
     while stack:
         folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue  # vanished or unreadable: the next scan will tell
-        for entry in entries:
+        for entry in _listing(folder, on_unreadable):
             if is_ignored(entry.name):
                 continue
             if entry.is_symlink():
@@ -49,6 +48,20 @@ def scan(
                 yield Path(entry.path)
             elif on_refused is not None:
                 on_refused(Path(entry.path), "not a regular file (FIFO, socket or device)")
+
+
+def _listing(
+    folder: Path, on_unreadable: Callable[[Path, str], None] | None
+) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # vanished since its parent was listed: nothing there to load
+    except OSError as exc:
+        if on_unreadable is not None:
+            on_unreadable(folder, exc.strerror or str(exc))
+        return []
 
 
 def relative_name(path: Path, inbox: Path | None) -> PurePosixPath:
@@ -98,27 +111,42 @@ def being_written(path: Path) -> bool:
 
 
 class Settler:
-    """Files seen in the inbox, offered only once their size and mtime hold still for settle_s."""
+    """Files seen in the inbox, offered only once their size and mtime hold still for settle_s.
 
-    def __init__(self, settle_s: float, clock: Callable[[], float] = time.monotonic):
+    A file that leaves before it settles (taken by another instance, renamed by its
+    uploader) is forgotten and reported to `on_gone`, so that nothing counts it as waiting.
+    """
+
+    def __init__(
+        self,
+        settle_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_gone: Callable[[Path], None] | None = None,
+        on_unreadable: Callable[[Path, str], None] | None = None,
+    ):
         self._settle_s = settle_s
         self._clock = clock
         self._seen: dict[Path, tuple[tuple[int, int], float]] = {}
+        self._on_gone = on_gone
+        self._on_unreadable = on_unreadable
 
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, path: object) -> bool:
+        return path in self._seen
+
     def note(self, path: Path) -> None:
         """Remember a file (or every file under a new folder) to check later."""
         if path.is_dir() and not path.is_symlink():
-            for child in scan(path):
+            for child in scan(path, on_unreadable=self._on_unreadable):
                 self.note(child)
             return
         if is_ignored(path.name):
             return
         now = identity(path)
         if now is None:
-            self._seen.pop(path, None)
+            self._forget(path)
         elif path not in self._seen or self._seen[path][0] != now:
             self._seen[path] = (now, self._clock())
 
@@ -134,10 +162,15 @@ class Settler:
         for path, (seen, since) in list(self._seen.items()):
             now = identity(path)
             if now is None:
-                del self._seen[path]
+                self._forget(path)
             elif now != seen:
                 self._seen[path] = (now, self._clock())
             elif self._quiet(now, since) and not being_written(path):
                 del self._seen[path]
                 ready.append(path)
         return ready
+
+    def _forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
+        if self._on_gone is not None:
+            self._on_gone(path)

@@ -81,11 +81,21 @@ class Metrics:
         )
         self.oldest_waiting = Gauge(
             "ingest_oldest_waiting_file_age_seconds",
-            "Age of the oldest file seen in the inbox and not yet finished.",
+            "Age of the oldest file still in the inbox and not yet finished (0: none waits).",
             registry=r,
         )
         self.ready = Gauge(
             "ingest_ready", "1 when the database is reachable and discovery runs.", registry=r
+        )
+        self.unreadable_folders = Gauge(
+            "ingest_inbox_unreadable_folders",
+            "Folders under the inbox that could not be listed at the last scan (their files wait).",
+            registry=r,
+        )
+        self.watcher_restarts = Counter(
+            "ingest_watcher_restarts",
+            "Times the inbox watcher stopped on an error and was started again.",
+            registry=r,
         )
         self.last_success = Gauge(
             "ingest_last_success_timestamp_seconds",

@@ -6,18 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-
-from watchfiles import Change, awatch
 
 from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.connection import Pool
 from ingestd.db.errors import translate
 from ingestd.db.manifest import FileVersion, Manifest
-from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
-from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError
+from ingestd.discover import Settler, identity, relative_name, scan
+from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
 from ingestd.names import manifest_name
@@ -25,6 +23,7 @@ from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
+from ingestd.watcher import InboxWatcher, inbox_problem
 from ingestd.worker import FileResult, Results, WorkQueue
 
 log = logging.getLogger("ingestd.scanner")
@@ -56,14 +55,23 @@ class Scanner:
         self.waiting: dict[str, float] = {}  # name -> when first seen (monotonic)
         self.in_hand: set[str] = set()  # queued or being loaded: never offered twice
         self._refused: set[Path] = set()  # logged once, not at every rescan
+        self._offering: set[str] = set()  # between settled and queued (or finished)
+        self._unreadable: dict[Path, str] = {}  # inbox folders that cannot be listed: why
+        self._watcher: InboxWatcher | None = None
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
         # Finished files whose move out of the inbox failed: never offered again, retried.
         self.archives = archive.Backlog(metrics.archive_errors)
         metrics.archive_pending.set_function(lambda: len(self.archives))
 
+    @property
+    def inbox_ok(self) -> bool:
+        """False while the daemon's inbox is missing or cannot be listed (not ready)."""
+        return self._watcher is None or self._watcher.ok
+
     def oldest_waiting(self) -> float | None:
-        """Monotonic time the oldest unfinished file was first seen."""
+        """Monotonic time the oldest file still waiting (in the inbox, not finished) was
+        first seen; None when nothing waits."""
         return min(self.waiting.values(), default=None)
 
     def finished(self, result: FileResult) -> None:
@@ -79,7 +87,36 @@ class Scanner:
         if s.files:
             return s.files
         assert s.inbox is not None  # noqa: S101 - settings guarantee one source
-        return scan(s.inbox, self._archive_dirs(), self._refuse)
+        return self._scan_inbox(s.inbox)
+
+    def _scan_inbox(self, inbox: Path) -> Iterator[Path]:
+        # One full pass also tells which folders could not be listed, and which can again.
+        seen: set[Path] = set()
+
+        def unreadable(folder: Path, reason: str) -> None:
+            seen.add(folder)
+            self._unreadable_folder(folder, reason)
+
+        yield from scan(inbox, self._archive_dirs(), self._refuse, unreadable)
+        for folder in set(self._unreadable) - seen:
+            del self._unreadable[folder]
+            if folder.is_dir():
+                log.info("folder_readable", extra={"folder": str(folder)})
+        self._metrics.unreadable_folders.set(len(self._unreadable))
+
+    def _unreadable_folder(self, folder: Path, reason: str) -> None:
+        if self._unreadable.get(folder) != reason:
+            self._unreadable[folder] = reason
+            self._metrics.unreadable_folders.set(len(self._unreadable))
+            log.warning(
+                "folder_unreadable",
+                extra={
+                    "folder": str(folder),
+                    "reason": reason,
+                    "action": "its files are not loaded until ingestd may list it "
+                    "(check the folder's owner and mode)",
+                },
+            )
 
     def _refuse(self, path: Path, reason: str) -> None:
         if path not in self._refused:
@@ -88,6 +125,11 @@ class Scanner:
 
     async def scan_once(self) -> None:
         """Offer every candidate present now (--once); gives up if the database stays away."""
+        inbox = self.settings.inbox
+        if not self.settings.files and inbox is not None:
+            problem = inbox_problem(inbox)[1]
+            if problem is not None:
+                raise UsageError(f"cannot use the inbox {inbox}: {problem}")
         for path in self.candidates():
             failures = 0
             while not await self._try_offer(path):
@@ -100,19 +142,28 @@ class Scanner:
                 await self._backoff.sleep(self._backoff.delay(failures - 1))
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Daemon discovery until `stop`: files already there first, then what arrives."""
-        settler = Settler(self.settings.settle_s)
-        for path in self.candidates():
-            self._note(settler, path)
-        events = asyncio.create_task(self._events(settler, stop), name="ingestd-watch")
+        """Daemon discovery until `stop`: files already there first, then what arrives.
+
+        Nothing the file system does stops it: the watcher is restarted after any error
+        (then a rescan finds what it missed), and a missing inbox only makes it wait."""
+        inbox = self.settings.inbox
+        assert inbox is not None  # noqa: S101 - the daemon always has an inbox
+        settler = Settler(
+            self.settings.settle_s, on_gone=self._gone, on_unreadable=self._unreadable_folder
+        )
+        watcher = InboxWatcher(
+            inbox, self._archive_dirs(), lambda path: self._note(settler, path), self._metrics
+        )
+        self._watcher = watcher
+        watcher.poll()
+        if watcher.ok:
+            self._rescan(settler)
         tick_s = min(0.05, self.settings.settle_s / 4) or 0.01
         last_rescan = time.monotonic()
         failures = 0
         try:
             while not stop.is_set():
-                if events.done():
-                    events.result()
-                    raise RuntimeError("the inbox watcher stopped")
+                watcher.poll()
                 for path in settler.settled():
                     if stop.is_set():
                         break
@@ -126,42 +177,35 @@ class Scanner:
                 # Full rescans catch what the watcher cannot see (NFS, overflowed inotify),
                 # and files whose lease ran out at a dead instance.
                 await self.archives.retry_due()
-                if time.monotonic() - last_rescan > self.settings.rescan_s:
+                overdue = time.monotonic() - last_rescan > self.settings.rescan_s
+                if watcher.ok and (watcher.rescan_due() or overdue):
                     last_rescan = time.monotonic()
-                    for path in self.candidates():
-                        self._note(settler, path)
+                    self._rescan(settler)
                 await _sleep_or_stop(stop, tick_s)
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+            await watcher.close()
 
-    def _note(self, settler: Settler, path: Path) -> None:
+    def _rescan(self, settler: Settler) -> None:
+        present = {self._note(settler, path) for path in self.candidates()}
+        # A file seen once and gone since (taken by another instance, renamed by its
+        # uploader) waits no more, whichever way it left.
+        for key in list(self.waiting):
+            if key not in present and key not in self.in_hand and key not in self._offering:
+                del self.waiting[key]
+
+    def _note(self, settler: Settler, path: Path) -> str:
         name = str(relative_name(path, self.settings.inbox))
         if name not in self.in_hand and not self.archives.holds(name, identity(path)):
             settler.note(path)
-            if identity(path) is not None:
+            if path in settler:
                 self.waiting.setdefault(name, time.monotonic())
+        return name
 
-    async def _events(self, settler: Settler, stop: asyncio.Event) -> None:
-        inbox = self.settings.inbox
-        assert inbox is not None  # noqa: S101 - the daemon always has an inbox
-        skip = [str(p.resolve()) for p in self._archive_dirs()]
-
-        def wanted(change: Change, path: str) -> bool:
-            name = path.rsplit("/", 1)[-1]
-            return (
-                change != Change.deleted
-                and not is_ignored(name)
-                and not path.startswith(tuple(skip))
-            )
-
-        async for changes in awatch(
-            inbox, watch_filter=wanted, debounce=200, step=20, stop_event=stop,
-            recursive=True, ignore_permission_denied=True,
-        ):  # fmt: skip
-            for _, path in changes:
-                self._note(settler, Path(path))
+    def _gone(self, path: Path) -> None:
+        """The settler lost sight of a file before offering it: it waits no more."""
+        name = str(relative_name(path, self.settings.inbox))
+        if name not in self.in_hand and name not in self._offering:
+            self.waiting.pop(name, None)
 
     def _archive_dirs(self) -> tuple[Path, ...]:
         s = self.settings
@@ -191,19 +235,32 @@ class Scanner:
 
     async def offer(self, path: Path) -> None:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
+        key = str(relative_name(path, None if self.settings.files else self.settings.inbox))
+        if key in self._offering:
+            return
+        self._offering.add(key)
+        try:
+            await self._offer(path)
+        finally:
+            self._offering.discard(key)
+
+    async def _offer(self, path: Path) -> None:
         s = self.settings
         name = relative_name(path, None if s.files else s.inbox)
+        key = str(name)
         if not s.files and name.is_absolute():
             # Resolves outside the inbox: reached through a symlinked folder. Never read it.
+            self.waiting.pop(key, None)
             self._refuse(path, "outside the inbox (through a symbolic link)")
             return
-        key = str(name)
         if key in self.in_hand:
             return
         before = identity(path)
         if before is None:
+            self.waiting.pop(key, None)
             return  # gone, or not a regular file any more
         if self.archives.holds(key, before):
+            self.waiting.pop(key, None)
             return  # finished already; only its move waits (retried with backoff)
         self.waiting.setdefault(key, time.monotonic())
         with bound(file=manifest_name(key)):

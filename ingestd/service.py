@@ -107,9 +107,14 @@ class Service:
         log.info("config_reloaded", extra={"contracts": [c.name for c in settings.contracts]})
 
     def is_ready(self) -> bool:
-        """Database reachable and discovery running."""
+        """Database reachable, the inbox there, and discovery running."""
         scanner = self._scanner
-        return scanner is not None and scanner.db_ok and not self.stop_event.is_set()
+        return (
+            scanner is not None
+            and scanner.db_ok
+            and scanner.inbox_ok
+            and not self.stop_event.is_set()
+        )
 
     async def run(self) -> RunReport:
         """Run until the inbox is drained (--once) or a stop is requested (daemon)."""

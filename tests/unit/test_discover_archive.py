@@ -7,11 +7,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
 from ingestd import archive
-from ingestd.discover import identity, is_ignored, relative_name, scan
+from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
 
 
 def touch(path: Path, text: str = "id\n1\n") -> Path:
@@ -113,6 +114,49 @@ def test_scan_order_within_a_folder_is_stable(tmp_path: Path) -> None:
     first = list(scan(tmp_path))
     assert first == list(scan(tmp_path))
     assert len(first) == 3
+
+
+def test_scan_keeps_names_that_are_not_utf8_exact(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.csv"
+    with open(raw, "wb") as fh:
+        fh.write(b"id\n1\n")
+    os.mkdir(os.fsencode(tmp_path) + b"/d\xe9")
+    with open(os.fsencode(tmp_path) + b"/d\xe9/x.csv", "wb") as fh:
+        fh.write(b"id\n1\n")
+    found = [os.fsencode(p) for p in scan(tmp_path)]
+    assert sorted(found) == sorted([raw, os.fsencode(tmp_path) + b"/d\xe9/x.csv"])
+
+
+def test_scan_reports_a_folder_it_cannot_list_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    touch(tmp_path / "open" / "a.csv")
+    touch(tmp_path / "locked" / "b.csv")
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        # chmod 000 does not stop root: the refusal is what the kernel says to others.
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    reported: list[tuple[Path, str]] = []
+    assert names(tmp_path) == ["open/a.csv"]
+    found = list(scan(tmp_path, on_unreadable=lambda f, why: reported.append((f, why))))
+    assert found == [tmp_path / "open" / "a.csv"]
+    assert reported == [(tmp_path / "locked", "Permission denied")]
+
+
+def test_settler_reports_a_file_that_leaves_before_it_settles(tmp_path: Path) -> None:
+    gone: list[Path] = []
+    settler = Settler(60.0, on_gone=gone.append)
+    f = touch(tmp_path / "x.csv.uploading")
+    settler.note(f)
+    assert f in settler
+    os.rename(f, tmp_path / "x.csv")
+    assert settler.settled() == []
+    assert f not in settler and gone == [f]
 
 
 # --- relative_name and identity -----------------------------------------------------------

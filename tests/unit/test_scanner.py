@@ -51,3 +51,58 @@ async def test_a_file_moved_away_before_its_checksum_is_not_a_failure(
     assert results.files == [] and queue.empty()
     assert scanner.waiting == {} and scanner.in_hand == set()
     assert not (tmp_path / "failed").exists()
+
+
+def _scanner(inbox: Path) -> Scanner:
+    settings = Settings(contracts=(Contract(name="c", pattern="*.csv", table="t"),), inbox=inbox)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    return Scanner(
+        settings,
+        None,  # type: ignore[arg-type]  # no pool: touching the database would be the bug
+        Manifest(None, "m"),
+        queue,
+        Results(),
+        Metrics(),
+        "r",
+        Backoff(),
+    )
+
+
+def test_a_file_that_leaves_before_it_is_offered_waits_no_more(tmp_path: Path) -> None:
+    """The oldest-waiting gauge climbed for ever once such a file had been seen."""
+    from ingestd.discover import Settler
+
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    scanner = _scanner(inbox)
+    settler = Settler(60.0, on_gone=scanner._gone)
+    upload = inbox / "x.csv.uploading"
+    upload.write_text("id\n1\n")
+    stays = inbox / "sub" / "y.csv"
+    stays.write_text("id\n2\n")
+    scanner._rescan(settler)
+    assert set(scanner.waiting) == {"x.csv.uploading", "sub/y.csv"}
+    assert scanner.oldest_waiting() is not None
+
+    os.rename(upload, tmp_path / "taken.csv")  # its uploader (or another instance) took it
+    assert settler.settled() == []
+    assert set(scanner.waiting) == {"sub/y.csv"}
+
+    # Whatever way a file leaves, the next full scan drops it too.
+    scanner.waiting["ghost.csv"] = 0.0
+    stays.unlink()
+    scanner._rescan(settler)
+    assert scanner.waiting == {} and scanner.oldest_waiting() is None
+
+
+def test_a_name_seen_but_never_tracked_is_not_waiting(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    scanner = _scanner(inbox)
+    from ingestd.discover import Settler
+
+    settler = Settler(60.0, on_gone=scanner._gone)
+    (inbox / ".hidden.csv.tmp").write_text("id\n1\n")
+    scanner._note(settler, inbox / ".hidden.csv.tmp")  # an event for an ignored name
+    scanner._note(settler, inbox / "absent.csv")
+    assert scanner.waiting == {}

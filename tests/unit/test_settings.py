@@ -453,3 +453,61 @@ def test_pattern_with_dotdot_in_config(tmp_path: Path, inbox: Path) -> None:
     path.write_text('[[contracts]]\ntable = "t"\nmode = "append"\npattern = "a/../../b/*.csv"\n')
     with pytest.raises(UsageError, match="relative glob inside the inbox"):
         resolve({"inbox": str(inbox)}, NO_ENV, load_config(path), path)
+
+
+# --- settings that would loop -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("done", "failed", "fragment"),
+    [
+        ("inbox", None, "done_dir {d}/inbox is the inbox"),
+        ("inbox/done", None, "done_dir {d}/inbox/done is inside the inbox"),
+        (None, "inbox/sub/failed", "failed_dir {d}/inbox/sub/failed is inside the inbox"),
+        (".", None, "the inbox {d}/inbox is inside done_dir {d}: files"),
+        (None, ".", "the inbox {d}/inbox is inside failed_dir"),
+    ],
+)
+def test_archive_folders_that_would_loop_are_refused(
+    tmp_path: Path, inbox: Path, done: str | None, failed: str | None, fragment: str
+) -> None:
+    """Files moved there would be found again and reloaded on every rescan."""
+    flags = {
+        "done_dir": done and str(tmp_path / done),
+        "failed_dir": failed and str(tmp_path / failed),
+    }
+    with pytest.raises(UsageError, match="would be found and loaded again") as err:
+        single(inbox, **flags)
+    assert fragment.format(d=tmp_path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_loops_are_found_through_symlinks(tmp_path: Path, inbox: Path) -> None:
+    (tmp_path / "alias").symlink_to(inbox, target_is_directory=True)
+    with pytest.raises(UsageError, match="is inside the inbox"):
+        single(inbox, done_dir=str(tmp_path / "alias" / "done"))
+    link_inbox = tmp_path / "link-inbox"
+    link_inbox.symlink_to(tmp_path / "archive" / "in", target_is_directory=True)
+    (tmp_path / "archive" / "in").mkdir(parents=True)
+    with pytest.raises(UsageError, match="is inside failed_dir"):
+        single(link_inbox, failed_dir=str(tmp_path / "archive"))
+
+
+def test_defaults_and_separate_folders_do_not_loop(tmp_path: Path, inbox: Path) -> None:
+    assert single(inbox).done_path == tmp_path / "done"  # beside the inbox
+    s = single(inbox, done_dir=str(tmp_path / "inbox-done"), failed_dir=str(tmp_path / "f"))
+    assert s.done_path == tmp_path / "inbox-done"  # a name that starts like the inbox's
+
+
+def test_nothing_loops_when_files_are_kept(tmp_path: Path, inbox: Path) -> None:
+    s = single(inbox, done_dir=str(inbox / "done"), keep_files=True)
+    assert s.keep_files is True
+
+
+def test_a_config_file_that_would_loop_is_refused_by_check_config(tmp_path: Path) -> None:
+    from ingestd.operator import check_config
+
+    (tmp_path / "in").mkdir()
+    config = tmp_path / "ingestd.toml"
+    config.write_text('inbox = "in"\ndone_dir = "in/done"\n[[contracts]]\ntable = "t"\npk = "id"\n')
+    assert check_config([str(config)]) == 2
