@@ -195,6 +195,11 @@ class Scanner:
 
     def _note(self, settler: Settler, path: Path) -> str:
         name = str(relative_name(path, self.settings.inbox))
+        if path.is_dir() and not path.is_symlink():
+            # A folder moved in whole: each of its files waits from now, and is counted so.
+            for child in scan(path, self._archive_dirs(), self._refuse, self._unreadable_folder):
+                self._note(settler, child)
+            return name
         if name not in self.in_hand and not self.archives.holds(name, identity(path)):
             settler.note(path)
             if path in settler:
