@@ -3,10 +3,13 @@ and every database error is one true line (issue 12)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.conftest import write
@@ -253,6 +256,76 @@ def test_a_type_change_under_the_daemon_is_followed_by_every_worker(
     assert not daemon.events("file_retry")
     assert daemon.stop() == 0
     assert f"{total} loaded, 0 skipped, 0 failed" in daemon.out_path.read_text()
+
+
+WAITING_ON_GATE = "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"
+ALTER_QUEUED = (
+    "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 't2'::regclass "
+    "AND mode = 'AccessExclusiveLock' AND NOT granted)"
+)
+
+
+def test_a_type_change_between_two_batches_of_one_file_is_followed(
+    cli, db: Db, dsn: str, tmp_path: Path
+) -> None:
+    """The ALTER lands after the first batch commits and before the second starts: a
+    trigger holds the first batch on an advisory lock until the ALTER is queued."""
+    db.execute("CREATE TABLE t2 (id int PRIMARY KEY, v text)")
+    db.execute(
+        "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$"
+    )
+    db.execute("CREATE TRIGGER gate AFTER INSERT ON t2 FOR EACH STATEMENT EXECUTE FUNCTION gate()")
+    f = write(tmp_path / "t2.csv", "id,v\n" + "".join(f"{i},{i}\n" for i in range(1, 11)))
+    gate_closed = threading.Event()
+    seen: dict[str, int] = {}
+
+    async def alter_between_batches() -> None:
+        a, b = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        try:
+            await a.execute("SELECT pg_advisory_lock(4242)")
+            gate_closed.set()
+            await _until(a, WAITING_ON_GATE)
+            alter = asyncio.ensure_future(
+                b.execute("ALTER TABLE t2 ALTER v TYPE integer USING v::integer")
+            )
+            await _until(a, ALTER_QUEUED)
+            await a.execute("SELECT pg_advisory_unlock(4242)")
+            await alter
+            seen["rows_at_alter"] = await a.fetchval("SELECT count(*) FROM t2")
+        finally:
+            await a.close()
+            await b.close()
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(alter_between_batches(), 60))
+        except BaseException as exc:
+            errors.append(exc)
+            gate_closed.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert gate_closed.wait(30)
+    result = cli("--once", "--files", f, "--table", "t2", "--pk", "id", "--chunk-size", 2)
+    thread.join(60)
+    assert not errors, errors
+    assert result.code == 0, result.out
+    assert seen["rows_at_alter"] == 2  # the first batch, and only it, came before the ALTER
+    assert db.columns("t2")["v"] == "integer"
+    assert db.val("SELECT count(*) FROM t2 WHERE v = id") == 10
+    [m] = db.manifest()
+    assert (m["status"], m["rows"]) == ("success", 10)
+
+
+async def _until(conn: asyncpg.Connection, query: str) -> None:
+    for _ in range(1500):
+        if await conn.fetchval(query):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for: {query}")
 
 
 # --- every error is one true line -----------------------------------------------------------
