@@ -348,3 +348,76 @@ def test_oldest_waiting_counts_only_files_still_waiting(
     assert_alive(daemon)
     assert daemon.stop() == 0
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="t")
+
+
+def _ingestd(
+    prefix: tuple[str, ...], cwd: Path, *args: str | Path, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "ingestd", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False,
+    )  # fmt: skip
+
+
+def test_once_reports_an_unreadable_folder_and_refuses_an_unreadable_inbox(
+    tcp_dsn: str, db: Db, tmp_path: Path
+) -> None:
+    """--once: the folder it cannot list is named (its file is not silently absent), the
+    rest loads; an inbox it cannot list is one readable line and exit 2, not '0 loaded'."""
+    prefix = _without_root_powers()
+    inbox = tmp_path / "inbox"
+    drop(inbox, b"a.csv", rows(range(1, 3)))
+    drop(inbox / "locked", b"b.csv", rows(range(3, 5)))
+    (inbox / "locked").chmod(0)
+    base = ("--dsn", tcp_dsn, "--metrics-addr", "off", "--table", "t", "--pk", "id")
+    try:
+        run = _ingestd(prefix, tmp_path, "--inbox", inbox, "--once", *base)
+        assert run.returncode == 0, run.stderr
+        assert "1 loaded, 0 skipped, 0 failed" in run.stdout
+        assert '"event": "folder_unreadable"' in run.stderr and "Permission denied" in run.stderr
+        assert ids(db) == [1, 2]
+        inbox.chmod(0)
+        run = _ingestd(prefix, tmp_path, "--inbox", inbox, "--once", *base)
+    finally:
+        inbox.chmod(0o755)
+        (inbox / "locked").chmod(0o755)
+    assert run.returncode == 2
+    line = run.stderr.strip().splitlines()[-1]
+    assert (
+        line == f"ingestd: error: cannot use the inbox {inbox}: cannot list it: Permission denied"
+    )
+    assert "Traceback" not in run.stderr
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="t")
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ('done_dir = "inbox"', "done_dir {t}/inbox is the inbox {t}/inbox"),
+        ('done_dir = "inbox/done"', "done_dir {t}/inbox/done is inside the inbox"),
+        ('failed_dir = "inbox/x/failed"', "failed_dir {t}/inbox/x/failed is inside the inbox"),
+        ('done_dir = "."', "the inbox {t}/inbox is inside done_dir"),
+        ('failed_dir = "linked"', "failed_dir {t}/linked is inside the inbox"),
+    ],
+)
+def test_settings_that_would_loop_are_refused_at_start_and_by_check_config(
+    dsn: str, db: Db, tmp_path: Path, setting: str, fragment: str
+) -> None:
+    """done_dir set to the inbox reloaded every file on every rescan (duplicates in append
+    mode). Such settings are now refused, in one line, before anything is read or moved."""
+    inbox = tmp_path / "inbox"
+    drop(inbox, b"a.csv", rows(range(1, 3)))
+    (tmp_path / "linked").symlink_to(inbox / "sub", target_is_directory=True)
+    config = tmp_path / "ingestd.toml"
+    config.write_text(NO_RESCAN.replace("shutdown_grace_s = 20", setting))
+    start = _ingestd((), tmp_path, "--config", config, "--dsn", dsn, "--metrics-addr", "off")
+    assert start.returncode == 2
+    line = start.stderr.strip()
+    assert line.startswith("ingestd: error: ") and "\n" not in line
+    assert fragment.format(t=tmp_path) in line
+    assert "would be found and loaded again" in line
+    check = _ingestd((), tmp_path, "check-config", config)
+    assert check.returncode == 2
+    assert fragment.format(t=tmp_path) in check.stderr
+    assert os.listdir(inbox) == ["a.csv"]
+    assert db.val("SELECT to_regclass('ingestion_manifest')") is None
