@@ -13,7 +13,7 @@ from ingestd.claim import Job
 from ingestd.db.connection import Pool, PooledConnection, give_back
 from ingestd.db.errors import error_class, translate
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, describe_lock_wait
-from ingestd.db.manifest import ManifestGoneError
+from ingestd.db.manifest import ManifestGoneError, ManifestRowGoneError
 from ingestd.db.target import SessionState
 from ingestd.exceptions import (
     ConnectError,
@@ -176,6 +176,7 @@ class Worker:
             except ManifestGoneError as exc:
                 self._ctx.manifest.halt(exc)
                 await self._release(broken=True)
+                await self._record_again(job, exc)
             except DuplicateContent as exc:
                 return await self._skip_duplicate(job, exc, file_type)
             except Exception as exc:
@@ -232,6 +233,22 @@ class Worker:
         except Exception:  # the plain message still tells what happened
             return error
         return RetryableError(f"{text} (transient; will retry)", sqlstate=error.sqlstate)
+
+    async def _record_again(self, job: Job, exc: ManifestGoneError) -> None:
+        """A deleted row whose committed rows are known goes back into the books, so that
+        the next run resumes after them instead of loading them twice."""
+        if not isinstance(exc, ManifestRowGoneError) or exc.rows is None:
+            return
+        c = job.contract
+        table = f"{c.schema}.{c.table}" if c.schema else c.table
+        try:
+            conn = await self._connection()
+            await self._ctx.manifest.record_again(
+                conn, job.version, table, self._ctx.run_id, exc.rows
+            )
+        except Exception as error:  # the ERROR line already tells the operator what to do
+            log.warning("manifest_record_failed", extra={"error": str(error)})
+            await self._release(broken=True)
 
     async def _rows_committed(self, job: Job) -> int:
         """What the manifest says this version committed (0 if it cannot be asked now)."""

@@ -12,7 +12,7 @@ import asyncpg
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import HandedOver, IngestdError, RetryableError
+from ingestd.exceptions import HandedOver, IngestdError, RetryableError, UsageError
 from ingestd.identifiers import quote_qualified
 
 log = logging.getLogger("ingestd.manifest")
@@ -113,9 +113,18 @@ class ManifestGoneError(IngestdError):
 
 
 class ManifestRowGoneError(ManifestGoneError):
-    """The manifest row of a file in hand was deleted."""
+    """The manifest row of a file in hand was deleted; `rows`: what it had committed, when
+    known (a file loaded in order; not one split into segments)."""
 
     event = "manifest_row_missing"
+
+    def __init__(self, message: str, rows: int | None):
+        super().__init__(message)
+        self.rows = rows
+
+
+class ManifestDroppedError(UsageError):
+    """At start: no manifest, but the rejects table made with it is there."""
 
 
 def new_token() -> str:
@@ -158,9 +167,17 @@ class Manifest:
 
     async def ensure(self, conn: Connection) -> bool:
         """Create the manifest and rejects tables if missing (serialised across starts);
-        True if the manifest itself had to be created."""
+        True if the manifest itself had to be created. ManifestDroppedError if the manifest
+        is missing but the rejects table, made with it, is there: files would load again."""
         check = sql.manifest_status_check_name(self._table)
         index = sql.manifest_version_index(self._schema, self._table)
+        if not await self.exists(conn) and await conn.fetchval(sql.TABLE_EXISTS, self._rejects):
+            raise ManifestDroppedError(
+                f"the manifest table {self.name} is missing but {self._rejects}, created with "
+                "it, is there: the manifest was dropped, and starting afresh would load every "
+                "file again. Restore the manifest from a backup; or, to start afresh on purpose "
+                f"(targets emptied too), DROP TABLE {self._rejects} and start ingestd again"
+            )
         # Existing, up-to-date tables are used as they are: CREATE ... IF NOT EXISTS still
         # needs CREATE on the schema, which a least-privilege role does not have.
         if await conn.fetchval(sql.MANIFEST_READY, self.name, self._rejects, index, check):
@@ -200,12 +217,35 @@ class Manifest:
         row = await self._guard(lambda: conn.fetchrow(sql.manifest_row_state(self.name), claim_id))
         if row is not None:
             return
-        committed = f" after {rows:,} rows of it were committed" if rows else ""
+        committed = f" with {rows:,} rows of it committed" if rows is not None else ""
         raise ManifestRowGoneError(
-            f"manifest row {claim_id} of the file in hand was deleted{committed}; ingestd "
-            "stopped loading (not ready) so that the file does not load again from row 1: "
-            "restore the row from a backup, or remove the file's rows from the target, then "
-            "restart ingestd"
+            f"manifest row {claim_id} of a file in hand was deleted{committed}; ingestd "
+            "stopped loading (not ready) so that no file loads again from row 1: check who "
+            "deletes manifest rows, then restart ingestd (the file's row is recorded again "
+            "where its committed rows are known, and the file resumes after them)",
+            rows,
+        )
+
+    async def record_again(
+        self, conn: Connection, version: FileVersion, table: str, run_id: str, rows: int
+    ) -> None:
+        """A deleted row of a file in hand, recorded again with the rows it had committed
+        (failed, with the story in notes), so that a restart resumes after them."""
+        notes = (
+            f"the manifest row of this file was deleted while ingestd loaded it, with {rows:,} "
+            "rows committed; recorded again so that the next run resumes after them"
+        )
+        await self._guard(
+            lambda: conn.execute(
+                sql.manifest_record_again(self.name),
+                version.filename,
+                version.checksum,
+                version.filesize,
+                table,
+                run_id,
+                notes,
+                rows,
+            )
         )
 
     async def twins(self, conn: Connection) -> int:

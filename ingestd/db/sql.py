@@ -554,6 +554,16 @@ def manifest_record_failure(name: str) -> str:
     )
 
 
+def manifest_record_again(name: str) -> str:
+    """A deleted row of a file in hand, inserted again ($1 filename, $2 checksum, $3 size,
+    $4 table, $5 run, $6 notes, $7 rows committed), unless someone put it back meanwhile."""
+    return (
+        f"INSERT INTO {name} (filename, checksum, filesize, table_name, status, run_id, "
+        "processed_at, notes, attempts, rows) VALUES ($1, $2, $3, $4, 'failed', $5, now(), "
+        "$6, 1, $7) ON CONFLICT (filename, checksum, table_name) DO NOTHING"
+    )
+
+
 def manifest_status_counts(name: str) -> str:
     """Counts, rows and rejected rows by status, for `ingestd status`."""
     return (

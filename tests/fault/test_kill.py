@@ -55,6 +55,7 @@ def _trial(
     f = write(tmp_path / f"{name}.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
     db.execute("DROP TABLE IF EXISTS events")
     db.execute("DROP TABLE IF EXISTS ingestion_manifest")
+    db.execute("DROP TABLE IF EXISTS ingestion_rejects")  # a fresh start on purpose
     cmd = _command(f, dsn, split=split)
     for _ in range(rng.randint(1, 3)):
         _kill_at(cmd, db, rng.randrange(0, TOTAL), rng.uniform(0, 0.05))

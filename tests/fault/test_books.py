@@ -1,0 +1,378 @@
+"""The manifest is the truth: shared instance ids, a manifest dropped or a row deleted under a
+running daemon, a file truncated while it loads, the same bytes twice, a lock on the target."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import write
+from tests.daemon import Daemon, wait_for
+from tests.invariants import check_books
+from tests.pg import Db
+
+pytestmark = pytest.mark.fault
+
+APPEND = """
+inbox = "inbox"
+settle_s = 0.1
+lease_s = 2
+rescan_s = 0.5
+concurrency = 2
+chunk_size = {chunk}
+[[contracts]]
+name = "events"
+pattern = "*.csv"
+table = "events"
+mode = "append"
+"""
+
+
+def _slow_events(db: Db, sleep_s: float) -> None:
+    """An append target whose every insert takes `sleep_s`: the test acts between batches."""
+    db.execute("CREATE TABLE events (id bigint, v text)")
+    db.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+               f"$$ BEGIN PERFORM pg_sleep({sleep_s}); RETURN NULL; END $$")  # fmt: skip
+    db.execute(
+        "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+    )
+
+
+def _numbers(first: int, count: int) -> str:
+    return "id,v\n" + "".join(f"{i},x\n" for i in range(first, first + count))
+
+
+def _drop(inbox: Path, name: str, text: str) -> Path:
+    """Put a file into the inbox at once (written aside, then renamed)."""
+    tmp = write(inbox / f".{name}.tmp", text)
+    os.rename(tmp, inbox / name)
+    return inbox / name
+
+
+def _status(db: Db, status: str) -> int:
+    try:
+        return int(db.val("SELECT count(*) FROM ingestion_manifest WHERE status = $1", status))
+    except asyncpg.UndefinedTableError:
+        return 0
+
+
+def _rows(db: Db) -> tuple[int, int]:
+    return (
+        int(db.val("SELECT count(*) FROM events")),
+        int(db.val("SELECT count(DISTINCT id) FROM events")),
+    )
+
+
+# --- two processes, one instance id -------------------------------------------------------
+
+
+def test_two_daemons_with_one_instance_id_never_fail_each_others_files(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    files, rows = 201, 40
+    _slow_events(db, 0.01)
+    config = APPEND.format(chunk=20)
+    twins = [Daemon(tmp_path, dsn, config, ("--instance-id", "same")) for _ in range(2)]
+    try:
+        for d in twins:
+            d.wait_ready()
+        for d in twins:  # each sees the other at start or at its next lease renewal
+            wait_for(lambda d=d: d.events("instance_id_shared"), what="instance_id_shared")
+            assert d.metric("ingest_instance_id_shared") == 1
+        inbox = tmp_path / "inbox"
+        for i in range(files):
+            _drop(inbox, f"f{i:03}.csv", _numbers(i * rows, rows))
+        wait_for(lambda: _status(db, "success") == files, timeout_s=180, what="every file")
+        manifest = db.manifest()
+        assert len(manifest) == files and {m["status"] for m in manifest} == {"success"}
+        assert all(m["rows"] == rows and m["owner"] == "same" for m in manifest)
+        assert len({m["owner_token"] for m in manifest}) == 2  # both loaded, told apart
+        assert _rows(db) == (files * rows, files * rows)
+        loaded = 0.0
+        for d in twins:
+            assert d.metric("ingest_files_processed_total", file_type="csv", status="failed") == 0
+            loaded += d.metric("ingest_files_processed_total", file_type="csv", status="success")
+            assert not d.events("file_handed_over") and not d.events("offer_failed")
+            [warning] = d.events("instance_id_shared")  # once, not at every renewal
+            assert warning["level"] == "WARNING" and "own --instance-id" in warning["error"]
+        assert loaded == files
+        books = check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+        assert not books.inbox and len(books.done) == files
+    finally:
+        codes = [d.stop() for d in twins]
+    assert codes == [0, 0]
+
+
+# --- the manifest or a row of it disappears under a running daemon ------------------------
+
+
+def _loading_daemon(db: Db, dsn: str, tmp_path: Path, rows: int) -> tuple[Daemon, Path]:
+    _slow_events(db, 0.1)
+    d = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
+    d.wait_ready()
+    _drop(tmp_path / "inbox", "big.csv", _numbers(0, rows))
+    wait_for(lambda: db.progress() >= 300, what="a few batches")
+    return d, tmp_path / "inbox" / "big.csv"
+
+
+def test_manifest_dropped_under_a_daemon_stops_loading_and_a_restart_refuses(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    d, big = _loading_daemon(db, dsn, tmp_path, 3000)
+    try:
+        db.execute("DROP TABLE ingestion_manifest")
+        wait_for(lambda: d.get("/readyz")[0] == 503, what="not ready")
+        [error] = wait_for(lambda: d.events("manifest_missing"), what="manifest_missing")
+        assert error["level"] == "ERROR" and "restore it from a backup" in error["error"]
+        assert d.metric("ingest_manifest_missing") == 1
+        committed = _rows(db)
+        _drop(tmp_path / "inbox", "later.csv", _numbers(10_000, 10))
+        time.sleep(2)  # a few rescans: none may load, recreate the manifest or log per file
+        assert d.proc.poll() is None and d.get("/readyz")[0] == 503
+        assert db.val("SELECT to_regclass('ingestion_manifest')") is None
+        assert _rows(db) == committed and committed[0] == committed[1]
+        assert not d.events("offer_failed") and len(d.events("manifest_missing")) == 1
+        assert "Traceback" not in d.logs_text()
+    finally:
+        assert d.stop() == 0
+    assert big.exists() and (tmp_path / "inbox" / "later.csv").exists()
+    again = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
+    try:
+        assert again.proc.wait(30) == 2  # refuses to start on a new, empty manifest
+    finally:
+        again.stop()
+    assert "the manifest was dropped" in again.logs_text()
+    assert _rows(db) == committed  # nothing loaded twice
+    check_books(db, tmp_path / "inbox", tmp_path / "done", tmp_path / "failed")
+
+
+def test_manifest_row_deleted_under_a_daemon_stops_loading_then_resumes_after_restart(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    total = 3000
+    d, big = _loading_daemon(db, dsn, tmp_path, total)
+    try:
+        db.execute("DELETE FROM ingestion_manifest")
+        wait_for(lambda: d.get("/readyz")[0] == 503, what="not ready")
+        [error] = wait_for(lambda: d.events("manifest_row_missing"), what="manifest_row_missing")
+        assert error["level"] == "ERROR" and "was deleted" in error["error"]
+        assert "another instance" not in d.logs_text()
+        [m] = wait_for(db.manifest, what="the row recorded again")
+        count, distinct = _rows(db)
+        assert (m["status"], m["rows"]) == ("failed", count) and count == distinct
+        assert "recorded again" in m["notes"]
+    finally:
+        assert d.stop() == 0
+    assert big.exists()
+    again = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
+    try:
+        again.wait_ready()
+        wait_for(lambda: _status(db, "success") == 1, timeout_s=60, what="the file finished")
+        assert again.events("file_resumed")
+    finally:
+        assert again.stop() == 0
+    assert _rows(db) == (total, total)
+    check_books(db, tmp_path / "inbox", tmp_path / "done", tmp_path / "failed", table="events")
+
+
+# --- a file truncated while it loads ----------------------------------------------------
+
+
+def _once(inbox: Path, dsn: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingestd", "--once", "--inbox", str(inbox), "--dsn", dsn,
+         "--table", "events", "--mode", "append", "--chunk-size", "100",
+         "--metrics-addr", "off", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_truncated_file_is_refused_on_top_of_its_committed_rows(
+    dsn: str, db: Db, tmp_path: Path, suffix: str
+) -> None:
+    _slow_events(db, 0.05)
+    inbox = tmp_path / "inbox"
+    rows = 4000
+    text = _numbers(0, rows)
+    f = inbox / f"data{suffix}"
+
+    def encode(data: bytes) -> bytes:
+        return gzip.compress(data) if suffix.endswith(".gz") else data
+
+    f.parent.mkdir(parents=True)
+    f.write_bytes(encode(text.encode()))
+    proc = _once(inbox, dsn)
+    wait_for(lambda: db.progress() >= 200, what="a few batches")
+    cut = text[: len(text) // 2]
+    cut = cut[: cut.rindex("\n") - 1]  # the last line cut off mid-number
+    f.write_bytes(encode(cut.encode()))
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    [first] = db.manifest()
+    committed = first["rows"]
+    assert first["status"] == "failed" and committed > 0
+    assert _rows(db) == (committed, committed)
+    # The summary counts what was committed, also for a file that failed.
+    assert f"; {committed:,} rows in" in out and f"({committed:,} rows committed)" in out
+
+    second = _once(inbox, dsn)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 1, err[-2000:]
+    refused = db.manifest()[1]
+    assert refused["status"] == "failed" and refused["rows"] == 0
+    notes = refused["notes"]
+    assert f"committed {committed:,} rows to events" in notes
+    assert f"SET status = 'superseded' WHERE id IN ({first['id']})" in notes
+    assert _rows(db) == (committed, committed)  # nothing appended on top
+    assert (tmp_path / "failed" / f.name).exists() and not f.exists()
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+    # The clean-up the message names, then the file loads.
+    db.execute("DELETE FROM events")
+    db.execute(f"UPDATE ingestion_manifest SET status = 'superseded' WHERE id = {first['id']}")
+    os.rename(tmp_path / "failed" / f.name, f)
+    (tmp_path / "failed" / f"{f.name}.error.json").unlink()
+    third = _once(inbox, dsn)
+    _, err = third.communicate(timeout=120)
+    assert third.returncode == 0, err[-2000:]
+    assert _rows(db)[0] == _rows(db)[1] == cut.count("\n")
+
+
+# --- the same bytes twice ------------------------------------------------------------------
+
+
+def test_same_bytes_under_two_names_load_once_in_append_mode(
+    cli: object, db: Db, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    text = _numbers(0, 500)
+    write(inbox / "a.csv", text)
+    write(inbox / "b.csv", text)
+    result = cli("--once", "--inbox", inbox, "--table", "events", "--mode", "append")  # type: ignore[operator]
+    assert result.code == 0, result.err
+    assert db.val("SELECT count(*) FROM events") == 500
+    loaded, skipped = sorted(db.manifest(), key=lambda m: m["status"] != "success")
+    assert (loaded["status"], skipped["status"]) == ("success", "skipped")
+    assert loaded["id"] < skipped["id"]
+    assert f"same bytes as {loaded['filename']} (manifest id {loaded['id']}" in skipped["notes"]
+    assert '"event": "duplicate_content"' in result.err
+    assert "1 loaded, 1 skipped, 0 failed" in result.out
+    books = check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+    assert len(books.done) == 2 and not books.inbox
+
+    # Asked for: the same bytes load again.
+    write(inbox / "c.csv", text)
+    result = cli("--once", "--inbox", inbox, "--table", "events", "--mode", "append",  # type: ignore[operator]
+                 "--on-duplicate-content", "load")  # fmt: skip
+    assert result.code == 0 and db.val("SELECT count(*) FROM events") == 1000
+
+
+def test_same_file_for_another_table_loads_there_too(cli: object, db: Db, tmp_path: Path) -> None:
+    f = write(tmp_path / "f.csv", _numbers(0, 30))
+    for table in ("first", "second"):
+        result = cli("--files", f, "--table", table, "--mode", "append")  # type: ignore[operator]
+        assert result.code == 0, result.err
+        assert "1 loaded" in result.out
+        assert db.val(f'SELECT count(*) FROM "{table}"') == 30
+    rows = db.manifest()
+    assert [(m["table_name"], m["status"]) for m in rows] == [
+        ("first", "success"),
+        ("second", "success"),
+    ]
+    again = cli("--files", f, "--table", "second", "--mode", "append")  # type: ignore[operator]
+    assert "0 loaded, 1 skipped" in again.out and db.val('SELECT count(*) FROM "second"') == 30
+
+
+# --- a lock held on the target ----------------------------------------------------------
+
+
+@contextmanager
+def _locked(dsn: str, table: str) -> Iterator[int]:
+    """Hold ACCESS EXCLUSIVE on `table` from another session; yields that session's pid."""
+    started, release = threading.Event(), threading.Event()
+    pid: list[int] = []
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+                pid.append(int(await conn.fetchval("SELECT pg_backend_pid()")))
+                started.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(hold()), daemon=True)
+    thread.start()
+    assert started.wait(20), "could not take the lock"
+    try:
+        yield pid[0]
+    finally:
+        release.set()
+        thread.join(20)
+
+
+def test_lock_held_on_the_target_waits_lock_timeout_and_says_who(
+    cli: object, dsn: str, db: Db, tmp_path: Path
+) -> None:
+    db.execute("CREATE TABLE events (id bigint, v text)")
+    inbox = tmp_path / "inbox"
+    write(inbox / "n.csv", _numbers(0, 50))
+    args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
+    with _locked(dsn, "events") as pid:
+        result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "1")  # type: ignore[operator]
+    assert result.code == 1
+    [m] = db.manifest()
+    assert m["status"] == "retrying"  # not final: the file stays and loads later
+    notes = m["notes"]
+    assert notes.startswith("gave up after 2 attempts: waited 0.3 s (lock_timeout_s) for a lock")
+    assert f"on table events held by another session (pid {pid}, AccessExclusiveLock" in notes
+    assert "transient; will retry" not in notes and "stays in the inbox" in notes
+    assert (inbox / "n.csv").exists()
+    assert '"event": "file_retry"' in result.err and "statement timeout" not in result.err
+
+    result = cli(*args)  # type: ignore[operator]
+    assert result.code == 0, result.err
+    assert db.val("SELECT count(*) FROM events") == db.val("SELECT count(DISTINCT id) FROM events")
+    [m] = db.manifest()
+    assert (m["status"], m["rows"]) == ("success", 50)
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+
+# --- what the log says -------------------------------------------------------------------
+
+
+def test_reload_failure_and_interruption_are_logged_with_context(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    _slow_events(db, 0.1)
+    d = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
+    try:
+        d.wait_ready()
+        d.config.write_text("this is [not toml")
+        d.signal(signal.SIGHUP)
+        [bad] = wait_for(lambda: d.events("config_reload_failed"), what="config_reload_failed")
+        assert bad["run_id"] and bad["instance_id"]
+        _drop(tmp_path / "inbox", "big.csv", _numbers(0, 3000))
+        wait_for(lambda: db.progress() >= 200, what="a few batches")
+    finally:
+        assert d.stop() == 0
+    [line] = d.events("file_interrupted")
+    assert line["level"] == "WARNING" and line["rows_committed"] >= 200
+    errors = [e["event"] for e in d.events() if e["level"] == "ERROR"]
+    assert errors == ["config_reload_failed"]  # the interruption is not one
