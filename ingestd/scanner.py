@@ -13,7 +13,7 @@ from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.connection import Pool
 from ingestd.db.errors import translate
-from ingestd.db.manifest import FileVersion, Manifest
+from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
@@ -225,10 +225,15 @@ class Scanner:
             return False
         except asyncio.CancelledError:
             raise
+        except ManifestGoneError as exc:
+            self._manifest.halt(exc)  # loud once; nothing is offered any more
+            return True
         except Exception as exc:
             # One file must never stop discovery: log it; the next rescan offers it again.
             self.in_hand.discard(str(relative_name(path, self.settings.inbox)))
-            log.error("offer_failed", extra={"file": str(path), "error": repr(exc)}, exc_info=True)
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("offer_failed", extra={"file": str(path), "error": error})
+            log.debug("offer_failed_traceback", exc_info=True)  # a bug: the trace, on demand
             return True
         self.db_ok = True
         return True
@@ -240,6 +245,8 @@ class Scanner:
 
     async def offer(self, path: Path) -> None:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
+        if self._manifest.broken is not None:
+            return  # the manifest disappeared: loading would load rows twice (manifest.halt)
         key = str(relative_name(path, None if self.settings.files else self.settings.inbox))
         if key in self._offering:
             return

@@ -109,6 +109,8 @@ class Service:
     def is_ready(self) -> bool:
         """Database reachable, the inbox there, and discovery running."""
         scanner = self._scanner
+        if self.manifest.broken is not None:
+            return False  # loading nothing until restarted: manifest.halt
         return (
             scanner is not None
             and scanner.db_ok
