@@ -230,10 +230,15 @@ def _changed(target: Target, left: str, right: str) -> str:
     return f"({side(left)}) IS DISTINCT FROM ({side(right)})"
 
 
+# COPY (append) takes a file's values for a GENERATED ALWAYS identity column as they are;
+# so do upsert and merge, or the same file would load in one mode and fail in another.
+_OVERRIDING = "OVERRIDING SYSTEM VALUE"
+
+
 def upsert(target: Target, stage: str) -> str:
     """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change."""
     head = (
-        f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) "
+        f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) {_OVERRIDING} "
         f"{_last_per_key(target, stage)} ON CONFLICT ({_cols(target.pk)}) "
     )
     non_key = [c for c in target.columns if c not in target.pk]
@@ -264,7 +269,10 @@ def merge(target: Target, stage: str) -> str:
         sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in non_key)
         sql += f"WHEN MATCHED AND {_changed(target, 't.', 's.')} THEN UPDATE SET {sets} "
     values = _cols(target.columns, "s.")
-    return sql + f"WHEN NOT MATCHED THEN INSERT ({_cols(target.columns)}) VALUES ({values})"
+    return (
+        sql + f"WHEN NOT MATCHED THEN INSERT ({_cols(target.columns)}) {_OVERRIDING} "
+        f"VALUES ({values})"
+    )
 
 
 # --- manifest ------------------------------------------------------------------------------

@@ -377,6 +377,19 @@ def test_a_generated_column_in_the_file_says_so(cli, db: Db, tmp_path: Path, mod
 
 
 @pytest.mark.parametrize("mode", ["append", "upsert", "merge"])
+def test_an_identity_always_key_takes_the_files_values_in_every_mode(
+    cli, db: Db, tmp_path: Path, mode: str
+) -> None:
+    db.execute("CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)")
+    f = write(tmp_path / "i.csv", "id,v\n5,a\n9,b\n")
+    result = cli("--once", "--files", f, "--table", "ident", "--pk", "id", "--mode", mode)
+    assert result.code == 0, result.out
+    assert db.fetch("SELECT id, v FROM ident ORDER BY id") == [
+        {"id": 5, "v": "a"}, {"id": 9, "v": "b"},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["append", "upsert", "merge"])
 def test_a_column_named_like_the_old_ordinal_loads(cli, db: Db, tmp_path: Path, mode: str) -> None:
     f = write(tmp_path / "o.csv", "id,_ingestd_row\n1,a\n2,b\n3,c\n")
     result = cli("--once", "--files", f, "--table", "o", "--pk", "id", "--mode", mode)

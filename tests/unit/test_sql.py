@@ -127,7 +127,9 @@ PK = Target("sales", "orders", ("id", "name", "amount"), ("id",), distinct_nulls
 
 def test_upsert() -> None:
     text = sql.upsert(PK, STAGE)
-    assert text.startswith('INSERT INTO "sales"."orders" AS t ("id", "name", "amount") ')
+    assert text.startswith(
+        'INSERT INTO "sales"."orders" AS t ("id", "name", "amount") OVERRIDING SYSTEM VALUE '
+    )
     # The last occurrence of a key in file order wins.
     assert f'SELECT DISTINCT ON ("id") "id", "name", "amount" FROM "{STAGE}"' in text
     assert 'ORDER BY "id", "ingestd row" DESC' in text
@@ -203,7 +205,7 @@ def test_merge() -> None:
         'THEN UPDATE SET "name" = s."name", "amount" = s."amount" '
     ) in text
     assert text.endswith(
-        'WHEN NOT MATCHED THEN INSERT ("id", "name", "amount") '
+        'WHEN NOT MATCHED THEN INSERT ("id", "name", "amount") OVERRIDING SYSTEM VALUE '
         'VALUES (s."id", s."name", s."amount")'
     )
 
@@ -211,7 +213,9 @@ def test_merge() -> None:
 def test_merge_pk_only_only_inserts() -> None:
     text = sql.merge(Target(None, "keys", ("k",), ("k",)), "s")
     assert "WHEN MATCHED" not in text
-    assert text.endswith('WHEN NOT MATCHED THEN INSERT ("k") VALUES (s."k")')
+    assert text.endswith(
+        'WHEN NOT MATCHED THEN INSERT ("k") OVERRIDING SYSTEM VALUE VALUES (s."k")'
+    )
 
 
 def test_follow_target_names_the_target_only_quoted() -> None:
