@@ -20,7 +20,7 @@ from ingestd.db.dsn import mask_dsn, password_of
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import bound
 from ingestd.logs import setup as setup_logging
-from ingestd.names import shown
+from ingestd.names import shown, shown_name
 from ingestd.settings import Settings
 from ingestd.worker import FileResult
 
@@ -302,7 +302,7 @@ def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out:
     )
     labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}
     for f in sorted(files, key=lambda f: (f.status != "failed", f.name)):
-        line = f"  {labels.get(f.status, f.status):<8} {shown(f.name)} -> {f.table or '?'}"
+        line = f"  {labels.get(f.status, f.status):<8} {shown_name(f.name)} -> {f.table or '?'}"
         if f.status == "success":
             line += f" ({f.rows:,} rows)"
         if f.error:

@@ -223,7 +223,7 @@ def _check_sources(settings: Settings) -> None:
     if not settings.files and settings.inbox is None:
         raise UsageError("nothing to do: give --inbox DIR (or inbox in the config) or --files")
     if not settings.files and settings.inbox is not None and not settings.inbox.is_dir():
-        if settings.once:
+        if settings.once or settings.inbox.exists():  # the daemon waits for a missing one
             raise UsageError(f"inbox {settings.inbox} does not exist or is not a directory")
 
 

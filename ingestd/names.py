@@ -57,6 +57,20 @@ def shown(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def shown_name(name: str) -> str:
+    """A file name for a terminal line: as `shown`, and control characters (a newline, an
+    escape sequence) as ``\\xNN`` too, so that no name can break or forge a line."""
+    text = shown(name)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _valid_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")

@@ -7,7 +7,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingestd.names import from_manifest, manifest_name, shown
+from ingestd.names import from_manifest, manifest_name, shown, shown_name
 
 
 def _name(raw: bytes) -> str:
@@ -50,3 +50,11 @@ def test_shown_makes_any_text_printable_as_utf8() -> None:
     assert shown(_name(b"caf\xe9.csv")) == "caf\\xe9.csv"
     assert shown("plain \\ text") == "plain \\ text"
     shown("\ud800 lone").encode("utf-8")
+
+
+def test_shown_name_cannot_break_or_forge_a_line() -> None:
+    assert shown_name("a\nb.csv") == "a\\x0ab.csv"
+    assert shown_name("\x1b[31mred.csv") == "\\x1b[31mred.csv"
+    assert shown_name(_name(b"caf\xe9 x.csv")) == "caf\\xe9 x.csv"
+    assert shown_name("line\u2028sep.csv") == "line\\u2028sep.csv"
+    assert shown_name("café.csv") == "café.csv"

@@ -511,3 +511,9 @@ def test_a_config_file_that_would_loop_is_refused_by_check_config(tmp_path: Path
     config = tmp_path / "ingestd.toml"
     config.write_text('inbox = "in"\ndone_dir = "in/done"\n[[contracts]]\ntable = "t"\npk = "id"\n')
     assert check_config([str(config)]) == 2
+
+
+def test_an_inbox_that_is_a_file_is_refused_for_the_daemon_too(tmp_path: Path) -> None:
+    (tmp_path / "inbox").write_text("not a folder")
+    with pytest.raises(UsageError, match="is not a directory"):
+        resolve({"table": "t", "pk": "id", "inbox": str(tmp_path / "inbox")}, NO_ENV)
