@@ -149,7 +149,7 @@ def converter_for(
     if _is_string(t):
         return _utf8, False
     if _is_binary(t):
-        return (_decoded if decode_binary else _hex), False
+        return (_decoded, True) if decode_binary else (_hex, False)
     return (lambda a: a), False
 
 

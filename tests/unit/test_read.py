@@ -621,3 +621,9 @@ def test_parquet_columns_named_in_file_order_without_a_header(tmp_path: Path) ->
     assert read_rows(path, c) == [{"first_name": "Ada", "n": 1}]
     with pytest.raises(FileError, match="names 1 columns and the file has 2"):
         open_reader(path, contract(headers=("a",), csv=CsvOptions(header=False)), 10)
+
+
+def test_binary_typed_as_text_that_is_not_utf8_fails_at_open(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "b.parquet", pa.table({"s": pa.array([b"ok", b"\xff"])}))
+    with pytest.raises(FileError, match=r"^row 2, column s \(binary\): bytes that are not valid"):
+        open_reader(path, contract(types=(("s", "text"),)), 10)
