@@ -20,7 +20,9 @@ def check_header(
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
+            if file_type == "csv":
+                raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
+            raise FileError(f"{path.name}: the file has two columns named {name!r}")
         seen.add(name)
         if loaded is not None and name not in loaded:
             continue

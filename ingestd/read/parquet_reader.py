@@ -48,10 +48,11 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
         page_checksum_verification=True,
     )
     schema = pf.schema_arrow
+    # Named by the user (--no-header), the file's own names need only be distinct.
+    loaded = contract.headers if contract.csv.header else ()
+    check_header(list(schema.names), path, "parquet", loaded)
     source = _source_names(list(schema.names), contract)
     names = list(source)
-    if contract.csv.header:
-        check_header(names, path, "parquet", contract.headers)
     columns, missing = select_columns(names, contract)
     types = dict(contract.types)
     plan = {

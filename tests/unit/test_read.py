@@ -627,3 +627,12 @@ def test_binary_typed_as_text_that_is_not_utf8_fails_at_open(tmp_path: Path) -> 
     path = write_parquet(tmp_path / "b.parquet", pa.table({"s": pa.array([b"ok", b"\xff"])}))
     with pytest.raises(FileError, match=r"^row 2, column s \(binary\): bytes that are not valid"):
         open_reader(path, contract(types=(("s", "text"),)), 10)
+
+
+def test_parquet_with_two_columns_of_one_name(tmp_path: Path) -> None:
+    table = pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["a", "a"])
+    path = write_parquet(tmp_path / "dup.parquet", table)
+    named = contract(headers=("x", "y"), csv=CsvOptions(header=False))
+    for c in (contract(), named):
+        with pytest.raises(FileError, match="the file has two columns named 'a'"):
+            open_reader(path, c, 10)
