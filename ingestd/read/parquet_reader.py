@@ -36,17 +36,14 @@ class _Column:
     convert: Converter
     checked: bool  # whose values can be refused, so they are read once before loading
     source: str  # its name in the file (another one under --no-header --headers)
+    label: str = ""  # the type named in messages, when not the Arrow type
 
 
 def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     """Open a Parquet file; every type and value is checked before the first batch goes out."""
     # INT96 (Spark, Hive, Impala) is read as microseconds: nanoseconds overflow past 2262,
     # and PostgreSQL keeps microseconds. Checksums, where the writer wrote them, are verified.
-    pf = pq.ParquetFile(
-        pa.OSFile(os.fsencode(path)),  # by its bytes: pyarrow cannot encode a non-UTF-8 name
-        coerce_int96_timestamp_unit="us",
-        page_checksum_verification=True,
-    )
+    pf = _open(path, "us")
     schema = pf.schema_arrow
     # Named by the user (--no-header), the file's own names need only be distinct.
     loaded = contract.headers if contract.csv.header else ()
@@ -67,6 +64,7 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     else:
         pg_types = tuple(types.get(c, "text") for c in columns)
     present = [c for c in columns if c not in missing]
+    _check_int96(path, pf, [plan[c] for c in present], limits.chunk_size)
     checked = [c for c in present if plan[c].checked and not _cleared(pf, plan[c])]
     if checked:
         # Refuse a file before any of it is loaded, not after its first batches committed.
@@ -76,6 +74,34 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     raw = _converted(pf, present, plan, limits.chunk_size)
     batches = _normalise(raw, columns, missing, contract)
     return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
+
+
+def _open(path: Path, int96_unit: str) -> pq.ParquetFile:
+    return pq.ParquetFile(
+        pa.OSFile(os.fsencode(path)),  # by its bytes: pyarrow cannot encode a non-UTF-8 name
+        coerce_int96_timestamp_unit=int96_unit,
+        page_checksum_verification=True,
+    )
+
+
+def _check_int96(path: Path, pf: pq.ParquetFile, columns: list[_Column], chunk_size: int) -> None:
+    """Refuse INT96 values outside years 1 to 9999, judged from a reading in seconds.
+
+    pyarrow's microsecond reading of INT96 wraps around silently past +-292,000 years
+    (Spark's file in parquet-testing has one), and a wrapped value can land anywhere; in
+    seconds nothing an INT96 holds overflows.
+    """
+    int96 = [c for c in columns if _physical_type(pf, c.source) == "INT96"]
+    if not int96:
+        return
+    seconds = _open(path, "s")
+    plan = {}
+    for c in int96:
+        arrow_type = pa.timestamp("s", tz=getattr(c.arrow_type, "tz", None))
+        convert, _ = converter_for(arrow_type, c.name)
+        plan[c.name] = _Column(c.name, arrow_type, c.pg_type, convert, True, c.source, "INT96")
+    for _ in _converted(seconds, list(plan), plan, chunk_size):
+        pass
 
 
 def _source_names(names: list[str], contract: Contract) -> dict[str, str]:
@@ -112,6 +138,11 @@ def _leaf(pf: pq.ParquetFile, column: str) -> int | None:
         if schema.column(i).path == column:
             return i
     return None
+
+
+def _physical_type(pf: pq.ParquetFile, column: str) -> str:
+    index = _leaf(pf, column)
+    return "" if index is None else str(pf.schema.column(index).physical_type)
 
 
 def _logical_type(pf: pq.ParquetFile, column: str) -> str:
@@ -155,8 +186,9 @@ def _converted(
                         arrays.append(plan[name].convert(batch.column(plan[name].source)))
                     except BadValueError as exc:
                         at = row + exc.index + 1
+                        label = plan[name].label or plan[name].arrow_type
                         raise FileError(
-                            f"row {at}, column {name} ({plan[name].arrow_type}): {exc}", row=at
+                            f"row {at}, column {name} ({label}): {exc}", row=at
                         ) from None
                 row += batch.num_rows
                 yield pa.RecordBatch.from_arrays(arrays, names=columns)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,27 @@ def test_unannotated_strings_cast_to_the_contract_type(cli: Any, db: Db, tmp_pat
     path = _file(tmp_path, "n", pa.array([b"42", None], pa.binary()))
     assert _load(cli, path, "t", "--types", "v:integer").code == 0
     assert db.fetch("SELECT v FROM t ORDER BY id") == [{"v": 42}, {"v": None}]
+
+
+def test_int96_that_wraps_around_in_microseconds_is_refused(
+    cli: Any, db: Db, tmp_path: Path
+) -> None:
+    # An INT96 about 584,000 years after 1970: pyarrow's microsecond reading wraps
+    # around 2**64 to 1970-01-01 15:58:10.448384 without a word.
+    path = tmp_path / "wrap.parquet"
+    table = pa.table({"id": pa.array([1], pa.int64()),
+                      "v": pa.array([dt.datetime(1970, 1, 1)], pa.timestamp("us"))})  # fmt: skip
+    pq.write_table(table, path, use_deprecated_int96_timestamps=True, compression="none",
+                   use_dictionary=False)  # fmt: skip
+    epoch = struct.pack("<qi", 0, 2_440_588)  # nanoseconds of the day, Julian day
+    path.write_bytes(path.read_bytes().replace(epoch, struct.pack("<qi", 0, 215_944_571)))
+    wrapped = pq.read_table(path, coerce_int96_timestamp_unit="us").column("v")
+    assert wrapped.cast(pa.int64()).to_pylist() == [57_490_448_384]  # what pyarrow says
+    result = _load(cli, path, "t", "--preserve-types")
+    assert result.code == 1
+    [m] = db.manifest()
+    assert m["status"] == "failed"
+    assert "row 1, column v (INT96): 18446744131200 s after 1970-01-01 is outside" in m["notes"]
 
 
 def _corrupt_checksum(tmp_path: Path) -> Path:
