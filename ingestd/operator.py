@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ingestd.config import load_config, path_setting, resolve
 from ingestd.exceptions import UsageError
+from ingestd.names import shown_name
 from ingestd.settings import Settings, beside_inbox
 
 
@@ -51,7 +52,7 @@ def retry(argv: Sequence[str]) -> int:
         print(f"ingestd retry: error: {exc}", file=sys.stderr)
         return 2
     for src, dest in moved:
-        print(f"  {src} -> {dest}")
+        print(f"  {shown_name(str(src))} -> {shown_name(str(dest))}")
     print(f"{len(moved)} file(s) back in the inbox; the next scan loads them")
     return 0
 
