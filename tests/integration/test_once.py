@@ -327,3 +327,57 @@ def test_unreachable_database_exits_2_with_masked_password(tmp_path: Path) -> No
     assert "cannot connect to postgresql://u:***@127.0.0.1:1/db" in result.err
     assert "hunter2secret" not in result.err + result.out
     assert "Traceback" not in result.err
+
+
+def test_append_new_version_refused_by_default_appended_when_asked(
+    cli, db: Db, tmp_path: Path, monkeypatch
+) -> None:
+    f = write(tmp_path / "daily.csv", "id,v\n1,a\n2,a\n")
+    args = ["--files", f, "--table", "t", "--mode", "append"]
+    assert cli(*args).code == 0
+    write(f, "id,v\n3,b\n")
+    refused = cli(*args)
+    assert refused.code == 1
+    assert "an earlier version of" in refused.out and "committed 2 rows to t" in refused.out
+    assert db.val("SELECT count(*) FROM t") == 2
+    # Upsert replaces by key: a new version is the normal case there, never refused.
+    monkeypatch.setenv("INGESTD_ON_NEW_VERSION", "append")
+    assert cli(*args).code == 0
+    assert db.val("SELECT count(*) FROM t") == 3
+    statuses = [m["status"] for m in db.manifest()]
+    assert statuses == ["success", "success"]  # the refused try was the same version
+
+
+def test_lock_timeout_and_policies_resolve_flag_env_config(tmp_path: Path, monkeypatch) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    base = {"files": [str(write(tmp_path / "x.csv", "a\n1\n"))], "table": "t", "mode": "append"}
+    s = resolve(base, env={})
+    assert (s.lock_timeout_s, s.on_new_version, s.on_duplicate_content) == (30.0, "refuse", "skip")
+    env = {"INGESTD_LOCK_TIMEOUT_S": "2.5", "INGESTD_ON_DUPLICATE_CONTENT": "load"}
+    s = resolve(base, env=env, config={"lock_timeout_s": 9, "on_new_version": "append"})
+    assert (s.lock_timeout_s, s.on_new_version, s.on_duplicate_content) == (2.5, "append", "load")
+    assert resolve({**base, "lock_timeout_s": 1.0}, env=env).lock_timeout_s == 1.0
+    try:
+        resolve({**base, "on_new_version": "replace"}, env={})
+    except UsageError as exc:
+        assert "on_new_version" in str(exc) and "refuse, append" in str(exc)
+    else:
+        raise AssertionError("an unknown on_new_version was accepted")
+
+
+def test_a_crash_is_one_json_line(cli, tmp_path: Path, monkeypatch) -> None:
+    from ingestd.service import Service
+
+    async def broken(self: object) -> None:
+        raise RuntimeError("a bug in ingestd")
+
+    monkeypatch.setattr(Service, "run", broken)
+    f = write(tmp_path / "x.csv", "a\n1\n")
+    result = cli("--files", f, "--table", "t", "--mode", "append")
+    assert result.code == 1
+    [crashed] = [e for e in _log_events(result.err) if e["event"] == "crashed"]
+    assert (crashed["error_type"], crashed["error"]) == ("RuntimeError", "a bug in ingestd")
+    assert crashed["level"] == "CRITICAL" and "traceback" not in crashed
+    assert "Traceback" not in result.err
