@@ -370,3 +370,17 @@ def test_parquet_column_that_is_not_an_identifier(cli: Any, db: Db, tmp_path: Pa
         "--headers names 2 columns and the file has 3 (id, First Name, age)"
         in (db.manifest()[-1]["notes"])
     )
+
+
+def test_zero_row_groups_create_the_table_with_its_types(cli: Any, db: Db, tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    schema = pa.schema([("id", pa.int64()), ("at", pa.timestamp("ns")), ("d", pa.duration("us"))])
+    pq.ParquetWriter(path, schema).close()
+    assert pq.ParquetFile(path).num_row_groups == 0
+    result = _load(cli, path, "t", "--preserve-types")
+    assert result.code == 0, result.err
+    assert db.columns("t") == {
+        "id": "bigint", "at": "timestamp without time zone", "d": "interval",
+    }  # fmt: skip
+    assert db.val("SELECT count(*) FROM t") == 0
+    assert db.manifest()[0]["status"] == "success"
