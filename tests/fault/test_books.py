@@ -376,3 +376,31 @@ def test_reload_failure_and_interruption_are_logged_with_context(
     assert line["level"] == "WARNING" and line["rows_committed"] >= 200
     errors = [e["event"] for e in d.events() if e["level"] == "ERROR"]
     assert errors == ["config_reload_failed"]  # the interruption is not one
+
+
+def test_truncated_gz_counts_its_committed_rows_and_the_complete_file_is_refused(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    db.execute("CREATE TABLE events (id bigint, v text)")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    whole = gzip.compress(_numbers(0, 2_000_000).encode(), compresslevel=1)
+    f = inbox / "big.csv.gz"
+    f.write_bytes(whole[: len(whole) * 6 // 10])  # cut mid-stream, as an upload that died
+    first = _once(inbox, dsn, "--chunk-size", "100000")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 1, err[-2000:]
+    [m] = db.manifest()
+    committed = m["rows"]
+    assert m["status"] == "failed" and committed > 0
+    assert _rows(db) == (committed, committed)
+    assert f"; {committed:,} rows in" in out and f"({committed:,} rows committed)" in out
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+    f.write_bytes(whole)  # the complete upload, under the same name
+    second = _once(inbox, dsn, "--chunk-size", "100000")
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 1
+    assert f"committed {committed:,} rows to events" in out
+    assert _rows(db) == (committed, committed)  # not appended on top
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
