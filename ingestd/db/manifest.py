@@ -176,7 +176,8 @@ class Manifest:
                 f"the manifest table {self.name} is missing but {self._rejects}, created with "
                 "it, is there: the manifest was dropped, and starting afresh would load every "
                 "file again. Restore the manifest from a backup; or, to start afresh on purpose "
-                f"(targets emptied too), DROP TABLE {self._rejects} and start ingestd again"
+                f"(targets emptied too), {sql.drop_table_hint(self._rejects)} and start ingestd "
+                "again"
             )
         # Existing, up-to-date tables are used as they are: CREATE ... IF NOT EXISTS still
         # needs CREATE on the schema, which a least-privilege role does not have.

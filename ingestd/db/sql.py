@@ -599,6 +599,11 @@ def manifest_supersede_hint(name: str, ids: Sequence[int]) -> str:
 # --- locks ---------------------------------------------------------------------------------
 
 
+def drop_table_hint(name: str) -> str:
+    """The statement an operator runs (in a message) to drop a table (name: quoted)."""
+    return f"DROP TABLE {name}"
+
+
 def session_hint(pid: int) -> str:
     """The query an operator runs (in a message) to see a session."""
     return f"SELECT * FROM pg_stat_activity WHERE pid = {int(pid)}"
