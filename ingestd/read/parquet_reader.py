@@ -174,26 +174,36 @@ def _converted(
 ) -> Iterator[pa.RecordBatch]:
     """The file's batches, row group by row group, each value made COPY-ready."""
     row = 0
-    sources = [plan[c].source for c in columns]
     for group in range(pf.num_row_groups):
+        for batch in _read(pf, group, [plan[c] for c in columns], chunk_size):
+            arrays = []
+            for name in columns:
+                try:
+                    arrays.append(plan[name].convert(batch.column(plan[name].source)))
+                except BadValueError as exc:
+                    at = row + exc.index + 1
+                    label = plan[name].label or plan[name].arrow_type
+                    raise FileError(f"row {at}, column {name} ({label}): {exc}", row=at) from None
+            row += batch.num_rows
+            yield pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+def _read(
+    pf: pq.ParquetFile, group: int, columns: list[_Column], chunk_size: int
+) -> Iterator[pa.RecordBatch]:
+    # Only errors of reading the file are the file's: a failed conversion is ingestd's.
+    sources = [c.source for c in columns]
+    batches = pf.iter_batches(
+        batch_size=chunk_size, row_groups=[group], columns=sources, use_threads=False
+    )
+    while True:
         try:
-            for batch in pf.iter_batches(
-                batch_size=chunk_size, row_groups=[group], columns=sources, use_threads=False
-            ):
-                arrays = []
-                for name in columns:
-                    try:
-                        arrays.append(plan[name].convert(batch.column(plan[name].source)))
-                    except BadValueError as exc:
-                        at = row + exc.index + 1
-                        label = plan[name].label or plan[name].arrow_type
-                        raise FileError(
-                            f"row {at}, column {name} ({label}): {exc}", row=at
-                        ) from None
-                row += batch.num_rows
-                yield pa.RecordBatch.from_arrays(arrays, names=columns)
+            batch = next(batches)
+        except StopIteration:
+            return
         except (pa.ArrowException, OSError) as exc:
-            raise _damaged(pf, group, [plan[c] for c in columns], exc) from None
+            raise _damaged(pf, group, columns, exc) from None
+        yield batch
 
 
 def _damaged(pf: pq.ParquetFile, group: int, columns: list[_Column], exc: Exception) -> FileError:
