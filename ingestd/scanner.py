@@ -102,6 +102,8 @@ class Scanner:
             del self._unreadable[folder]
             if folder.is_dir():
                 log.info("folder_readable", extra={"folder": str(folder)})
+                if self._watcher is not None:
+                    self._watcher.restart()  # it skipped the folder: watch it from now on
         self._metrics.unreadable_folders.set(len(self._unreadable))
 
     def _unreadable_folder(self, folder: Path, reason: str) -> None:

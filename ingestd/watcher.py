@@ -100,6 +100,11 @@ class InboxWatcher:
         self._rescan_at = None
         return True
 
+    def restart(self) -> None:
+        """Watch afresh at the next poll (a folder it could not enter is readable now)."""
+        self._retire()
+        self._next_start = 0.0
+
     async def close(self) -> None:
         """Stop the watcher and wait for it."""
         self._retire()

@@ -106,3 +106,46 @@ def test_a_name_seen_but_never_tracked_is_not_waiting(tmp_path: Path) -> None:
     scanner._note(settler, inbox / ".hidden.csv.tmp")  # an event for an ignored name
     scanner._note(settler, inbox / "absent.csv")
     assert scanner.waiting == {}
+
+
+class _Watcher:
+    """Stands in for the InboxWatcher: counts the restarts asked of it."""
+
+    ok = True
+    restarts = 0
+
+    def restart(self) -> None:
+        self.restarts += 1
+
+
+def test_an_unreadable_folder_is_counted_and_watched_once_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "locked").mkdir(parents=True)
+    (inbox / "locked" / "b.csv").write_text("id\n1\n")
+    (inbox / "a.csv").write_text("id\n1\n")
+    scanner = _scanner(inbox)
+    watcher = _Watcher()
+    scanner._watcher = watcher  # type: ignore[assignment]  # a fake: only restart() is used
+    real_scandir = os.scandir
+    denied = True
+
+    def scandir(path: Any) -> Any:
+        # chmod 000 does not stop root: the refusal is what the kernel tells anyone else.
+        if denied and Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    gauge = scanner._metrics.unreadable_folders
+    with caplog.at_level("INFO", logger="ingestd.scanner"):
+        assert list(scanner.candidates()) == [inbox / "a.csv"]
+        assert list(scanner.candidates()) == [inbox / "a.csv"]
+        assert gauge._value.get() == 1
+        denied = False
+        assert sorted(scanner.candidates()) == [inbox / "a.csv", inbox / "locked" / "b.csv"]
+    assert gauge._value.get() == 0
+    events = [r.getMessage() for r in caplog.records]
+    assert events == ["folder_unreadable", "folder_readable"]  # once each, not per scan
+    assert watcher.restarts == 1
