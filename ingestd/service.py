@@ -169,7 +169,10 @@ class Service:
     async def _run(self) -> None:
         s = self.settings
         if not s.once and s.inbox is not None:
-            s.inbox.mkdir(parents=True, exist_ok=True)
+            # One that cannot be made (a parent not writable, not mounted yet) is waited for:
+            # the watcher says inbox_missing and the daemon is not ready until it exists.
+            with contextlib.suppress(OSError):
+                s.inbox.mkdir(parents=True, exist_ok=True)
         pool = await create_pool(
             await self._dsn(),
             size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks

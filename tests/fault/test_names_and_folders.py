@@ -421,3 +421,25 @@ def test_settings_that_would_loop_are_refused_at_start_and_by_check_config(
     assert fragment.format(t=tmp_path) in check.stderr
     assert os.listdir(inbox) == ["a.csv"]
     assert db.val("SELECT to_regclass('ingestion_manifest')") is None
+
+
+def test_an_inbox_that_cannot_be_created_is_waited_for(dsn: str, db: Db, tmp_path: Path) -> None:
+    """mkdir of the inbox failing at start (here: its parent is a file) was an internal
+    error; now the daemon starts, is not ready, says why, and loads once the inbox exists."""
+    (tmp_path / "mnt").write_text("not mounted yet")
+    config = NO_RESCAN.replace('inbox = "inbox"', 'inbox = "mnt/inbox"')
+    daemon = Daemon(tmp_path, dsn, config)
+    try:
+        wait_for(lambda: daemon.events("inbox_missing"), what="inbox_missing")
+        assert daemon.proc.poll() is None, daemon.logs_text()
+        assert daemon.get("/readyz")[0] == 503
+        (tmp_path / "mnt").unlink()
+        (tmp_path / "mnt" / "inbox").mkdir(parents=True)
+        daemon.wait_ready()
+        drop(tmp_path / "mnt" / "inbox", b"a.csv", rows(range(1, 3)))
+        wait_for(lambda: ids(db) == [1, 2], what="a file in the inbox once it exists")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    mnt = tmp_path / "mnt"
+    check_books(db, mnt / "inbox", mnt / "done", mnt / "failed", table="t")
