@@ -42,6 +42,7 @@ from ingestd.logs import bound
 from ingestd.read.batches import Limits
 from ingestd.read.csv_reader import parse_segment, row_too_large
 from ingestd.read.raw_csv import NotRaw, RawCsv, count_rows, split_points
+from ingestd.read.text import refuse_nul
 
 log = logging.getLogger("ingestd.split")
 
@@ -64,7 +65,13 @@ async def plan_split(
         or budget.ratio
     ):
         return committed
-    ends = await asyncio.to_thread(split_points, raw, parts)
+    try:
+        ends = await asyncio.to_thread(split_points, raw, parts, s.memory_limit_bytes // 4)
+    except NotRaw as why:
+        # Row ends found by counting quotes would be wrong: one pass, through Arrow from
+        # where COPY would first read otherwise.
+        log.info("file_not_split", extra={"reason": str(why)})
+        return committed
     if len(ends) < 2:
         return committed
     plan = Segments(tuple(ends), (raw.start, *ends[:-1]))
@@ -255,6 +262,7 @@ class SplitLoad:
                 if view is None:
                     return None
                 batch = parse_segment(bytes(view), self.job.contract, raw, rows_before)
+                refuse_nul(batch, rows_before + 1)
                 payload = encode_batch(batch, rows_before + 1, ordinal=False)
                 span = Span(segment, position, position + view.nbytes)
                 position = span.end

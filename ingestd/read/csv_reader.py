@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,16 +22,71 @@ from ingestd.read.batches import (
     skip_rows,
 )
 from ingestd.read.columns import check_header, select_columns
+from ingestd.read.quoting import OpenQuotes
 from ingestd.read.raw_csv import RawCsv, raw_csv
-from ingestd.settings import Contract
+from ingestd.settings import Contract, CsvOptions
 
 # --- CSV ----------------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _csv_stream(path: Path) -> pa.NativeFile:
     compression = "gzip" if path.name.lower().endswith(".gz") else None
     # Opened by its bytes: pyarrow cannot encode a name that is not UTF-8.
     return pa.input_stream(pa.OSFile(os.fsencode(path)), compression=compression)
+
+
+class CsvStream:
+    """A CSV file's text as UTF-8, for pyarrow: a leading UTF-8 BOM dropped whatever the
+    encoding (the raw path drops it too), any other encoding decoded here, and every
+    byte followed by OpenQuotes, so that a quoted field never closed can be refused."""
+
+    def __init__(self, path: Path, csv: CsvOptions):
+        self._source = _csv_stream(path)
+        utf8 = codecs.lookup(csv.encoding).name == "utf-8"
+        self._decoder = None if utf8 else codecs.getincrementaldecoder(csv.encoding)()
+        self._buffer = self._last = b""
+        self._started = self._ended = False
+        self.quotes = OpenQuotes(csv.delimiter, csv.quote)
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes of UTF-8 text (all the rest if negative); b"" at the end."""
+        want = size if size >= 0 else 1 << 62
+        while len(self._buffer) < want and not self._ended:
+            self._buffer += self._next(max(want - len(self._buffer), 1 << 16))
+        data, self._buffer = self._buffer[:want], self._buffer[want:]
+        return data
+
+    def _next(self, size: int) -> bytes:
+        data: bytes = self._source.read(size)
+        if not self._started:
+            while len(data) < len(_BOM) and (more := self._source.read(size)):
+                data += more
+            self._started = True
+            data = data.removeprefix(_BOM)
+        self._ended = not data
+        if self._decoder is not None:
+            data = self._decoder.decode(data, final=self._ended).encode("utf-8")
+        if self._ended and (data[-1:] or self._last) not in (b"", b"\n", b"\r"):
+            # pyarrow reads an empty last field at the very end, after a quoted one, as
+            # quoted ('' where it means NULL): with the line ended, it does not.
+            data += b"\n"
+        self._last = data[-1:] or self._last
+        self.quotes.feed(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        # pyarrow may still be reading ahead (see _read_header): the source closes when
+        # it is let go of.
+        self.closed = True
 
 
 def _csv_options(
@@ -42,7 +98,7 @@ def _csv_options(
         # other core belongs to PostgreSQL.
         use_threads=False,
         block_size=block_bytes,
-        encoding=opts.encoding,
+        encoding="utf8",  # CsvStream decodes
         column_names=list(contract.headers) if not opts.header and contract.headers else None,
     )
     parse = pacsv.ParseOptions(
@@ -76,7 +132,8 @@ def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
             # raised), and its read loop does not notice a close: its next read() would
             # take bytes from the next file given that descriptor number (the retry's own
             # stream, or the data stream). The file closes when the readahead lets go of it.
-            reader = pacsv.open_csv(_csv_stream(path), read_options=read, parse_options=parse)
+            stream = CsvStream(path, contract.csv)
+            reader = pacsv.open_csv(stream, read_options=read, parse_options=parse)
             return list(reader.schema.names)
         except pa.ArrowInvalid as exc:
             if not _is_straddle(exc):
@@ -95,11 +152,13 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     columns, missing = select_columns(names, contract)
     convert = _convert(names, [c for c in columns if c not in missing])
 
-    def open_with(block: int) -> pacsv.CSVStreamingReader:
+    def open_with(block: int) -> tuple[pacsv.CSVStreamingReader, CsvStream]:
         read, parse = _csv_options(contract, block)
-        return pacsv.open_csv(
-            _csv_stream(path), read_options=read, parse_options=parse, convert_options=convert
+        stream = CsvStream(path, contract.csv)
+        reader = pacsv.open_csv(
+            stream, read_options=read, parse_options=parse, convert_options=convert
         )
+        return reader, stream
 
     types = dict(contract.types)
     layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
@@ -136,6 +195,8 @@ def parse_segment(
     parse = pacsv.ParseOptions(
         delimiter=contract.csv.delimiter, quote_char=contract.csv.quote, newlines_in_values=True
     )
+    if not segment.endswith((b"\n", b"\r")):
+        segment += b"\n"  # as CsvStream ends the last line: an empty last field is NULL
     try:
         table = pacsv.read_csv(
             pa.BufferReader(segment),
@@ -153,23 +214,42 @@ def parse_segment(
 def _read_names(header: bytes, contract: Contract) -> list[str]:
     read = pacsv.ReadOptions(use_threads=False, encoding=contract.csv.encoding)
     parse = pacsv.ParseOptions(delimiter=contract.csv.delimiter, quote_char=contract.csv.quote)
-    return list(pacsv.read_csv(pa.BufferReader(header + b"\n"), read, parse).schema.names)
+    text = header.removeprefix(_BOM) + b"\n"
+    return list(pacsv.read_csv(pa.BufferReader(text), read, parse).schema.names)
+
+
+def unclosed_quote(row: int) -> FileError:
+    """A quoted field that runs to the end of the file (readers would load the rest of the
+    file as its value)."""
+    return FileError(
+        f"row {row}: a quoted field opened in this row is never closed, so the rest of the "
+        'file would be one value: close the quote (a quote inside a quoted value is written "")',
+        row=row,
+    )
 
 
 def _iter_csv(
-    open_with: Callable[[int], pacsv.CSVStreamingReader], limits: Limits
+    open_with: Callable[[int], tuple[pacsv.CSVStreamingReader, CsvStream]], limits: Limits
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches; when a row does not fit pyarrow's block, reopen with a larger
-    block (up to the limit) and continue after the rows already yielded."""
+    block (up to the limit) and continue after the rows already yielded. The last batch
+    waits for the end of the file: it holds the row a never-closed quote opened in."""
     block = CSV_BLOCK_BYTES
     done = 0
     while True:
         reader: pacsv.CSVStreamingReader | None = None
         try:
-            reader = open_with(block)
+            reader, stream = open_with(block)
+            held: pa.RecordBatch | None = None
             for batch in skip_rows(iter(reader), done):
-                done += batch.num_rows
-                yield batch
+                if held is not None:
+                    done += held.num_rows
+                    yield held
+                held = batch
+            if held is not None:
+                if stream.quotes.open:
+                    raise unclosed_quote(done + held.num_rows)
+                yield held
             return
         except pa.ArrowInvalid as exc:
             if not _is_straddle(exc):

@@ -4,7 +4,8 @@ When a CSV file's columns are exactly the columns to load, in order, there is no
 the client to change: reading, parsing and re-encoding it would only take CPU from the
 server. The file is then cut into segments of about chunk-size rows, each ending at a
 line break outside quotes (an even number of quote characters before it), and each
-segment is COPYed as it is.
+segment is COPYed as it is, if COPY reads it as the readers do (see quoting): from the
+first segment that it would read otherwise, the file goes through Arrow.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestd.read.quoting import plain_quoting
 from ingestd.settings import CsvOptions
 
 # Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option.
@@ -53,16 +55,42 @@ class RawCsv:
     ) -> Iterator[memoryview]:
         """Row-aligned pieces of about chunk_rows rows (never over max_bytes) of the bytes from
         start (the first data row) to end (the end of the file; both row boundaries). Raises
-        NotRaw on a blank line, which COPY would not skip as readers do, or on a row bigger
-        than a batch (the Arrow reader's limits apply to it)."""
+        NotRaw on bytes COPY would read otherwise than the readers (a blank line, a quote
+        inside a field), or on a row bigger than a batch (the Arrow reader's limits apply)."""
         for piece in self.pieces(chunk_rows, max_bytes, start, end):
-            yield _checked(piece)
+            yield self.checked(piece)
 
     def pieces(
         self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
     ) -> Iterator[memoryview]:
-        """segments() without the checks COPY needs: for pieces parsed by Arrow."""
+        """segments() without the checks COPY needs: for pieces parsed by Arrow (of a file
+        whose quotes are all plain, or the cuts may not be row boundaries)."""
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
+        return self.row_reads(target, max_bytes, start, end)
+
+    def checked(self, segment: memoryview) -> memoryview:
+        """The segment, if COPY reads it as the readers do; else raises NotRaw."""
+        data = segment.obj  # the read's bytes: searched in place, not copied
+        assert isinstance(data, bytes)  # noqa: S101 - segments are views of os.pread results
+        end = segment.nbytes
+        if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
+            raise NotRaw("blank line")
+        # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
+        if data.startswith(b"\\.") or _found(data, (b"\n\\.",), end):
+            raise NotRaw("a line starting with \\.")
+        if data.find(b"\x00", 0, end) >= 0:
+            raise NotRaw("a NUL byte")  # refused with its row on the Arrow path
+        if not plain_quoting(data, end, self.delimiter, self.quote):
+            # COPY would open a quoted section at a quote inside a field and run on into
+            # later rows; quote counting would misplace row ends too.
+            raise NotRaw("a quote inside a field, or a lone carriage return")
+        return segment
+
+    def row_reads(
+        self, target: int, max_bytes: int, start: int | None = None, end: int | None = None
+    ) -> Iterator[memoryview]:
+        """Reads of about `target` bytes, each cut after its last line break outside quotes
+        (counted from `start`); raises NotRaw on a row over half of max_bytes."""
         quote = self.quote.encode()
         with self.path.open("rb") as fh:
             position = self.start if start is None else start
@@ -87,18 +115,6 @@ class RawCsv:
                     return
                 yield memoryview(data)[:cut]
                 position += cut
-
-
-def _checked(segment: memoryview) -> memoryview:
-    data = segment.obj  # the read's bytes: searched in place, not copied
-    assert isinstance(data, bytes)  # noqa: S101 - segments are views of os.pread results
-    end = segment.nbytes
-    if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
-        raise NotRaw("blank line")
-    # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
-    if data.startswith(b"\\.") or _found(data, (b"\n\\.",), end):
-        raise NotRaw("a line starting with \\.")
-    return segment
 
 
 def _found(data: bytes, needles: tuple[bytes, ...], end: int) -> bool:
@@ -148,13 +164,14 @@ def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) ->
         return None
     with path.open("rb") as fh:
         sample = fh.read(_SAMPLE_BYTES)
-    start = len(_BOM) if pg_encoding == "UTF8" and sample.startswith(_BOM) else 0
+    # A UTF-8 BOM is skipped whatever the encoding, as the Arrow reader skips it.
+    start = len(_BOM) if sample.startswith(_BOM) else 0
     if b"\r" in sample.replace(b"\r\n", b""):
         return None  # old Mac line ends: leave them to the Arrow reader
     if csv.header:
         end = sample.find(b"\n", start)
-        if end < 0 or sample.count(csv.quote.encode(), start, end) % 2:
-            return None  # a header spanning lines, or longer than the sample
+        if end < 0 or not plain_quoting(sample[start:], end + 1 - start, csv.delimiter, csv.quote):
+            return None  # a header spanning lines, longer than the sample, or oddly quoted
         start = end + 1
     rows = _records(sample, csv.quote.encode(), start)
     if rows == 0 and len(sample) == _SAMPLE_BYTES:
@@ -163,42 +180,39 @@ def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) ->
     return RawCsv(path, start, csv.delimiter, csv.quote, pg_encoding, body / max(rows, 1))
 
 
-def split_points(raw: RawCsv, parts: int) -> list[int]:
+def split_points(raw: RawCsv, parts: int, max_bytes: int = _SCAN_BYTES * 16) -> list[int]:
     """Where to cut the file's data rows into `parts` segments of about equal size: the
     end offset of each segment, each a row boundary (the last is the end of the file).
 
-    Whether a line break ends a row depends on every quote before it, so the file is read
-    once from the start, counting quotes (at memory speed: bytes.count).
+    Whether a line break ends a row depends on every quote before it, so the whole file is
+    read once from the start, counting quotes (at memory speed: bytes.count). Counting is
+    only right if every quote is plain (see quoting): raises NotRaw if one is not.
     """
     quote = raw.quote.encode()
     size = raw.path.stat().st_size
     body = size - raw.start
     wanted = [raw.start + body * i // parts for i in range(1, parts)]
     ends: list[int] = []
-    quotes = 0  # quote characters from the first data row to `position`
     position = raw.start
-    with raw.path.open("rb") as fh:
-        while wanted and position < size:
-            block = os.pread(fh.fileno(), _SCAN_BYTES, position)
-            at = 0
-            while wanted and wanted[0] < position + len(block):
-                at = max(at, wanted[0] - position)
-                cut = _next_boundary(block, quote, at, quotes + block.count(quote, 0, at))
-                if cut is None:
-                    break  # the row goes on into the next block
-                if not ends or position + cut > ends[-1]:
-                    ends.append(position + cut)
-                wanted.pop(0)
-                at = cut
-            quotes += block.count(quote)
-            position += len(block)
+    for piece in raw.row_reads(_SCAN_BYTES, max(max_bytes, 2 * _SCAN_BYTES)):
+        data, length = piece.obj, piece.nbytes
+        assert isinstance(data, bytes)  # noqa: S101 - reads are views of os.pread results
+        if not plain_quoting(data, length, raw.delimiter, raw.quote):
+            raise NotRaw("a quote inside a field, or a lone carriage return")
+        while wanted and wanted[0] < position + length:
+            at = max(0, wanted[0] - position)
+            cut = _next_boundary(data, quote, at, data.count(quote, 0, at), length)
+            wanted.pop(0)
+            if cut is not None and (not ends or position + cut > ends[-1]):
+                ends.append(position + cut)
+        position += length
     return [end for end in ends if end < size] + [size]
 
 
-def _next_boundary(block: bytes, quote: bytes, at: int, quotes_before: int) -> int | None:
-    """Offset just after the first line break at or after `at` that ends a row, given the
-    quotes counted up to `at`; None if the block has none."""
-    while (newline := block.find(b"\n", at)) >= 0:
+def _next_boundary(block: bytes, quote: bytes, at: int, quotes_before: int, end: int) -> int | None:
+    """Offset just after the first line break in block[at:end] that ends a row, given the
+    quotes counted up to `at`; None if there is none."""
+    while (newline := block.find(b"\n", at, end)) >= 0:
         quotes_before += block.count(quote, at, newline)
         if quotes_before % 2 == 0:
             return newline + 1

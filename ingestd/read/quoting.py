@@ -1,0 +1,107 @@
+"""Quoting: the one reading of quote characters that every way into the database keeps.
+
+A quote opens a quoted field only at the start of a field (the start of the file, or
+after a delimiter or a line end outside quotes); inside it a doubled quote stands for
+one quote and a single quote closes it; after that, up to the next delimiter or line
+end, and in any field that did not start with one, a quote is a plain character. This
+is lenient RFC 4180, as Python's csv module and pyarrow read it.
+
+PostgreSQL's COPY opens a quoted section at any quote, even in the middle of a field.
+Both readings agree only on bytes in which every quote opens a field, closes one (just
+before a delimiter or a line end) or is doubled inside one: `plain_quoting` tells those
+apart, and only they go to COPY as they are. For them, counting quotes also tells a
+line break that ends a row from one inside a field.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+_CR, _LF = 0x0D, 0x0A
+
+
+@functools.cache
+def _plain(delimiter: bytes, quote: bytes) -> re.Pattern[bytes]:
+    d, q = re.escape(delimiter), re.escape(quote)
+    # Runs without quotes, and quoted fields that open at a field start, hold only
+    # doubled quotes, and close just before a delimiter, a line end or the end. Possessive
+    # quantifiers: a failed match gives up at once instead of backtracking.
+    field = rb"(?<![^" + d + rb"\n])" + q + rb"(?:[^" + q + rb"]++|" + q + q + rb")*+" + q
+    return re.compile(
+        rb"(?:[^" + q + rb"]*+" + field + rb"(?=[" + d + rb"\n]|\r\n|\Z))*+[^" + q + rb"]*+\Z"
+    )
+
+
+def plain_quoting(data: bytes, end: int, delimiter: str, quote: str) -> bool:
+    """Whether COPY reads data[:end] (whole rows) as the lenient reading does: every quote
+    opens a field, closes one before a delimiter or line end, or is doubled inside one;
+    and no carriage return stands alone (COPY and the readers differ on those too)."""
+    mark = quote.encode()
+    if data.find(b"\r", 0, end) >= 0 and data.count(b"\r", 0, end) != data.count(b"\r\n", 0, end):
+        return False
+    if data.find(mark, 0, end) < 0:
+        return True  # the common case: nothing to read differently
+    return _plain(delimiter.encode(), mark).fullmatch(data, 0, end) is not None
+
+
+@functools.cache
+def _lenient(delimiter: bytes, quote: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    d, q = re.escape(delimiter), re.escape(quote)
+    body = rb"(?:[^" + q + rb"]++|" + q + q + rb")*+"
+    # Outside quotes: anything but a quote, or a quote that does not start a field.
+    outside = rb"(?:[^" + q + rb"]++|(?<![" + d + rb"\r\n])" + q + rb")*+"
+    # A quote at the end of a block may be the first of a doubled pair: it closes nothing yet.
+    run = re.compile(rb"(?:" + outside + q + body + q + rb"(?=.))*+" + outside, re.DOTALL)
+    return run, re.compile(body)
+
+
+class OpenQuotes:
+    """Follows a CSV stream from its first byte, block by block, under the lenient
+    reading: `open` says whether the bytes so far end inside a quoted field.
+
+    pyarrow and Python's csv module take a quoted field that is never closed as running
+    to the end of the file; ingestd refuses such a file instead of loading the rest of
+    it into one value."""
+
+    def __init__(self, delimiter: str, quote: str):
+        self._run, self._body = _lenient(delimiter.encode(), quote.encode())
+        self._quote = ord(quote)
+        self._starts = {ord(delimiter), _CR, _LF}
+        self._inside = False
+        self._pending = False  # inside, and the last byte was a quote: closing or doubled?
+        self._at_start = True  # outside, and the next byte starts a field
+
+    @property
+    def open(self) -> bool:
+        """The bytes fed so far end inside a quoted field."""
+        return self._inside and not self._pending
+
+    def feed(self, block: bytes) -> None:
+        """Read the next bytes of the stream."""
+        size = len(block)
+        if not size:
+            return
+        at = 0
+        if self._pending:
+            self._pending = False
+            if block[0] == self._quote:
+                at = 1  # a doubled quote: still inside
+            else:
+                self._inside = self._at_start = False  # it closed the field
+        while at < size:
+            if self._inside:
+                close = self._body.match(block, at).end()  # type: ignore[union-attr]
+                if close >= size - 1:
+                    self._pending = close == size - 1
+                    return
+                at, self._inside = close + 1, False
+            elif at == 0 and self._at_start and block[0] == self._quote:
+                at, self._inside = 1, True
+            else:
+                # The run stops at a quote opening a field whose close is not in this block.
+                opening = self._run.match(block, at).end()  # type: ignore[union-attr]
+                if opening == size:
+                    self._at_start = block[-1] in self._starts
+                    return
+                at, self._inside = opening + 1, True

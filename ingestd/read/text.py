@@ -1,0 +1,39 @@
+"""Text PostgreSQL can hold: a NUL byte in a value is refused here, naming its row.
+
+PostgreSQL stores no NUL in text and says so while COPY decodes its input, ahead of
+parsing it, so the line it names depends on how the batch was cut. Found here, the
+row is the same whichever way the file went.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestd.exceptions import FileError
+
+_NUL = re.compile(b"\x00")
+
+
+def refuse_nul(batch: pa.RecordBatch, first_row: int) -> None:
+    """Raise a FileError naming the first row (numbered from first_row) and column of
+    `batch` whose text holds a NUL byte."""
+    for index, column in enumerate(batch.columns):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        data = column.buffers()[2]
+        # Searched in place; a slice's buffer may hold other rows, so only a hit is checked.
+        if data is None or _NUL.search(memoryview(data)) is None:
+            continue
+        hits = pc.match_substring(column, "\x00")
+        at = pc.index(hits, True).as_py()
+        if at < 0:
+            continue
+        name, row = batch.schema.names[index], first_row + at
+        raise FileError(
+            f'invalid byte sequence for encoding "UTF8": 0x00 (row {row}, column {name}): '
+            "PostgreSQL cannot store a NUL byte in text; remove it from the file",
+            row=row,
+        )

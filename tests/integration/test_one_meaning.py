@@ -1,0 +1,237 @@
+"""One meaning for every byte: a CSV file gives the same table on every path (raw or Arrow,
+split or not, resumed or not, any chunk size, .csv or .csv.gz), the one Python's csv
+module reads, or the same failure."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import write
+from tests.pg import Db
+
+
+def _events(err: str, name: str) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in events if e.get("event") == name]
+
+
+def _no_raw(tmp_path: Path) -> Path:
+    return write(tmp_path / "no-raw.toml", "raw_csv = false\n")
+
+
+def test_inch_marks_in_unquoted_fields_stay_in_their_rows(cli, db: Db, tmp_path: Path) -> None:
+    f = tmp_path / "inch.csv"
+    f.write_bytes(b'id,v\n1,5" screen\n2,7" screen\n3,x\n')
+    result = cli("--files", f, "--table", "inch", "--mode", "append")
+    assert result.code == 0, result.err
+    assert db.fetch("SELECT id, v FROM inch ORDER BY id") == [
+        {"id": "1", "v": '5" screen'}, {"id": "2", "v": '7" screen'}, {"id": "3", "v": "x"},
+    ]  # fmt: skip
+
+
+# --- the differential test ------------------------------------------------------------------
+#
+# Every path loads the same bytes into its own table; all must end alike, and where the
+# file is valid, hold what Python's csv module reads. INGESTD_DEEP=1 runs many more
+# examples (make test-deep).
+
+DEEP = os.environ.get("INGESTD_DEEP", "") not in ("", "0")
+# Each example is ten loads: shrinking one that fails would take hours, so none is done
+# (the failing bytes are in the assertion message).
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
+_QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "one_meaning", max_examples=8, deadline=None, phases=_PHASES, suppress_health_check=_QUIET
+)
+settings.register_profile(
+    "deep", max_examples=int(os.environ.get("INGESTD_DEEP_EXAMPLES", "300")), deadline=None,
+    phases=_PHASES, suppress_health_check=_QUIET,
+)  # fmt: skip
+PROFILE = settings.get_profile("deep" if DEEP else "one_meaning")
+
+_BOM = b"\xef\xbb\xbf"
+
+
+_HOSTILE = ['5" screen', "37°36'37.8\"N", 'a"', '"ab"c"', '"x"y"', '""', "\\.", '"a" "b"', '"""',
+            "x\x00y", '"abc"""', "", " ", '"open']  # fmt: skip
+
+
+@st.composite
+def _field(draw: st.DrawFn, delimiter: str, hostility: int) -> str:
+    if draw(st.integers(0, 9)) < hostility:
+        return draw(st.sampled_from(_HOSTILE))
+    if draw(st.integers(0, 30)) == 0:
+        return "x" * draw(st.integers(1000, 70000))  # longer than a read, or a batch
+    if draw(st.booleans()):
+        parts = ["a", "b", " ", '"', "\n", "\r\n", delimiter]
+        text = "".join(draw(st.lists(st.sampled_from(parts), max_size=8)))
+        return '"' + text.replace('"', '""') + '"'
+    return draw(st.text(st.sampled_from("ab 9é°'"), max_size=6))
+
+
+@st.composite
+def hostile_csv(draw: st.DrawFn) -> tuple[bytes, str, int]:
+    """(file bytes, delimiter, columns): rows with a drawn share of hostile fields and
+    lines, or hostile bytes in any order."""
+    delimiter = draw(st.sampled_from([",", ";", "|", "\t"]))
+    columns = draw(st.integers(1, 3))
+    hostility = draw(st.sampled_from([0, 0, 1, 3, 10]))  # in ten fields and lines
+    names = [f'"c{i}"' if draw(st.booleans()) else f"c{i}" for i in range(columns)]
+    lines = [delimiter.join(names)]
+    if draw(st.integers(0, 5)) == 0:
+        alphabet = ["a", '"', delimiter, "\n", "\r\n", "\r", " ", '""', "\\.", "é"]
+        lines.append("".join(draw(st.lists(st.sampled_from(alphabet), max_size=40))))
+    else:
+        for _ in range(draw(st.integers(1, 30))):
+            if draw(st.integers(0, 19)) < hostility:  # a blank, a \. or a ragged line
+                line = draw(st.sampled_from(["", " ", "\t ", "\\.", "\r", "a"]))
+                lines.append(line * (delimiter not in line or columns > 1))
+            else:
+                lines.append(
+                    delimiter.join(draw(_field(delimiter, hostility)) for _ in range(columns))
+                )
+    ends = draw(st.sampled_from(["\n", "\n", "\r\n", "\r", "mixed"]))
+    text = ""
+    for line in lines:
+        text += line + (draw(st.sampled_from(["\n", "\r\n"])) if ends == "mixed" else ends)
+    if draw(st.booleans()):
+        text = text.removesuffix("\n").removesuffix("\r")  # no line end at the end
+    data = text.encode()
+    return (_BOM + data if draw(st.booleans()) else data), delimiter, columns
+
+
+def _reference(data: bytes, delimiter: str, columns: int) -> list[tuple[str, ...]] | None:
+    """The rows Python's csv module reads (empty values as ''), or None if the file must
+    fail: ragged rows, a quoted field never closed, a NUL byte PostgreSQL cannot hold."""
+    text = data.removeprefix(_BOM).decode()
+    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    if _never_closed(text, delimiter) or any(len(r) != columns for r in rows):
+        return None
+    if "\x00" in text:
+        return None
+    return [tuple(r) for r in rows[1:]]
+
+
+def _never_closed(text: str, delimiter: str) -> bool:
+    """Whether text ends inside a quoted field (the lenient reading, char by char)."""
+    inside = at_start = True
+    inside = False
+    after_quote = False
+    for char in text:
+        if inside:
+            if after_quote:
+                after_quote = False
+                if char == '"':
+                    continue
+                inside = False
+            elif char == '"':
+                after_quote = True
+                continue
+            else:
+                continue
+        if char == '"' and at_start:
+            inside, at_start = True, False
+        else:
+            at_start = char in (delimiter, "\n", "\r")
+    return inside and not after_quote
+
+
+@dataclass
+class _Outcome:
+    code: int
+    rows: list[tuple[str | None, ...]] | None
+    notes: str | None
+
+
+def _load(cli, db: Db, f: Path, table: str, columns: int, *extra: object) -> _Outcome:
+    result = cli("--files", f, "--table", table, "--mode", "append", *extra)
+    [m] = [m for m in db.manifest() if m["filename"].endswith(f.name)][-1:]
+    via = sorted({b["via"] for b in _events(result.err, "batch_committed")})
+    split = bool(_events(result.err, "file_split"))
+    event(f"{f.stem}: via {'+'.join(via) or 'nothing'}, split {split}")
+    if result.code != 0:
+        assert m["status"] == "failed", (result.err, m)
+        assert "Traceback" not in result.err
+        return _Outcome(result.code, None, m["notes"])
+    assert m["status"] == "success", m
+    names = ", ".join(f"c{i}" for i in range(columns))
+    rows = [tuple(r.values()) for r in db.fetch(f"SELECT {names} FROM {table}")]
+    assert m["rows"] == len(rows)  # the books agree with the table
+    return _Outcome(0, sorted(rows, key=repr), None)
+
+
+_EXAMPLE = iter(range(1 << 30))
+
+
+@PROFILE
+@given(hostile_csv(), st.integers(1, 12))
+def test_every_path_reads_every_byte_alike(
+    cli, db: Db, tmp_path: Path, case: tuple[bytes, str, int], kill_at: int
+) -> None:
+    data, delimiter, columns = case
+    n = next(_EXAMPLE)
+    folder = tmp_path / f"ex{n}"
+    folder.mkdir()
+    flags = ("--delimiter", delimiter)
+    outcomes: dict[str, _Outcome] = {}
+
+    def run(path: str, *extra: object, body: bytes = data, suffix: str = ".csv") -> None:
+        f = folder / f"{path}{suffix}"
+        f.write_bytes(body)
+        outcomes[path] = _load(cli, db, f, f"t{n}_{path}", columns, *flags, *extra)
+
+    run("raw", "--chunk-size", 50000)
+    run("chunk1", "--chunk-size", 1)
+    run("chunk7", "--chunk-size", 7)
+    run("arrow", "--chunk-size", 7, "--config", _no_raw(folder))
+    run("gz", "--chunk-size", 7, body=gzip.compress(data), suffix=".csv.gz")
+    for parts in (2, 3):
+        split_mb = f"{len(data) / parts / (1 << 20) * 0.999:.12f}"
+        run(f"split{parts}", "--chunk-size", 7, "--concurrency", parts, "--split-mb", split_mb)
+    # Resumed: the connection dies at the kill_at-th batch, the run gives up, the next resumes.
+    table = f"t{n}_resumed"
+    cols = ", ".join(f"c{i} text" for i in range(columns))
+    db.execute(f"CREATE TABLE {table} ({cols})")
+    db.execute(f"CREATE SEQUENCE {table}_seq")
+    db.execute(
+        f"""CREATE FUNCTION {table}_kill() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF nextval('{table}_seq') = {kill_at} THEN PERFORM pg_terminate_backend(pg_backend_pid());
+          END IF;
+          RETURN NULL;
+        END $$;
+        CREATE TRIGGER kill AFTER INSERT ON {table} FOR EACH STATEMENT
+          EXECUTE FUNCTION {table}_kill()"""
+    )
+    f = folder / "resumed.csv"
+    f.write_bytes(data)
+    cli("--files", f, "--table", table, "--mode", "append", "--chunk-size", 1,
+        "--max-retries", 0, *flags)  # fmt: skip
+    db.execute(f"DROP TRIGGER kill ON {table}")
+    outcomes["resumed"] = _load(cli, db, f, table, columns, "--chunk-size", 7, *flags)
+
+    first = outcomes["raw"]
+    for path, outcome in outcomes.items():
+        if first.code != 0:  # the same failure: partial loads differ by chunk size
+            assert (outcome.code, outcome.notes) == (first.code, first.notes), (path, data)
+        else:
+            assert outcome == first, (path, data)
+    expected = _reference(data, delimiter, columns)
+    event("valid" if expected is not None else "must fail")
+    if expected is None:
+        assert first.code == 1, (data, first)
+    else:
+        assert first.code == 0, (data, first.notes)
+        assert first.rows is not None
+        got = sorted((tuple(v or "" for v in r) for r in first.rows), key=repr)
+        assert got == sorted(expected, key=repr), data
