@@ -31,6 +31,7 @@ from ingestd.load import (
 )
 from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.read.raw_csv import NotRaw, RawCsv
+from ingestd.read.text import refuse_nul
 from ingestd.settings import Mode, Settings
 from ingestd.split import load_split, plan_split
 
@@ -150,6 +151,7 @@ def _pieces(
             batch = next(batches, None)
             if batch is None:
                 return None
+            refuse_nul(batch, next_row)
             payload = encode_batch(batch, next_row, ordinal=ordinal)
             next_row += batch.num_rows
             return Piece(payload, CopyFormat(ordinal=ordinal), batch)

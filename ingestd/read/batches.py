@@ -115,9 +115,11 @@ def arrow_file_error(
     if match:
         record, expected, got = (int(g) for g in match.groups())
         row = record - header_rows
+        # The row as pyarrow quotes it, blanks kept: a line of only blanks is a row too.
+        found = str(exc).lstrip().splitlines()[0][match.end() :].removeprefix(":")[1:]
+        blanks = " (a line of only blanks: remove it)" if found and not found.strip() else ""
         return FileError(
-            f"row {row} has {got} fields where {expected} were expected: "
-            f"{text[match.end() :].lstrip(': ')[:200]!r}",
+            f"row {row} has {got} fields where {expected} were expected: {found[:200]!r}{blanks}",
             row=row,
         )
     return FileError(text)
