@@ -430,9 +430,10 @@ def _choice(value: Any, allowed: tuple[Any, ...], what: str) -> Any:
 
 
 def _instance_id(value: Any) -> str:
-    """A given id, else the host name. The id stays the same across restarts, so a restarted
-    instance takes its own unfinished files back at once instead of waiting for their
-    leases to run out. Several instances on one host each need their own id."""
+    """A given id, else the host name: the instance's name in the manifest (owner) and logs.
+    Claims belong to a process (a token beside the id), so two processes sharing an id
+    never take each other's files; a dead process's files are taken back at once by any
+    instance. Several instances on one host should each have their own id all the same."""
     if value is None:
         return socket.gethostname() or "ingestd"
     text = str(value).strip()
