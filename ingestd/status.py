@@ -17,6 +17,7 @@ from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import setup as setup_logging
+from ingestd.names import shown_name
 from ingestd.retry import Backoff
 from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR
 
@@ -95,7 +96,7 @@ def print_status(summary: dict[str, Any], out: TextIO) -> None:
         print("\nin progress (or interrupted; resumed on the next run):", file=out)
         for r in summary["pending"]:
             print(
-                f"  {r['filename']} -> {r['table_name']}: "
+                f"  {shown_name(r['filename'])} -> {r['table_name']}: "
                 f"{r['rows']:,} rows committed, run {r['run_id']}",
                 file=out,
             )
@@ -103,9 +104,10 @@ def print_status(summary: dict[str, Any], out: TextIO) -> None:
         print("\nwaiting for another attempt (transient failure; the file is in the inbox):",
               file=out)  # fmt: skip
         for r in summary["retrying"]:
-            print(f"  {r['filename']} -> {r['table_name']}: {r['notes']}", file=out)
+            print(f"  {shown_name(r['filename'])} -> {r['table_name']}: {r['notes']}", file=out)
     if summary["failed"]:
         print("\nrecent failures:", file=out)
         for r in summary["failed"]:
             when = r["processed_at"].strftime("%Y-%m-%d %H:%M:%S") if r["processed_at"] else "?"
-            print(f"  {when}  {r['filename']} -> {r['table_name'] or '?'}: {r['notes']}", file=out)
+            name, table = shown_name(r["filename"]), r["table_name"] or "?"
+            print(f"  {when}  {name} -> {table}: {r['notes']}", file=out)
