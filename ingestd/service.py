@@ -294,6 +294,8 @@ class Service:
             try:
                 async with pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
                     await self._check_twins(manifest, conn)
+                    if manifest.broken is None:
+                        await manifest.check(conn)  # noticed while idle too
                     if leases and manifest.broken is None:
                         await manifest.renew(conn, sorted(leases))
             except ManifestGoneError as exc:

@@ -205,12 +205,19 @@ class Manifest:
         try:
             return await call()
         except asyncpg.UndefinedTableError:
-            raise ManifestGoneError(
-                f"the manifest table {self.name} disappeared while ingestd was running; "
-                "ingestd stopped loading (not ready) so that no file loads twice: restore it "
-                "from a backup and restart ingestd (a restart without it creates an empty "
-                "manifest and loads every file in the inbox again)"
-            ) from None
+            raise self._gone() from None
+
+    def _gone(self) -> ManifestGoneError:
+        return ManifestGoneError(
+            f"the manifest table {self.name} disappeared while ingestd was running; "
+            "ingestd stopped loading (not ready) so that no file loads twice: restore it "
+            "from a backup and restart ingestd"
+        )
+
+    async def check(self, conn: Connection) -> None:
+        """ManifestGoneError if the manifest is no longer there (an idle instance's look)."""
+        if not await self.exists(conn):
+            raise self._gone()
 
     async def _why_not(self, conn: Connection, claim_id: int, rows: int | None = None) -> None:
         """After an update of a row in hand matched nothing: ManifestRowGoneError if the

@@ -404,3 +404,18 @@ def test_truncated_gz_counts_its_committed_rows_and_the_complete_file_is_refused
     assert f"committed {committed:,} rows to events" in out
     assert _rows(db) == (committed, committed)  # not appended on top
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+
+def test_manifest_dropped_under_an_idle_daemon_is_noticed(dsn: str, db: Db, tmp_path: Path) -> None:
+    d = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
+    try:
+        d.wait_ready()
+        db.execute("DROP TABLE ingestion_manifest")
+        wait_for(lambda: d.get("/readyz")[0] == 503, what="not ready without a file in hand")
+        assert d.events("manifest_missing") and d.metric("ingest_manifest_missing") == 1
+        _drop(tmp_path / "inbox", "x.csv", _numbers(0, 5))
+        time.sleep(1.5)  # a few rescans: nothing may be claimed, nothing recreated
+        assert db.val("SELECT to_regclass('ingestion_manifest')") is None
+    finally:
+        assert d.stop() == 0
+    assert (tmp_path / "inbox" / "x.csv").exists()
