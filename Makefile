@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-pg15 test-fast lint format bench bench-quick clean wheel
+.PHONY: demo test test-deep test-pg15 test-fast lint format bench bench-quick clean wheel
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 ## test-pg15: the integration tests against Debian's PostgreSQL 15 (a second server version)
 test-pg15: $(STAMP)
 	tests/other_server.sh 15
+
+## test-deep: the differential CSV test (every path reads every byte alike) with many examples
+test-deep: $(STAMP)
+	INGESTD_DEEP=1 $(BIN)/pytest -q tests/integration/test_one_meaning.py -k every_path --hypothesis-show-statistics
 
 ## test-fast: unit tests only (no database)
 test-fast: $(STAMP)

@@ -39,6 +39,151 @@ def test_inch_marks_in_unquoted_fields_stay_in_their_rows(cli, db: Db, tmp_path:
     ]  # fmt: skip
 
 
+def test_inch_marks_load_alike_in_upsert_with_types_and_coordinates_keep_quotes(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    f = tmp_path / "geo.csv"
+    f.write_bytes("id,n,where\n1,5,37°36'37.8\"N 121°2'17.9\"W\n2,7,x\n".encode())
+    result = cli("--files", f, "--table", "geo", "--pk", "id", "--mode", "upsert",
+                 "--types", "id:integer,n:integer")  # fmt: skip
+    assert result.code == 0, result.err
+    assert db.fetch("SELECT id, n, \"where\" FROM geo ORDER BY id") == [
+        {"id": 1, "n": 5, "where": "37°36'37.8\"N 121°2'17.9\"W"}, {"id": 2, "n": 7, "where": "x"},
+    ]  # fmt: skip
+    assert [e["reason"] for e in _events(result.err, "raw_csv_fallback")] == [
+        "a quote inside a field, or a lone carriage return"
+    ]
+
+
+def test_malformed_quoting_reads_alike_and_a_resume_after_the_fix_loads_no_row_twice(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    """Rows 120-121 quote oddly, row 250 does not cast: the file fails after some batches
+    (raw, then through Arrow from the odd rows on); once the table is fixed, the unchanged
+    file resumes (counting rows) and every row is there once, with the lenient values."""
+    rows = [f"{i},v{i},{i}" for i in range(1, 301)]
+    rows[119:121] = ['120,"ab"c",120', '121,"x"y",121']
+    rows[249] = "250,v250,oops"
+    f = write(tmp_path / "odd.csv", "id,v,n\n" + "\n".join(rows) + "\n")
+    db.execute("CREATE TABLE odd (id int, v text, n int)")
+    args = ("--files", f, "--table", "odd", "--mode", "append", "--chunk-size", 50)
+    first = cli(*args)
+    assert first.code == 1
+    [m] = db.manifest()
+    assert 'integer: "oops" (row 250, column n)' in m["notes"], m["notes"]
+    assert db.val("SELECT count(*) FROM odd") == m["rows"] > 0
+    via = [e["via"] for e in _events(first.err, "batch_committed")]
+    assert via[0] == "copy" and via[-1] == "arrow", via
+    db.execute("ALTER TABLE odd ALTER n TYPE text")
+    second = cli(*args)
+    assert second.code == 0, second.err
+    assert db.val("SELECT count(*) FROM odd") == 300
+    assert db.val("SELECT count(DISTINCT id) FROM odd") == 300
+    assert db.fetch("SELECT v FROM odd WHERE id IN (120, 121) ORDER BY id") == [
+        {"v": 'abc"'}, {"v": 'xy"'},
+    ]  # fmt: skip
+    # The Arrow path reads the same rows.
+    db.execute("CREATE TABLE odd_arrow (id int, v text, n int)")
+    arrow = cli(*args, "--table", "odd_arrow", "--config", _no_raw(tmp_path), "--no-resume")
+    assert arrow.code == 1
+    assert 'integer: "oops" (row 250, column n)' in db.manifest()[-1]["notes"]
+
+
+# Every encoding COPY can be told (the raw path), and two only the Arrow path reads.
+ENCODINGS = ["utf-8", "ascii", "latin-1", "iso8859-2", "iso8859-15", "cp1250", "cp1251",
+             "cp1252", "shift_jis", "cp437"]  # fmt: skip
+
+
+def _sample(encoding: str) -> str:
+    for text in ("São", "Łódź", "€uro", "Жук", "日本", "Ça", "plain"):
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        return text
+    raise AssertionError(encoding)
+
+
+def test_a_utf8_bom_is_skipped_whatever_the_encoding(cli, db: Db, tmp_path: Path) -> None:
+    for n, encoding in enumerate(ENCODINGS):
+        value = _sample(encoding)
+        body = f'id,v\n1,{value}\n2,"{value}, too"\n'.encode(encoding)
+        for path, data, name in [
+            ("raw", _BOM + body, f"bom{n}.csv"),
+            ("gz", gzip.compress(_BOM + body), f"bom{n}.csv.gz"),
+        ]:
+            f = tmp_path / name
+            f.write_bytes(data)
+            table = f"bom{n}_{path}"
+            result = cli("--files", f, "--table", table, "--mode", "append",
+                         "--encoding", encoding)  # fmt: skip
+            assert result.code == 0, (encoding, result.err)
+            assert db.fetch(f"SELECT id, v FROM {table} ORDER BY id") == [
+                {"id": "1", "v": value}, {"id": "2", "v": f"{value}, too"},
+            ], encoding  # fmt: skip
+
+
+def test_a_last_line_of_blanks_fails_the_file_showing_the_blanks_on_every_path(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    data = b"id,v\n1,a\n2,b\n   "
+    expected = "row 3 has 1 fields where 2 were expected: '   ' (a line of only blanks: remove it)"
+    for n, extra in enumerate([(), ("--config", _no_raw(tmp_path)), ("--chunk-size", 1)]):
+        f = tmp_path / f"blanks{n}.csv"
+        f.write_bytes(data)
+        result = cli("--files", f, "--table", f"b{n}", "--mode", "append", *extra)
+        assert result.code == 1
+        assert db.manifest()[-1]["notes"] == expected, extra
+    # With one column, the blanks are a value, as Python's csv module reads them.
+    f = tmp_path / "one.csv"
+    f.write_bytes(b"v\na\n   ")
+    assert cli("--files", f, "--table", "one", "--mode", "append").code == 0
+    assert db.fetch("SELECT v FROM one ORDER BY v") == [{"v": "   "}, {"v": "a"}]
+
+
+def test_a_quoted_field_never_closed_fails_the_file_with_its_row(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    data = b"id,v\n" + b"".join(b"%d,x\n" % i for i in range(1, 21)) + b'21,"open\n22,y\n'
+    expected = "row 21: a quoted field opened in this row is never closed"
+    for n, extra in enumerate([(), ("--config", _no_raw(tmp_path)), ("--chunk-size", 7)]):
+        f = tmp_path / f"open{n}.csv"
+        f.write_bytes(data)
+        result = cli("--files", f, "--table", f"o{n}", "--mode", "append", *extra)
+        assert result.code == 1
+        [m] = db.manifest()[-1:]
+        assert m["notes"].startswith(expected), (extra, m["notes"])
+        assert db.val(f"SELECT count(*) FROM o{n} WHERE id = '21'") == 0
+    gz = tmp_path / "open.csv.gz"
+    gz.write_bytes(gzip.compress(data))
+    assert cli("--files", gz, "--table", "ogz", "--mode", "append").code == 1
+    assert db.manifest()[-1]["notes"].startswith(expected)
+
+
+SPECTRUM = Path(__file__).parent.parent / "data" / "csv-spectrum"
+
+
+def test_the_csv_spectrum_corpus_loads_as_it_says(cli, db: Db, tmp_path: Path) -> None:
+    """csv-spectrum (github.com/maxogden/csv-spectrum): each CSV beside the JSON of the rows
+    it holds; loaded raw and through Arrow."""
+    cases = sorted((SPECTRUM / "csvs").glob("*.csv"))
+    assert len(cases) == 11
+    for n, case in enumerate(cases):
+        expected = json.loads((SPECTRUM / "json" / f"{case.stem}.json").read_text())
+        for path, extra in [("raw", ()), ("arrow", ("--config", _no_raw(tmp_path)))]:
+            f = tmp_path / path / case.name
+            f.parent.mkdir(exist_ok=True)
+            f.write_bytes(case.read_bytes())
+            table = f"s{n}_{path}"
+            result = cli("--files", f, "--table", table, "--mode", "append", *extra)
+            assert result.code == 0, (case.name, result.err)
+            columns = ", ".join(expected[0])
+            got = db.fetch(f"SELECT {columns} FROM {table}")
+            # The corpus writes '' for every empty value; unquoted empties load as NULL.
+            got = [{k: "" if v is None else v for k, v in row.items()} for row in got]
+            assert sorted(got, key=repr) == sorted(expected, key=repr), (case.name, path)
+
+
 # --- the differential test ------------------------------------------------------------------
 #
 # Every path loads the same bytes into its own table; all must end alike, and where the

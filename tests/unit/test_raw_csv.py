@@ -8,7 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ingestd.read.quoting import OpenQuotes, plain_quoting
 from ingestd.read.raw_csv import NotRaw, count_rows, raw_csv, split_points
 from ingestd.settings import CsvOptions
 
@@ -141,3 +144,112 @@ def test_count_rows_counts_records_not_lines(tmp_path: Path) -> None:
 def test_count_rows_skips_blank_lines_as_the_readers_do(tmp_path: Path) -> None:
     path = _file(tmp_path, b'id,v\n1,a\n\n\r\n2,"\n\nb"\n3,c\n')
     assert count_rows(_raw(path), path.stat().st_size) == 3
+
+
+# --- quotes COPY would read otherwise (issue 12) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        (b"1,a\n2,b\n", True),
+        (b'1,"a ""b"", c"\n2,"x\ny"\r\n', True),
+        (b'1,""\n"",2\n"",""', True),
+        (b'1,5" screen\n2,7" screen\n', False),  # inch marks: a quote inside a field
+        (b"1,37\xc2\xb036'37.8\"N\n", False),
+        (b'1,"ab"c"\n', False),  # a quote closing before something else
+        (b'1,"a" \n', False),
+        (b'1,"a""\n', False),  # never closed
+        (b'1,"open\n2,x\n', False),
+        (b'1,a"\n', False),
+        (b"1,a\r2,b\n", False),  # a lone carriage return
+        (b'1,"a\rb"\n', False),  # even quoted: COPY and the readers disagree on line ends
+    ],
+)
+def test_plain_quoting_tells_what_copy_reads_alike(data: bytes, plain: bool) -> None:
+    assert plain_quoting(data, len(data), ",", '"') is plain
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "|", "\t"])
+def test_plain_quoting_follows_the_delimiter(delimiter: str) -> None:
+    data = f'1{delimiter}"a{delimiter}b"{delimiter}"c"\n'.encode()
+    assert plain_quoting(data, len(data), delimiter, '"')
+    other = ";" if delimiter != ";" else ","
+    odd = f'1{other}"a"{delimiter}b\n'.encode()  # the quote opens after a non-delimiter
+    assert not plain_quoting(odd, len(odd), delimiter, '"')
+
+
+def test_plain_quoting_looks_only_up_to_end() -> None:
+    data = b'1,a\n2,5" screen\n'
+    assert plain_quoting(data, 4, ",", '"') and not plain_quoting(data, len(data), ",", '"')
+
+
+def _lenient(text: str, delimiter: str) -> tuple[bool, bool]:
+    """Reference, character by character: (ends inside a quoted field, every quote plain)."""
+    inside = after = False
+    at_start, plain = True, True
+    for char in text + "\x00":  # a sentinel to settle a last closing quote
+        if inside and after:
+            after = False
+            if char == '"':
+                continue
+            inside = False
+            plain &= char in (delimiter, "\n", "\r", "\x00")
+        elif inside:
+            after = char == '"'
+            continue
+        if char == '"' and at_start:
+            inside, at_start = True, False
+            continue
+        plain &= char != '"'
+        at_start = char in (delimiter, "\n", "\r")
+    plain &= "\r" not in text.replace("\r\n", "")
+    return inside, plain and not inside
+
+
+@settings(max_examples=1500)
+@given(
+    st.sampled_from([",", ";", "|", "\t"]),
+    st.lists(st.sampled_from(["a", '"', '""', "\n", "\r\n", "\r", " ", ",", ";", "|", "\t"])),
+    st.lists(st.integers(1, 9), max_size=8),
+)
+def test_open_quotes_and_plain_quoting_agree_with_a_reference(
+    delimiter: str, parts: list[str], cuts: list[int]
+) -> None:
+    text = "".join(parts)
+    data = text.encode()
+    never_closed, plain = _lenient(text, delimiter)
+    assert plain_quoting(data, len(data), delimiter, '"') is plain
+    quotes = OpenQuotes(delimiter, '"')
+    at = 0
+    for cut in cuts:  # blocks cut anywhere, even between a doubled quote
+        quotes.feed(data[at : at + cut])
+        at += cut
+    quotes.feed(data[at:])
+    assert quotes.open is never_closed
+
+
+def test_inch_marks_mean_not_raw_and_split_points_refuse_them(tmp_path: Path) -> None:
+    path = _file(tmp_path, b'id,v\n1,5" screen\n2,7" screen\n3,x\n')
+    with pytest.raises(NotRaw, match="quote inside a field"):
+        _segments(path, CsvOptions(), 10)
+    with pytest.raises(NotRaw):
+        split_points(_raw(path), 2)
+
+
+def test_a_stray_quote_late_in_the_file_still_stops_a_split(tmp_path: Path) -> None:
+    rows = b"".join(b'%d,"a, b"\n' % i for i in range(5000))
+    path = _file(tmp_path, b"id,v\n" + rows + b'5000,a "b" c\n' + rows)
+    with pytest.raises(NotRaw):
+        split_points(_raw(path), 2, max_bytes=1 << 20)
+
+
+def test_a_header_with_odd_quotes_goes_through_arrow(tmp_path: Path) -> None:
+    assert raw_csv(_file(tmp_path, b'i"d,v\n1,a\n'), CsvOptions(), True, False) is None
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "cp1252", "iso8859-2"])
+def test_a_utf8_bom_is_skipped_in_any_encoding(tmp_path: Path, encoding: str) -> None:
+    path = _file(tmp_path, b"\xef\xbb\xbfid,v\n1,a\n")
+    raw = raw_csv(path, CsvOptions(encoding=encoding), True, False)
+    assert raw is not None and raw.start == len(b"\xef\xbb\xbfid,v\n")
