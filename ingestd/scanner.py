@@ -161,11 +161,16 @@ class Scanner:
         if watcher.ok:
             self._rescan(settler)
         tick_s = min(0.05, self.settings.settle_s / 4) or 0.01
+        # Its own task: a full queue holds this loop in offer(), never the look at the inbox
+        # (readiness) or the watcher's restart.
+        monitor = asyncio.create_task(watcher.run(stop, tick_s), name="ingestd-inbox-watch")
         last_rescan = time.monotonic()
         failures = 0
         try:
             while not stop.is_set():
-                watcher.poll()
+                if monitor.done():
+                    monitor.result()
+                    raise RuntimeError("the inbox monitor stopped")
                 for path in settler.settled():
                     if stop.is_set():
                         break
@@ -185,6 +190,9 @@ class Scanner:
                     self._rescan(settler)
                 await _sleep_or_stop(stop, tick_s)
         finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
             await watcher.close()
 
     def _rescan(self, settler: Settler) -> None:

@@ -9,6 +9,7 @@ deleted) is logged once, followed by a rescan, and the watcher is started again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -92,6 +93,13 @@ class InboxWatcher:
             self._task = None
         if self._task is None and now >= self._next_start:
             self._start(now)
+
+    async def run(self, stop: asyncio.Event, tick_s: float) -> None:
+        """poll() every tick until `stop`."""
+        while not stop.is_set():
+            self.poll()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick_s)
 
     def rescan_due(self) -> bool:
         """True once after the watcher (re)started: events may have been lost meanwhile."""
