@@ -419,3 +419,20 @@ def test_manifest_dropped_under_an_idle_daemon_is_noticed(dsn: str, db: Db, tmp_
     finally:
         assert d.stop() == 0
     assert (tmp_path / "inbox" / "x.csv").exists()
+
+
+def test_manifest_dropped_under_a_once_run_ends_it_with_exit_1(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    _slow_events(db, 0.1)
+    inbox = tmp_path / "inbox"
+    write(inbox / "big.csv", _numbers(0, 3000))
+    proc = _once(inbox, dsn)
+    wait_for(lambda: db.progress() >= 300, what="a few batches")
+    db.execute("DROP TABLE ingestion_manifest")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert '"event": "manifest_missing"' in err and "Traceback" not in err
+    assert "1 interrupted" in out and (inbox / "big.csv").exists()
+    count, distinct = _rows(db)
+    assert count == distinct and 300 <= count < 3000
