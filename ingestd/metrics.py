@@ -131,7 +131,7 @@ class Metrics:
         """Give the outcome counters their series at zero, so that rate() and increase()
         see the first failure after a start (a series born at 1 has no increase)."""
         for file_type in ("csv", "parquet"):
-            for status in ("success", "failed", "skipped"):
+            for status in ("success", "failed", "skipped", "retrying"):
                 self.files_processed.labels(file_type, status)
             self.rows_read.labels(file_type)
             self.rows_staged.labels(file_type)
