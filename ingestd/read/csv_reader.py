@@ -207,6 +207,10 @@ def parse_segment(
     except (pa.ArrowException, UnicodeError, ValueError) as exc:
         # Row numbers count from the segment's start: shift them to the file's.
         raise arrow_file_error(exc, -rows_before, names) from None
+    quotes = OpenQuotes(contract.csv.delimiter, contract.csv.quote)
+    quotes.feed(segment)
+    if quotes.open:  # only the file's last piece can end inside a quoted field
+        raise unclosed_quote(rows_before + table.num_rows)
     batches = table.combine_chunks().to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 

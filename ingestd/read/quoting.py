@@ -91,7 +91,7 @@ class OpenQuotes:
                 self._inside = self._at_start = False  # it closed the field
         while at < size:
             if self._inside:
-                close = self._body.match(block, at).end()  # type: ignore[union-attr]
+                close = _end(self._body, block, at, size)
                 if close >= size - 1:
                     self._pending = close == size - 1
                     return
@@ -100,8 +100,42 @@ class OpenQuotes:
                 at, self._inside = 1, True
             else:
                 # The run stops at a quote opening a field whose close is not in this block.
-                opening = self._run.match(block, at).end()  # type: ignore[union-attr]
+                opening = _end(self._run, block, at, size)
                 if opening == size:
                     self._at_start = block[-1] in self._starts
                     return
                 at, self._inside = opening + 1, True
+
+
+@functools.cache
+def _outside(delimiter: bytes, quote: bytes) -> re.Pattern[bytes]:
+    d, q = re.escape(delimiter), re.escape(quote)
+    return re.compile(rb"(?:[^" + q + rb"]++|(?<![" + d + rb"\r\n])" + q + rb")*+")
+
+
+def lenient_row_end(data: bytes, end: int, delimiter: str, quote: str) -> int | None:
+    """Offset just after the last line break in data[:end] outside quotes under the lenient
+    reading, data starting at a row boundary; None if there is none. One step per quoted
+    field: for files whose quotes are not plain, where counting quotes misleads."""
+    mark = quote.encode()
+    outside = _outside(delimiter.encode(), mark)
+    body = _lenient(delimiter.encode(), mark)[1]
+    last: int | None = None
+    at = 0
+    if data[:1] == mark and end:  # the first field opens with a quote
+        at = _end(body, data, 1, end) + 1
+    while at < end:
+        opening = _end(outside, data, at, end)
+        newline = data.rfind(b"\n", at, opening)
+        if newline >= 0:
+            last = newline + 1
+        if opening >= end:
+            break
+        at = _end(body, data, opening + 1, end) + 1  # past the closing quote
+    return last
+
+
+def _end(pattern: re.Pattern[bytes], data: bytes, at: int, end: int) -> int:
+    match = pattern.match(data, at, end)
+    assert match is not None  # noqa: S101 - the patterns match the empty string
+    return match.end()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestd.read.quoting import plain_quoting
+from ingestd.read.quoting import lenient_row_end, plain_quoting
 from ingestd.settings import CsvOptions
 
 # Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option.
@@ -63,10 +63,10 @@ class RawCsv:
     def pieces(
         self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
     ) -> Iterator[memoryview]:
-        """segments() without the checks COPY needs: for pieces parsed by Arrow (of a file
-        whose quotes are all plain, or the cuts may not be row boundaries)."""
+        """segments() without the checks COPY needs, for pieces parsed by Arrow: cut where
+        the lenient reading ends a row (quote counting misleads on quotes that are not plain)."""
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
-        return self.row_reads(target, max_bytes, start, end)
+        return self.row_reads(target, max_bytes, start, end, lenient=True)
 
     def checked(self, segment: memoryview) -> memoryview:
         """The segment, if COPY reads it as the readers do; else raises NotRaw."""
@@ -87,10 +87,16 @@ class RawCsv:
         return segment
 
     def row_reads(
-        self, target: int, max_bytes: int, start: int | None = None, end: int | None = None
+        self,
+        target: int,
+        max_bytes: int,
+        start: int | None = None,
+        end: int | None = None,
+        lenient: bool = False,
     ) -> Iterator[memoryview]:
         """Reads of about `target` bytes, each cut after its last line break outside quotes
-        (counted from `start`); raises NotRaw on a row over half of max_bytes."""
+        (quotes counted from `start`, or read as the readers do if `lenient`); raises NotRaw
+        on a row over half of max_bytes."""
         quote = self.quote.encode()
         with self.path.open("rb") as fh:
             position = self.start if start is None else start
@@ -105,7 +111,10 @@ class RawCsv:
                     if len(data) < size:  # the end: all of it is the last piece
                         cut: int | None = len(data)
                         break
-                    cut = _row_boundary(data, quote, 0)
+                    if lenient:
+                        cut = lenient_row_end(data, len(data), self.delimiter, self.quote)
+                    else:
+                        cut = _row_boundary(data, quote, 0)
                     if cut is not None:
                         break
                     if size * 2 > max_bytes:
@@ -184,9 +193,10 @@ def split_points(raw: RawCsv, parts: int, max_bytes: int = _SCAN_BYTES * 16) -> 
     """Where to cut the file's data rows into `parts` segments of about equal size: the
     end offset of each segment, each a row boundary (the last is the end of the file).
 
-    Whether a line break ends a row depends on every quote before it, so the whole file is
-    read once from the start, counting quotes (at memory speed: bytes.count). Counting is
-    only right if every quote is plain (see quoting): raises NotRaw if one is not.
+    Whether a line break ends a row depends on every quote before it, so the file is read
+    once from the start to the last cut, counting quotes (at memory speed: bytes.count).
+    Counting is only right if every quote before a cut is plain (see quoting): raises
+    NotRaw if one is not. The last segment's own reads check the rest.
     """
     quote = raw.quote.encode()
     size = raw.path.stat().st_size
@@ -195,6 +205,8 @@ def split_points(raw: RawCsv, parts: int, max_bytes: int = _SCAN_BYTES * 16) -> 
     ends: list[int] = []
     position = raw.start
     for piece in raw.row_reads(_SCAN_BYTES, max(max_bytes, 2 * _SCAN_BYTES)):
+        if not wanted:
+            break
         data, length = piece.obj, piece.nbytes
         assert isinstance(data, bytes)  # noqa: S101 - reads are views of os.pread results
         if not plain_quoting(data, length, raw.delimiter, raw.quote):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingestd.read.quoting import OpenQuotes, plain_quoting
+from ingestd.read.quoting import OpenQuotes, lenient_row_end, plain_quoting
 from ingestd.read.raw_csv import NotRaw, count_rows, raw_csv, split_points
 from ingestd.settings import CsvOptions
 
@@ -253,3 +253,47 @@ def test_a_utf8_bom_is_skipped_in_any_encoding(tmp_path: Path, encoding: str) ->
     path = _file(tmp_path, b"\xef\xbb\xbfid,v\n1,a\n")
     raw = raw_csv(path, CsvOptions(encoding=encoding), True, False)
     assert raw is not None and raw.start == len(b"\xef\xbb\xbfid,v\n")
+
+
+def _last_row_end(text: str, delimiter: str) -> int | None:
+    """Reference: offset after the last line feed outside quotes (lenient), char by char."""
+    inside = after = False
+    at_start, last = True, None
+    for at, char in enumerate(text):
+        if inside and after:
+            after = False
+            if char == '"':
+                continue
+            inside = False
+        elif inside:
+            after = char == '"'
+            continue
+        if char == '"' and at_start:
+            inside, at_start = True, False
+            continue
+        at_start = char in (delimiter, "\n", "\r")
+        if char == "\n":
+            last = at + 1
+    return last
+
+
+@settings(max_examples=1500)
+@given(
+    st.sampled_from([",", ";", "|", "\t"]),
+    st.lists(st.sampled_from(["a", '"', '""', "\n", "\r\n", "\r", " ", ",", ";", "|", "\t"])),
+)
+def test_lenient_row_end_agrees_with_a_reference(delimiter: str, parts: list[str]) -> None:
+    text = "".join(parts)  # ASCII: offsets in characters are offsets in bytes
+    assert lenient_row_end(text.encode(), len(text), delimiter, '"') == _last_row_end(
+        text, delimiter
+    )
+
+
+def test_pieces_of_a_file_with_stray_quotes_are_whole_rows(tmp_path: Path) -> None:
+    rows = [f'{i},5" screen,"a\nb"\n' for i in range(300)]
+    path = _file(tmp_path, ("id,v,w\n" + "".join(rows)).encode())
+    pieces = [bytes(p) for p in _raw(path).pieces(7, 1 << 20)]
+    assert len(pieces) > 10 and b"".join(pieces).decode() == "".join(rows)
+    for piece in pieces:
+        parsed = list(csv.reader(io.StringIO(piece.decode(), newline="")))
+        assert all(len(r) == 3 and r[2] == "a\nb" for r in parsed)
