@@ -16,7 +16,8 @@ log = logging.getLogger("ingestd.versions")
 
 
 class NewVersionRefused(FileError):
-    """on_new_version = "refuse": an earlier version of this file committed rows."""
+    """on_new_version = "refuse": an earlier version of this file committed rows but was
+    never loaded in full, so this version's rows would land on top of part of its own."""
 
 
 class DuplicateContent(IngestdError):
@@ -57,7 +58,8 @@ def _refusal(job: Job, earlier: list[Earlier], table: str, manifest: str) -> str
     supersede = manifest_supersede_hint(manifest, [e.manifest_id for e in earlier])
     what = ", ".join(f"id {e.manifest_id} {e.status}" for e in earlier)
     return (
-        f"an earlier version of {job.name} ({what}) committed {rows:,} rows to {table}; "
+        f"an earlier version of {job.name} ({what}) committed {rows:,} rows to {table} "
+        "and was never loaded in full; "
         'on_new_version = "refuse" keeps this version from being appended on top of them. '
         f"Remove those rows from {table}, then run {supersede}; and move this file back "
         "with ingestd retry "

@@ -435,7 +435,7 @@ class Manifest:
     async def earlier_versions(
         self, conn: Connection, claim_id: int, version: FileVersion, table: str
     ) -> list[Earlier]:
-        """Other versions of this file for this table that committed rows (not superseded)."""
+        """Other versions of this file for this table left incomplete with committed rows."""
         del claim_id  # the version's own row has its checksum: never among them
         rows = await self._guard(
             lambda: conn.fetch(

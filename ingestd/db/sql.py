@@ -533,11 +533,13 @@ def manifest_finish(name: str) -> str:
 
 
 def manifest_earlier_versions(name: str) -> str:
-    """Other versions of file $1 for table $2 (checksum other than $3) with committed rows,
-    not superseded: id, status, rows, oldest first."""
+    """Other versions of file $1 for table $2 (checksum other than $3) left incomplete with
+    committed rows (not loaded in full, not superseded): id, status, rows, oldest first.
+    A version loaded in full is an earlier delivery: a new one under its name loads."""
     return (
         f"SELECT id, status, rows FROM {name} WHERE filename = $1 AND table_name = $2 "
-        "AND checksum <> $3 AND rows > 0 AND status <> 'superseded' ORDER BY id"
+        "AND checksum <> $3 AND rows > 0 AND status NOT IN ('success', 'superseded') "
+        "ORDER BY id"
     )
 
 

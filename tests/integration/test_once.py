@@ -332,20 +332,29 @@ def test_unreachable_database_exits_2_with_masked_password(tmp_path: Path) -> No
 def test_append_new_version_refused_by_default_appended_when_asked(
     cli, db: Db, tmp_path: Path, monkeypatch
 ) -> None:
+    # A new delivery under the name of one loaded in full is a new version: it loads.
     f = write(tmp_path / "daily.csv", "id,v\n1,a\n2,a\n")
     args = ["--files", f, "--table", "t", "--mode", "append"]
     assert cli(*args).code == 0
     write(f, "id,v\n3,b\n")
+    assert cli(*args).code == 0
+    assert db.val("SELECT count(*) FROM t") == 3
+    # A version left half-loaded (2 rows committed, then it failed): the next version
+    # of that file would land on top of part of it, so it is refused by default.
+    write(f, "id,v\n4,c\n5,c\n6,c\n")
+    db.execute(
+        "INSERT INTO ingestion_manifest (filename, checksum, filesize, rows, status, "
+        "table_name, run_id, notes) SELECT filename, sha256(checksum), filesize, 2, "
+        "'failed', table_name, 'test', 'half-loaded' FROM ingestion_manifest "
+        "ORDER BY id DESC LIMIT 1"
+    )
     refused = cli(*args)
     assert refused.code == 1
     assert "an earlier version of" in refused.out and "committed 2 rows to t" in refused.out
-    assert db.val("SELECT count(*) FROM t") == 2
-    # Upsert replaces by key: a new version is the normal case there, never refused.
+    assert db.val("SELECT count(*) FROM t") == 3
     monkeypatch.setenv("INGESTD_ON_NEW_VERSION", "append")
     assert cli(*args).code == 0
-    assert db.val("SELECT count(*) FROM t") == 3
-    statuses = [m["status"] for m in db.manifest()]
-    assert statuses == ["success", "success"]  # the refused try was the same version
+    assert db.val("SELECT count(*) FROM t") == 6
 
 
 def test_lock_timeout_and_policies_resolve_flag_env_config(tmp_path: Path, monkeypatch) -> None:
