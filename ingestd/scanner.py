@@ -171,13 +171,15 @@ class Scanner:
                 if monitor.done():
                     monitor.result()
                     raise RuntimeError("the inbox monitor stopped")
-                for path in settler.settled():
+                ready = settler.settled()
+                for i, path in enumerate(ready):
                     if stop.is_set():
                         break
                     if await self._try_offer(path):
                         failures = 0
                         continue
-                    self._note(settler, path)  # database away: try again later
+                    for later in ready[i:]:  # database away: these wait, not until a rescan
+                        self._note(settler, later)
                     failures += 1
                     await _sleep_or_stop(stop, self._backoff.delay(min(failures, 5) - 1))
                     break
