@@ -42,7 +42,35 @@ def plain_quoting(data: bytes, end: int, delimiter: str, quote: str) -> bool:
         return False
     if data.find(mark, 0, end) < 0:
         return True  # the common case: nothing to read differently
-    return _plain(delimiter.encode(), mark).fullmatch(data, 0, end) is not None
+    pattern = _plain(delimiter.encode(), mark)
+    # In steps of whole rows: a match holds the GIL throughout, and the event loop must
+    # keep feeding COPY meanwhile. Each step starts at a row boundary if the ones before
+    # were plain (then counting quotes finds row ends).
+    at = 0
+    while at < end:
+        cut = _step_end(data, at, end, mark)
+        if pattern.fullmatch(data, at, cut) is None:
+            return False
+        at = cut
+    return True
+
+
+_STEP_BYTES = 256 << 10
+
+
+def _step_end(data: bytes, at: int, end: int, quote: bytes) -> int:
+    stop = at + _STEP_BYTES
+    while stop < end:
+        newline = data.rfind(b"\n", at, stop)
+        odd = data.count(quote, at, newline) % 2 if newline >= 0 else 0
+        while newline >= 0 and odd:  # inside a quoted field: try the line break before
+            before = data.rfind(b"\n", at, newline)
+            odd ^= data.count(quote, max(before, at), newline) % 2
+            newline = before
+        if newline >= 0:
+            return newline + 1
+        stop += _STEP_BYTES  # a row longer than a step
+    return end
 
 
 @functools.cache

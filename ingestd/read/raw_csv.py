@@ -57,7 +57,9 @@ class RawCsv:
         start (the first data row) to end (the end of the file; both row boundaries). Raises
         NotRaw on bytes COPY would read otherwise than the readers (a blank line, a quote
         inside a field), or on a row bigger than a batch (the Arrow reader's limits apply)."""
-        for piece in self.pieces(chunk_rows, max_bytes, start, end):
+        # Quote counting finds row ends, as long as every piece before was plain.
+        target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
+        for piece in self.row_reads(target, max_bytes, start, end):
             yield self.checked(piece)
 
     def pieces(

@@ -297,3 +297,12 @@ def test_pieces_of_a_file_with_stray_quotes_are_whole_rows(tmp_path: Path) -> No
     for piece in pieces:
         parsed = list(csv.reader(io.StringIO(piece.decode(), newline="")))
         assert all(len(r) == 3 and r[2] == "a\nb" for r in parsed)
+
+
+def test_plain_quoting_of_a_large_buffer_checks_it_in_steps_of_whole_rows() -> None:
+    rows = b"".join(b'%d,"a ""b""\nc",d\n' % i for i in range(40000))  # ~0.7 MB
+    big_field = b'1,"' + b"x\n" * 300_000 + b'"\n'  # one field over a step, many lines
+    for data in (rows, big_field + rows, rows + big_field):
+        assert plain_quoting(data, len(data), ",", '"')
+    late = rows + b'5,5" screen\n'
+    assert not plain_quoting(late, len(late), ",", '"')
