@@ -46,6 +46,10 @@ from ingestd.read.text import refuse_nul
 
 log = logging.getLogger("ingestd.split")
 
+# Manifest id -> the byte before which plan_split found every quote plain, for the
+# load_split that follows it in the same run (a resumed plan checks every piece).
+_CHECKED: dict[int, int] = {}
+
 
 async def plan_split(
     conn: Connection, job: Job, ctx: LoadContext, raw: RawCsv | None, committed: Committed
@@ -77,6 +81,7 @@ async def plan_split(
     plan = Segments(tuple(ends), (raw.start, *ends[:-1]))
     committed = await ctx.manifest.plan_segments(conn, job.claim.manifest_id, plan)
     if committed.segments is not None:
+        _CHECKED[job.claim.manifest_id] = ends[-2]
         log.info("file_split", extra={"segments": len(committed.segments.ends)})
     return committed
 
@@ -98,7 +103,8 @@ async def load_split(
             "that (append of a CSV whose columns are loaded as they are): restore the contract, "
             "or load the file again from the start with --no-resume"
         )
-    split = SplitLoad(job, ctx, target, raw, committed.segments)
+    checked = _CHECKED.pop(job.claim.manifest_id, 0)
+    split = SplitLoad(job, ctx, target, raw, committed.segments, checked)
     if committed.rows:
         log.info("file_resumed", extra={"rows_committed": committed.rows})
     for _ in range(min(split.left, ctx.settings.concurrency) - 1):
@@ -123,8 +129,17 @@ class _Stopped(Exception):
 class SplitLoad:
     """The segments of one file still to load, handed out one at a time to whoever asks."""
 
-    def __init__(self, job: Job, ctx: LoadContext, target: Target, raw: RawCsv, segments: Segments):
+    def __init__(
+        self,
+        job: Job,
+        ctx: LoadContext,
+        target: Target,
+        raw: RawCsv,
+        segments: Segments,
+        plain_until: int = 0,
+    ):
         self.job = job
+        self._plain_until = plain_until
         self._ctx = ctx
         self._target = target
         self._raw = raw
@@ -235,7 +250,9 @@ class SplitLoad:
         position = start
         if strict:
             fmt = raw_copy_format(raw)
-            pieces = raw.segments(s.chunk_size, s.memory_limit_bytes // 4, start, end)
+            pieces = raw.segments(
+                s.chunk_size, s.memory_limit_bytes // 4, start, end, self._plain_until
+            )
 
             def produce() -> Piece | None:
                 nonlocal position

@@ -51,16 +51,24 @@ class RawCsv:
     row_bytes: float  # average bytes per row, from a sample
 
     def segments(
-        self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
+        self,
+        chunk_rows: int,
+        max_bytes: int,
+        start: int | None = None,
+        end: int | None = None,
+        plain_until: int = 0,
     ) -> Iterator[memoryview]:
         """Row-aligned pieces of about chunk_rows rows (never over max_bytes) of the bytes from
         start (the first data row) to end (the end of the file; both row boundaries). Raises
         NotRaw on bytes COPY would read otherwise than the readers (a blank line, a quote
-        inside a field), or on a row bigger than a batch (the Arrow reader's limits apply)."""
+        inside a field), or on a row bigger than a batch (the Arrow reader's limits apply).
+        Quotes before byte `plain_until` are known to be plain (split_points checked them)."""
         # Quote counting finds row ends, as long as every piece before was plain.
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
+        position = self.start if start is None else start
         for piece in self.row_reads(target, max_bytes, start, end):
-            yield self.checked(piece)
+            position += piece.nbytes
+            yield self.checked(piece, quotes=position > plain_until)
 
     def pieces(
         self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
@@ -70,8 +78,9 @@ class RawCsv:
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
         return self.row_reads(target, max_bytes, start, end, lenient=True)
 
-    def checked(self, segment: memoryview) -> memoryview:
-        """The segment, if COPY reads it as the readers do; else raises NotRaw."""
+    def checked(self, segment: memoryview, quotes: bool = True) -> memoryview:
+        """The segment, if COPY reads it as the readers do (its quotes checked if `quotes`);
+        else raises NotRaw."""
         data = segment.obj  # the read's bytes: searched in place, not copied
         assert isinstance(data, bytes)  # noqa: S101 - segments are views of os.pread results
         end = segment.nbytes
@@ -82,7 +91,7 @@ class RawCsv:
             raise NotRaw("a line starting with \\.")
         if data.find(b"\x00", 0, end) >= 0:
             raise NotRaw("a NUL byte")  # refused with its row on the Arrow path
-        if not plain_quoting(data, end, self.delimiter, self.quote):
+        if quotes and not plain_quoting(data, end, self.delimiter, self.quote):
             # COPY would open a quoted section at a quote inside a field and run on into
             # later rows; quote counting would misplace row ends too.
             raise NotRaw("a quote inside a field, or a lone carriage return")
