@@ -28,7 +28,7 @@ test-pg15: $(STAMP)
 
 ## test-deep: the differential CSV test (every path reads every byte alike) with many examples
 test-deep: $(STAMP)
-	INGESTD_DEEP=1 $(BIN)/pytest -q tests/integration/test_one_meaning.py -k every_path --hypothesis-show-statistics
+	INGESTD_DEEP=1 $(BIN)/pytest -q tests/integration/test_one_meaning.py -k test_every_path_reads --hypothesis-show-statistics
 
 ## test-fast: unit tests only (no database)
 test-fast: $(STAMP)

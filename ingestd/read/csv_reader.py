@@ -39,11 +39,12 @@ def _csv_stream(path: Path) -> pa.NativeFile:
 
 class CsvStream:
     """A CSV file's text as UTF-8, for pyarrow: a leading UTF-8 BOM dropped whatever the
-    encoding (the raw path drops it too), any other encoding decoded here, and every
-    byte followed by OpenQuotes, so that a quoted field never closed can be refused."""
+    encoding (the raw path drops it too), any other encoding decoded here, the last line
+    ended; with `scan`, every byte followed by OpenQuotes."""
 
-    def __init__(self, path: Path, csv: CsvOptions):
+    def __init__(self, path: Path, csv: CsvOptions, scan: bool = False):
         self._source = _csv_stream(path)
+        self._scan = scan
         utf8 = codecs.lookup(csv.encoding).name == "utf-8"
         self._decoder = None if utf8 else codecs.getincrementaldecoder(csv.encoding)()
         self._buffer = self._last = b""
@@ -74,7 +75,8 @@ class CsvStream:
             # quoted ('' where it means NULL): with the line ended, it does not.
             data += b"\n"
         self._last = data[-1:] or self._last
-        self.quotes.feed(data)
+        if self._scan:
+            self.quotes.feed(data)
         return data
 
     def readable(self) -> bool:
@@ -152,17 +154,26 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     columns, missing = select_columns(names, contract)
     convert = _convert(names, [c for c in columns if c not in missing])
 
-    def open_with(block: int) -> tuple[pacsv.CSVStreamingReader, CsvStream]:
+    def open_with(block: int) -> pacsv.CSVStreamingReader:
         read, parse = _csv_options(contract, block)
-        stream = CsvStream(path, contract.csv)
-        reader = pacsv.open_csv(
-            stream, read_options=read, parse_options=parse, convert_options=convert
+        return pacsv.open_csv(
+            CsvStream(path, contract.csv),
+            read_options=read,
+            parse_options=parse,
+            convert_options=convert,
         )
-        return reader, stream
 
     types = dict(contract.types)
     layout = FileLayout("csv", columns, tuple(types.get(c, "text") for c in columns))
-    batches = _normalise(_iter_csv(open_with, limits), columns, missing, contract)
+
+    def open_at_end(last: pa.RecordBatch) -> bool:
+        # The file's last column, if loaded, rules most files out at once.
+        if names[-1] in last.schema.names and not _may_be_open(last.column(names[-1])):
+            return False
+        return _open_at_end(path, contract)
+
+    batches = _iter_csv(open_with, limits, open_at_end)
+    batches = _normalise(batches, columns, missing, contract)
     header_rows = 1 if contract.csv.header else 0
     batches = rebatch(batches, limits.chunk_size, limits.batch_bytes)
     as_is = not missing and columns == tuple(names)
@@ -207,10 +218,11 @@ def parse_segment(
     except (pa.ArrowException, UnicodeError, ValueError) as exc:
         # Row numbers count from the segment's start: shift them to the file's.
         raise arrow_file_error(exc, -rows_before, names) from None
-    quotes = OpenQuotes(contract.csv.delimiter, contract.csv.quote)
-    quotes.feed(segment)
-    if quotes.open:  # only the file's last piece can end inside a quoted field
-        raise unclosed_quote(rows_before + table.num_rows)
+    if _may_be_open(table.column(names[-1])):  # only a file's last piece can be
+        quotes = OpenQuotes(contract.csv.delimiter, contract.csv.quote)
+        quotes.feed(segment)
+        if quotes.open:
+            raise unclosed_quote(rows_before + table.num_rows)
     batches = table.combine_chunks().to_batches()
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 
@@ -220,6 +232,24 @@ def _read_names(header: bytes, contract: Contract) -> list[str]:
     parse = pacsv.ParseOptions(delimiter=contract.csv.delimiter, quote_char=contract.csv.quote)
     text = header.removeprefix(_BOM) + b"\n"
     return list(pacsv.read_csv(pa.BufferReader(text), read, parse).schema.names)
+
+
+def _may_be_open(last_column: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether the last row may end in a quoted field never closed. Such a field runs to the
+    end of the text, which always ends with a line break (CsvStream ends the last line),
+    and it is the last field of the last row: a last value not ending with a line break
+    rules it out without reading the file again."""
+    if not len(last_column):
+        return False
+    value = last_column[-1].as_py()
+    return isinstance(value, str) and value.endswith(("\n", "\r"))
+
+
+def _open_at_end(path: Path, contract: Contract) -> bool:
+    stream = CsvStream(path, contract.csv, scan=True)
+    while stream.read(CSV_BLOCK_BYTES):
+        pass
+    return stream.quotes.open
 
 
 def unclosed_quote(row: int) -> FileError:
@@ -233,7 +263,9 @@ def unclosed_quote(row: int) -> FileError:
 
 
 def _iter_csv(
-    open_with: Callable[[int], tuple[pacsv.CSVStreamingReader, CsvStream]], limits: Limits
+    open_with: Callable[[int], pacsv.CSVStreamingReader],
+    limits: Limits,
+    open_at_end: Callable[[pa.RecordBatch], bool],
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches; when a row does not fit pyarrow's block, reopen with a larger
     block (up to the limit) and continue after the rows already yielded. The last batch
@@ -243,15 +275,17 @@ def _iter_csv(
     while True:
         reader: pacsv.CSVStreamingReader | None = None
         try:
-            reader, stream = open_with(block)
+            reader = open_with(block)
             held: pa.RecordBatch | None = None
             for batch in skip_rows(iter(reader), done):
+                if not batch.num_rows:
+                    continue
                 if held is not None:
                     done += held.num_rows
                     yield held
                 held = batch
             if held is not None:
-                if stream.quotes.open:
+                if open_at_end(held):
                     raise unclosed_quote(done + held.num_rows)
                 yield held
             return

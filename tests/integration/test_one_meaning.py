@@ -158,6 +158,19 @@ def test_a_quoted_field_never_closed_fails_the_file_with_its_row(
     gz.write_bytes(gzip.compress(data))
     assert cli("--files", gz, "--table", "ogz", "--mode", "append").code == 1
     assert db.manifest()[-1]["notes"].startswith(expected)
+    # The last column not loaded: the file is read again to look for the open quote.
+    f = tmp_path / "open_selected.csv"
+    f.write_bytes(data)
+    assert cli("--files", f, "--table", "osel", "--mode", "append", "--headers", "id").code == 1
+    assert db.manifest()[-1]["notes"].startswith(expected)
+    # A closed quoted value that ends with a line break, last in the file, is no open quote.
+    f = tmp_path / "closed.csv"
+    f.write_bytes(b'id,v\n1,"a\n"\n2,"b\r\n"')
+    for n, extra in enumerate([(), ("--config", _no_raw(tmp_path)), ("--headers", "id")]):
+        result = cli("--files", f, "--table", f"closed{n}", "--mode", "append", "--no-resume",
+                     *extra)  # fmt: skip
+        assert result.code == 0, (extra, result.err)
+    assert db.fetch("SELECT v FROM closed0 ORDER BY id") == [{"v": "a\n"}, {"v": "b\r\n"}]
 
 
 SPECTRUM = Path(__file__).parent.parent / "data" / "csv-spectrum"
