@@ -9,7 +9,7 @@ from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Earlier, Manifest
 from ingestd.db.sql import manifest_supersede_hint
-from ingestd.exceptions import FileError, IngestdError
+from ingestd.exceptions import FileError, IngestdError, RetryableError
 from ingestd.settings import Settings
 
 log = logging.getLogger("ingestd.versions")
@@ -41,16 +41,32 @@ async def check_append(conn: Connection, job: Job, manifest: Manifest, settings:
     if settings.on_duplicate_content == "skip":
         original = await manifest.same_content(conn, claim_id, job.version, table)
         if original is not None:
-            raise DuplicateContent(
-                f"same bytes as {original.filename} (manifest id {original.manifest_id}, "
-                f"{original.status}) for table {table}: not loaded again "
-                '(on_duplicate_content = "load" would load it)',
-                original,
-            )
+            _same_content(original, table, manifest.name)
     if settings.on_new_version == "refuse":
         earlier = await manifest.earlier_versions(conn, claim_id, job.version, table)
         if earlier:
             raise NewVersionRefused(_refusal(job, earlier, table, manifest.name))
+
+
+def _same_content(original: Earlier, table: str, manifest: str) -> None:
+    """Skip a copy of bytes loaded in full; wait for a copy still loading; refuse a copy of
+    bytes whose load failed after committing rows (they would go in twice)."""
+    what = f"same bytes as {original.filename} (manifest id {original.manifest_id}"
+    if original.status == "success":
+        raise DuplicateContent(
+            f"{what}, success) for table {table}: not loaded again "
+            '(on_duplicate_content = "load" would load it)',
+            original,
+        )
+    if original.status != "failed":  # pending or retrying: it may still finish
+        raise RetryableError(f"{what}, {original.status}) is still being loaded into {table}")
+    supersede = manifest_supersede_hint(manifest, [original.manifest_id])
+    raise FileError(
+        f"{what}) failed after committing {original.rows:,} rows to {table}: loading this "
+        f"copy would put them in twice. Drop it into the inbox as {original.filename} to "
+        f"resume that load after its committed rows, or remove those rows, run {supersede} "
+        "and move this file back with ingestd retry"
+    )
 
 
 def _refusal(job: Job, earlier: list[Earlier], table: str, manifest: str) -> str:

@@ -281,6 +281,34 @@ def test_same_bytes_under_two_names_load_once_in_append_mode(
     assert result.code == 0 and db.val("SELECT count(*) FROM events") == 1000
 
 
+def test_a_copy_of_bytes_whose_load_failed_midway_is_refused_not_skipped(
+    cli: object, db: Db, tmp_path: Path
+) -> None:
+    # a.csv fails at row 25 after its first batches committed; b.csv holds the same bytes.
+    # Skipping b would lose the rows after 20; loading it would put rows 1-20 in twice.
+    inbox = tmp_path / "inbox"
+    text = "id,v\n" + "".join(f"{i},{i}\n" for i in range(1, 25)) + "25,x\n"
+    args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append",
+            "--types", "v:integer", "--chunk-size", "10"]  # fmt: skip
+    write(inbox / "a.csv", text)
+    assert cli(*args).code == 1  # type: ignore[operator]
+    committed = db.val("SELECT count(*) FROM events")
+    assert 0 < committed < 25 and db.manifest()[0]["rows"] == committed
+    write(inbox / "b.csv", text)
+    result = cli(*args)  # type: ignore[operator]
+    assert result.code == 1
+    copy = db.manifest()[-1]
+    assert copy["filename"] == "b.csv" and copy["status"] == "failed"
+    assert (
+        f"same bytes as a.csv (manifest id 1) failed after committing {committed} rows"
+        in (copy["notes"])
+    )
+    assert "Drop it into the inbox as a.csv" in copy["notes"]
+    assert db.val("SELECT count(*) FROM events") == committed
+    assert (tmp_path / "failed" / "b.csv").exists()
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+
 def test_same_file_for_another_table_loads_there_too(cli: object, db: Db, tmp_path: Path) -> None:
     f = write(tmp_path / "f.csv", _numbers(0, 30))
     for table in ("first", "second"):
