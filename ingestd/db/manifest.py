@@ -14,6 +14,7 @@ from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.exceptions import HandedOver, IngestdError, RetryableError, UsageError
 from ingestd.identifiers import quote_qualified
+from ingestd.settings import DEFAULT_MANIFEST
 
 log = logging.getLogger("ingestd.manifest")
 _T = TypeVar("_T")
@@ -168,20 +169,23 @@ class Manifest:
     async def ensure(self, conn: Connection) -> bool:
         """Create the manifest and rejects tables if missing (serialised across starts);
         True if the manifest itself had to be created. ManifestDroppedError if the manifest
-        is missing but the rejects table, made with it, is there: files would load again."""
+        is missing but the rejects table lists it as made with it: files would load again.
+        One rejects table serves every manifest of the schema, so another deployment's
+        manifest name is no sign of a drop."""
         check = sql.manifest_status_check_name(self._table)
         index = sql.manifest_version_index(self._schema, self._table)
         if not await self.exists(conn) and await conn.fetchval(sql.TABLE_EXISTS, self._rejects):
-            raise ManifestDroppedError(
-                f"the manifest table {self.name} is missing but {self._rejects}, created with "
-                "it, is there: the manifest was dropped, and starting afresh would load every "
-                "file again. Restore the manifest from a backup; or, to start afresh on purpose "
-                f"(targets emptied too), {sql.drop_table_hint(self._rejects)} and start ingestd "
-                "again"
-            )
+            listed = await self._listed(conn)
+            if self._table in listed:
+                raise self._dropped(listed)
         # Existing, up-to-date tables are used as they are: CREATE ... IF NOT EXISTS still
         # needs CREATE on the schema, which a least-privilege role does not have.
         if await conn.fetchval(sql.MANIFEST_READY, self.name, self._rejects, index, check):
+            if self._table not in await self._listed(conn):
+                # A manifest made before the rejects table kept the list (0.1.0, or a
+                # non-owner's start): list it now, so that dropping it is noticed.
+                async with conn.transaction():
+                    await self._list_self(conn)
             return False
         async with conn.transaction():
             await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
@@ -192,8 +196,46 @@ class Manifest:
                 await conn.execute(sql.drop_constraint(self.name, old["name"]))
             if not await conn.fetchval(sql.MANIFEST_HAS_CONSTRAINT, self.name, check):
                 await conn.execute(sql.manifest_add_status_check(self._schema, self._table))
+            rejects_existed = await conn.fetchval(sql.TABLE_EXISTS, self._rejects)
             await conn.execute(sql.create_rejects(self._schema))
+            await self._list_self(conn, fresh=not rejects_existed)
         return not existed
+
+    async def _listed(self, conn: Connection) -> list[str]:
+        """The manifests the rejects table says were made with it."""
+        comment = await conn.fetchval(sql.REJECTS_COMMENT, self._rejects)
+        return sql.parse_rejects_comment(comment, DEFAULT_MANIFEST)
+
+    async def _list_self(self, conn: Connection, *, fresh: bool = False) -> None:
+        """Add this manifest to the rejects table's list (inside the caller's transaction).
+        Best effort: COMMENT needs the table's owner; a role that is not keeps the start
+        check as it was (a drop of a manifest not listed goes unnoticed)."""
+        try:
+            async with conn.transaction():  # a savepoint: a refusal must not undo the rest
+                await conn.execute(sql.LOCK_REJECTS_COMMENT, self._rejects)
+                listed = [] if fresh else await self._listed(conn)
+                if self._table not in listed:
+                    await conn.execute(sql.comment_rejects(self._schema, [*listed, self._table]))
+        except asyncpg.InsufficientPrivilegeError:
+            log.debug("rejects_comment_skipped", extra={"manifest": self.name})
+
+    def _dropped(self, listed: list[str]) -> ManifestDroppedError:
+        others = [name for name in listed if name != self._table]
+        if others:
+            # The rejects table is shared: never advise dropping another deployment's rows.
+            keep = sql.comment_rejects(self._schema, others)
+            afresh = (
+                f"take it off the rejects table's list ({keep}; the rejects table also "
+                f"serves {', '.join(others)}, whose rows it keeps)"
+            )
+        else:
+            afresh = sql.drop_table_hint(self._rejects)
+        return ManifestDroppedError(
+            f"the manifest table {self.name} is missing but {self._rejects} lists it as "
+            "created with it: the manifest was dropped, and starting afresh would load every "
+            "file again. Restore the manifest from a backup; or, to start afresh on purpose "
+            f"(targets emptied too), {afresh} and start ingestd again"
+        )
 
     async def exists(self, conn: Connection) -> bool:
         """True if the manifest table is there."""

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ingestd.identifiers import quote_ident, quote_qualified, validate_pg_type
+from ingestd.identifiers import quote_ident, quote_qualified, validate_identifier, validate_pg_type
 
 # File-order row number carried through the stage table. Its name lies outside the
 # identifier grammar every file column must match, so no column a file brings can clash.
@@ -643,6 +643,34 @@ def create_rejects(schema: str | None) -> str:
         run_id       text        NOT NULL,
         created_at   timestamptz NOT NULL DEFAULT now(),
         UNIQUE (manifest_id, row_number))"""
+
+
+# The rejects table's comment lists the manifests made with it (names are plain identifiers,
+# so a comma separates them): a manifest missing at start was dropped only if it is listed.
+# One rejects table serves every manifest of a schema; 0.1.0 wrote no comment, and made the
+# table with the default manifest.
+REJECTS_COMMENT_PREFIX = "ingestd manifests: "
+REJECTS_COMMENT = "SELECT obj_description(to_regclass($1), 'pg_class')"  # $1 quoted name
+# Serialises the read-modify-write of the comment between manifests starting at once.
+LOCK_REJECTS_COMMENT = "SELECT pg_advisory_xact_lock(hashtext('ingestd.rejects:' || $1))"
+
+
+def parse_rejects_comment(comment: str | None, default: str) -> list[str]:
+    """The manifest names a rejects table's comment lists (`default` if it has none)."""
+    if comment is None or not comment.startswith(REJECTS_COMMENT_PREFIX):
+        return [default]
+    names = comment[len(REJECTS_COMMENT_PREFIX) :].split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+def comment_rejects(schema: str | None, manifests: list[str]) -> str:
+    """COMMENT ON the rejects table listing `manifests` (validated identifiers: no quote can
+    occur in the literal)."""
+    listed = ",".join(validate_identifier(m) for m in manifests)
+    return (
+        f"COMMENT ON TABLE {quote_qualified(schema, REJECTS_TABLE)} "
+        f"IS '{REJECTS_COMMENT_PREFIX}{listed}'"
+    )
 
 
 def insert_rejects(schema: str | None) -> str:

@@ -464,3 +464,42 @@ def test_manifest_dropped_under_a_once_run_ends_it_with_exit_1(
     assert "1 interrupted" in out and (inbox / "big.csv").exists()
     count, distinct = _rows(db)
     assert count == distinct and 300 <= count < 3000
+
+
+# --- two deployments, one rejects table ---------------------------------------------------
+
+
+def test_a_second_manifest_beside_the_rejects_table_starts_and_its_drop_is_still_seen(
+    cli: object, db: Db, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    write(inbox / "a.csv", _numbers(0, 5))
+    args = ["--once", "--files", inbox / "a.csv", "--table", "events", "--mode", "append"]
+    assert cli(*args).code == 0  # type: ignore[operator]
+    # A 0.1.0 rejects table carried no list: it stands for the default manifest.
+    db.execute("COMMENT ON TABLE ingestion_rejects IS NULL")
+
+    other = cli(*args, "--manifest-table", "brand_new", "--table", "events2")  # type: ignore[operator]
+    assert other.code == 0, other.err
+    assert db.val("SELECT count(*) FROM events2") == 5
+    assert db.val("SELECT obj_description('ingestion_rejects'::regclass, 'pg_class')") == (
+        "ingestd manifests: ingestion_manifest,brand_new"
+    )
+
+    db.execute("DROP TABLE brand_new")
+    refused = cli(*args, "--manifest-table", "brand_new", "--table", "events2")  # type: ignore[operator]
+    assert refused.code == 2 and "the manifest was dropped" in refused.err
+    assert "DROP TABLE" not in refused.err  # the rejects table also serves ingestion_manifest
+    assert (
+        "COMMENT ON TABLE \"ingestion_rejects\" IS 'ingestd manifests: ingestion_manifest'"
+    ) in refused.err
+    assert db.val("SELECT to_regclass('brand_new')") is None
+    assert db.val("SELECT count(*) FROM events2") == 5  # nothing loaded again
+
+    db.execute("DROP TABLE ingestion_manifest")
+    alone = cli(*args)  # type: ignore[operator]
+    assert alone.code == 2 and "the manifest was dropped" in alone.err
+    assert 'DROP TABLE "ingestion_rejects"' not in alone.err  # brand_new is listed yet
+    db.execute("COMMENT ON TABLE ingestion_rejects IS 'ingestd manifests: ingestion_manifest'")
+    alone = cli(*args)  # type: ignore[operator]
+    assert alone.code == 2 and 'DROP TABLE "ingestion_rejects"' in alone.err
