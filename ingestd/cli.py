@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from ingestd import __version__
 from ingestd.config import load_config, resolve
 from ingestd.db.dsn import mask_dsn, password_of
+from ingestd.db.locks import ManifestLockedError
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import bound
 from ingestd.logs import setup as setup_logging
@@ -232,6 +233,9 @@ def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> i
     except (UsageError, DatabaseUnavailableError) as exc:
         print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except ManifestLockedError as exc:  # a --once run: files wait, like a lock on a target
+        print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # a bug: say so in one line; the log has the traceback
         log_crash(exc)
         print(

@@ -13,6 +13,7 @@ from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.connection import Pool
 from ingestd.db.errors import translate
+from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
@@ -58,6 +59,7 @@ class Scanner:
         self._offering: set[str] = set()  # between settled and queued (or finished)
         self._unreadable: dict[Path, str] = {}  # inbox folders that cannot be listed: why
         self._watcher: InboxWatcher | None = None
+        self._lock_wait: str | None = None  # the last offer waited out a lock on the manifest
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
         # Finished files whose move out of the inbox failed: never offered again, retried.
@@ -136,6 +138,12 @@ class Scanner:
             failures = 0
             while not await self._try_offer(path):
                 failures += 1
+                if failures > self.settings.max_retries and self._lock_wait is not None:
+                    # The database answered: a session holds the manifest, not an outage.
+                    raise ManifestLockedError(
+                        f"gave up after {failures} attempts: {self._lock_wait}; unloaded "
+                        "files are still in place for the next run"
+                    )
                 if failures > self.settings.max_retries:
                     raise DatabaseUnavailableError(
                         f"the database stayed unreachable after {failures} attempts; "
@@ -232,7 +240,13 @@ class Scanner:
         """Offer a file; False if the database could not be reached (the file waits)."""
         try:
             await self.offer(path)
+        except ManifestLockedError as exc:
+            if self._lock_wait != str(exc):
+                log.warning("manifest_locked", extra={"file": str(path), "error": str(exc)})
+            self._lock_wait = str(exc)
+            return False
         except (RetryableError, DatabaseUnavailableError) as exc:
+            self._lock_wait = None
             self._db_down(exc)
             return False
         except asyncio.CancelledError:
@@ -248,6 +262,7 @@ class Scanner:
             log.debug("offer_failed_traceback", exc_info=True)  # a bug: the trace, on demand
             return True
         self.db_ok = True
+        self._lock_wait = None
         return True
 
     def _db_down(self, exc: BaseException) -> None:
@@ -341,10 +356,17 @@ class Scanner:
                     run_id=self._run_id,
                     resume=self.settings.resume,
                 )
-        except IngestdError:
-            raise
         except Exception as exc:
-            raise translate(exc) from exc
+            error = exc if isinstance(exc, IngestdError) else translate(exc)
+            if isinstance(error, RetryableError) and error.sqlstate == LOCK_NOT_AVAILABLE:
+                s = self.settings
+                ref = self._manifest.table_ref
+                raise await manifest_locked(
+                    self._pool, ref, s.lock_timeout_s, s.connect_timeout_s
+                ) from exc
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _skipped(self, path: Path, name: PurePosixPath, table: str, skip: Skip) -> None:
         key = str(name)

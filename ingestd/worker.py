@@ -227,9 +227,8 @@ class Worker:
         c = job.contract
         try:
             conn = await self._connection()
-            text = await describe_lock_wait(
-                conn, c.schema, c.table, self._ctx.settings.lock_timeout_s
-            )
+            tables = [(c.schema, c.table), self._ctx.manifest.table_ref]
+            text = await describe_lock_wait(conn, tables, self._ctx.settings.lock_timeout_s)
         except Exception:  # the plain message still tells what happened
             return error
         return RetryableError(f"{text} (transient; will retry)", sqlstate=error.sqlstate)

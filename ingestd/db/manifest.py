@@ -160,6 +160,11 @@ class Manifest:
         # Set once the manifest or a row in hand disappeared: nothing loads any more.
         self.broken: str | None = None
 
+    @property
+    def table_ref(self) -> tuple[str | None, str]:
+        """(schema, table) of the manifest, unquoted."""
+        return self._schema, self._table
+
     def halt(self, error: ManifestGoneError) -> None:
         """Stop loading for the rest of this process's life, saying so once, loudly."""
         if self.broken is None:

@@ -503,3 +503,28 @@ def test_a_second_manifest_beside_the_rejects_table_starts_and_its_drop_is_still
     db.execute("COMMENT ON TABLE ingestion_rejects IS 'ingestd manifests: ingestion_manifest'")
     alone = cli(*args)  # type: ignore[operator]
     assert alone.code == 2 and 'DROP TABLE "ingestion_rejects"' in alone.err
+
+
+def test_lock_held_on_the_manifest_names_it_and_who_and_is_no_outage(
+    cli: object, dsn: str, db: Db, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    write(inbox / "a.csv", _numbers(0, 5))
+    args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
+    assert cli(*args).code == 0  # type: ignore[operator]
+    write(inbox / "b.csv", _numbers(10, 5))
+    with _locked(dsn, "ingestion_manifest") as pid:
+        result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "1")  # type: ignore[operator]
+    assert result.code == 1, result.err
+    assert "unreachable" not in result.err and "database_unavailable" not in result.err
+    [line] = [x for x in result.err.splitlines() if x.startswith("ingestd: error:")]
+    assert line.startswith("ingestd: error: gave up after 2 attempts: waited 0.3 s")
+    assert f"on table ingestion_manifest held by another session (pid {pid}, " in line
+    assert "AccessExclusiveLock" in line and "still in place for the next run" in line
+    assert '"event": "manifest_locked"' in result.err and "Traceback" not in result.err
+    assert (inbox / "b.csv").exists() and db.val("SELECT count(*) FROM events") == 5
+
+    again = cli(*args)  # type: ignore[operator]
+    assert again.code == 0, again.err
+    assert db.val("SELECT count(*) FROM events") == 10
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
