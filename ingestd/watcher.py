@@ -4,6 +4,11 @@ The watcher only makes discovery prompt; the scanner's rescans (os.scandir, exac
 name) are what discovery relies on. So whatever stops the watcher (a name that is not
 UTF-8, which watchfiles' Rust core cannot decode; an exhausted inotify limit; the inbox
 deleted) is logged once, followed by a rescan, and the watcher is started again.
+
+A folder whose name is not UTF-8 stops watchfiles' recursive watch as soon as it starts,
+so after such an error the inbox is watched folder by folder (not recursively), without
+the folders it cannot name; those are looked at by their modification time instead, and
+a change there asks for a rescan. The watcher then stays up while nothing changes.
 """
 
 from __future__ import annotations
@@ -79,6 +84,12 @@ class InboxWatcher:
         self._next_start = 0.0
         self._last_check = -INBOX_CHECK_S
         self._rescan_at: float | None = None
+        self._flat = False  # watch folder by folder: a folder name is not UTF-8
+        self._watch_dirs: list[str] = []
+        self._unnamed_roots: list[bytes] = []  # folders watchfiles cannot name, topmost
+        self._parents: list[bytes] = []  # folders holding one: not watched, stat()ed
+        self._unnamed_seen: dict[bytes, tuple[int, int]] = {}
+        self._regroup = False  # a folder was added while flat: watch it too
 
     def poll(self) -> None:
         """Look at the inbox now and then; start the watcher, or again after it stopped."""
@@ -86,6 +97,8 @@ class InboxWatcher:
         if now - self._last_check >= INBOX_CHECK_S:
             self._last_check = now
             self._check_inbox()
+            if self.ok and self._unnamed_roots:
+                self._look_at_unnamed(now)
         if not self.ok:
             return
         if self._task is not None and self._task.done():
@@ -145,7 +158,50 @@ class InboxWatcher:
             self._next_start = 0.0
         self.ok, self._reason, self._identity = True, None, identity
 
+    def _look_at_unnamed(self, now: float) -> None:
+        # Walked again each time: a folder made inside one of them is looked at as well.
+        seen = _folder_times(self._parents + _below(self._unnamed_roots))
+        if seen != self._unnamed_seen:
+            self._unnamed_seen = seen
+            self._rescan_at = now
+            # Folders may have come or gone: plan the watches again (not a watcher error).
+            self.restart()
+
+    def _plan_folders(self) -> None:
+        """Split the inbox's folders into those watchfiles can watch and those it cannot name."""
+        # inotify reports to a folder's watch even the opening of a folder inside it, so
+        # the folder holding an unnamed one is not watched either (a rescan opens them all).
+        named: list[str] = []
+        unnamed: list[bytes] = []
+        parents: list[bytes] = []
+        for top, dirs, _ in os.walk(os.fsencode(self.inbox)):
+            keep, holds_unnamed = [], False
+            for d in dirs:
+                full = os.path.join(top, d)
+                if os.path.realpath(os.fsdecode(full)) in self._skip:
+                    continue
+                try:
+                    full.decode("utf-8")
+                except UnicodeDecodeError:
+                    unnamed.append(full)
+                    holds_unnamed = True
+                    continue  # what is below it is looked at by _below()
+                keep.append(d)
+            dirs[:] = keep
+            if holds_unnamed:
+                parents.append(top)
+            else:
+                named.append(os.fsdecode(top))
+        self._watch_dirs, self._unnamed_roots, self._parents = named, unnamed, parents
+        self._unnamed_seen = _folder_times(parents + _below(unnamed))
+        if not unnamed:
+            self._flat = False  # the folders it could not name are gone: watch recursively
+
     def _start(self, now: float) -> None:
+        if self._flat:
+            self._plan_folders()
+        if not self._flat:
+            self._unnamed_roots, self._parents, self._unnamed_seen = [], [], {}
         self._stop_watch = asyncio.Event()
         self._task = asyncio.create_task(self._watch(self._stop_watch), name="ingestd-watch")
         self._started_at = now
@@ -165,6 +221,10 @@ class InboxWatcher:
         self._check_inbox()
         if not self.ok:
             return  # inbox_missing says it all
+        if error is None and self._regroup:
+            self._regroup = False
+            self._next_start = 0.0  # not an error: a new folder to watch
+            return
         message = _describe(error)
         self._metrics.watcher_restarts.inc()
         if message not in self._errors_logged:
@@ -181,7 +241,11 @@ class InboxWatcher:
         ran_s = self._clock() - self._started_at
         # A name it cannot decode says nothing about the watcher itself: back at once.
         # Anything else (no inotify watches left...) may fail again at once: back off.
-        harmless = _UNDECODABLE in message
+        # Once flat, the same error again soon means events keep bringing such names:
+        # back off then as well, rescans find the files meanwhile.
+        harmless = _UNDECODABLE in message and not (self._flat and ran_s < STEADY_S)
+        if _UNDECODABLE in message:
+            self._flat = True
         self._failures = 1 if harmless or ran_s >= STEADY_S else self._failures + 1
         delay_s = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (self._failures - 1))
         self._next_start = self._clock() + delay_s
@@ -194,12 +258,47 @@ class InboxWatcher:
         )
 
     async def _watch(self, stop_watch: asyncio.Event) -> None:
+        flat = self._flat
+        paths = self._watch_dirs if flat else [str(self.inbox)]
+        if not paths:  # every folder is looked at by its modification time
+            await stop_watch.wait()
+            return
         async for changes in awatch(
-            self.inbox, watch_filter=self._wanted, debounce=200, step=20, stop_event=stop_watch,
-            recursive=True, ignore_permission_denied=True,
+            *paths, watch_filter=self._wanted, debounce=200, step=20, stop_event=stop_watch,
+            recursive=not flat, ignore_permission_denied=True,
         ):  # fmt: skip
-            for _, path in changes:
+            for change, path in changes:
                 self._on_path(Path(path))
+                if flat and change == Change.added and _is_folder(path):
+                    self._regroup = True
+            if self._regroup:
+                return
+
+
+def _is_folder(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _below(roots: list[bytes]) -> list[bytes]:
+    """The roots and every folder below them (bytes: these names are not UTF-8)."""
+    found: list[bytes] = []
+    for root in roots:
+        for top, _, _ in os.walk(root):
+            found.append(top)
+    return found
+
+
+def _folder_times(folders: list[bytes]) -> dict[bytes, tuple[int, int]]:
+    """Modification time and inode of each folder still there: an entry added, renamed or
+    removed in it changes them."""
+    seen: dict[bytes, tuple[int, int]] = {}
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        seen[folder] = (st.st_mtime_ns, st.st_ino)
+    return seen
 
 
 def _describe(error: BaseException | None) -> str:

@@ -167,6 +167,37 @@ def test_a_name_that_is_not_utf8_present_at_start_survives_the_rescans(
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="t")
 
 
+def test_a_folder_named_not_utf8_does_not_restart_the_watcher_forever(
+    start_daemon: Callable[..., Daemon], db: Db, tmp_path: Path
+) -> None:
+    """The recursive watch failed at every start while such a folder existed: about two
+    restarts a second, for ever. Now the watcher restarts a bounded number of times while
+    nothing changes, and files in that folder (and below it) and elsewhere still load with
+    rescans off."""
+    inbox = tmp_path / "inbox"
+    daemon = start_daemon()
+    odd = os.fsencode(inbox) + b"/d\xff"
+    os.mkdir(odd)
+    wait_for(lambda: daemon.events("watcher_error"), what="the watcher's error")
+    time.sleep(1.5)  # let it settle
+    restarts = daemon.metric("ingest_watcher_restarts_total")
+    time.sleep(3.0)  # a dozen restarts before, at two a second
+    assert daemon.metric("ingest_watcher_restarts_total") == restarts
+    drop(inbox / bname(b"d\xff"), b"in.csv", rows(range(1, 3)))
+    wait_for(lambda: ids(db) == [1, 2], what="a file in the folder named d\\xff")
+    drop(inbox / bname(b"d\xff") / "deeper", b"deep.csv", rows(range(3, 5)))
+    wait_for(lambda: ids(db) == [1, 2, 3, 4], what="a file in a folder below it")
+    drop(inbox / "plain", b"p.csv", rows(range(5, 7)))
+    wait_for(lambda: ids(db) == list(range(1, 7)), what="a file in a new UTF-8 folder")
+    settled = daemon.metric("ingest_watcher_restarts_total")
+    time.sleep(3.0)
+    assert daemon.metric("ingest_watcher_restarts_total") == settled
+    assert settled - restarts <= 6, (restarts, settled)  # a few per change, not per second
+    assert_alive(daemon)
+    assert daemon.stop() == 0
+    check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="t")
+
+
 def test_once_loads_or_fails_names_that_are_not_utf8_and_books_them(
     cli: Callable[..., object], db: Db, tmp_path: Path
 ) -> None:
