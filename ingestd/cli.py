@@ -177,14 +177,40 @@ def build_settings(argv: Sequence[str]) -> Settings:
     return resolve(_flags(ns), config=config, config_path=ns.config)
 
 
+def _open_std_fds() -> None:
+    """Put /dev/null on a standard stream started closed (`ingestd >&-`): the next file
+    opened would take its number, and the event loop refuses a descriptor below 3 (uvloop
+    aborts the process); output to a closed stream is lost either way."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:  # Python found it closed at start
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
+def _detach_stdout() -> None:
+    """After a failed write of standard output: /dev/null in its place, so that the
+    buffered rest does not fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ingestd` command."""
+    _open_std_fds()
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except BrokenPipeError:
         # `ingestd status | head`: the reader left; say nothing more, as Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _detach_stdout()
         return EXIT_FAILED
     except Exception as exc:  # a bug before or after the run: still one JSON line
         if not logging.getLogger().handlers:
@@ -228,8 +254,9 @@ def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> i
             text = text.replace(secret, "***")
         return mask_dsn(text)
 
+    ids: dict[str, str] = {}
     try:
-        return _event_loop_run(Service, settings, args)
+        return _event_loop_run(Service, settings, args, ids)
     except (UsageError, DatabaseUnavailableError) as exc:
         print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -237,7 +264,8 @@ def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> i
         print(f"ingestd: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug: say so in one line; the log has the traceback
-        log_crash(exc)
+        with bound(**ids):
+            log_crash(exc)
         print(
             f"ingestd: internal error: {scrub(repr(exc))}; files not finished stay pending and "
             "resume on the next run (--log-level DEBUG shows the traceback)",
@@ -246,16 +274,35 @@ def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> i
         return EXIT_FAILED
 
 
-def _event_loop_run(service_cls: Any, settings: Settings, args: Sequence[str]) -> int:
+def _event_loop_run(
+    service_cls: Any, settings: Settings, args: Sequence[str], ids: dict[str, str]
+) -> int:
+    """Run the service; `ids` gets its run_id and instance_id, for a crash's last line."""
+
     async def go() -> int:
         service = service_cls(settings)
+        ids.update(run_id=service.run_id, instance_id=settings.instance_id)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(service, args))
         report = await service.run()
-        print_summary(report.run_id, report.files, report.seconds, sys.stdout)
-        return int(report.exit_code)
+        code = int(report.exit_code)
+        try:
+            print_summary(report.run_id, report.files, report.seconds, sys.stdout)
+            sys.stdout.flush()
+        except OSError as exc:
+            # The run is done and its books are right: only the report is lost. Not a bug
+            # of ingestd; a reader that left (EPIPE) is said nothing, as Unix tools do.
+            _detach_stdout()
+            if not isinstance(exc, BrokenPipeError):
+                reason = exc.strerror or str(exc)
+                print(
+                    f"ingestd: error: cannot write the summary to standard output: {reason}",
+                    file=sys.stderr,
+                )
+            return max(code, EXIT_FAILED)
+        return code
 
     try:
         try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import write
 from tests.pg import Db
@@ -390,3 +393,56 @@ def test_a_crash_is_one_json_line(cli, tmp_path: Path, monkeypatch) -> None:
     assert (crashed["error_type"], crashed["error"]) == ("RuntimeError", "a bug in ingestd")
     assert crashed["level"] == "CRITICAL" and "traceback" not in crashed
     assert "Traceback" not in result.err
+
+
+def test_a_crash_in_the_run_names_the_run_and_instance(cli, tmp_path: Path, monkeypatch) -> None:
+    from ingestd.service import Service
+
+    async def broken(self: Service) -> None:
+        raise RuntimeError("a bug in ingestd")
+
+    monkeypatch.setattr(Service, "run", broken)
+    f = write(tmp_path / "x.csv", "a\n1\n")
+    result = cli("--files", f, "--table", "t", "--mode", "append", "--instance-id", "box-7")
+    assert result.code == 1
+    [crashed] = [e for e in _log_events(result.err) if e["event"] == "crashed"]
+    assert crashed["instance_id"] == "box-7" and len(str(crashed["run_id"])) >= 8
+
+
+def _ingestd(dsn: str, f: Path, redirect: str) -> subprocess.CompletedProcess[str]:
+    """`ingestd --once` through a shell, its stdout redirected as `redirect` says."""
+    command = [
+        sys.executable, "-m", "ingestd", "--once", "--files", str(f), "--dsn", dsn,
+        "--table", "t", "--mode", "append", "--metrics-addr", "off", "--log-format", "json",
+    ]  # fmt: skip
+    script = f'exec "$@" {redirect}'
+    return subprocess.run(
+        ["sh", "-c", script, "sh", *command], stderr=subprocess.PIPE, text=True, timeout=120
+    )
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_not_a_crash(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    f = write(tmp_path / "x.csv", "a\n1\n2\n")
+    result = _ingestd(dsn, f, ">/dev/full")
+    assert result.returncode == 1, result.stderr
+    assert (
+        "ingestd: error: cannot write the summary to standard output: No space left on device"
+        in (result.stderr.splitlines())
+    )
+    assert "crashed" not in result.stderr and "internal error" not in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert db.val("SELECT count(*) FROM t") == 2  # the run itself went well
+    assert [m["status"] for m in db.manifest()] == ["success"]
+
+
+def test_a_closed_stdout_or_stderr_at_start_is_no_abort(dsn: str, db: Db, tmp_path: Path) -> None:
+    for n, redirect in enumerate([">&-", "2>&-", "<&- >&-"]):
+        f = write(tmp_path / f"x{n}.csv", f"a\n{n}\n{n + 10}\n")
+        result = _ingestd(dsn, f, redirect)
+        assert result.returncode == 0, (redirect, result.returncode, result.stderr[-2000:])
+    assert db.val("SELECT count(*) FROM t") == 6
+    assert [m["status"] for m in db.manifest()] == ["success"] * 3
