@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from ingestd.logs import bound
 from ingestd.names import manifest_name
 
 log = logging.getLogger("ingestd.archive")
@@ -466,4 +467,6 @@ class Backlog:
         for item in [i for i in self._items.values() if i.next_at <= now]:
             if not self.holds(item.key, _identity(item.path)):
                 continue
-            await self.move(item)
+            # Outside the worker that logged the first attempt: name the file again, as it did.
+            with bound(file=str(item.name)):
+                await self.move(item)

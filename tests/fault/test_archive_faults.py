@@ -53,10 +53,11 @@ def no_traceback(daemon: Daemon) -> None:
     assert "Traceback" not in text and "exc_info" not in text, text[-3000:]
 
 
-def one_line_failures(events: list[dict[str, object]], folder: str, reason: str) -> None:
+def one_line_failures(events: list[dict[str, object]], folder: str, reason: str, file: str) -> None:
     assert events, "no archive_failed line"
     for event in events:
-        assert (event["folder"], event["reason"]) == (folder, reason), event
+        # The retries too, not only the first attempt (logged by the worker) name the file.
+        assert (event["folder"], event["reason"], event.get("file")) == (folder, reason, file)
         assert f"cannot move the file to {folder}/" in str(event["error"])
         assert "\n" not in str(event["error"])
 
@@ -89,7 +90,7 @@ def test_a_full_done_volume_keeps_no_partial_copy_and_never_reloads(
             assert daemon.metric("ingest_files_processed_total", **skipped) == 0
             assert daemon.metric("ingest_archive_pending_files") == 1
             assert daemon.metric("ingest_oldest_waiting_file_age_seconds") == 0
-            one_line_failures(daemon.events("archive_failed"), "done", "no_space")
+            one_line_failures(daemon.events("archive_failed"), "done", "no_space", "big.csv")
             tries = [int(e["attempt"]) for e in daemon.events("archive_failed")]
             assert tries == list(range(1, len(tries) + 1))  # backoff: not once per rescan
             assert len(tries) <= 4
@@ -98,7 +99,10 @@ def test_a_full_done_volume_keeps_no_partial_copy_and_never_reloads(
             wait_for(lambda: not big.exists(), timeout_s=30, what="the retried move")
             assert files_under(done) == [f"{time.strftime('%Y-%m-%d')}/big.csv"]
             assert daemon.metric("ingest_archive_pending_files") == 0
-            assert [e["attempts"] for e in daemon.events("file_archived")] == [len(tries) + 1]
+            archived = daemon.events("file_archived")
+            assert [(e["attempts"], e.get("file")) for e in archived] == [
+                (len(tries) + 1, "big.csv")
+            ]
             [m] = db.manifest()
             assert (m["status"], m["attempts"]) == ("success", 1)
             no_traceback(daemon)
@@ -134,7 +138,7 @@ def test_a_read_only_failed_folder_keeps_the_failed_file_without_reloading_it(
             assert daemon.metric("ingest_archive_pending_files") == 1
             assert bad.exists() and files_under(failed) == []
             assert not list(tmp_path.rglob("*.error.json"))
-            one_line_failures(daemon.events("archive_failed"), "failed", "read_only")
+            one_line_failures(daemon.events("archive_failed"), "failed", "read_only", "bad.csv")
 
             remount_bind(failed, "rw")
             wait_for(lambda: not bad.exists(), timeout_s=30, what="the retried move")
@@ -142,6 +146,8 @@ def test_a_read_only_failed_folder_keeps_the_failed_file_without_reloading_it(
             report = json.loads((failed / "bad.csv.error.json").read_text())
             assert report["file"] == "bad.csv" and "id" in report["reason"]
             assert daemon.metric("ingest_archive_pending_files") == 0
+            archived = daemon.events("file_archived")
+            assert [e.get("file") for e in archived if e["folder"] == "failed"] == ["bad.csv"]
             no_traceback(daemon)
             assert daemon.stop() == 0
             check_books(db, inbox, done, failed, "t")
