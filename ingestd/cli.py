@@ -289,7 +289,9 @@ def _event_loop_run(
         report = await service.run()
         code = int(report.exit_code)
         try:
-            print_summary(report.run_id, report.files, report.seconds, sys.stdout)
+            print_summary(
+                report.run_id, report.files, report.seconds, sys.stdout, report.unreadable
+            )
             sys.stdout.flush()
         except OSError as exc:
             # The run is done and its books are right: only the report is lost. Not a bug
@@ -336,8 +338,15 @@ def log_crash(exc: BaseException) -> None:
     log.critical("crashed", extra=extra)
 
 
-def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out: TextIO) -> None:
-    """One readable block: totals, then a line per file (failures with their reason)."""
+def print_summary(
+    run_id: str,
+    files: Sequence[FileResult],
+    seconds: float,
+    out: TextIO,
+    unreadable: Sequence[tuple[str, str]] = (),
+) -> None:
+    """One readable block: totals, the folders it could not list, then a line per file
+    (failures with their reason)."""
     statuses = ("success", "skipped", "failed", "interrupted", "held")
     count = {s: sum(1 for f in files if f.status == s) for s in statuses}
     # Every row committed counts, a failed or interrupted file's too: the books say so.
@@ -351,6 +360,10 @@ def print_summary(run_id: str, files: Sequence[FileResult], seconds: float, out:
         + f"; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
         file=out,
     )
+    if unreadable:
+        folders = ", ".join(f"{shown_name(name)} ({reason})" for name, reason in unreadable)
+        noun = "folder" if len(unreadable) == 1 else "folders"
+        print(f"  {len(unreadable)} {noun} could not be read: {folders}", file=out)
     labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}
     for f in sorted(files, key=lambda f: (f.status != "failed", f.name)):
         line = f"  {labels.get(f.status, f.status):<8} {shown_name(f.name)} -> {f.table or '?'}"

@@ -108,6 +108,14 @@ class Scanner:
                     self._watcher.restart()  # it skipped the folder: watch it from now on
         self._metrics.unreadable_folders.set(len(self._unreadable))
 
+    def unreadable_folders(self) -> tuple[tuple[str, str], ...]:
+        """The inbox folders the last pass could not list (name in the inbox, reason)."""
+        found = [
+            (str(relative_name(folder, self.settings.inbox)), reason)
+            for folder, reason in self._unreadable.items()
+        ]
+        return tuple(sorted(found))
+
     def _unreadable_folder(self, folder: Path, reason: str) -> None:
         if self._unreadable.get(folder) != reason:
             self._unreadable[folder] = reason

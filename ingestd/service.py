@@ -44,6 +44,7 @@ class RunReport:
     seconds: float
     once: bool
     halted: bool = False  # the manifest disappeared under the run
+    unreadable: tuple[tuple[str, str], ...] = ()  # inbox folders not listed: name, reason
 
     @property
     def exit_code(self) -> int:
@@ -53,7 +54,8 @@ class RunReport:
         if not self.once:
             return 0
         failed = any(f.status in ("failed", "retrying") for f in self.files)
-        return 1 if failed or self.halted else 0
+        # A folder it could not list holds files it never saw: not a complete run either.
+        return 1 if failed or self.halted or self.unreadable else 0
 
 
 def new_run_id() -> str:
@@ -135,6 +137,7 @@ class Service:
         return RunReport(
             self.run_id, files, time.monotonic() - started, self.settings.once,
             halted=self.manifest.broken is not None,
+            unreadable=self._scanner.unreadable_folders() if self._scanner else (),
         )  # fmt: skip
 
     def _show_progress(self) -> bool:

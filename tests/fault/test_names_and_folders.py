@@ -402,9 +402,16 @@ def test_once_reports_an_unreadable_folder_and_refuses_an_unreadable_inbox(
     (inbox / "locked").chmod(0)
     base = ("--dsn", tcp_dsn, "--metrics-addr", "off", "--table", "t", "--pk", "id")
     try:
+        (inbox / "open" / "deeper").mkdir(parents=True)
+        (inbox / "open" / "deeper").chmod(0)
         run = _ingestd(prefix, tmp_path, "--inbox", inbox, "--once", *base)
-        assert run.returncode == 0, run.stderr
+        # Files it never saw: not a clean run (it used to exit 0 with "0 failed").
+        assert run.returncode == 1, run.stderr
         assert "1 loaded, 0 skipped, 0 failed" in run.stdout
+        assert (
+            "  2 folders could not be read: locked (Permission denied), "
+            "open/deeper (Permission denied)\n"
+        ) in run.stdout
         assert '"event": "folder_unreadable"' in run.stderr and "Permission denied" in run.stderr
         assert ids(db) == [1, 2]
         inbox.chmod(0)
@@ -412,6 +419,7 @@ def test_once_reports_an_unreadable_folder_and_refuses_an_unreadable_inbox(
     finally:
         inbox.chmod(0o755)
         (inbox / "locked").chmod(0o755)
+        (inbox / "open" / "deeper").chmod(0o755)
     assert run.returncode == 2
     line = run.stderr.strip().splitlines()[-1]
     assert (
