@@ -36,12 +36,24 @@ def raw_rows(batch: pa.RecordBatch) -> list[str]:
 
 
 def record_at_line(payload: bytes | memoryview, line: int, quote: str = '"') -> int:
-    """The record (1-based) that line `line` of CSV `payload` is part of: COPY numbers the
-    lines of its input, and a quoted field may span several."""
+    """The record (1-based) that line `line` of a COPY error is part of, in CSV `payload`.
+
+    COPY numbers the lines of its input, and a quoted field may span several; but it does
+    not count the line breaks inside the first record it reads (PostgreSQL 15 to 18 alike,
+    tests/integration/test_rejects.py), so those are added back first.
+    """
     data = bytes(payload)  # only on the error path
     mark = quote.encode()
     at = quotes = records = 0
-    for _ in range(line - 1):
+    physical = line
+    while (newline := data.find(b"\n", at)) >= 0:
+        quotes += data.count(mark, at, newline)
+        at = newline + 1
+        if quotes % 2 == 0:
+            break
+        physical += 1  # a line break inside the first record
+    at = quotes = 0
+    for _ in range(physical - 1):
         newline = data.find(b"\n", at)
         if newline < 0:
             break
