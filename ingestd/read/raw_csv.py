@@ -19,10 +19,10 @@ from pathlib import Path
 from ingestd.read.quoting import lenient_row_end, plain_quoting
 from ingestd.settings import CsvOptions
 
-# Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option.
+# Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option. Not ascii:
+# PostgreSQL has no such encoding, and UTF8 would let bytes past 127 through unnoticed.
 PG_ENCODINGS = {
     "utf-8": "UTF8",
-    "ascii": "UTF8",
     "iso8859-1": "LATIN1",
     "iso8859-2": "LATIN2",
     "iso8859-15": "LATIN9",

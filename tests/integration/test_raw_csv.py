@@ -90,3 +90,17 @@ def test_latin1_file_goes_raw_with_copy_encoding(cli, db: Db, tmp_path: Path) ->
     assert db.fetch("SELECT id, name FROM k ORDER BY id") == [
         {"id": "1", "name": "São Paulo"}, {"id": "2", "name": 'Ação; "x"'},
     ]  # fmt: skip
+
+
+def test_ascii_reads_alike_on_every_path(cli, db: Db, tmp_path: Path) -> None:
+    # A byte past 127 after the first megabyte (what a header read sees): COPY under UTF8
+    # would have loaded it as "café" where Arrow refuses it.
+    body = "id,v\n" + "".join(f"{i},filler\n" for i in range(200_000)) + "999999,café\n"
+    plain = write(tmp_path / "a.csv", body)
+    packed = tmp_path / "gz" / "a.csv.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(body.encode()))
+    for n, f in enumerate([plain, packed]):
+        result = cli("--files", f, "--table", f"t{n}", "--mode", "append", "--encoding", "ascii")
+        assert result.code == 1, (f.name, result.out)
+        assert "not valid ascii" in db.manifest()[-1]["notes"], f.name
