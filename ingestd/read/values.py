@@ -143,6 +143,8 @@ def converter_for(
         return _time, True
     if pa.types.is_duration(t):
         return _duration, True
+    if pa.types.is_decimal(t):
+        return _decimal, False
     if t == pa.float16():
         # Widened, each value is written as the shortest float4 text that reads back as it.
         return (lambda a: a.cast(pa.float32())), False
@@ -151,6 +153,17 @@ def converter_for(
     if _is_binary(t):
         return (_decoded, True) if decode_binary else (_hex, False)
     return (lambda a: a), False
+
+
+def _decimal(array: pa.Array) -> pa.Array:
+    # Arrow writes small and zero values with an exponent (1E-10, 0E-10); PostgreSQL prints
+    # numeric digits as they are (0.0000000001), and text columns must hold that text.
+    text = pc.cast(array, pa.string())
+    if not pc.any(pc.match_substring(text, "E")).as_py():
+        return text
+    return pa.array(
+        [None if v is None else format(v, "f") for v in array.to_pylist()], pa.string()
+    )
 
 
 def range_only(arrow_type: pa.DataType) -> tuple[int, int] | None:

@@ -181,14 +181,16 @@ def test_text_mode_gives_the_text_postgresql_would_print(cli: Any, db: Db, tmp_p
         "dur": pa.array([90_061_000_001, None], pa.duration("us")),
         "bin": pa.array([b"0", None], pa.binary()),
         "half": pa.array([0.1, None], pa.float16()),
+        # Arrow's own text for these is 1E-10 and 0E-10; PostgreSQL prints the digits.
+        "dec": pa.array([D("1E-10"), D("0E-10")], pa.decimal128(38, 10)),
     })  # fmt: skip
     path = tmp_path / "t.parquet"
     pq.write_table(table, path)
     assert _load(cli, path, "t").code == 0
-    assert db.fetch("SELECT ts, dur, bin, half FROM t ORDER BY id::int") == [
+    assert db.fetch("SELECT ts, dur, bin, half, dec FROM t ORDER BY id::int") == [
         {"ts": "2024-01-02 03:04:05.000006", "dur": "25:01:01.000001", "bin": "\\x30",
-         "half": "0.099975586"},
-        {"ts": None, "dur": None, "bin": None, "half": None},
+         "half": "0.099975586", "dec": "0.0000000001"},
+        {"ts": None, "dur": None, "bin": None, "half": None, "dec": "0.0000000000"},
     ]  # fmt: skip
 
 
