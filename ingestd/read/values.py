@@ -161,9 +161,7 @@ def _decimal(array: pa.Array) -> pa.Array:
     text = pc.cast(array, pa.string())
     if not pc.any(pc.match_substring(text, "E")).as_py():
         return text
-    return pa.array(
-        [None if v is None else format(v, "f") for v in array.to_pylist()], pa.string()
-    )
+    return pa.array([None if v is None else format(v, "f") for v in array.to_pylist()], pa.string())
 
 
 def range_only(arrow_type: pa.DataType) -> tuple[int, int] | None:
