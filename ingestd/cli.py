@@ -347,14 +347,16 @@ def print_summary(
 ) -> None:
     """One readable block: totals, the folders it could not list, then a line per file
     (failures with their reason)."""
-    statuses = ("success", "skipped", "failed", "interrupted", "held")
+    statuses = ("success", "skipped", "failed", "retrying", "interrupted", "held")
     count = {s: sum(1 for f in files if f.status == s) for s in statuses}
-    # Every row committed counts, a failed or interrupted file's too: the books say so.
-    rows = sum(f.rows for f in files)
+    # Every row this run committed counts, a failed or interrupted file's too; a resumed
+    # file's rows committed by an earlier run do not (nor in the rate).
+    rows = sum(f.rows_this_run for f in files)
     rate = rows / seconds if seconds > 0 else 0.0
     print(
         f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
         f"{count['failed']} failed"
+        + (f", {count['retrying']} retrying" if count["retrying"] else "")
         + (f", {count['interrupted']} interrupted" if count["interrupted"] else "")
         + (f", {count['held']} held by another instance" if count["held"] else "")
         + f"; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
@@ -365,14 +367,16 @@ def print_summary(
         noun = "folder" if len(unreadable) == 1 else "folders"
         print(f"  {len(unreadable)} {noun} could not be read: {folders}", file=out)
     labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}
-    for f in sorted(files, key=lambda f: (f.status != "failed", f.name)):
+    first = ("failed", "retrying")
+    for f in sorted(files, key=lambda f: (f.status not in first, f.name)):
         line = f"  {labels.get(f.status, f.status):<8} {shown_name(f.name)} -> {f.table or '?'}"
+        earlier = f", {f.rows_this_run:,} of them this run" if f.rows_before and f.rows else ""
         if f.status == "success":
-            line += f" ({f.rows:,} rows)"
+            line += f" ({f.rows:,} rows{earlier})"
         if f.error:
             line += f": {shown(f.error)}"
         if f.status != "success" and f.rows:
-            line += f" ({f.rows:,} rows committed)"
+            line += f" ({f.rows:,} rows committed{earlier})"
         print(line, file=out)
 
 

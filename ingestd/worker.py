@@ -52,6 +52,12 @@ class FileResult:
     attempts: int = 1
     stay: bool = False  # leave the file in the inbox (transient failure, file changed)
     archive: archive.Pending | None = None  # its move out of the inbox failed: retried
+    rows_before: int = 0  # of `rows`, committed by an earlier run (a resumed file)
+
+    @property
+    def rows_this_run(self) -> int:
+        """The rows this run committed: a resumed file's earlier rows are not this run's."""
+        return max(0, self.rows - self.rows_before)
 
 
 @dataclass
@@ -137,7 +143,9 @@ class Worker:
         finally:
             metrics.files_in_flight.dec()
             self._leases.discard(job.claim.manifest_id)
-        result = replace(result, seconds=time.monotonic() - started)
+        result = replace(
+            result, seconds=time.monotonic() - started, rows_before=job.claim.rows_done
+        )
         if result.status == "handed_over":
             log.warning("file_handed_over", extra={"reason": "another process took it over"})
             self._results.add(result)
@@ -372,6 +380,11 @@ class Worker:
                 row=result.row, table=result.table, checksum=job.version.checksum,
             )  # fmt: skip
             item = archive.Pending(job.path, job.name, "failed", failed, report, job.identity)
+        # What the scanner needs to notice the row deleted while the move waits.
+        c = job.contract
+        item.claim_id, item.version = job.claim.manifest_id, job.version
+        item.table = f"{c.schema}.{c.table}" if c.schema else c.table
+        item.status, item.rows = result.status, result.rows
         if await archive.attempt(item, self._ctx.metrics.archive_errors):
             return result
         return replace(result, archive=item)
@@ -407,6 +420,7 @@ def _log_result(result: FileResult) -> None:
     extra = {
         "status": result.status,
         "rows": result.rows,
+        "rows_this_run": result.rows_this_run,
         "latency_ms": round(result.seconds * 1000, 1),
         "error": result.error,
         "row": result.row,

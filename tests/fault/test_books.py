@@ -528,3 +528,40 @@ def test_lock_held_on_the_manifest_names_it_and_who_and_is_no_outage(
     assert again.code == 0, again.err
     assert db.val("SELECT count(*) FROM events") == 10
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
+
+
+# --- what the summary counts --------------------------------------------------------------
+
+
+def test_summary_counts_a_retrying_file_and_only_the_rows_this_run_committed(
+    cli: object, dsn: str, db: Db, tmp_path: Path
+) -> None:
+    _slow_events(db, 0.05)
+    inbox = tmp_path / "inbox"
+    write(inbox / "big.csv", _numbers(0, 3000))
+    proc = _once(inbox, dsn)
+    wait_for(lambda: db.progress() >= 300, what="a few batches")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "1 interrupted" in out
+    [m] = db.manifest()
+    before = int(m["rows"])
+    assert 300 <= before < 3000
+
+    db.execute("DROP TRIGGER slow ON events")
+    args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
+    resumed = cli(*args, "--chunk-size", "100")  # type: ignore[operator]
+    assert resumed.code == 0, resumed.err
+    assert _rows(db) == (3000, 3000)
+    head = resumed.out.splitlines()[0]
+    assert f": 1 loaded, 0 skipped, 0 failed; {3000 - before:,} rows in " in head
+    assert f"(3,000 rows, {3000 - before:,} of them this run)" in resumed.out
+
+    write(inbox / "n.csv", _numbers(5000, 50))
+    with _locked(dsn, "events"):
+        result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "0")  # type: ignore[operator]
+    assert result.code == 1
+    assert ": 0 loaded, 0 skipped, 0 failed, 1 retrying; 0 rows in " in result.out
+    assert "  retrying n.csv -> events: gave up after 1 attempts" in result.out
+    assert (inbox / "n.csv").exists()
