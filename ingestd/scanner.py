@@ -14,7 +14,7 @@ from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.connection import Pool
 from ingestd.db.errors import translate
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
-from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError
+from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
@@ -107,6 +107,27 @@ class Scanner:
                 if self._watcher is not None:
                     self._watcher.restart()  # it skipped the folder: watch it from now on
         self._metrics.unreadable_folders.set(len(self._unreadable))
+
+    async def _check_row(self, item: archive.Pending) -> None:
+        """A file waiting for its move has a final manifest row; deleted meanwhile, a
+        restart would load the file again: handled as a row deleted under a worker (one
+        ERROR line, not ready, the row recorded again with its rows)."""
+        if item.claim_id is None or item.version is None:
+            return
+        status = item.status if item.status in ("success", "skipped") else "failed"
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+                try:
+                    await self._manifest.check_row(conn, item.claim_id, item.rows)
+                except ManifestRowGoneError as exc:
+                    self._manifest.halt(exc)
+                    await self._manifest.record_again(
+                        conn, item.version, item.table, self._run_id, item.rows, status
+                    )
+        except ManifestGoneError as exc:
+            self._manifest.halt(exc)
+        except Exception as exc:  # the database away: the next retry looks again
+            log.debug("manifest_check_failed", extra={"error": str(exc)})
 
     def unreadable_folders(self) -> tuple[tuple[str, str], ...]:
         """The inbox folders the last pass could not list (name in the inbox, reason)."""
@@ -201,7 +222,7 @@ class Scanner:
                     break
                 # Full rescans catch what the watcher cannot see (NFS, overflowed inotify),
                 # and files whose lease ran out at a dead instance.
-                await self.archives.retry_due()
+                await self.archives.retry_due(self._check_row)
                 overdue = time.monotonic() - last_rescan > self.settings.rescan_s
                 if watcher.ok and (watcher.rescan_due() or overdue):
                     last_rescan = time.monotonic()
@@ -245,7 +266,8 @@ class Scanner:
         return tuple(p for p in (s.done_path, s.failed_path) if p is not None)
 
     async def _try_offer(self, path: Path) -> bool:
-        """Offer a file; False if the database could not be reached (the file waits)."""
+        """Offer a file; False if the database could not be reached or the manifest is
+        locked (the file waits)."""
         try:
             await self.offer(path)
         except ManifestLockedError as exc:
