@@ -33,6 +33,8 @@ class Target:
     distinct_nulls: tuple[str, ...] | None = None
     # Key columns that may hold NULL under a NULLS NOT DISTINCT unique index: NULL = NULL.
     equal_nulls: tuple[str, ...] = ()
+    # Key columns GENERATED ALWAYS AS IDENTITY: an UPDATE may not set them.
+    identity_key: frozenset[str] = frozenset()
 
     @property
     def qualified(self) -> str:
@@ -121,7 +123,8 @@ def follow_target(target: Target) -> str:
     """
     return f"""
 WITH RECURSIVE file_col AS (
-    SELECT a.attname::text AS col, a.atttypid, a.atttypmod, a.attcollation, a.attnotnull
+    SELECT a.attname::text AS col, a.atttypid, a.atttypmod, a.attcollation, a.attnotnull,
+           a.attidentity
     FROM pg_attribute a
     WHERE a.attrelid = $1::regclass AND a.attname = ANY ($2::text[])
       AND a.attnum > 0 AND NOT a.attisdropped
@@ -152,6 +155,8 @@ SELECT
     ARRAY(SELECT col FROM leaf WHERE NOT ({_HAS_EQUALITY})) AS as_text,
     ARRAY(SELECT col FROM file_col WHERE NOT attnotnull AND col = ANY ($3::text[]))
         AS nullable_key,
+    ARRAY(SELECT col FROM file_col WHERE attidentity = 'a' AND col = ANY ($3::text[]))
+        AS identity_key,
     coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct
 FROM (SELECT) AS one LEFT JOIN {target.qualified} AS held ON false
 """
@@ -218,13 +223,15 @@ def _last_per_key(target: Target, stage: str) -> str:
 def _changed(target: Target, left: str, right: str) -> str:
     # Rows whose values did not change are not rewritten: no dead tuples, no WAL. A type
     # without equality (json, xml, point) is compared by its text form, which is exact;
-    # so is one whose = is not identity (box and circle compare areas).
-    non_key = [c for c in target.columns if c not in target.pk]
-
+    # so is one whose = is not identity (box and circle compare areas). Key columns are
+    # compared by text too: an equal key written otherwise (citext 'Bob' and 'bob', numeric
+    # 1.0 and 1) is rewritten as the last occurrence has it, whatever the chunk size.
     def side(prefix: str) -> str:
         return ", ".join(
-            f"{prefix}{quote_ident(c)}::text" if c in target.as_text else prefix + quote_ident(c)
-            for c in non_key
+            f"{prefix}{quote_ident(c)}::text"
+            if c in target.as_text or c in target.pk
+            else prefix + quote_ident(c)
+            for c in _updated(target)
         )
 
     return f"({side(left)}) IS DISTINCT FROM ({side(right)})"
@@ -235,16 +242,19 @@ def _changed(target: Target, left: str, right: str) -> str:
 _OVERRIDING = "OVERRIDING SYSTEM VALUE"
 
 
+def _updated(target: Target) -> list[str]:
+    return [c for c in target.columns if c not in target.identity_key]
+
+
 def upsert(target: Target, stage: str) -> str:
     """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change."""
     head = (
         f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) {_OVERRIDING} "
         f"{_last_per_key(target, stage)} ON CONFLICT ({_cols(target.pk)}) "
     )
-    non_key = [c for c in target.columns if c not in target.pk]
-    if not non_key:
+    sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in _updated(target))
+    if not sets:
         return head + "DO NOTHING"
-    sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in non_key)
     return head + f"DO UPDATE SET {sets} WHERE {_changed(target, 't.', 'EXCLUDED.')}"
 
 
@@ -260,13 +270,12 @@ def _matches(target: Target) -> str:
 
 def merge(target: Target, stage: str) -> str:
     """MERGE (PostgreSQL 15+): works without a unique index on the key."""
-    non_key = [c for c in target.columns if c not in target.pk]
+    sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in _updated(target))
     sql = (
         f"MERGE INTO {target.qualified} AS t USING ({_last_per_key(target, stage)}) AS s "
         f"ON {_matches(target)} "
     )
-    if non_key:
-        sets = ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in non_key)
+    if sets:
         sql += f"WHEN MATCHED AND {_changed(target, 't.', 's.')} THEN UPDATE SET {sets} "
     values = _cols(target.columns, "s.")
     return (
@@ -564,12 +573,15 @@ def manifest_record_failure(name: str) -> str:
     )
 
 
-def manifest_record_again(name: str) -> str:
+def manifest_record_again(name: str, status: str = "failed") -> str:
     """A deleted row of a file in hand, inserted again ($1 filename, $2 checksum, $3 size,
-    $4 table, $5 run, $6 notes, $7 rows committed), unless someone put it back meanwhile."""
+    $4 table, $5 run, $6 notes, $7 rows committed), unless someone put it back meanwhile.
+    `status` is one of ingestd's own (never user input): failed, success or skipped."""
+    if status not in ("failed", "success", "skipped"):
+        raise ValueError(f"not a final status: {status!r}")
     return (
         f"INSERT INTO {name} (filename, checksum, filesize, table_name, status, run_id, "
-        "processed_at, notes, attempts, rows) VALUES ($1, $2, $3, $4, 'failed', $5, now(), "
+        f"processed_at, notes, attempts, rows) VALUES ($1, $2, $3, $4, '{status}', $5, now(), "
         "$6, 1, $7) ON CONFLICT (filename, checksum, table_name) DO NOTHING"
     )
 

@@ -104,6 +104,7 @@ async def follow_target(conn: Connection, target: Target, stage: str) -> Target:
         as_text=frozenset(row["as_text"]),
         distinct_nulls=() if equal else nullable,
         equal_nulls=nullable if equal else (),
+        identity_key=frozenset(row["identity_key"]),
     )
 
 

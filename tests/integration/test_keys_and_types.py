@@ -396,3 +396,19 @@ def test_a_column_named_like_the_old_ordinal_loads(cli, db: Db, tmp_path: Path, 
     assert result.code == 0, result.out + result.err
     rows = db.fetch('SELECT id, "_ingestd_row" AS r FROM o ORDER BY id')
     assert rows == [{"id": "1", "r": "a"}, {"id": "2", "r": "b"}, {"id": "3", "r": "c"}]
+
+
+@pytest.mark.parametrize("mode", ["upsert", "merge"])
+def test_an_equal_key_written_otherwise_keeps_the_last_spelling_at_any_chunk_size(
+    cli, db: Db, tmp_path: Path, mode: str
+) -> None:
+    # numeric 1.0 = 1 = 01 = 1.00: one key; the last occurrence wins, key included.
+    f = write(tmp_path / "k.csv", "id,v\n1.0,a\n1,b\n01,c\n1.00,d\n")
+    for chunk in (1, 2, 50_000):
+        db.execute("DROP TABLE IF EXISTS numk, ingestion_manifest, ingestion_rejects")
+        db.execute("CREATE TABLE numk (id numeric PRIMARY KEY, v text)")
+        result = cli("--files", f, "--table", "numk", "--mode", mode, "--pk", "id",
+                     "--chunk-size", chunk)  # fmt: skip
+        assert result.code == 0, (chunk, result.err)
+        rows = db.fetch("SELECT id::text AS id, v FROM numk")
+        assert rows == [{"id": "1.00", "v": "d"}], (mode, chunk)

@@ -134,14 +134,14 @@ def test_upsert() -> None:
     assert f'SELECT DISTINCT ON ("id") "id", "name", "amount" FROM "{STAGE}"' in text
     assert 'ORDER BY "id", "ingestd row" DESC' in text
     assert (
-        'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name", "amount" = EXCLUDED."amount"'
-        in text
-    )
+        'ON CONFLICT ("id") DO UPDATE SET "id" = EXCLUDED."id", "name" = EXCLUDED."name", '
+        '"amount" = EXCLUDED."amount"'
+    ) in text
+    # The key as the last occurrence writes it (compared by text: citext 'Bob' = 'bob').
     assert text.endswith(
-        'WHERE (t."name", t."amount") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."amount")'
+        'WHERE (t."id"::text, t."name", t."amount") IS DISTINCT FROM '
+        '(EXCLUDED."id"::text, EXCLUDED."name", EXCLUDED."amount")'
     )
-    # The key itself is never updated.
-    assert '"id" = EXCLUDED."id"' not in text
 
 
 def test_rows_with_a_null_key_are_never_folded() -> None:
@@ -160,7 +160,7 @@ def test_upsert_composite_key_with_nullable_columns() -> None:
     nulls = 'CASE WHEN "b" IS NULL THEN "ingestd row" END'
     assert f'DISTINCT ON ("a", "b", {nulls})' in text
     assert f'ORDER BY "a", "b", {nulls}, "ingestd row" DESC' in text
-    assert 'ON CONFLICT ("a", "b") DO UPDATE SET "v" = EXCLUDED."v" ' in text
+    assert 'ON CONFLICT ("a", "b") DO UPDATE SET "a" = EXCLUDED."a", "b" = EXCLUDED."b", ' in text
     both = replace(t, distinct_nulls=None)
     assert 'CASE WHEN "a" IS NULL OR "b" IS NULL THEN' in sql.upsert(both, "s")
 
@@ -174,12 +174,12 @@ def test_nulls_not_distinct_key_folds_nulls_and_merge_matches_them() -> None:
 def test_types_without_equality_are_compared_by_text() -> None:
     t = Target(None, "t", ("id", "doc", "p", "n"), ("id",), as_text=frozenset({"doc", "p"}))
     assert sql.upsert(t, "s").endswith(
-        'WHERE (t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
-        '(EXCLUDED."doc"::text, EXCLUDED."p"::text, EXCLUDED."n")'
+        'WHERE (t."id"::text, t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
+        '(EXCLUDED."id"::text, EXCLUDED."doc"::text, EXCLUDED."p"::text, EXCLUDED."n")'
     )
     assert (
-        'WHEN MATCHED AND (t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
-        '(s."doc"::text, s."p"::text, s."n") THEN'
+        'WHEN MATCHED AND (t."id"::text, t."doc"::text, t."p"::text, t."n") IS DISTINCT FROM '
+        '(s."id"::text, s."doc"::text, s."p"::text, s."n") THEN'
     ) in sql.merge(t, "s")
 
 
@@ -189,11 +189,13 @@ def test_merge_key_without_equality_matches_on_text() -> None:
     assert 'DISTINCT ON ("p"::text) ' in text and 'ON t."p"::text = s."p"::text ' in text
 
 
-def test_upsert_pk_only_table_does_nothing_on_conflict() -> None:
+def test_upsert_pk_only_table_rewrites_only_a_key_written_otherwise() -> None:
     t = Target(None, "keys", ("k",), ("k",))
     text = sql.upsert(t, "s")
-    assert text.endswith('ON CONFLICT ("k") DO NOTHING')
-    assert "DO UPDATE" not in text
+    assert text.endswith(
+        'ON CONFLICT ("k") DO UPDATE SET "k" = EXCLUDED."k" '
+        'WHERE (t."k"::text) IS DISTINCT FROM (EXCLUDED."k"::text)'
+    )
 
 
 def test_merge() -> None:
@@ -201,8 +203,9 @@ def test_merge() -> None:
     assert text.startswith('MERGE INTO "sales"."orders" AS t USING (SELECT DISTINCT ON ("id")')
     assert 'ORDER BY "id", "ingestd row" DESC) AS s ON t."id" = s."id" ' in text
     assert (
-        'WHEN MATCHED AND (t."name", t."amount") IS DISTINCT FROM (s."name", s."amount") '
-        'THEN UPDATE SET "name" = s."name", "amount" = s."amount" '
+        'WHEN MATCHED AND (t."id"::text, t."name", t."amount") IS DISTINCT FROM '
+        '(s."id"::text, s."name", s."amount") '
+        'THEN UPDATE SET "id" = s."id", "name" = s."name", "amount" = s."amount" '
     ) in text
     assert text.endswith(
         'WHEN NOT MATCHED THEN INSERT ("id", "name", "amount") OVERRIDING SYSTEM VALUE '
@@ -210,9 +213,9 @@ def test_merge() -> None:
     )
 
 
-def test_merge_pk_only_only_inserts() -> None:
+def test_merge_pk_only_rewrites_only_a_key_written_otherwise() -> None:
     text = sql.merge(Target(None, "keys", ("k",), ("k",)), "s")
-    assert "WHEN MATCHED" not in text
+    assert 'WHEN MATCHED AND (t."k"::text) IS DISTINCT FROM (s."k"::text) THEN' in text
     assert text.endswith(
         'WHEN NOT MATCHED THEN INSERT ("k") OVERRIDING SYSTEM VALUE VALUES (s."k")'
     )
