@@ -21,14 +21,17 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from ingestd.logs import bound
+
+if TYPE_CHECKING:
+    from ingestd.db.manifest import FileVersion
 from ingestd.names import manifest_name
 
 log = logging.getLogger("ingestd.archive")
@@ -367,6 +370,13 @@ class Pending:
     attempts: int = 0
     next_at: float = 0.0
     error: str = field(default="", compare=False)
+    # Its manifest row, looked at before each retry: deleted meanwhile, a restart would
+    # load the file again. None: not known (a file moved by the scanner, not a worker).
+    claim_id: int | None = None
+    version: FileVersion | None = None
+    table: str = ""
+    status: str = ""
+    rows: int = 0
 
     @property
     def key(self) -> str:
@@ -461,12 +471,14 @@ class Backlog:
         self.add(item)
         return False
 
-    async def retry_due(self) -> None:
-        """Retry every move whose backoff is up."""
+    async def retry_due(self, check: Callable[[Pending], Awaitable[None]] | None = None) -> None:
+        """Retry every move whose backoff is up, after `check` (its manifest row) if given."""
         now = time.monotonic()
         for item in [i for i in self._items.values() if i.next_at <= now]:
             if not self.holds(item.key, _identity(item.path)):
                 continue
             # Outside the worker that logged the first attempt: name the file again, as it did.
             with bound(file=str(item.name)):
+                if check is not None:
+                    await check(item)
                 await self.move(item)

@@ -281,18 +281,36 @@ class Manifest:
             rows,
         )
 
+    async def check_row(self, conn: Connection, claim_id: int, rows: int | None) -> None:
+        """ManifestRowGoneError if the row of a file still in hand (its move out of the
+        inbox waits for a retry) was deleted: a restart would load the file again."""
+        await self._why_not(conn, claim_id, rows)
+
     async def record_again(
-        self, conn: Connection, version: FileVersion, table: str, run_id: str, rows: int
+        self,
+        conn: Connection,
+        version: FileVersion,
+        table: str,
+        run_id: str,
+        rows: int,
+        status: str = "failed",
     ) -> None:
         """A deleted row of a file in hand, recorded again with the rows it had committed
-        (failed, with the story in notes), so that a restart resumes after them."""
-        notes = (
-            f"the manifest row of this file was deleted while ingestd loaded it, with {rows:,} "
-            "rows committed; recorded again so that the next run resumes after them"
-        )
+        (failed, with the story in notes), so that a restart resumes after them; a finished
+        file's row (its move waits) is recorded again with its final `status`."""
+        if status == "failed":
+            notes = (
+                f"the manifest row of this file was deleted while ingestd loaded it, with "
+                f"{rows:,} rows committed; recorded again so that the next run resumes after them"
+            )
+        else:
+            notes = (
+                f"the manifest row of this file was deleted while its move out of the inbox "
+                f"waited, with {rows:,} rows loaded; recorded again so that it is not loaded twice"
+            )
         await self._guard(
             lambda: conn.execute(
-                sql.manifest_record_again(self.name),
+                sql.manifest_record_again(self.name, status),
                 version.filename,
                 version.checksum,
                 version.filesize,

@@ -112,6 +112,56 @@ def test_a_full_done_volume_keeps_no_partial_copy_and_never_reloads(
             daemon.kill()
 
 
+def test_a_manifest_row_deleted_while_the_move_waits_is_noticed_and_recorded_again(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    """done/ full, then the file's success row deleted: it went unnoticed (ready, and a
+    restart loaded the file again). Now the next retry notices it as the workers do: one
+    ERROR line, not ready, the row recorded again as success with its rows."""
+    inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
+    text = rows(BIG_ROWS)
+    with tmpfs(done, "64k"):
+        daemon = Daemon(tmp_path, dsn, CONFIG)
+        try:
+            daemon.wait_ready()
+            big = drop(inbox, "big.csv", text)
+            wait_for(lambda: daemon.events("archive_failed"), timeout_s=60, what="a failed move")
+            [m] = db.manifest()
+            assert m["status"] == "success"
+            db.execute(f"DELETE FROM ingestion_manifest WHERE id = {int(m['id'])}")
+            missing = wait_for(lambda: daemon.events("manifest_row_missing"), timeout_s=60,
+                               what="the deleted row noticed")  # fmt: skip
+            assert len(missing) == 1 and missing[0]["level"] == "ERROR", missing
+            assert f"manifest row {m['id']} " in missing[0]["error"]
+            assert daemon.get("/readyz")[0] == 503
+            assert daemon.metric("ingest_manifest_missing") == 1
+            [again] = db.manifest()
+            assert (again["filename"], again["status"], again["rows"]) == (
+                "big.csv",
+                "success",
+                BIG_ROWS,
+            )
+            assert again["checksum"] == m["checksum"] and again["id"] != m["id"]
+            assert db.val("SELECT count(DISTINCT id) FROM t") == BIG_ROWS
+            assert big.exists()  # still waiting for its move; nothing loaded twice
+            no_traceback(daemon)
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+    # A restart finds its row: the file is not loaded a second time.
+    daemon = Daemon(tmp_path, dsn, CONFIG)
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: not big.exists(), timeout_s=30, what="the move, done/ roomy again")
+        [after] = db.manifest()
+        assert (after["status"], after["rows"]) == ("success", BIG_ROWS)
+        assert db.val("SELECT count(*) FROM t") == BIG_ROWS
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    check_books(db, inbox, done, failed, "t")
+
+
 def test_a_read_only_failed_folder_keeps_the_failed_file_without_reloading_it(
     dsn: str, db: Db, tmp_path: Path
 ) -> None:
@@ -165,7 +215,7 @@ def test_an_immutable_done_folder_under_once_runs(cli, db: Db, tmp_path: Path) -
             assert result.code == 0, result.err[-2000:]
             lines = [json.loads(x) for x in result.err.splitlines() if x.startswith("{")]
             failures = [x for x in lines if x["event"] == "archive_failed"]
-            one_line_failures(failures, "done", "permission")
+            one_line_failures(failures, "done", "permission", "a.csv")
             assert "Traceback" not in result.err
             assert f.exists() and files_under(done) == []
             [m] = db.manifest()  # the second run skips it: loaded already
