@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import write
+from tests.corpora import csv_spectrum
 from tests.pg import Db
 
 
@@ -173,28 +174,43 @@ def test_a_quoted_field_never_closed_fails_the_file_with_its_row(
     assert db.fetch("SELECT v FROM closed0 ORDER BY id") == [{"v": "a\n"}, {"v": "b\r\n"}]
 
 
-SPECTRUM = Path(__file__).parent.parent / "data" / "csv-spectrum"
+# csv-spectrum's location_coordinates case: its header names are not identifiers (renamed
+# here), and its JSON holds another phone number than its CSV (a slip in the corpus).
+_SPECTRUM_HEADERS = {"location_coordinates": b"phone,coordinates,cities,counties\n"}
 
 
 def test_the_csv_spectrum_corpus_loads_as_it_says(cli, db: Db, tmp_path: Path) -> None:
-    """csv-spectrum (github.com/maxogden/csv-spectrum): each CSV beside the JSON of the rows
-    it holds; loaded raw and through Arrow."""
-    cases = sorted((SPECTRUM / "csvs").glob("*.csv"))
-    assert len(cases) == 11
+    """csv-spectrum (npm csv-spectrum 2.0.0, BSD-2-Clause; fetched at test time, see
+    tests/corpora.py): each CSV beside the JSON of the rows it holds; loaded raw and through
+    Arrow, and compared with the JSON and with Python's csv module."""
+    spectrum = csv_spectrum()
+    cases = sorted((spectrum / "csvs").glob("*.csv"))
+    assert len(cases) >= 11
     for n, case in enumerate(cases):
-        expected = json.loads((SPECTRUM / "json" / f"{case.stem}.json").read_text())
+        expected = json.loads((spectrum / "json" / f"{case.stem}.json").read_text())
+        expected = expected if isinstance(expected, list) else [expected]
+        data = case.read_bytes()
+        if case.stem in _SPECTRUM_HEADERS:
+            data = _SPECTRUM_HEADERS[case.stem] + data.split(b"\n", 1)[1]
+            expected = [dict(zip(csv.DictReader(io.StringIO(data.decode())).fieldnames or [],
+                                 row.values(), strict=True)) for row in expected]  # fmt: skip
+            for row in expected:
+                row.pop("phone")
+        reference = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
         for path, extra in [("raw", ()), ("arrow", ("--config", _no_raw(tmp_path)))]:
             f = tmp_path / path / case.name
             f.parent.mkdir(exist_ok=True)
-            f.write_bytes(case.read_bytes())
+            f.write_bytes(data)
             table = f"s{n}_{path}"
             result = cli("--files", f, "--table", table, "--mode", "append", *extra)
             assert result.code == 0, (case.name, result.err)
-            columns = ", ".join(expected[0])
-            got = db.fetch(f"SELECT {columns} FROM {table}")
+            got = db.fetch(f"SELECT * FROM {table}")
             # The corpus writes '' for every empty value; unquoted empties load as NULL.
             got = [{k: "" if v is None else v for k, v in row.items()} for row in got]
-            assert sorted(got, key=repr) == sorted(expected, key=repr), (case.name, path)
+            assert sorted(got, key=repr) == sorted(reference, key=repr), (case.name, path)
+            columns = list(expected[0])
+            picked = [{k: row[k] for k in columns} for row in got]
+            assert sorted(picked, key=repr) == sorted(expected, key=repr), (case.name, path)
 
 
 # --- the differential test ------------------------------------------------------------------
