@@ -44,10 +44,22 @@ class BatchReader:
         self.raw = raw
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        rows = 0
         try:
-            yield from self._batches
+            for batch in self._batches:
+                rows += batch.num_rows
+                yield batch
         except FileError:
             raise
+        except UnicodeDecodeError as exc:
+            if not rows:
+                raise arrow_file_error(exc) from None
+            # Decoded ahead in blocks: the error's offset is within a block, not the file.
+            byte = exc.object[exc.start : exc.start + 1]
+            raise FileError(
+                f"the file is not valid {exc.encoding} text after row {rows:,} "
+                f"(byte {byte!r}); {_ENCODING_HINT}"
+            ) from None
         except (pa.ArrowException, OSError, UnicodeError, ValueError, EOFError) as exc:
             # Problems deep in a file (a bad row, a truncated gzip) surface only here.
             raise arrow_file_error(exc, self._header_rows, self._file_columns) from None
@@ -93,9 +105,10 @@ def arrow_file_error(
         return FileError(f"cannot read file: {exc.strerror}")
     if isinstance(exc, UnicodeDecodeError):
         byte = exc.object[exc.start : exc.start + 1]
+        # The file is decoded in blocks: exc.start counts from a block, not the file.
         return FileError(
-            f"the file is not valid {exc.encoding} text (byte {byte!r} at offset {exc.start}): "
-            f"it may not be a CSV file; {_ENCODING_HINT}"
+            f"the file is not valid {exc.encoding} text (byte {byte!r}): it may not be "
+            f"a text file at all, or not in that encoding; {_ENCODING_HINT}"
         )
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if text == "Empty CSV file":

@@ -103,4 +103,6 @@ def test_ascii_reads_alike_on_every_path(cli, db: Db, tmp_path: Path) -> None:
     for n, f in enumerate([plain, packed]):
         result = cli("--files", f, "--table", f"t{n}", "--mode", "append", "--encoding", "ascii")
         assert result.code == 1, (f.name, result.out)
-        assert "not valid ascii" in db.manifest()[-1]["notes"], f.name
+        notes = db.manifest()[-1]["notes"]
+        # Arrow decodes ahead in blocks: an offset within a block would be false.
+        assert "not valid ascii text" in notes and "offset" not in notes, notes
