@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
@@ -347,6 +348,7 @@ def _load(cli, db: Db, f: Path, table: str, columns: int, *extra: object) -> _Ou
 _EXAMPLE = iter(range(1 << 30))
 
 
+@pytest.mark.timeout(4 * 3600 if DEEP else 300)  # every example runs inside the one test
 @PROFILE
 @given(hostile_csv(), st.integers(1, 12))
 def test_every_path_reads_every_byte_alike(
