@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Subcommands: `ingestd status` shows the manifest; `ingestd check-config FILE` "
         "validates a config; `ingestd retry FILE...|--all-failed` moves failed files back to "
         "the inbox. Exit status: 0 all files "
-        "loaded or skipped, 1 some file failed, 2 bad usage or configuration.",
+        "loaded or skipped, 1 some file failed or is left retrying, or a folder could not be "
+        "read, 2 bad usage or configuration.",
     )
     p.add_argument("--version", action="version", version=f"ingestd {__version__}")
     p.add_argument("--config", type=Path, help="TOML config file (see config/ingestd.example.toml)")

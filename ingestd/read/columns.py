@@ -40,9 +40,10 @@ def _rename_advice(file_type: str) -> str:
             "file order with --no-header --headers a,b,c, or load only the other columns "
             "with --headers a,b"
         )
+    # --no-header alone would load the header line as a data row.
     return (
-        "Rename the column in the file, or load it with "
-        "--no-header --headers a,b,c to name the columns yourself"
+        "Rename the column in the file's header, or remove the header line and name the "
+        "columns yourself with --no-header --headers a,b,c"
     )
 
 
