@@ -37,7 +37,14 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "con
 class Daemon:
     """An `ingestd` process with a config file, a metrics port and captured output."""
 
-    def __init__(self, workdir: Path, dsn: str, config: str, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: Path,
+        dsn: str,
+        config: str,
+        extra_args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),  # a command to start it through (e.g. setpriv)
+    ):
         self.workdir = workdir
         self.port = free_port()
         self.config = workdir / "ingestd.toml"
@@ -45,7 +52,7 @@ class Daemon:
         self.log_path = workdir / f"ingestd-{time.monotonic_ns()}.log"
         self.out_path = self.log_path.with_suffix(".out")
         args = [
-            sys.executable, "-m", "ingestd", "--config", str(self.config), "--dsn", dsn,
+            *prefix, sys.executable, "-m", "ingestd", "--config", str(self.config), "--dsn", dsn,
             "--metrics-addr", f"127.0.0.1:{self.port}", "--log-format", "json", *extra_args,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.daemon import Daemon, free_port, wait_for
+from tests.daemon import Daemon, wait_for
 from tests.fault.proxy import Proxy
 from tests.invariants import check_books
 from tests.pg import Db
@@ -69,27 +69,6 @@ def ids(db: Db) -> list[int]:
 
 def today(tmp_path: Path) -> Path:
     return tmp_path / "done" / dt.date.today().isoformat()
-
-
-class CappedDaemon(Daemon):
-    """A daemon started through a command prefix (e.g. setpriv dropping capabilities)."""
-
-    def __init__(self, workdir: Path, dsn: str, config: str, prefix: tuple[str, ...]):
-        self.workdir = workdir
-        self.port = free_port()
-        self.config = workdir / "ingestd.toml"
-        self.config.write_text(config)
-        self.log_path = workdir / f"ingestd-{time.monotonic_ns()}.log"
-        self.out_path = self.log_path.with_suffix(".out")
-        args = [
-            *prefix, sys.executable, "-m", "ingestd", "--config", str(self.config),
-            "--dsn", dsn, "--metrics-addr", f"127.0.0.1:{self.port}", "--log-format", "json",
-        ]  # fmt: skip
-        self._log = self.log_path.open("wb")
-        self._out = self.out_path.open("wb")
-        self.proc = subprocess.Popen(
-            args, cwd=workdir, stdout=self._out, stderr=self._log, env={**os.environ}
-        )
 
 
 @pytest.fixture
@@ -320,7 +299,7 @@ def test_unreadable_subfolder_is_reported_once_and_loaded_once_readable(
     drop(inbox / "open", b"a.csv", rows(range(1, 3)))
     drop(inbox / "locked", b"b.csv", rows(range(3, 5)))
     (inbox / "locked").chmod(0)
-    daemon = CappedDaemon(tmp_path, tcp_dsn, CONFIG.format(rescan_s=0.3), prefix)
+    daemon = Daemon(tmp_path, tcp_dsn, CONFIG.format(rescan_s=0.3), prefix=prefix)
     try:
         daemon.wait_ready()
         wait_for(lambda: ids(db) == [1, 2], what="the readable sibling")
