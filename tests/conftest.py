@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.daemon import Daemon
+from tests.helpers import write as write  # tests import it from here too
 from tests.pg import Db, fresh_database, server
 
 
@@ -73,8 +75,22 @@ def cli(dsn: str) -> object:
     return call
 
 
-def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write a text file (creating folders) and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode(encoding))
-    return path
+@pytest.fixture
+def daemons(tmp_path: Path, dsn: str) -> Iterator[Callable[..., Daemon]]:
+    """Start `ingestd` daemons in tmp_path on the test database; each is killed after the test.
+
+    Call it as start(config, *args, dsn=..., ready=True): `ready` waits for /readyz.
+    """
+    started: list[Daemon] = []
+    test_dsn = dsn
+
+    def start(config: str, *args: str, dsn: str = test_dsn, ready: bool = True) -> Daemon:
+        daemon = Daemon(tmp_path, dsn, config, args)
+        started.append(daemon)
+        if ready:
+            daemon.wait_ready()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()

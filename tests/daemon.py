@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import log_events
 
 
 def free_port() -> int:
@@ -112,10 +113,4 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.logs_text().splitlines():
-            if line.startswith("{"):
-                event = json.loads(line)
-                if name is None or event.get("event") == name:
-                    out.append(event)
-        return out
+        return log_events(self.logs_text(), name)

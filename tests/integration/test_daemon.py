@@ -7,13 +7,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
+from tests.helpers import csv_rows, drop, row_count
 from tests.pg import Db
 
 CONFIG = """
@@ -27,53 +28,26 @@ pattern = "*.csv"
 table = "t"
 pk = ["id"]
 """
+BASIC = CONFIG.format(extra="")
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, dsn: str) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: str = CONFIG.format(extra=""), *args: str) -> Daemon:
-        daemon = Daemon(tmp_path, dsn, config, args)
-        started.append(daemon)
-        daemon.wait_ready()
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
-
-
-def drop(inbox: Path, name: str, text: str) -> Path:
-    """Deliver a file the safe way: write a dot-file, then rename it into place."""
-    tmp = write(inbox / f".{name}.tmp", text)
-    final = inbox / name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, final)
-    return final
-
-
-def rows(n: int, start: int = 1) -> str:
-    return "id,v\n" + "".join(f"{i},v{i}\n" for i in range(start, start + n))
-
-
-def count(db: Db, table: str = "t") -> int:
-    return int(
-        db.val(f"SELECT count(*) FROM {table}") if db.val(f"SELECT to_regclass('{table}')") else 0
-    )
+def start_daemon(daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """`daemons`, with this module's config unless told otherwise."""
+    return lambda config=BASIC, *args: daemons(config, *args)
 
 
 def test_files_present_before_start_and_dropped_later_are_loaded(
     start_daemon, db: Db, tmp_path: Path
 ) -> None:
     inbox = tmp_path / "inbox"
-    write(inbox / "early.csv", rows(3))
-    write(inbox / "sub" / "nested.csv", rows(2, start=100))
+    write(inbox / "early.csv", csv_rows(3))
+    write(inbox / "sub" / "nested.csv", csv_rows(2, start=100))
     daemon = start_daemon()
-    wait_for(lambda: count(db) == 5, what="files present at start")
+    wait_for(lambda: row_count(db) == 5, what="files present at start")
     started = time.monotonic()
-    drop(inbox, "late.csv", rows(4, start=200))
-    wait_for(lambda: count(db) == 9, timeout_s=5, what="a dropped file")
+    drop(inbox, "late.csv", csv_rows(4, start=200))
+    wait_for(lambda: row_count(db) == 9, timeout_s=5, what="a dropped file")
     assert time.monotonic() - started < 3
     wait_for(
         lambda: (tmp_path / "done").exists() and len(list((tmp_path / "done").rglob("*.csv"))) == 3
@@ -112,7 +86,7 @@ def test_slow_writer_is_loaded_once_and_complete(start_daemon, db: Db, tmp_path:
     writer = threading.Thread(target=slow_write)
     writer.start()
     writer.join()
-    wait_for(lambda: count(db) == 8, what="the slow file")
+    wait_for(lambda: row_count(db) == 8, what="the slow file")
     time.sleep(0.5)
     manifest = db.manifest()
     assert [(m["status"], m["rows"]) for m in manifest] == [("success", 8)]
@@ -121,14 +95,14 @@ def test_slow_writer_is_loaded_once_and_complete(start_daemon, db: Db, tmp_path:
 def test_ignored_and_non_regular_files_are_left_alone(start_daemon, db: Db, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    outside = write(tmp_path / "outside.csv", rows(1, start=900))
+    outside = write(tmp_path / "outside.csv", csv_rows(1, start=900))
     os.symlink(outside, inbox / "link.csv")
     os.mkfifo(inbox / "pipe.csv")
     for name in (".hidden.csv", "a.csv.tmp", "b.csv.part", "c.csv.partial"):
-        write(inbox / name, rows(1, start=500))
+        write(inbox / name, csv_rows(1, start=500))
     start_daemon()
-    drop(inbox, "real.csv", rows(2))
-    wait_for(lambda: count(db) == 2, what="the regular file")
+    drop(inbox, "real.csv", csv_rows(2))
+    wait_for(lambda: row_count(db) == 2, what="the regular file")
     time.sleep(0.5)
     assert sorted(p.name for p in inbox.iterdir()) == sorted(
         ["link.csv", "pipe.csv", ".hidden.csv", "a.csv.tmp", "b.csv.part", "c.csv.partial"]
@@ -159,9 +133,9 @@ def test_bad_file_fails_alone_and_daemon_goes_on(start_daemon, db: Db, tmp_path:
     inbox = tmp_path / "inbox"
     daemon = start_daemon()
     drop(inbox, "bad.csv", "id,v\n1,a\n2,b,c\n")
-    drop(inbox, "good.csv", rows(3))
+    drop(inbox, "good.csv", csv_rows(3))
     wait_for(lambda: (tmp_path / "failed" / "bad.csv.error.json").exists(), what="failed bad.csv")
-    wait_for(lambda: count(db) == 3, what="good.csv")
+    wait_for(lambda: row_count(db) == 3, what="good.csv")
     statuses = {Path(m["filename"]).name: m["status"] for m in db.manifest()}
     assert statuses == {"bad.csv": "failed", "good.csv": "success"}
     assert daemon.proc.poll() is None
@@ -174,20 +148,20 @@ def test_sigterm_during_large_file_commits_whole_batches_then_resumes(
     config = CONFIG.format(extra="chunk_size = 2000\n").replace('pk = ["id"]', 'mode = "append"')
     daemon = start_daemon(config)
     total = 400_000
-    drop(inbox, "big.csv", rows(total))
+    drop(inbox, "big.csv", csv_rows(total))
     wait_for(lambda: db.progress() > 0, what="first batch")
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
     [m] = db.manifest()
     assert m["status"] == "pending" and 0 < m["rows"] < total
     assert m["batches"] >= 1  # whole batches only: the count below matches the manifest
-    assert count(db) == m["rows"]  # no partial batch
+    assert row_count(db) == m["rows"]  # no partial batch
     assert (inbox / "big.csv").exists()
     assert "1 interrupted" in daemon.out_path.read_text()
 
     again = start_daemon(config)
     wait_for(lambda: db.manifest()[0]["status"] == "success", timeout_s=60, what="resume")
-    assert count(db) == total
+    assert row_count(db) == total
     assert db.val("SELECT count(DISTINCT id) FROM t") == total
     assert again.stop() == 0
 
@@ -198,7 +172,7 @@ def test_second_signal_aborts_at_once_without_half_batch(
     inbox = tmp_path / "inbox"
     config = CONFIG.format(extra="chunk_size = 100000\n").replace('pk = ["id"]', 'mode = "append"')
     daemon = start_daemon(config)
-    drop(inbox, "big.csv", rows(600_000))
+    drop(inbox, "big.csv", csv_rows(600_000))
     wait_for(lambda: db.progress() > 0, what="first batch")
     daemon.signal(signal.SIGTERM)
     time.sleep(0.05)
@@ -207,7 +181,7 @@ def test_second_signal_aborts_at_once_without_half_batch(
     assert daemon.proc.wait(20) == 0
     assert time.monotonic() - started < 5
     [m] = db.manifest()
-    assert count(db) == m["rows"] and m["rows"] > 0  # no half-committed batch
+    assert row_count(db) == m["rows"] and m["rows"] > 0  # no half-committed batch
 
 
 def test_sighup_reloads_contracts(start_daemon, db: Db, tmp_path: Path) -> None:
@@ -221,13 +195,13 @@ def test_sighup_reloads_contracts(start_daemon, db: Db, tmp_path: Path) -> None:
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: daemon.events("config_reloaded"), what="reload")
     drop(inbox, "x.tsv", "id\tv\n1\ta\n")
-    wait_for(lambda: count(db, "other") == 1, what="the new contract's file")
+    wait_for(lambda: row_count(db, "other") == 1, what="the new contract's file")
     assert db.fetch("SELECT id, v FROM other") == [{"id": "1", "v": "a"}]
     daemon.config.write_text("this is not toml [")
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: daemon.events("config_reload_failed"), what="bad reload reported")
-    drop(inbox, "y.csv", rows(1))
-    wait_for(lambda: count(db) == 1, what="the old config still works")
+    drop(inbox, "y.csv", csv_rows(1))
+    wait_for(lambda: row_count(db) == 1, what="the old config still works")
 
 
 def test_status_command_reports_counts_and_failures(
@@ -237,7 +211,7 @@ def test_status_command_reports_counts_and_failures(
 
     inbox = tmp_path / "inbox"
     start_daemon()
-    drop(inbox, "ok.csv", rows(2))
+    drop(inbox, "ok.csv", csv_rows(2))
     drop(inbox, "bad.csv", "id,v\n1\n")
     wait_for(lambda: len([m for m in db.manifest() if m["status"] != "pending"]) == 2)
     result = run_cli(["status", "--dsn", dsn])
@@ -263,21 +237,21 @@ def test_a_large_file_is_split_across_workers_and_survives_sigterm(
     inbox = tmp_path / "inbox"
     total = 60_000
     daemon = start_daemon(SPLIT)
-    drop(inbox, "big.csv", rows(total))
-    wait_for(lambda: count(db) > 0, what="the first batches")
+    drop(inbox, "big.csv", csv_rows(total))
+    wait_for(lambda: row_count(db) > 0, what="the first batches")
     [split] = daemon.events("file_split")
     assert split["segments"] == 3
     daemon.signal(signal.SIGTERM)
     daemon.proc.wait(30)  # one signal: workers stop between batches (a second would cancel)
     assert daemon.stop() == 0
-    loaded = count(db)
+    loaded = row_count(db)
     [m] = db.manifest()
     assert len(m["segment_ends"]) == 3
     if loaded < total:  # stopped mid-file: it stays in the inbox, its segments where they are
         assert m["status"] == "pending" and m["rows"] == loaded
         assert (inbox / "big.csv").exists()
     again = start_daemon(SPLIT)
-    wait_for(lambda: count(db) == total, what="the rest of the segments")
+    wait_for(lambda: row_count(db) == total, what="the rest of the segments")
     wait_for(lambda: len(list((tmp_path / "done").rglob("big.csv"))) == 1, what="done/")
     assert db.val("SELECT count(DISTINCT id) FROM t") == total
     [m] = db.manifest()

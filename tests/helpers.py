@@ -1,0 +1,84 @@
+"""Small helpers the tests share: CSV bodies, file delivery, counts, log lines, slow targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.pg import Db
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write a text file (creating folders) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def csv_rows(n: int, start: int = 1, value: str = "v{}") -> str:
+    """A CSV `id,v` of `n` rows, ids counting from `start`; `value` formats the id into v."""
+    return "id,v\n" + "".join(f"{i},{value.format(i)}\n" for i in range(start, start + n))
+
+
+def touch(path: Path, text: str = "id\n1\n") -> Path:
+    """A small file (folders created), for tests that need a file more than its content."""
+    return write(path, text)
+
+
+def drop(folder: Path, name: str | bytes, text: str) -> Path:
+    """Deliver a file the safe way: write a dot-file beside it, then rename it into place.
+
+    `name` may be bytes (a name that is not UTF-8). The dot-file has a short fixed name so
+    that a name at the length limit can still be delivered.
+    """
+    final = folder / os.fsdecode(name)
+    tmp = write(final.parent / ".incoming.tmp", text)
+    os.rename(tmp, final)
+    return final
+
+
+def row_count(db: Db, table: str = "t", *, unreachable: int | None = None) -> int:
+    """Rows in `table` (0 before it exists); `unreachable` instead of raising while the
+    server is down, for tests that stop it."""
+    try:
+        return int(db.val(f"SELECT count(*) FROM {table}"))
+    except asyncpg.UndefinedTableError:
+        return 0
+    except Exception:
+        if unreachable is None:
+            raise
+        return unreachable
+
+
+def files_with_status(db: Db, status: str) -> int:
+    """Manifest rows with `status` (0 before the manifest exists)."""
+    try:
+        return int(db.val("SELECT count(*) FROM ingestion_manifest WHERE status = $1", status))
+    except asyncpg.UndefinedTableError:
+        return 0
+
+
+def slow_inserts(db: Db, table: str, sleep_s: float) -> None:
+    """Every INSERT statement into `table` (which must exist) takes `sleep_s`: a test can act
+    between two batches."""
+    db.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+               f"$$ BEGIN PERFORM pg_sleep({sleep_s}); RETURN NULL; END $$")  # fmt: skip
+    db.execute(
+        f"CREATE TRIGGER slow AFTER INSERT ON {table} FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+    )
+
+
+def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines in `text` (stderr of --log-format json), only event `name` if given."""
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [e for e in events if name is None or e.get("event") == name]
+
+
+def ingestd_command(*args: object) -> list[str]:
+    """The command line that runs ingestd in a child process with this interpreter."""
+    return [sys.executable, "-m", "ingestd", *map(str, args)]
