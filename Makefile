@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-deep test-pg15 test-fast lint format bench bench-quick clean wheel
+.PHONY: demo test test-deep test-pg15 test-fast check lint format bench bench-quick clean wheel wheel-smoke
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,11 +34,25 @@ test-deep: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-## lint: what CI checks besides the tests
-lint: $(STAMP)
+## check: what CI checks besides the tests (the same hooks as .pre-commit-config.yaml)
+check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict ingestd
+	$(BIN)/lint-imports
+
+lint: check
+
+## wheel-smoke: build the wheel, install it into a fresh venv, run --version and the demo
+wheel-smoke: wheel
+	rm -rf /tmp/ingestd-wheel-venv
+	$(PY) -m venv /tmp/ingestd-wheel-venv
+	/tmp/ingestd-wheel-venv/bin/pip install --quiet "$$(ls dist/ingestd-*.whl)[embedded]"
+	/tmp/ingestd-wheel-venv/bin/ingestd --version
+	rm -rf /tmp/ingestd-wheel-demo && cp -r examples /tmp/ingestd-wheel-demo
+	rm -rf /tmp/ingestd-wheel-demo/.ingestd
+	cd /tmp/ingestd-wheel-demo && /tmp/ingestd-wheel-venv/bin/ingestd --once --config ingestd.toml
+	cd /tmp/ingestd-wheel-demo && /tmp/ingestd-wheel-venv/bin/ingestd status --config ingestd.toml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
