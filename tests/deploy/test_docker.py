@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -207,14 +207,9 @@ def test_the_builder_command_builds_a_complete_wheel_from_the_context(
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
+def daemon(daemons: Callable[..., Daemon]) -> Daemon:
     config = 'inbox = "inbox"\n[[contracts]]\nname = "m"\npattern = "*.csv"\ntable = "t"\n'
-    d = Daemon(tmp_path, dsn, config + 'pk = ["id"]\n')
-    try:
-        d.wait_ready()
-        yield d
-    finally:
-        d.kill()
+    return daemons(config + 'pk = ["id"]\n')
 
 
 def test_healthcheck_command_passes_against_a_live_daemon_and_fails_without_one(

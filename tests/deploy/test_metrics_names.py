@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,13 +62,8 @@ def test_exposed_names_parses_types_and_samples() -> None:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
-    d = Daemon(tmp_path, dsn, CONFIG)
-    try:
-        d.wait_ready()
-        yield d
-    finally:
-        d.kill()
+def daemon(daemons: Callable[..., Daemon]) -> Daemon:
+    return daemons(CONFIG)
 
 
 def test_dashboard_and_alert_metrics_exist_on_a_running_daemon(

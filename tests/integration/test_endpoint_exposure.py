@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,13 +42,11 @@ def test_endpoint_binds_loopback_by_default(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
+def daemon(daemons: Callable[..., Daemon], tmp_path: Path) -> Daemon:
     config = 'inbox = "inbox"\nsettle_s = 0.1\n[[contracts]]\npattern = "*.csv"\ntable = "t"\n'
     config += 'pk = ["id"]\n'
     (tmp_path / "inbox").mkdir()
-    d = Daemon(tmp_path, dsn, config)
-    yield d
-    d.kill()
+    return daemons(config, ready=False)
 
 
 def test_pages_leak_no_file_name_dsn_or_trace(daemon: Daemon, dsn: str, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,13 +43,11 @@ def test_a_file_swapped_for_a_symlink_before_hashing_is_refused(
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
+def daemon(daemons: Callable[..., Daemon], tmp_path: Path) -> Daemon:
     config = 'inbox = "inbox"\nsettle_s = 0.1\n[[contracts]]\npattern = "**"\ntable = "t"\n'
     config += 'pk = ["id"]\n'
     (tmp_path / "inbox").mkdir()
-    d = Daemon(tmp_path, dsn, config)
-    yield d
-    d.kill()
+    return daemons(config, ready=False)  # the test sets up the inbox before it is ready
 
 
 def test_daemon_never_loads_through_a_symlinked_folder(

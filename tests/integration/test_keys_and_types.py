@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
-from tests.integration.test_daemon import drop
+from tests.helpers import drop
 from tests.pg import Db
 
 CHUNK_SIZES = (1, 2, 7, 50_000)
@@ -210,13 +210,8 @@ mode = "upsert"
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
-    started = Daemon(tmp_path, dsn, DAEMON)
-    try:
-        started.wait_ready()
-        yield started
-    finally:
-        started.kill()
+def daemon(daemons: Callable[..., Daemon]) -> Daemon:
+    return daemons(DAEMON)
 
 
 def _load_until_every_worker_loaded(

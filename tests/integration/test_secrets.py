@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -152,13 +152,11 @@ def test_status_never_shows_the_password(dsn: str, db: Db, tmp_path: Path) -> No
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, dsn: str) -> Iterator[Daemon]:
+def daemon(daemons: Callable[..., Daemon], dsn: str, tmp_path: Path) -> Daemon:
     config = 'inbox = "inbox"\nsettle_s = 0.1\n[[contracts]]\npattern = "*.csv"\ntable = "t"\n'
     config += 'pk = ["id"]\n'
     (tmp_path / "inbox").mkdir()
-    d = Daemon(tmp_path, with_password(dsn, SECRET), config, ("--log-level", "DEBUG"))
-    yield d
-    d.kill()
+    return daemons(config, "--log-level", "DEBUG", dsn=with_password(dsn, SECRET), ready=False)
 
 
 def test_daemon_logs_metrics_and_health_never_show_the_password(
