@@ -3,7 +3,9 @@ checks what landed, and returns a Measurement."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import importlib.util
 import os
 import shutil
 import signal
@@ -11,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -30,6 +33,10 @@ TIMEOUT_S = 1800.0
 
 class CaseError(RuntimeError):
     """A case could not run or loaded the wrong thing."""
+
+
+class CaseSkipped(RuntimeError):
+    """A case that cannot run here (e.g. a peer whose optional package is missing)."""
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Bench:
     files: Files
     workdir: Path
     python: str = sys.executable
+    verified: set[str] = field(default_factory=set)  # cases whose values were compared
 
 
 def prepare_files(sizes: Sizes, *, big: bool, log: Callable[[str], None]) -> Files:
@@ -256,11 +264,18 @@ def sql_upsert(b: Bench) -> Measurement:
         "COMMIT;\n"
     )
     args = [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", b.srv.dsn, "-f", str(script)]
-    stats = b.srv.table_stats(TARGET)
+    stats = _settled_stats(b)
     m = _measured(b, "sql_upsert", args, b.sizes.rows, _size(b.files.csv))
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
     _add_tuple_deltas(b, m, stats)
     return m
+
+
+def _settled_stats(b: Bench) -> tuple[int, int]:
+    """The target's tuple counters once the admin connection's own writes (the refill)
+    have reached them: a backend flushes its statistics at most once a second."""
+    time.sleep(1.1)
+    return b.srv.table_stats(TARGET)
 
 
 def _add_tuple_deltas(b: Bench, m: Measurement, before: tuple[int, int]) -> None:
@@ -269,6 +284,137 @@ def _add_tuple_deltas(b: Bench, m: Measurement, before: tuple[int, int]) -> None
     ins, upd = b.srv.table_stats(TARGET)
     m.extra["n_tup_ins"] = ins - before[0]
     m.extra["n_tup_upd"] = upd - before[1]
+
+
+def _measured_parallel(
+    b: Bench, case: str, commands: Sequence[Sequence[str]], rows: int, nbytes: int
+) -> Measurement:
+    """Several client processes started together: wall until the last exits, their CPU
+    summed, the highest peak RSS."""
+    b.srv.checkpoint()
+    before = b.srv.cpu_seconds()
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for args in commands:
+            err = stack.enter_context(tempfile.TemporaryFile())
+            proc = subprocess.Popen(list(args), cwd=b.workdir, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+            watch_rss(proc)
+            procs.append((proc, err))
+        results = [wait_child(proc, TIMEOUT_S) for proc, _ in procs]
+        wall = time.perf_counter() - started
+        for (code, _, _), (_, err) in zip(results, procs, strict=True):
+            if code != 0:
+                err.seek(0)
+                tail = "\n".join(err.read().decode(errors="replace").splitlines()[-15:])
+                raise CaseError(f"{case} exited with {code}:\n{tail}")
+    after = _server_cpu_settled(b)
+    server_cpu = None if before is None or after is None else after - before
+    return Measurement(case, rows, nbytes, wall, sum(cpu for _, cpu, _ in results), server_cpu,
+                       max(rss for _, _, rss in results))  # fmt: skip
+
+
+def psql_halves2(b: Bench) -> Measurement:
+    """Two psql \\copy sessions at once, one per half of the CSV, two connections."""
+    _fresh(b)
+    commands = [
+        [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", b.srv.dsn,
+         "-c", _copy_command(TARGET, half)]
+        for half in b.files.halves
+    ]  # fmt: skip
+    m = _measured_parallel(b, "psql_halves2", commands, b.sizes.rows, _size(*b.files.halves))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+# --- peers (bench/peers.py, each its own process) -------------------------------------------
+
+
+def _peer_available(case: str, family: str) -> None:
+    missing = [m for m in peers_modules(family) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CaseSkipped(
+            f"{case}: {', '.join(missing)} not installed; the peers are the optional "
+            "'bench' extra: pip install -e '.[bench]' (make bench installs it)"
+        )
+
+
+def peers_modules(family: str) -> tuple[str, ...]:
+    from bench.peers import MODULES
+
+    return MODULES.get(family, ())
+
+
+def _peer(b: Bench, case: str, method: str, source: Path, *, fill: str | None = None,
+          family: str = "") -> Measurement:  # fmt: skip
+    if family:
+        _peer_available(case, family)
+    _fresh(b, fill=fill)
+    args = [b.python, "-m", "bench.peers", method, str(source), b.srv.dsn, TARGET]
+    stats = _settled_stats(b) if fill is not None else None
+    m = _measured(b, case, args, b.sizes.rows, _size(source))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    if stats is not None:
+        _add_tuple_deltas(b, m, stats)
+    if case not in b.verified:
+        _expect_source_values(b, case)
+        b.verified.add(case)
+    return m
+
+
+def _expect_source_values(b: Bench, case: str) -> None:
+    """Every value as psql \\copy loaded it (bench_src): a peer that read a date, a
+    decimal or an empty string otherwise would not be measuring the same load."""
+    cols = ", ".join(data.COLUMNS)
+    differ = b.srv.value(
+        f"SELECT count(*) FROM (SELECT {cols} FROM {TARGET} "
+        f"EXCEPT ALL SELECT {cols} FROM {SOURCE}) d"
+    )
+    if differ:
+        raise CaseError(f"{case}: {differ:,} rows differ from what psql \\copy loaded")
+
+
+def asyncpg_raw_copy(b: Bench) -> Measurement:
+    """The CSV's bytes -> asyncpg copy_to_table (CSV COPY), one connection."""
+    return _peer(b, "asyncpg_raw_copy", "raw-copy", b.files.csv)
+
+
+def asyncpg_raw_upsert(b: Bench) -> Measurement:
+    """The CSV's bytes -> temp table -> ON CONFLICT DO UPDATE, one transaction."""
+    return _peer(b, "asyncpg_raw_upsert", "raw-upsert", b.files.csv, fill="half")
+
+
+def adbc_csv(b: Bench) -> Measurement:
+    """pyarrow's CSV reader (typed) -> ADBC adbc_ingest (binary COPY)."""
+    return _peer(b, "adbc_csv", "adbc-csv", b.files.csv, family="adbc")
+
+
+def adbc_parquet(b: Bench) -> Measurement:
+    """Parquet -> ADBC adbc_ingest (binary COPY)."""
+    return _peer(b, "adbc_parquet", "adbc-parquet", b.files.parquet, family="adbc")
+
+
+def duckdb_parquet(b: Bench) -> Measurement:
+    """DuckDB's postgres extension: INSERT INTO the attached table FROM read_parquet."""
+    return _peer(b, "duckdb_parquet", "duckdb-parquet", b.files.parquet, family="duckdb")
+
+
+def duckdb_csv(b: Bench) -> Measurement:
+    """DuckDB's postgres extension: INSERT INTO the attached table FROM read_csv."""
+    return _peer(b, "duckdb_csv", "duckdb-csv", b.files.csv, family="duckdb")
+
+
+def pgpq_parquet(b: Bench) -> Measurement:
+    """Probe: Parquet -> pgpq -> asyncpg binary COPY into the typed table."""
+    return _peer(b, "pgpq_parquet", "pgpq-parquet", b.files.parquet, family="pgpq")
+
+
+def pgpq_csv_text(b: Bench) -> Measurement:
+    """Probe: CSV -> pyarrow (all text) -> pgpq -> binary COPY into a text stage ->
+    INSERT ... SELECT with casts, per batch of 100,000 rows."""
+    return _peer(b, "pgpq_csv_text", "pgpq-csv-text", b.files.csv, family="pgpq")
 
 
 # --- ingestd -------------------------------------------------------------------------------
@@ -311,7 +457,7 @@ def ingestd_upsert_csv(b: Bench) -> Measurement:
     """ingestd --mode upsert of the CSV into the half-full table."""
     _fresh(b, fill="half")
     args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv))
-    stats = b.srv.table_stats(TARGET)
+    stats = _settled_stats(b)
     m = _measured(b, "ingestd_upsert_csv", args, b.sizes.rows, _size(b.files.csv))
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
     _add_tuple_deltas(b, m, stats)
@@ -332,7 +478,7 @@ def ingestd_rerun_csv(b: Bench) -> Measurement:
         _fresh(b)
         _check(run_child(args, timeout_s=TIMEOUT_S, cwd=b.workdir), "ingestd first load")
     b.srv.execute(f"VACUUM ANALYZE {TARGET}")
-    stats = b.srv.table_stats(TARGET)
+    stats = _settled_stats(b)
     m = _measured(b, "ingestd_rerun_csv", [*args, "--no-resume"], b.sizes.rows,
                   _size(b.files.csv))  # fmt: skip
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
@@ -370,6 +516,15 @@ def ingestd_concurrency2(b: Bench) -> Measurement:
         b, *_csv_contract(TARGET, "append"), "--concurrency", "2", "--files", str(a), str(c)
     )
     m = _measured(b, "ingestd_concurrency2", args, b.sizes.rows, _size(a, c))
+    _expect_rows(b, TARGET, b.sizes.rows, m.case)
+    return m
+
+
+def ingestd_append_default(b: Bench) -> Measurement:
+    """ingestd --mode append of the CSV at its default concurrency and split size."""
+    _fresh(b)
+    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.csv))
+    m = _measured(b, "ingestd_append_default", args, b.sizes.rows, _size(b.files.csv))
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
     return m
 
@@ -569,14 +724,13 @@ def instances_3(b: Bench) -> Measurement:
 
 
 def memory_big(b: Bench) -> Measurement:
-    """ingestd append of a file big_factor times larger: peak RSS should stay flat."""
+    """ingestd append of a file big_factor times larger, at defaults (as
+    ingestd_append_default): peak RSS should stay flat."""
     if b.files.big_csv is None:
         raise CaseError("memory_big needs the big file (not built in --quick)")
     _fresh(b)
     rows = b.sizes.rows * b.sizes.big_factor
-    args = _ingestd(
-        b, *_csv_contract(TARGET, "append"), "--concurrency", "1", "--files", str(b.files.big_csv)
-    )
+    args = _ingestd(b, *_csv_contract(TARGET, "append"), "--files", str(b.files.big_csv))
     m = _measured(b, "memory_big", args, rows, _size(b.files.big_csv))
     _expect_rows(b, TARGET, rows, m.case)
     return m
@@ -587,9 +741,17 @@ Case = Callable[[Bench], Measurement]
 # In run order; each repeat runs them all again, so cases alternate.
 CASES: dict[str, Case] = {
     "psql_copy": psql_copy,
+    "psql_halves2": psql_halves2,
+    "asyncpg_raw_copy": asyncpg_raw_copy,
+    "adbc_csv": adbc_csv,
+    "adbc_parquet": adbc_parquet,
+    "duckdb_parquet": duckdb_parquet,
+    "duckdb_csv": duckdb_csv,
+    "ingestd_append_default": ingestd_append_default,
     "ingestd_append_csv": ingestd_append_csv,
     "ingestd_split2": ingestd_split2,
     "sql_upsert": sql_upsert,
+    "asyncpg_raw_upsert": asyncpg_raw_upsert,
     "ingestd_upsert_csv": ingestd_upsert_csv,
     "ingestd_rerun_csv": ingestd_rerun_csv,
     "ingestd_parquet": ingestd_parquet,
@@ -601,5 +763,8 @@ CASES: dict[str, Case] = {
     "instances_1": instances_1,
     "instances_2": instances_2,
     "instances_3": instances_3,
+    "pgpq_parquet": pgpq_parquet,
+    "pgpq_csv_text": pgpq_csv_text,
 }
+PROBES = {"pgpq_parquet", "pgpq_csv_text"}  # bench/probe_binary.py: only when named in --only
 ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a speed number)

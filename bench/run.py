@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from bench import cases, report
-from bench.cases import Bench, CaseError, Measurement, Sizes
+from bench.cases import Bench, CaseError, CaseSkipped, Measurement, Sizes
 from bench.server import Server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     sizes = sizes_for(args)
-    selected = list(args.only or cases.CASES)
+    selected = list(args.only or [c for c in cases.CASES if c not in cases.PROBES])
     output = args.output or (QUICK_OUTPUT if args.quick else RESULTS / "latest.md")
     started = time.monotonic()
 
@@ -75,27 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     srv = Server(args.dsn)
     measurements: list[Measurement] = []
     failures: list[str] = []
+    skipped: dict[str, str] = {}
     try:
         bench = Bench(srv, sizes, files, workdir)
         log(f"PostgreSQL {srv.version}; loading the source table")
         cases.setup_database(bench)
-        for rep in range(1, repeat + 1):
-            for name in selected:
-                if name in cases.ONCE and rep > 1:
-                    continue
-                log(f"repeat {rep}/{repeat}: {name}")
-                try:
-                    m = cases.CASES[name](bench)
-                except CaseError as exc:
-                    failures.append(f"{name}: {exc}")
-                    log(f"FAILED {name}: {exc}")
-                    continue
-                except Exception:
-                    failures.append(f"{name}: {traceback.format_exc()}")
-                    log(f"FAILED {name}:\n{traceback.format_exc()}")
-                    continue
-                measurements.append(m)
-                log(f"  {m.wall_s:.2f} s, {m.rows / m.wall_s:,.0f} rows/s {_extra(m)}")
+        _run_cases(bench, selected, repeat, measurements, failures, skipped)
     finally:
         srv.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -103,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = report.summarise(measurements)
     header = _header(args, sizes, repeat, files, srv, time.monotonic() - started)
     text = report.markdown(summary, header, measurements)
+    if skipped:
+        text += "\n## Skipped\n\n" + "\n".join(f"- {s}" for s in skipped.values()) + "\n"
     if failures:
         text += "\n## Failures\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -110,12 +97,46 @@ def main(argv: list[str] | None = None) -> int:
     report.write_csv(output.with_suffix(".csv"), measurements)
     print(report.table(summary))
     print(report.goals_table(report.goals(summary)))
+    for reason in skipped.values():
+        print(f"SKIPPED {reason}")
     if args.quick:
         print("(--quick: a smoke run; its numbers say nothing about the goals)")
     log(f"report written to {output}")
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _run_cases(
+    bench: Bench,
+    selected: list[str],
+    repeat: int,
+    measurements: list[Measurement],
+    failures: list[str],
+    skipped: dict[str, str],
+) -> None:
+    """Every selected case once per repeat, alternating; results appended to the lists."""
+    for rep in range(1, repeat + 1):
+        for name in selected:
+            if (name in cases.ONCE and rep > 1) or name in skipped:
+                continue
+            log(f"repeat {rep}/{repeat}: {name}")
+            try:
+                m = cases.CASES[name](bench)
+            except CaseSkipped as exc:
+                skipped[name] = str(exc)
+                log(f"SKIPPED {exc}")
+                continue
+            except CaseError as exc:
+                failures.append(f"{name}: {exc}")
+                log(f"FAILED {name}: {exc}")
+                continue
+            except Exception:
+                failures.append(f"{name}: {traceback.format_exc()}")
+                log(f"FAILED {name}:\n{traceback.format_exc()}")
+                continue
+            measurements.append(m)
+            log(f"  {m.wall_s:.2f} s, {m.rows / m.wall_s:,.0f} rows/s {_extra(m)}")
 
 
 def _extra(m: Measurement) -> str:

@@ -1,0 +1,297 @@
+"""The peers ingestd is measured against, each run as its own process so its CPU and
+memory are measured like ingestd's:
+
+python -m bench.peers METHOD FILE DSN TABLE
+
+- raw-copy: the CSV's bytes -> asyncpg `copy_to_table` (CSV COPY), one connection
+- raw-upsert: the same into a temp table, then `INSERT ... ON CONFLICT DO UPDATE`,
+  one transaction
+- adbc-csv: pyarrow's streaming CSV reader (typed) -> ADBC `adbc_ingest` (binary COPY)
+- adbc-parquet: Parquet record batches -> ADBC `adbc_ingest`
+- duckdb-parquet: DuckDB's postgres extension, `INSERT INTO pg.t SELECT * FROM read_parquet()`
+- duckdb-csv: the same from `read_csv(...)`
+- pgpq-parquet: Parquet batches -> pgpq (Arrow -> binary COPY encoder) -> asyncpg binary COPY
+- pgpq-csv-text: the CSV read by pyarrow as text columns -> pgpq -> binary COPY into a text
+  stage, then `INSERT ... SELECT` with casts (PostgreSQL casts every value), per batch
+
+adbc-*, duckdb-* and pgpq-* need the optional `bench` extra (`pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from bench.data import COLUMNS, DELIMITER, PK, SCHEMA
+
+BATCH_ROWS = 100_000  # Parquet batches and the text stage's transactions
+
+# The DuckDB extension wheel and the DuckDB release must match (pinned together in the extra).
+MODULES = {
+    "adbc": ("adbc_driver_manager", "adbc_driver_postgresql"),
+    "duckdb": ("duckdb", "duckdb_extension_postgres"),
+    "pgpq": ("pgpq",),
+}
+
+
+def _csv_copy_options() -> dict[str, Any]:
+    return {"format": "csv", "delimiter": DELIMITER, "encoding": "LATIN1"}
+
+
+# --- asyncpg, raw bytes ----------------------------------------------------------------
+
+
+async def raw_copy(path: str, dsn: str, table: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_to_table(table, source=path, columns=list(COLUMNS), **_csv_copy_options())
+    finally:
+        await conn.close()
+
+
+async def raw_upsert(path: str, dsn: str, table: str) -> None:
+    cols = ", ".join(COLUMNS)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != PK)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"CREATE TEMP TABLE stage (LIKE {table}) ON COMMIT DROP")
+            await conn.copy_to_table("stage", source=path, columns=list(COLUMNS),
+                                     **_csv_copy_options())  # fmt: skip
+            await conn.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM stage "
+                f"ON CONFLICT ({PK}) DO UPDATE SET {sets}"
+            )
+    finally:
+        await conn.close()
+
+
+# --- Arrow readers ---------------------------------------------------------------------
+
+
+def _typed_schema() -> pa.Schema:
+    return pa.schema([(name, arrow) for name, _, arrow in SCHEMA])
+
+
+def csv_reader(path: str, *, as_text: bool = False) -> pa.RecordBatchReader:
+    """pyarrow's streaming CSV reader in the registry's dialect: typed as the table, or
+    (as_text) every column as string, values left for PostgreSQL to cast."""
+    read = pacsv.ReadOptions(column_names=list(COLUMNS), encoding="latin-1",
+                             block_size=8 << 20)  # fmt: skip
+    parse = pacsv.ParseOptions(delimiter=DELIMITER)
+    if as_text:
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS})
+        return pacsv.open_csv(path, read_options=read, parse_options=parse,
+                              convert_options=convert)  # fmt: skip
+    # Dates are written YYYYMMDD: Arrow parses them as timestamps, then casts to date32.
+    types = {name: (pa.timestamp("s") if arrow == pa.date32() else arrow)
+             for name, _, arrow in SCHEMA}  # fmt: skip
+    convert = pacsv.ConvertOptions(column_types=types, timestamp_parsers=["%Y%m%d"])
+    raw = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    schema = _typed_schema()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in raw:
+            arrays = [
+                pc.cast(col, field.type) if col.type != field.type else col
+                for col, field in zip(batch.columns, schema, strict=True)
+            ]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def parquet_reader(path: str) -> pa.RecordBatchReader:
+    pf = pq.ParquetFile(path)
+    return pa.RecordBatchReader.from_batches(pf.schema_arrow, pf.iter_batches(BATCH_ROWS))
+
+
+# --- ADBC ------------------------------------------------------------------------------
+
+
+def adbc_ingest(reader: pa.RecordBatchReader, dsn: str, table: str) -> None:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    with adbc.connect(dsn) as conn:
+        with conn.cursor() as cur:
+            cur.adbc_ingest(table, reader, mode="append")
+        conn.commit()
+
+
+# --- DuckDB ----------------------------------------------------------------------------
+
+
+def duckdb_connect(dsn: str) -> Any:
+    """DuckDB with the postgres extension loaded from its PyPI wheel: never from the
+    network (autoinstall off, an empty extension directory)."""
+    import duckdb
+    import duckdb_extension_postgres
+
+    empty = tempfile.mkdtemp(prefix="duckdb-ext-")
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False,
+                                 "extension_directory": empty})  # fmt: skip
+    packaged = next(
+        pathlib.Path(duckdb_extension_postgres.__file__).parent.glob(
+            f"extensions/v{duckdb.__version__}/postgres.duckdb_extension"
+        ),
+        None,
+    )
+    if packaged is None:
+        raise SystemExit(f"duckdb-extension-postgres has no build for DuckDB {duckdb.__version__}")
+    # DuckDB names an extension after its file and expects that name's entry point.
+    link = pathlib.Path(empty) / "postgres_scanner.duckdb_extension"
+    link.symlink_to(packaged)
+    con.execute(f"LOAD '{link}'")
+    quoted = dsn.replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS pg (TYPE postgres)")
+    return con
+
+
+_DUCK_TYPES = {"bigint": "BIGINT", "integer": "INTEGER", "smallint": "SMALLINT",
+               "text": "VARCHAR", "date": "DATE", "numeric(18,2)": "DECIMAL(18,2)"}  # fmt: skip
+
+
+def duckdb_load(source_sql: str, dsn: str, table: str) -> None:
+    con = duckdb_connect(dsn)
+    try:
+        con.execute(f"INSERT INTO pg.public.{table} SELECT * FROM {source_sql}")
+    finally:
+        con.close()
+
+
+def duckdb_csv_source(path: str) -> str:
+    cols = ", ".join(f"'{name}': '{_DUCK_TYPES[pg]}'" for name, pg, _ in SCHEMA)
+    quoted = path.replace("'", "''")
+    return (
+        f"read_csv('{quoted}', delim='{DELIMITER}', quote='\"', header=false, "
+        f"encoding='latin-1', dateformat='%Y%m%d', allow_quoted_nulls=false, "
+        f"columns={{{cols}}})"
+    )
+
+
+def duckdb_parquet_source(path: str) -> str:
+    quoted = path.replace("'", "''")
+    return f"read_parquet('{quoted}')"
+
+
+# --- pgpq: Arrow -> binary COPY --------------------------------------------------------
+
+
+def _encoded(reader: pa.RecordBatchReader) -> tuple[Any, Iterator[bytes]]:
+    """The encoder for the reader's schema, and the COPY BINARY stream (header,
+    one chunk per batch, trailer)."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    encoder = ArrowToPostgresBinaryEncoder(reader.schema)
+
+    def chunks() -> Iterator[bytes]:
+        yield encoder.write_header()
+        for batch in reader:
+            yield encoder.write_batch(batch)
+        yield encoder.finish()
+
+    return encoder, chunks()
+
+
+async def _threaded(produce: Iterator[bytes], depth: int = 4) -> AsyncIterator[bytes]:
+    """Run a blocking producer in its own thread, so reading and encoding overlap COPY."""
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+
+    def work() -> None:
+        try:
+            for item in produce:
+                q.put(item)
+            q.put(None)
+        except BaseException as exc:
+            q.put(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    loop = asyncio.get_running_loop()
+    while (item := await loop.run_in_executor(None, q.get)) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+async def pgpq_parquet(path: str, dsn: str, table: str) -> None:
+    _, stream = _encoded(parquet_reader(path))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_to_table(table, source=_threaded(stream), columns=list(COLUMNS),
+                                 format="binary")  # fmt: skip
+    finally:
+        await conn.close()
+
+
+async def pgpq_csv_text(path: str, dsn: str, table: str) -> None:
+    """Text columns go binary as they are; PostgreSQL casts each value (one meaning)."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    reader = csv_reader(path, as_text=True)
+    encoder = ArrowToPostgresBinaryEncoder(reader.schema)
+    header = encoder.write_header()
+
+    def per_batch() -> Iterator[bytes]:
+        for batch in reader:
+            # One COPY stream per batch: header, rows, trailer.
+            yield header + encoder.write_batch(batch) + encoder.finish()
+
+    cols = ", ".join(COLUMNS)
+    casts = ", ".join(f"{name}::{pg}" for name, pg, _ in SCHEMA)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE text_stage ("
+            + ", ".join(f"{c} text" for c in COLUMNS)
+            + ") ON COMMIT DELETE ROWS"
+        )
+        insert = f"INSERT INTO {table} ({cols}) SELECT {casts} FROM text_stage"
+        async for chunk in _threaded(per_batch()):
+            async with conn.transaction():
+                await conn.copy_to_table("text_stage", source=_once(chunk),
+                                         columns=list(COLUMNS), format="binary")  # fmt: skip
+                await conn.execute(insert)
+    finally:
+        await conn.close()
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
+
+
+METHODS: dict[str, Callable[[str, str, str], None]] = {
+    "raw-copy": lambda f, d, t: asyncio.run(raw_copy(f, d, t)),
+    "raw-upsert": lambda f, d, t: asyncio.run(raw_upsert(f, d, t)),
+    "adbc-csv": lambda f, d, t: adbc_ingest(csv_reader(f), d, t),
+    "adbc-parquet": lambda f, d, t: adbc_ingest(parquet_reader(f), d, t),
+    "duckdb-parquet": lambda f, d, t: duckdb_load(duckdb_parquet_source(f), d, t),
+    "duckdb-csv": lambda f, d, t: duckdb_load(duckdb_csv_source(f), d, t),
+    "pgpq-parquet": lambda f, d, t: asyncio.run(pgpq_parquet(f, d, t)),
+    "pgpq-csv-text": lambda f, d, t: asyncio.run(pgpq_csv_text(f, d, t)),
+}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4 or argv[0] not in METHODS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    method, path, dsn, table = argv
+    METHODS[method](path, dsn, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
