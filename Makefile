@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-deep test-pg15 test-fast check lint format bench bench-quick clean wheel wheel-smoke
 
+# The bench extra (the peers make bench measures: ADBC, DuckDB, pgpq) adds ~6 s from PyPI.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 ## demo: load examples/inbox into the embedded PostgreSQL and show what landed
@@ -65,7 +66,7 @@ wheel: $(STAMP)
 	rm -rf build dist  # setuptools would pack stale modules left in build/lib
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(WHEEL_CMD)
 
-## bench: ingestd against psql \copy on generated data (see bench/README.md)
+## bench: ingestd against psql \copy, the SQL-only upsert and its peers (ADBC, DuckDB) on generated data (see bench/README.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
