@@ -4,7 +4,6 @@ and every database error is one true line (issue 12)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
-from tests.helpers import drop
+from tests.helpers import drop, log_events
 from tests.pg import Db
 
 CHUNK_SIZES = (1, 2, 7, 50_000)
@@ -348,8 +347,7 @@ def test_a_trigger_with_a_multi_line_detail_gives_one_line(
     assert m["status"] == "failed"
     assert "\n" not in m["notes"] and "\r" not in m["notes"] and "\t" not in m["notes"]
     assert "first line / second line / third" in m["notes"]
-    events = [json.loads(x) for x in result.err.splitlines() if x.startswith("{")]
-    [finished] = [e for e in events if e["event"] == "file_finished"]
+    [finished] = log_events(result.err, "file_finished")
     assert "\n" not in finished["error"]
 
 

@@ -13,13 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write
+from tests.helpers import log_events
 from tests.pg import Db
 
 COMPANIES = "cnpj_basico,nome,cpf\n001,Alpha,111\n002,Beta,222\n003,Gamma,333\n"
-
-
-def _log_events(err: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
 
 def test_issue_command_loads_then_skips_on_rerun(cli, db: Db, tmp_path: Path) -> None:
@@ -64,7 +61,7 @@ def test_one_csv_rows_values_and_manifest(cli, db: Db, tmp_path: Path) -> None:
     )  # fmt: skip
     assert m["filesize"] == f.stat().st_size and m["processed_at"] is not None
     assert "1 loaded, 0 skipped, 0 failed; 2 rows" in result.out
-    events = _log_events(result.err)
+    events = log_events(result.err)
     batch = next(e for e in events if e["event"] == "batch_committed")
     assert {"run_id", "file", "batch_idx", "rows", "latency_ms", "status"} <= batch.keys()
     finished = next(e for e in events if e["event"] == "file_finished")
@@ -164,7 +161,7 @@ def test_twenty_files_concurrency_four_one_table(cli, db: Db, tmp_path: Path) ->
     assert db.val("SELECT count(DISTINCT id) FROM many") == 20 * 250
     assert db.val("SELECT count(*) FROM ingestion_manifest WHERE status = 'success'") == 20
     assert db.val("SELECT sum(batches) FROM ingestion_manifest") == 20 * 3
-    workers = {e.get("worker_id") for e in _log_events(result.err) if e["event"] == "file_finished"}
+    workers = {e.get("worker_id") for e in log_events(result.err, "file_finished")}
     assert len(workers) > 1
 
 
@@ -179,7 +176,7 @@ def test_duplicate_keys_last_occurrence_wins_inside_and_across_batches(
         {"id": "1", "v": "b"}, {"id": "2", "v": "g"}, {"id": "3", "v": "d"}, {"id": "4", "v": "f"},
     ]  # fmt: skip
     assert db.manifest()[0]["batches"] == 4
-    batches = [e for e in _log_events(result.err) if e["event"] == "batch_committed"]
+    batches = log_events(result.err, "batch_committed")
     assert [e["batch_idx"] for e in batches] == [0, 1, 2, 3]
     assert [e["rows_committed"] for e in batches] == [2, 4, 6, 7]
 
@@ -389,7 +386,7 @@ def test_a_crash_is_one_json_line(cli, tmp_path: Path, monkeypatch) -> None:
     f = write(tmp_path / "x.csv", "a\n1\n")
     result = cli("--files", f, "--table", "t", "--mode", "append")
     assert result.code == 1
-    [crashed] = [e for e in _log_events(result.err) if e["event"] == "crashed"]
+    [crashed] = log_events(result.err, "crashed")
     assert (crashed["error_type"], crashed["error"]) == ("RuntimeError", "a bug in ingestd")
     assert crashed["level"] == "CRITICAL" and "traceback" not in crashed
     assert "Traceback" not in result.err
@@ -405,7 +402,7 @@ def test_a_crash_in_the_run_names_the_run_and_instance(cli, tmp_path: Path, monk
     f = write(tmp_path / "x.csv", "a\n1\n")
     result = cli("--files", f, "--table", "t", "--mode", "append", "--instance-id", "box-7")
     assert result.code == 1
-    [crashed] = [e for e in _log_events(result.err) if e["event"] == "crashed"]
+    [crashed] = log_events(result.err, "crashed")
     assert crashed["instance_id"] == "box-7" and len(str(crashed["run_id"])) >= 8
 
 

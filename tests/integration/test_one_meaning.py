@@ -11,7 +11,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
@@ -19,12 +18,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import write
 from tests.corpora import csv_spectrum
+from tests.helpers import log_events
 from tests.pg import Db
-
-
-def _events(err: str, name: str) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    return [e for e in events if e.get("event") == name]
 
 
 def _no_raw(tmp_path: Path) -> Path:
@@ -52,7 +47,7 @@ def test_inch_marks_load_alike_in_upsert_with_types_and_coordinates_keep_quotes(
     assert db.fetch("SELECT id, n, \"where\" FROM geo ORDER BY id") == [
         {"id": 1, "n": 5, "where": "37°36'37.8\"N 121°2'17.9\"W"}, {"id": 2, "n": 7, "where": "x"},
     ]  # fmt: skip
-    assert [e["reason"] for e in _events(result.err, "raw_csv_fallback")] == [
+    assert [e["reason"] for e in log_events(result.err, "raw_csv_fallback")] == [
         "a quote inside a field, or a lone carriage return"
     ]
 
@@ -74,7 +69,7 @@ def test_malformed_quoting_reads_alike_and_a_resume_after_the_fix_loads_no_row_t
     [m] = db.manifest()
     assert 'integer: "oops" (row 250, column n)' in m["notes"], m["notes"]
     assert db.val("SELECT count(*) FROM odd") == m["rows"] > 0
-    via = [e["via"] for e in _events(first.err, "batch_committed")]
+    via = [e["via"] for e in log_events(first.err, "batch_committed")]
     assert via[0] == "copy" and via[-1] == "arrow", via
     db.execute("ALTER TABLE odd ALTER n TYPE text")
     second = cli(*args)
@@ -331,8 +326,8 @@ class _Outcome:
 def _load(cli, db: Db, f: Path, table: str, columns: int, *extra: object) -> _Outcome:
     result = cli("--files", f, "--table", table, "--mode", "append", *extra)
     [m] = [m for m in db.manifest() if m["filename"].endswith(f.name)][-1:]
-    via = sorted({b["via"] for b in _events(result.err, "batch_committed")})
-    split = bool(_events(result.err, "file_split"))
+    via = sorted({b["via"] for b in log_events(result.err, "batch_committed")})
+    split = bool(log_events(result.err, "file_split"))
     event(f"{f.stem}: via {'+'.join(via) or 'nothing'}, split {split}")
     if result.code != 0:
         assert m["status"] == "failed", (result.err, m)

@@ -4,16 +4,15 @@ Either way the same rows land, with the same messages."""
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 from tests.conftest import write
+from tests.helpers import log_events
 from tests.pg import Db
 
 
 def _via(err: str) -> list[str]:
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    return [e["via"] for e in events if e.get("event") == "batch_committed"]
+    return [e["via"] for e in log_events(err, "batch_committed")]
 
 
 def _rows(n: int, *, quoted_newlines: bool = False) -> str:

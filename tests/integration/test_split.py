@@ -3,19 +3,14 @@ every segment is checkpointed by bytes in the manifest, so every row lands exact
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import write
+from tests.helpers import log_events
 from tests.pg import Db
 
 ROWS = 6_000
-
-
-def _events(err: str, name: str) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    return [e for e in events if e.get("event") == name]
 
 
 def _quoted_rows(n: int) -> str:
@@ -38,9 +33,9 @@ def test_a_large_append_is_split_across_workers_and_loads_every_row_once(
     f = write(tmp_path / "big.csv", _quoted_rows(ROWS))
     result = _split(cli, f, "--concurrency", "3")
     assert result.code == 0, result.err
-    [split] = _events(result.err, "file_split")
+    [split] = log_events(result.err, "file_split")
     assert split["segments"] == 3
-    batches = _events(result.err, "batch_committed")
+    batches = log_events(result.err, "batch_committed")
     assert {b["segment"] for b in batches} == {1, 2, 3}
     assert len({b["worker_id"] for b in batches}) >= 2  # idle workers helped
     assert sum(b["rows"] for b in batches) == ROWS
@@ -67,7 +62,7 @@ def test_files_that_are_not_split(cli, db: Db, tmp_path: Path) -> None:
     for n, extra in enumerate(cases):
         result = _split(cli, f, *extra, "--table", f"t{n}", "--no-resume")
         assert result.code == 0, result.err
-        assert _events(result.err, "file_split") == [], extra
+        assert log_events(result.err, "file_split") == [], extra
         assert db.val(f"SELECT count(*) FROM t{n}") == ROWS
         assert db.manifest()[0]["segment_ends"] is None
 
@@ -93,7 +88,7 @@ def test_a_segment_with_a_blank_line_goes_through_arrow_and_loads_the_same_rows(
     f = write(tmp_path / "blank.csv", text)
     result = _split(cli, f, "--concurrency", "3")
     assert result.code == 0, result.err
-    fallback = _events(result.err, "raw_csv_fallback")
+    fallback = log_events(result.err, "raw_csv_fallback")
     assert [e["reason"] for e in fallback] == ["blank line"]
     assert db.val("SELECT count(DISTINCT id) FROM t") == ROWS
     assert db.val("SELECT count(*) FROM t") == ROWS

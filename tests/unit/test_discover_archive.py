@@ -13,12 +13,7 @@ import pytest
 
 from ingestd import archive
 from ingestd.discover import Settler, identity, is_ignored, relative_name, scan
-
-
-def touch(path: Path, text: str = "id\n1\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+from tests.helpers import touch
 
 
 def names(inbox: Path, skip_dirs: tuple[Path, ...] = ()) -> list[str]:

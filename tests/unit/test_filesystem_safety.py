@@ -12,12 +12,7 @@ from ingestd.claim import sha256_file
 from ingestd.config import resolve
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import UsageError
-
-
-def touch(path: Path, text: str = "id\n1\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+from tests.helpers import touch
 
 
 @pytest.fixture
