@@ -417,6 +417,16 @@ def pgpq_csv_text(b: Bench) -> Measurement:
     return _peer(b, "pgpq_csv_text", "pgpq-csv-text", b.files.csv, family="pgpq")
 
 
+def pgpq_parquet_2conn(b: Bench) -> Measurement:
+    """Probe: as pgpq_parquet, one COPY per 100,000-row batch over two connections."""
+    return _peer(b, "pgpq_parquet_2conn", "pgpq-parquet-2conn", b.files.parquet, family="pgpq")
+
+
+def pgpq_csv_text_2conn(b: Bench) -> Measurement:
+    """Probe: as pgpq_csv_text over two connections (one reading thread)."""
+    return _peer(b, "pgpq_csv_text_2conn", "pgpq-csv-text-2conn", b.files.csv, family="pgpq")
+
+
 # --- ingestd -------------------------------------------------------------------------------
 
 
@@ -764,7 +774,10 @@ CASES: dict[str, Case] = {
     "instances_2": instances_2,
     "instances_3": instances_3,
     "pgpq_parquet": pgpq_parquet,
+    "pgpq_parquet_2conn": pgpq_parquet_2conn,
     "pgpq_csv_text": pgpq_csv_text,
+    "pgpq_csv_text_2conn": pgpq_csv_text_2conn,
 }
-PROBES = {"pgpq_parquet", "pgpq_csv_text"}  # bench/probe_binary.py: only when named in --only
+# bench/probe_binary.py's cases: run only when named in --only.
+PROBES = {"pgpq_parquet", "pgpq_parquet_2conn", "pgpq_csv_text", "pgpq_csv_text_2conn"}
 ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a speed number)

@@ -11,8 +11,10 @@ python -m bench.peers METHOD FILE DSN TABLE
 - duckdb-parquet: DuckDB's postgres extension, `INSERT INTO pg.t SELECT * FROM read_parquet()`
 - duckdb-csv: the same from `read_csv(...)`
 - pgpq-parquet: Parquet batches -> pgpq (Arrow -> binary COPY encoder) -> asyncpg binary COPY
+- pgpq-parquet-2conn: the same, one COPY per batch of 100,000 rows, over two connections
 - pgpq-csv-text: the CSV read by pyarrow as text columns -> pgpq -> binary COPY into a text
   stage, then `INSERT ... SELECT` with casts (PostgreSQL casts every value), per batch
+- pgpq-csv-text-2conn: the same over two connections
 
 adbc-*, duckdb-* and pgpq-* need the optional `bench` extra (`pip install -e '.[bench]'`).
 """
@@ -25,7 +27,7 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -227,6 +229,7 @@ async def _threaded(produce: Iterator[bytes], depth: int = 4) -> AsyncIterator[b
 
 
 async def pgpq_parquet(path: str, dsn: str, table: str) -> None:
+    """One binary COPY stream for the whole file, one connection."""
     _, stream = _encoded(parquet_reader(path))
     conn = await asyncpg.connect(dsn)
     try:
@@ -236,36 +239,78 @@ async def pgpq_parquet(path: str, dsn: str, table: str) -> None:
         await conn.close()
 
 
-async def pgpq_csv_text(path: str, dsn: str, table: str) -> None:
-    """Text columns go binary as they are; PostgreSQL casts each value (one meaning)."""
+def _per_batch(reader: pa.RecordBatchReader) -> Iterator[bytes]:
+    """One complete COPY BINARY stream (header, rows, trailer) per record batch."""
     from pgpq import ArrowToPostgresBinaryEncoder
 
-    reader = csv_reader(path, as_text=True)
     encoder = ArrowToPostgresBinaryEncoder(reader.schema)
     header = encoder.write_header()
+    for batch in reader:
+        yield header + encoder.write_batch(batch) + encoder.finish()
 
-    def per_batch() -> Iterator[bytes]:
-        for batch in reader:
-            # One COPY stream per batch: header, rows, trailer.
-            yield header + encoder.write_batch(batch) + encoder.finish()
 
+async def _spread(
+    dsn: str,
+    chunks: Iterator[bytes],
+    connections: int,
+    setup: Callable[[asyncpg.Connection], Awaitable[None]],
+    handle: Callable[[asyncpg.Connection, bytes], Awaitable[None]],
+) -> None:
+    """Chunks from one reading/encoding thread, loaded by `connections` connections."""
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+        for conn in conns:
+            await setup(conn)
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(connections)
+
+        async def pump() -> None:
+            async for chunk in _threaded(chunks):
+                await q.put(chunk)
+            for _ in conns:
+                await q.put(None)
+
+        async def work(conn: asyncpg.Connection) -> None:
+            while (chunk := await q.get()) is not None:
+                await handle(conn, chunk)
+
+        await asyncio.gather(pump(), *(work(c) for c in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def _nothing(conn: asyncpg.Connection) -> None:
+    return None
+
+
+async def pgpq_parquet_spread(path: str, dsn: str, table: str, connections: int) -> None:
+    """A binary COPY per batch of 100,000 rows, over `connections` connections."""
+
+    async def handle(conn: asyncpg.Connection, chunk: bytes) -> None:
+        await conn.copy_to_table(table, source=_once(chunk), columns=list(COLUMNS),
+                                 format="binary")  # fmt: skip
+
+    await _spread(dsn, _per_batch(parquet_reader(path)), connections, _nothing, handle)
+
+
+async def pgpq_csv_text(path: str, dsn: str, table: str, connections: int = 1) -> None:
+    """Text columns go binary as they are; PostgreSQL casts each value (one meaning):
+    per batch, binary COPY into a text stage, INSERT ... SELECT with casts, COMMIT."""
     cols = ", ".join(COLUMNS)
     casts = ", ".join(f"{name}::{pg}" for name, pg, _ in SCHEMA)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "CREATE TEMP TABLE text_stage ("
-            + ", ".join(f"{c} text" for c in COLUMNS)
-            + ") ON COMMIT DELETE ROWS"
-        )
-        insert = f"INSERT INTO {table} ({cols}) SELECT {casts} FROM text_stage"
-        async for chunk in _threaded(per_batch()):
-            async with conn.transaction():
-                await conn.copy_to_table("text_stage", source=_once(chunk),
-                                         columns=list(COLUMNS), format="binary")  # fmt: skip
-                await conn.execute(insert)
-    finally:
-        await conn.close()
+    stage = "CREATE TEMP TABLE text_stage (" + ", ".join(f"{c} text" for c in COLUMNS) + ")"
+    insert = f"INSERT INTO {table} ({cols}) SELECT {casts} FROM text_stage"
+
+    async def setup(conn: asyncpg.Connection) -> None:
+        await conn.execute(stage + " ON COMMIT DELETE ROWS")
+
+    async def handle(conn: asyncpg.Connection, chunk: bytes) -> None:
+        async with conn.transaction():
+            await conn.copy_to_table("text_stage", source=_once(chunk), columns=list(COLUMNS),
+                                     format="binary")  # fmt: skip
+            await conn.execute(insert)
+
+    await _spread(dsn, _per_batch(csv_reader(path, as_text=True)), connections, setup, handle)
 
 
 async def _once(chunk: bytes) -> AsyncIterator[bytes]:
@@ -280,7 +325,9 @@ METHODS: dict[str, Callable[[str, str, str], None]] = {
     "duckdb-parquet": lambda f, d, t: duckdb_load(duckdb_parquet_source(f), d, t),
     "duckdb-csv": lambda f, d, t: duckdb_load(duckdb_csv_source(f), d, t),
     "pgpq-parquet": lambda f, d, t: asyncio.run(pgpq_parquet(f, d, t)),
+    "pgpq-parquet-2conn": lambda f, d, t: asyncio.run(pgpq_parquet_spread(f, d, t, 2)),
     "pgpq-csv-text": lambda f, d, t: asyncio.run(pgpq_csv_text(f, d, t)),
+    "pgpq-csv-text-2conn": lambda f, d, t: asyncio.run(pgpq_csv_text(f, d, t, 2)),
 }
 
 

@@ -15,7 +15,7 @@ _APPEND = (
     "psql_copy", "psql_halves2", "asyncpg_raw_copy", "adbc_csv", "adbc_parquet",
     "duckdb_parquet", "duckdb_csv", "ingestd_append_default", "ingestd_append_csv",
     "ingestd_split2", "ingestd_parquet", "ingestd_concurrency2", "naive_tuples", "memory_big",
-    "pgpq_parquet", "pgpq_csv_text",
+    "pgpq_parquet", "pgpq_parquet_2conn", "pgpq_csv_text", "pgpq_csv_text_2conn",
 )  # fmt: skip
 _UPSERT = ("sql_upsert", "asyncpg_raw_upsert", "ingestd_upsert_csv", "ingestd_rerun_csv")
 LIMIT_OF = {**dict.fromkeys(_APPEND, "psql_copy"), **dict.fromkeys(_UPSERT, "sql_upsert")}
@@ -46,7 +46,9 @@ LABEL = {
     "instances_2": "2 daemons share the small-file inbox",
     "instances_3": "3 daemons share the small-file inbox",
     "pgpq_parquet": "probe: Parquet -> pgpq -> asyncpg binary COPY",
+    "pgpq_parquet_2conn": "probe: the same, a COPY per 100k-row batch, two connections",
     "pgpq_csv_text": "probe: CSV as text -> pgpq -> binary COPY to a text stage -> cast",
+    "pgpq_csv_text_2conn": "probe: the same, two connections",
 }
 
 
