@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 import traceback
+import typing
+from argparse import SUPPRESS
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from ingestd import __version__
 from ingestd.config import load_config, resolve
@@ -22,28 +23,80 @@ from ingestd.exceptions import DatabaseUnavailableError, UsageError
 from ingestd.logs import bound
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown, shown_name
-from ingestd.settings import Settings
+from ingestd.settings import (
+    Contract,
+    CsvOptions,
+    Settings,
+    env_name,
+    flag_name,
+    setting_keys,
+    shown_default,
+)
 from ingestd.worker import FileResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-log = logging.getLogger("ingestd.cli")
+EXIT_FAILED, EXIT_USAGE = 1, 2
+log = logging.getLogger(__name__)
+
+# Subcommands; each parses its own arguments (`ingestd status --help`).
+COMMANDS = {
+    "status": "the manifest at a glance: counts, recent failures, files in progress",
+    "check-config": "validate a config file without touching anything",
+    "retry": "move failed files back to the inbox (FILE... or --all-failed)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit 2, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_keys(group: Any, cls: type) -> None:
+    """One flag per setting of `cls` that has one; help and default from its field.
+    Values stay text here: resolve checks them, whatever their source, in one place."""
+    hints = typing.get_type_hints(cls)
+    for f, meta in setting_keys(cls):
+        if not meta.flag:
+            continue
+        default = shown_default(f)
+        where = f"default {default}; " if default else ""
+        flag = flag_name(f.name)
+        if hints[f.name] is bool:
+            no = "--no-" + flag[2:]
+            text = f"{meta.help} ({where}{no} for false; env {env_name(f.name)})"
+            # `--dry-run` alone, `--dry-run false` as older scripts write it, or --no-dry-run.
+            group.add_argument(
+                flag, dest=f.name, nargs="?", const="true", metavar="BOOL", help=_escape(text)
+            )
+            group.add_argument(no, dest=f.name, action="store_const", const="false", help=SUPPRESS)
+            continue
+        choices = typing.get_args(hints[f.name])
+        metavar = meta.metavar or ("|".join(choices) if choices else None)
+        text = f"{meta.help} ({where}env {env_name(f.name)})"
+        group.add_argument(flag, dest=f.name, metavar=metavar, help=_escape(text))
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ingestd",
-        description="Load CSV and Parquet files into PostgreSQL, exactly once.",
-        epilog="Subcommands: `ingestd status` shows the manifest; `ingestd check-config FILE` "
-        "validates a config; `ingestd retry FILE...|--all-failed` moves failed files back to "
-        "the inbox. Exit status: 0 all files "
-        "loaded or skipped, 1 some file failed or is left retrying, or a folder could not be "
-        "read, 2 bad usage or configuration.",
+        usage="%(prog)s [OPTION ...]   (a run: --once, or a daemon)\n       %(prog)s COMMAND ...",
+        description="Load CSV and Parquet files into PostgreSQL, exactly once. Every setting "
+        "is a flag, an INGESTD_* variable or a key in the config file, in that order of "
+        "precedence.",
+        epilog="Exit status: 0 all files loaded or skipped, 1 some file failed or is left "
+        "retrying, or a folder could not be read, 2 bad usage or configuration.",
     )
     p.add_argument("--version", action="version", version=f"ingestd {__version__}")
-    p.add_argument("--config", type=Path, help="TOML config file (see config/ingestd.example.toml)")
-    p.add_argument("--inbox", help="directory to watch (daemon) or drain (--once)")
     p.add_argument(
-        "--once", action="store_true", default=None, help="process what is there, then exit"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (see config/ingestd.example.toml)",
     )
     p.add_argument(
         "--files",
@@ -51,124 +104,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="load exactly these files (implies --once, --keep-files)",
     )
-    p.add_argument(
-        "--dsn", help="PostgreSQL DSN (else INGESTD_DSN, else the config; none: embedded server)"
-    )
-    p.add_argument(
-        "--state-dir", help="where the embedded PostgreSQL keeps its data (default .ingestd)"
-    )
-    g = p.add_argument_group("contract (one target table, no config file needed)")
-    g.add_argument("--table", help="target table")
-    g.add_argument("--schema", help="target schema (default: first on search_path)")
-    g.add_argument("--pk", help="primary key column(s), comma-separated")
-    g.add_argument(
-        "--headers", help="columns to load, comma-separated (positional with --no-header)"
-    )
-    g.add_argument(
-        "--types", help="column types for new tables, e.g. id:bigint,price:numeric(12,2)"
-    )
-    g.add_argument("--file-type", choices=["csv", "parquet", "auto"], default=None)
-    g.add_argument("--mode", help="upsert (default), append or merge")
-    g.add_argument(
-        "--preserve-types",
-        action="store_true",
-        default=None,
-        help="Parquet types become column types",
-    )
-    g.add_argument(
-        "--tolerant",
-        action="store_true",
-        default=None,
-        help="fill columns the file lacks instead of failing",
-    )
-    g.add_argument("--tolerant-mode", help="null (default) or empty: what fills a missing column")
-    g.add_argument(
-        "--max-bad-rows",
-        help="rows that fail to cast or violate a constraint, set aside to ingestion_rejects "
-        "before the file fails: N or a percentage such as 1%% (default 0)",
-    )
-    g.add_argument("--delimiter", help="CSV delimiter: , ; | or tab")
-    g.add_argument("--quote", help='CSV quote character (default ")')
-    g.add_argument("--encoding", help="CSV encoding (default utf-8; e.g. latin-1)")
-    g.add_argument(
-        "--header",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="first row names the columns (default yes)",
-    )
-    r = p.add_argument_group("run")
-    r.add_argument("--chunk-size", type=int, help="rows per batch and transaction (default 50000)")
-    r.add_argument(
-        "--concurrency", type=int, help="parallel workers, one connection each (default 4)"
-    )
-    r.add_argument(
-        "--max-retries", type=int, help="retries of transient errors per file (default 3)"
-    )
-    r.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="skip files already loaded, continue partly loaded ones (default on)",
-    )
-    r.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=None,
-        help="read and validate files, write nothing",
-    )
-    r.add_argument("--done-dir", help="where loaded files go (default: done/ beside the inbox)")
-    r.add_argument("--failed-dir", help="where failed files go (default: failed/ beside the inbox)")
-    r.add_argument(
-        "--keep-files", action="store_true", default=None, help="leave files where they are"
-    )
-    r.add_argument(
-        "--memory-limit-mb",
-        type=int,
-        help="memory for one worker's batches in flight; wide rows shrink the batch (default 256)",
-    )
-    r.add_argument(
-        "--split-mb",
-        type=float,
-        help="append of a CSV file at least twice this size: split into segments of at least "
-        "this size, loaded by idle workers in parallel (default 32; 0: never split)",
-    )
-    r.add_argument(
-        "--instance-id",
-        help="this instance's name in the manifest and logs (default: the host name; "
-        "or INGESTD_INSTANCE_ID); several instances on one host need one each",
-    )
-    r.add_argument("--manifest-table", help="manifest table name (default ingestion_manifest)")
-    r.add_argument(
-        "--lock-timeout-s",
-        type=float,
-        help="seconds a statement waits for a lock another session holds on a table before "
-        "the attempt fails and is retried (default 30; 0: no limit; or INGESTD_LOCK_TIMEOUT_S)",
-    )
-    r.add_argument(
-        "--on-new-version",
-        choices=["refuse", "append"],
-        default=None,
-        help="append mode, a changed file whose earlier version committed rows: refuse "
-        "(default: it fails, naming those rows and the clean-up) or append on top of them",
-    )
-    r.add_argument(
-        "--on-duplicate-content",
-        choices=["skip", "load"],
-        default=None,
-        help="append mode, the same bytes under another name: skip (default) or load again",
-    )
-    r.add_argument(
-        "--metrics-addr",
-        help="HOST:PORT for /metrics, /healthz, /readyz, or off (default 127.0.0.1:9108)",
-    )
-    r.add_argument("--log-format", choices=["json", "text"], default=None)
-    r.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    _add_keys(p.add_argument_group("run"), Settings)
+    contract = p.add_argument_group("contract (one target table, no config file needed)")
+    _add_keys(contract, Contract)
+    _add_keys(contract, CsvOptions)
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, text in COMMANDS.items():
+        # Each command parses the rest itself: REMAINDER hands it over untouched.
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("command_args", nargs=argparse.REMAINDER)
     return p
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     # Only what the user typed: None means "not given", so the config file can fill it.
-    return {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
+    skip = ("config", "command", "command_args")
+    return {k: v for k, v in vars(ns).items() if v is not None and k not in skip}
 
 
 def build_settings(argv: Sequence[str]) -> Settings:
@@ -221,20 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
-    if args[:1] == ["status"]:
-        from ingestd.status import main as status_main
-
-        return status_main(args[1:])
-    if args[:1] == ["check-config"]:
-        from ingestd.operator import check_config
-
-        return check_config(args[1:])
-    if args[:1] == ["retry"]:
-        from ingestd.operator import retry
-
-        return retry(args[1:])
+    ns = _parser().parse_args(args)
+    if ns.command is not None:
+        if _flags(ns) or ns.config:
+            print(f"ingestd: error: put options after `ingestd {ns.command}`", file=sys.stderr)
+            return EXIT_USAGE
+        return _command(ns.command, ns.command_args)
     try:
-        settings = build_settings(args)
+        config = load_config(ns.config) if ns.config else None
+        settings = resolve(_flags(ns), config=config, config_path=ns.config)
     except UsageError as exc:
         print(f"ingestd: error: {mask_dsn(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -381,6 +327,11 @@ def print_summary(
         print(line, file=out)
 
 
-def dumps(value: Any) -> str:
-    """JSON for machine-readable output (dates as ISO strings)."""
-    return json.dumps(value, default=str, indent=2)
+def _command(name: str, argv: list[str]) -> int:
+    if name == "status":
+        from ingestd.status import main as status_main
+
+        return status_main(argv)
+    from ingestd.commands import check_config, retry
+
+    return check_config(argv) if name == "check-config" else retry(argv)

@@ -1,87 +1,72 @@
-"""Resolve settings: flag beats environment beats config file beats default, in one place."""
+"""Resolve settings: flag beats environment beats config file beats default, in one place.
+
+The keys, their defaults and their checks are the fields of Settings, Contract and
+CsvOptions (settings.key); nothing here repeats a default. Every value is checked for
+its type before use, and a wrong one is a UsageError naming the key and where it came
+from (the flag, the INGESTD_* variable, or the config file).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingestd.exceptions import UsageError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier, validate_pg_type
 from ingestd.settings import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_LOCK_TIMEOUT_S,
-    DEFAULT_MANIFEST,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_METRICS_ADDR,
-    DEFAULT_STATE_DIR,
     DELIMITERS,
-    DUPLICATE_CONTENT_CHOICES,
-    FILE_TYPES,
-    MODES,
-    NEW_VERSION_CHOICES,
+    LOG_LEVELS,
     Contract,
     CsvOptions,
+    Key,
     Settings,
+    default_of,
+    env_name,
+    flag_name,
     parse_bad_rows,
+    parse_metrics_addr,
+    setting_keys,
 )
 
-# Keys a contract accepts in the config file, and the flag names that override them.
-_CONTRACT_KEYS = {
-    "max_bad_rows",
-    "name",
-    "pattern",
-    "table",
-    "schema",
-    "pk",
-    "headers",
-    "types",
-    "file_type",
-    "mode",
-    "csv",
-    "preserve_types",
-    "tolerant",
-    "tolerant_mode",
-}
-_CSV_KEYS = {"delimiter", "quote", "encoding", "header"}
-_GLOBAL_KEYS = {
-    "memory_limit_mb",
-    "raw_csv",
-    "split_mb",
-    "instance_id",
-    "lease_s",
-    "rescan_s",
-    "dsn",
-    "inbox",
-    "state_dir",
-    "done_dir",
-    "failed_dir",
-    "keep_files",
-    "chunk_size",
-    "concurrency",
-    "max_retries",
-    "resume",
-    "metrics_addr",
-    "log_format",
-    "log_level",
-    "manifest_table",
-    "manifest_schema",
-    "connect_timeout_s",
-    "statement_timeout_s",
-    "settle_s",
-    "shutdown_grace_s",
-    "queue_size",
-    "contracts",
-    "defaults",
-    "password_file",
-    "lock_timeout_s",
-    "on_new_version",
-    "on_duplicate_content",
-}
+__all__ = [
+    "check_no_loop",
+    "file_keys",
+    "load_config",
+    "parse_metrics_addr",
+    "path_setting",
+    "resolve",
+    "resolve_dsn",
+]
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_SETTINGS = {f.name: (f, meta) for f, meta in setting_keys(Settings)}
+_CONTRACT = {f.name: (f, meta) for f, meta in setting_keys(Contract)}
+_CSV = {f.name: (f, meta) for f, meta in setting_keys(CsvOptions)}
+_CONTRACT_KEYS = {*_CONTRACT, "csv"}
+
+
+def file_keys() -> set[str]:
+    """The keys a config file may hold at its top level."""
+    return {name for name, (_, meta) in _SETTINGS.items() if meta.file} | {
+        "contracts",
+        "defaults",
+    }
+
+
+@dataclass(frozen=True)
+class Given:
+    """A value and where it came from, for the message if it is wrong."""
+
+    value: Any
+    origin: str  # "--chunk-size", "INGESTD_CHUNK_SIZE", "config file F: chunk_size"
+    text: bool  # a string to parse (flag, environment) rather than a TOML value
+    base: Path | None = None  # relative paths from a config file are relative to it
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -93,12 +78,44 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - _GLOBAL_KEYS
+    unknown = set(data) - file_keys()
     if unknown:
         raise UsageError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
     return data
+
+
+class _Sources:
+    """Where a key's value is looked up, in order: flag, environment, config file."""
+
+    def __init__(
+        self,
+        flags: Mapping[str, Any],
+        env: Mapping[str, str],
+        config: Mapping[str, Any],
+        config_path: Path | None,
+    ):
+        self.flags, self.env, self.config = flags, env, config
+        self.path = config_path
+        self.file = f"config file {config_path}" if config_path else "the config file"
+
+    def override(self, name: str, meta: Key) -> Given | None:
+        """The flag, else the environment variable (what beats the config file)."""
+        if meta.flag and self.flags.get(name) is not None:
+            value = self.flags[name]
+            return Given(value, flag_name(name), isinstance(value, str))
+        if meta.env and self.env.get(env_name(name)):  # an empty variable counts as unset
+            return Given(self.env[env_name(name)], env_name(name), True)
+        return None
+
+    def given(self, name: str, meta: Key) -> Given | None:
+        """A top-level setting from the flag, environment or config file; None: default."""
+        found = self.override(name, meta)
+        if found is None and meta.file and self.config.get(name) is not None:
+            base = self.path.parent if self.path else None
+            found = Given(self.config[name], f"{self.file}: {name}", False, base)
+        return found
 
 
 def resolve(
@@ -108,75 +125,23 @@ def resolve(
     config_path: Path | None = None,
 ) -> Settings:
     """Build Settings from flags (only those the user gave), environment and config file."""
-    env = os.environ if env is None else env
-    config = config or {}
-
-    def pick(key: str, default: Any = None) -> Any:
-        if flags.get(key) is not None:
-            return flags[key]
-        return config.get(key, default)
-
-    def pick_env(key: str, default: Any = None) -> Any:
-        # flag beats INGESTD_KEY beats config file beats default
-        if flags.get(key) is not None:
-            return flags[key]
-        return env.get("INGESTD_" + key.upper(), config.get(key, default))
-
-    def pick_path(key: str) -> Path | None:
-        return path_setting(key, flags, config, config_path)
-
-    dsn = resolve_dsn(flags.get("dsn"), env, config)
-    inbox = pick_path("inbox")
+    sources = _Sources(flags, os.environ if env is None else env, config or {}, config_path)
+    values: dict[str, Any] = {}
+    for name, (_, meta) in _SETTINGS.items():
+        given = sources.given(name, meta)
+        if given is not None:
+            values[name] = _convert(name, _HINTS[name], given, meta)
     files = tuple(Path(f) for f in flags.get("files") or ())
-    once = bool(flags.get("once"))
-    if files:
-        once = True
-    contracts = _contracts(flags, config)
+    if files:  # exactly these files: a run that ends, and leaves them where they are
+        values["once"] = values["keep_files"] = True
+    dsn = values.pop("dsn", None)
+    values["dsn"] = _dsn_with_password(dsn, values.get("password_file"))
     settings = Settings(
-        contracts=contracts,
-        dsn=dsn,
-        inbox=inbox,
+        contracts=_contracts(sources),
         files=files,
-        once=once,
         config_path=config_path,
-        state_dir=pick_path("state_dir") or Path(DEFAULT_STATE_DIR),
-        done_dir=pick_path("done_dir"),
-        failed_dir=pick_path("failed_dir"),
-        keep_files=bool(pick("keep_files", False)) or bool(files),
-        chunk_size=_int(pick("chunk_size", DEFAULT_CHUNK_SIZE), "chunk size", minimum=1),
-        concurrency=_int(pick("concurrency", DEFAULT_CONCURRENCY), "concurrency", minimum=1),
-        max_retries=_int(pick("max_retries", DEFAULT_MAX_RETRIES), "max retries", minimum=0),
-        resume=bool(pick("resume", True)),
-        dry_run=bool(flags.get("dry_run")),
-        metrics_addr=parse_metrics_addr(str(pick("metrics_addr", DEFAULT_METRICS_ADDR))),
-        log_format=_choice(pick("log_format", "json"), ("json", "text"), "log format"),
-        log_level=_log_level(str(pick("log_level", "INFO"))),
-        manifest_table=_ident(pick("manifest_table", DEFAULT_MANIFEST), "manifest table"),
-        manifest_schema=_opt_ident(pick("manifest_schema"), "manifest schema"),
-        connect_timeout_s=_float(pick("connect_timeout_s", 10.0), "connect timeout"),
-        statement_timeout_s=_float(pick("statement_timeout_s", 600.0), "statement timeout"),
-        settle_s=_float(pick("settle_s", 0.2), "settle interval", minimum=0.0),
-        shutdown_grace_s=_float(pick("shutdown_grace_s", 30.0), "shutdown grace"),
-        queue_size=_int(pick("queue_size", 0), "queue size", minimum=0),
-        memory_limit_mb=_int(pick("memory_limit_mb", 256), "memory limit (MB)", minimum=16),
-        instance_id=_instance_id(
-            flags.get("instance_id") or env.get("INGESTD_INSTANCE_ID") or config.get("instance_id")
-        ),
-        lease_s=_float(pick("lease_s", 30.0), "lease", minimum=1.0),
-        rescan_s=_float(pick("rescan_s", 30.0), "rescan interval", minimum=0.1),
-        raw_csv=bool(pick("raw_csv", True)),
-        split_mb=_float(pick("split_mb", 32.0), "split size", minimum=0.0, unit="MB"),
-        lock_timeout_s=_float(
-            pick_env("lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S), "lock timeout", minimum=0.0
-        ),
-        on_new_version=_choice(
-            pick_env("on_new_version", "refuse"), NEW_VERSION_CHOICES, "on_new_version"
-        ),
-        on_duplicate_content=_choice(
-            pick_env("on_duplicate_content", "skip"),
-            DUPLICATE_CONTENT_CHOICES,
-            "on_duplicate_content",
-        ),
+        given=frozenset(k for k in values if k != "dsn" or dsn is not None),
+        **values,
     )
     _check_sources(settings)
     check_no_loop(settings)
@@ -186,34 +151,48 @@ def resolve(
 def path_setting(
     key: str, flags: Mapping[str, Any], config: Mapping[str, Any], config_path: Path | None
 ) -> Path | None:
-    """A directory setting: relative paths in a config file are relative to the file, on
-    the command line to the working directory."""
-    if flags.get(key) is not None:
-        return Path(str(flags[key])).expanduser()
-    if config.get(key) is None:
-        return None
-    path = Path(str(config[key])).expanduser()
-    if config_path is not None and not path.is_absolute():
-        return Path(config_path).parent / path
-    return path
+    """A directory setting from a flag or the config file (not the environment): relative
+    paths in a config file are relative to the file, on the command line to the working
+    directory."""
+    sources = _Sources(flags, {}, config, config_path)
+    given = sources.given(key, _SETTINGS[key][1])
+    return None if given is None else _path(given)
 
 
-def resolve_dsn(flag: str | None, env: Mapping[str, str], config: Mapping[str, Any]) -> str | None:
+def resolve_dsn(
+    flag: str | None,
+    env: Mapping[str, str],
+    config: Mapping[str, Any],
+    config_path: Path | None = None,
+) -> str | None:
     """--dsn, else INGESTD_DSN, else the config's dsn; with the password from password_file
     (or INGESTD_PASSWORD_FILE) when one is set. None: use the embedded server."""
-    dsn = flag or env.get("INGESTD_DSN") or config.get("dsn")
+    sources = _Sources({"dsn": flag}, env, config, config_path)
+    dsn = sources.given("dsn", _SETTINGS["dsn"][1])
+    password = sources.given("password_file", _SETTINGS["password_file"][1])
+    return _dsn_with_password(
+        None if dsn is None else _convert("dsn", str | None, dsn, _SETTINGS["dsn"][1]),
+        None if password is None else _path(password),
+    )
+
+
+def _dsn_with_password(dsn: str | None, password_file: Path | None) -> str | None:
     if not dsn:
         return None
-    from ingestd.db.dsn import check_dsn
+    from ingestd.db.dsn import check_dsn, with_password
 
     try:
-        check_dsn(str(dsn))
+        check_dsn(dsn)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    password_file = config.get("password_file") or env.get("INGESTD_PASSWORD_FILE")
-    if password_file:
-        return _with_password_from_file(str(dsn), Path(password_file))
-    return str(dsn)
+    if password_file is None:
+        return dsn
+    try:
+        password = password_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise UsageError(f"cannot read password file {password_file}: {reason}") from None
+    return with_password(dsn, password)
 
 
 def _check_sources(settings: Settings) -> None:
@@ -252,51 +231,92 @@ def check_no_loop(settings: Settings) -> None:
         )
 
 
-def _contracts(flags: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Contract, ...]:
-    defaults = dict(config.get("defaults", {}))
-    overrides = {k: flags[k] for k in _CONTRACT_KEYS if flags.get(k) is not None}
-    csv_overrides = {k: flags[k] for k in _CSV_KEYS if flags.get(k) is not None}
-    if "table" in overrides or not config.get("contracts"):
+# --- contracts ------------------------------------------------------------------------------
+
+Layer = dict[str, Given]
+
+
+def _contracts(sources: _Sources) -> tuple[Contract, ...]:
+    config = sources.config
+    defaults = _table(config.get("defaults", {}), f"{sources.file}: [defaults]")
+    entries = config.get("contracts")
+    if entries is not None and not isinstance(entries, list):
+        raise UsageError(
+            f"{sources.file}: contracts must be a list of [[contracts]] tables, not {entries!r}"
+        )
+    overrides: Layer = {}
+    for name, (_, meta) in (_CONTRACT | _CSV).items():
+        given = sources.override(name, meta)
+        if given is not None:
+            overrides[name] = given
+    base = _layer(defaults, f"{sources.file}: [defaults]")
+    if "table" in overrides or not entries:
         # Single-contract flags replace the file's contracts: the common, config-less case.
         if "table" not in overrides:
             raise UsageError("no target table: give --table (or contracts in a config file)")
-        raw = [{"name": overrides["table"], "pattern": "*", **defaults}]
+        layers = [("contract " + str(overrides["table"].value), {**base, **overrides})]
     else:
-        raw = [{**defaults, **c} for c in config["contracts"]]
-    out = []
-    for i, item in enumerate(raw):
-        merged = {**item, **overrides}
-        merged["csv"] = {**defaults.get("csv", {}), **item.get("csv", {}), **csv_overrides}
-        out.append(_contract(merged, where=f"contract {item.get('name', i + 1)}"))
+        layers = []
+        for i, entry in enumerate(entries):
+            label = _entry_label(entry, i)
+            where = f"{sources.file}: {label}"
+            own = _layer(_table(entry, where), where)
+            layers.append((label, {**base, **own, **overrides}))
+    out = [_contract(layer, where=label) for label, layer in layers]
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise UsageError("contract names must be unique")
     return tuple(out)
 
 
-def _contract(raw: Mapping[str, Any], *, where: str) -> Contract:
+def _entry_label(entry: Any, i: int) -> str:
+    name = entry.get("name") if isinstance(entry, Mapping) else None
+    return f"contract {name if isinstance(name, str) else i + 1}"
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{where} must be a table (key = value lines), not {value!r}")
+    return value
+
+
+def _layer(raw: Mapping[str, Any], where: str) -> Layer:
+    """One level of a contract's settings (the [defaults], or one [[contracts]] entry)."""
     unknown = set(raw) - _CONTRACT_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
-    csv_raw = raw.get("csv", {})
-    unknown = set(csv_raw) - _CSV_KEYS
-    if unknown:
-        raise UsageError(f"{where}: unknown csv setting(s) {', '.join(sorted(unknown))}")
-    if "table" not in raw:
+    layer = {k: Given(v, f"{where}: {k}", False) for k, v in raw.items() if k != "csv"}
+    if "csv" in raw:
+        csv = _table(raw["csv"], f"{where}: csv")
+        unknown = set(csv) - set(_CSV)
+        if unknown:
+            raise UsageError(f"{where}: unknown csv setting(s) {', '.join(sorted(unknown))}")
+        layer |= {k: Given(v, f"{where}: csv.{k}", False) for k, v in csv.items()}
+    return layer
+
+
+def _contract(layer: Layer, *, where: str) -> Contract:
+    if "table" not in layer:
         raise UsageError(f"{where}: no table given")
+    got = {
+        name: _convert(name, _HINTS[name], layer[name], meta)
+        for name, (_, meta) in (_CONTRACT | _CSV).items()
+        if name in layer
+    }
+    csv = _csv_options({k: got.pop(k) for k in list(got) if k in _CSV}, where)
     try:
-        table = validate_identifier(str(raw["table"]), what="table name")
-        schema = _opt_ident(raw.get("schema"), "schema name")
-        pk = tuple(validate_identifier(c, what="primary key column") for c in _names(raw, "pk"))
-        headers_raw = _names(raw, "headers")
+        table = validate_identifier(got["table"], what="table name")
+        schema = _opt_ident(got.get("schema"), "schema name")
+        pk = tuple(validate_identifier(c, what="primary key column") for c in got.get("pk", ()))
+        headers_raw = got.get("headers") or ()
         headers = tuple(validate_identifier(h, what="column") for h in headers_raw) or None
         types = tuple(
-            (validate_identifier(col, what="column in types"), validate_pg_type(str(t)))
-            for col, t in _types(raw.get("types")).items()
+            (validate_identifier(col, what="column in types"), validate_pg_type(t))
+            for col, t in got.get("types", ())
         )
     except InvalidIdentifierError as exc:
         raise UsageError(f"{where}: {exc}") from None
-    mode = _choice(raw.get("mode", "upsert"), MODES, "mode")
+    mode = got.get("mode", default_of(_CONTRACT["mode"][0]))
     if mode in ("upsert", "merge") and not pk:
         raise UsageError(f"{where}: mode {mode} needs a primary key: give --pk COL[,COL]")
     if headers is not None:
@@ -304,46 +324,35 @@ def _contract(raw: Mapping[str, Any], *, where: str) -> Contract:
         _check_subset(tuple(c for c, _ in types), headers, where, "column in types")
         if len(set(headers)) != len(headers):
             raise UsageError(f"{where}: headers name a column twice")
-    csv = _csv_options(csv_raw, where)
     if not csv.header and headers is None:
         raise UsageError(f"{where}: files without a header row need --headers a,b,c")
-    return Contract(
-        name=str(raw.get("name", table)),
-        pattern=_pattern(str(raw.get("pattern", "*")), where),
-        table=table,
-        schema=schema,
-        pk=pk,
-        headers=headers,
-        types=types,
-        file_type=_choice(raw.get("file_type", "auto"), FILE_TYPES, "file type"),
-        mode=mode,
-        csv=csv,
-        preserve_types=bool(raw.get("preserve_types", False)),
-        tolerant=bool(raw.get("tolerant", False)),
-        tolerant_mode=_choice(raw.get("tolerant_mode", "null"), ("null", "empty"), "tolerant mode"),
-        max_bad_rows=parse_bad_rows(raw.get("max_bad_rows", 0)),
-    )
+    if "pattern" in got:
+        _check_pattern(got["pattern"], where)
+    got.setdefault("name", table)
+    got.update(table=table, schema=schema, pk=pk, headers=headers, types=types, csv=csv)
+    return Contract(**got)
 
 
-def _csv_options(raw: Mapping[str, Any], where: str) -> CsvOptions:
-    delimiter = str(raw.get("delimiter", ","))
-    if delimiter not in DELIMITERS:
-        raise UsageError(f"{where}: delimiter {delimiter!r} is not one of , ; | tab")
-    quote = str(raw.get("quote", '"'))
-    if len(quote) != 1 or quote == DELIMITERS[delimiter] or quote in "\r\n":
+def _csv_options(got: dict[str, Any], where: str) -> CsvOptions:
+    options = CsvOptions(**got)
+    if options.delimiter not in DELIMITERS:
+        raise UsageError(f"{where}: delimiter {options.delimiter!r} is not one of , ; | tab")
+    delimiter = DELIMITERS[options.delimiter]
+    quote = options.quote
+    if len(quote) != 1 or quote == delimiter or quote in "\r\n":
         raise UsageError(f"{where}: quote must be one character other than the delimiter")
-    encoding = str(raw.get("encoding", "utf-8"))
     try:
-        "".encode(encoding)
+        "".encode(options.encoding)
     except LookupError:
-        raise UsageError(f"{where}: unknown encoding {encoding!r} (try utf-8 or latin-1)") from None
-    return CsvOptions(DELIMITERS[delimiter], quote, encoding, bool(raw.get("header", True)))
+        raise UsageError(
+            f"{where}: unknown encoding {options.encoding!r} (try utf-8 or latin-1)"
+        ) from None
+    return CsvOptions(delimiter, quote, options.encoding, options.header)
 
 
-def _pattern(pattern: str, where: str) -> str:
+def _check_pattern(pattern: str, where: str) -> None:
     if not pattern or pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
         raise UsageError(f"{where}: pattern {pattern!r} must be a relative glob inside the inbox")
-    return pattern
 
 
 def _check_subset(cols: tuple[str, ...], headers: tuple[str, ...], where: str, what: str) -> None:
@@ -352,22 +361,121 @@ def _check_subset(cols: tuple[str, ...], headers: tuple[str, ...], where: str, w
         raise UsageError(f"{where}: {what} {', '.join(missing)} is not among the headers")
 
 
-def _names(raw: Mapping[str, Any], key: str) -> list[str]:
-    value = raw.get(key)
-    if value is None:
-        return []
+# --- one value: its type, then its checks ---------------------------------------------------
+
+_HINTS: dict[str, Any] = {
+    **typing.get_type_hints(Settings),
+    **typing.get_type_hints(Contract),
+    **typing.get_type_hints(CsvOptions),
+}
+
+
+def _convert(name: str, hint: Any, given: Given, meta: Key) -> Any:
+    """A value of the field's type, or UsageError naming where the wrong one came from."""
+    special = _SPECIAL.get(name)
+    if special is not None:
+        return special(given)
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None: a given value is an X
+        (hint,) = (a for a in args if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return _choice(given, typing.get_args(hint))
+    if hint is bool:
+        return _bool(given)
+    if hint is int:
+        return _int(given, meta.minimum)
+    if hint is float:
+        return _float(given, meta.minimum)
+    if hint is Path:
+        return _path(given)
+    if hint is str:
+        return _str(given)
+    raise TypeError(f"no conversion for {name}: {hint}")  # pragma: no cover - a new field
+
+
+def _wrong(given: Given, expected: str) -> UsageError:
+    return UsageError(f"{given.origin} must be {expected}, not {given.value!r}")
+
+
+def _str(given: Given) -> str:
+    if not isinstance(given.value, str):
+        raise _wrong(given, "a string (in quotes)")
+    return given.value
+
+
+def _bool(given: Given) -> bool:
+    value = given.value
+    if isinstance(value, bool):
+        return value
+    if given.text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    if given.text:
+        raise _wrong(given, "true or false (or 1/0, yes/no)")
+    raise _wrong(given, "true or false" + (" (without quotes)" if isinstance(value, str) else ""))
+
+
+def _int(given: Given, minimum: float | None) -> int:
+    value = given.value
+    if given.text and isinstance(value, str):
+        try:
+            value = int(value.strip().replace("_", ""))
+        except ValueError:
+            raise _wrong(given, "a whole number") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong(given, "a whole number")
+    if minimum is not None and value < minimum:
+        raise _wrong(given, f"at least {minimum:g}")
+    return value
+
+
+def _float(given: Given, minimum: float | None) -> float:
+    value = given.value
+    if given.text and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _wrong(given, "a number") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise _wrong(given, "a number")
+    if minimum is not None and value < minimum:
+        raise _wrong(given, f"at least {minimum:g}")
+    return float(value)
+
+
+def _choice(given: Given, allowed: tuple[Any, ...]) -> Any:
+    value = given.value
+    if not isinstance(value, str) or value not in allowed:
+        raise _wrong(given, "one of " + ", ".join(map(str, allowed)))
+    return value
+
+
+def _path(given: Given) -> Path:
+    path = Path(_str(given)).expanduser()
+    if given.base is not None and not path.is_absolute():
+        return given.base / path
+    return path
+
+
+def _names(given: Given) -> tuple[str, ...]:
+    """`a,b` or (in a config file) a list of strings."""
+    value = given.value
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",")]
-    return [str(v) for v in value]
+        return tuple(v.strip() for v in value.split(","))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _wrong(given, 'a list of column names such as ["a", "b"] or "a,b"')
 
 
-def _types(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
+def _types(given: Given) -> tuple[tuple[str, str], ...]:
+    value = given.value
     if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
+        if not all(isinstance(v, str) for v in value.values()):
+            raise _wrong(given, 'a table of column = "pgtype"')
+        return tuple((str(k), v) for k, v in value.items())
+    if not isinstance(value, str):
+        raise _wrong(given, 'a table of column = "pgtype" or "col:pgtype,..."')
     out: dict[str, str] = {}
-    for item in str(value).split(","):
+    for item in value.split(","):
         # numeric(12,2) holds a comma: glue the scale back onto its type.
         if ":" not in item and out:
             last = next(reversed(out))
@@ -375,84 +483,73 @@ def _types(value: Any) -> dict[str, str]:
             continue
         col, sep, typ = item.partition(":")
         if not sep:
-            raise UsageError(f"--types entry {item!r} must be col:pgtype")
+            raise UsageError(f"{given.origin}: entry {item!r} must be col:pgtype")
         out[col.strip()] = typ.strip()
-    return out
+    return tuple(out.items())
 
 
-def parse_metrics_addr(value: str) -> tuple[str, int] | None:
-    """Parse HOST:PORT (or `off`) for the metrics endpoint."""
-    if value.lower() in ("off", "none", "false", ""):
+def _bad_rows(given: Given) -> Any:
+    value = given.value
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _wrong(given, 'a whole number or a percentage such as "1%"')
+    try:
+        return parse_bad_rows(value)
+    except UsageError as exc:
+        raise UsageError(f"{given.origin}: {exc}") from None
+
+
+def _metrics_addr(given: Given) -> tuple[str, int] | None:
+    if given.value is False:  # metrics_addr = false
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"metrics address {value!r} must be HOST:PORT or off")
-    return (host.strip("[]") or "127.0.0.1", int(port))
-
-
-def _with_password_from_file(dsn: str, path: Path) -> str:
-    from ingestd.db.dsn import with_password
-
     try:
-        password = path.read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read password file {path}: {exc.strerror}") from None
-    return with_password(dsn, password)
+        return parse_metrics_addr(_str(given))
+    except UsageError as exc:
+        if given.origin in str(exc):
+            raise
+        raise UsageError(f"{given.origin}: {exc}") from None
 
 
-def _int(value: Any, what: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise UsageError(f"{what} must be a whole number, not {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a whole number, not {value!r}") from None
-    if number < minimum:
-        raise UsageError(f"{what} must be at least {minimum}, not {value!r}")
-    return number
+def _log_level(given: Given) -> str:
+    level = _str(given).upper()
+    if level not in LOG_LEVELS:
+        raise _wrong(given, "one of " + ", ".join(LOG_LEVELS))
+    return level
 
 
-def _float(value: Any, what: str, *, minimum: float = 0.001, unit: str = "s") -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        units = "seconds" if unit == "s" else unit
-        raise UsageError(f"{what} must be a number of {units}, not {value!r}") from None
-    if number < minimum:
-        raise UsageError(f"{what} must be at least {minimum:g} {unit}")
-    return number
+def _identifier(what: str) -> Callable[[Given], str]:
+    def check(given: Given) -> str:
+        try:
+            return validate_identifier(_str(given), what=what)
+        except InvalidIdentifierError as exc:
+            raise UsageError(f"{given.origin}: {exc}") from None
+
+    return check
 
 
-def _choice(value: Any, allowed: tuple[Any, ...], what: str) -> Any:
-    if value not in allowed:
-        raise UsageError(f"unknown {what} {value!r}: use one of {', '.join(map(str, allowed))}")
-    return value
-
-
-def _instance_id(value: Any) -> str:
-    """A given id, else the host name: the instance's name in the manifest (owner) and logs.
-    Claims belong to a process (a token beside the id), so two processes sharing an id
-    never take each other's files; a dead process's files are taken back at once by any
-    instance. Several instances on one host should each have their own id all the same."""
-    if value is None:
-        return socket.gethostname() or "ingestd"
-    text = str(value).strip()
+def _instance_id(given: Given) -> str:
+    """Claims belong to a process (a token beside the id), so two processes sharing an id
+    never take each other's files; several instances on one host should each have their
+    own id all the same."""
+    text = _str(given).strip()
     if not text or len(text) > 100 or not text.isprintable():
-        raise UsageError(f"instance id {text[:40]!r} must be 1-100 printable characters")
+        raise UsageError(
+            f"{given.origin}: instance id {text[:40]!r} must be 1-100 printable characters"
+        )
     return text
 
 
-def _log_level(value: str) -> str:
-    level = value.upper()
-    return str(_choice(level, ("DEBUG", "INFO", "WARNING", "ERROR"), "log level"))
+_SPECIAL: dict[str, Callable[[Given], Any]] = {
+    "metrics_addr": _metrics_addr,
+    "log_level": _log_level,
+    "manifest_table": _identifier("manifest table"),
+    "manifest_schema": _identifier("manifest schema"),
+    "instance_id": _instance_id,
+    "pk": _names,
+    "headers": _names,
+    "types": _types,
+    "max_bad_rows": _bad_rows,
+}
 
 
-def _ident(value: Any, what: str) -> str:
-    try:
-        return validate_identifier(str(value), what=what)
-    except InvalidIdentifierError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _opt_ident(value: Any, what: str) -> str | None:
-    return None if value is None else _ident(value, what)
+def _opt_ident(value: str | None, what: str) -> str | None:
+    return None if value is None else validate_identifier(value, what=what)

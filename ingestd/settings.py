@@ -1,11 +1,17 @@
-"""Settings and contracts: the frozen dataclasses every module receives."""
+"""Settings and contracts: the frozen dataclasses every module receives.
+
+Each setting's default, help text and checks are written once, on its field (`key`);
+config.resolve, the --help text, the README's configuration table and the example config
+are read from or checked against these fields (tests/unit/test_settings_reference.py).
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+import socket
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from ingestd.exceptions import UsageError
 
@@ -15,27 +21,106 @@ MODES: tuple[Mode, ...] = ("upsert", "append", "merge")
 FILE_TYPES: tuple[FileType, ...] = ("csv", "parquet", "auto")
 DELIMITERS = {",": ",", ";": ";", "|": "|", "\t": "\t", "tab": "\t", "\\t": "\t"}
 
-DEFAULT_CHUNK_SIZE = 50_000
-DEFAULT_CONCURRENCY = 4
-DEFAULT_MAX_RETRIES = 3
+# Defaults other modules need without a Settings at hand (status, the manifest).
 DEFAULT_METRICS_ADDR = "127.0.0.1:9108"
 DEFAULT_MANIFEST = "ingestion_manifest"
 DEFAULT_STATE_DIR = ".ingestd"
-DEFAULT_LOCK_TIMEOUT_S = 30.0
 NewVersion = Literal["refuse", "append"]
 DuplicateContent = Literal["skip", "load"]
 NEW_VERSION_CHOICES: tuple[NewVersion, ...] = ("refuse", "append")
 DUPLICATE_CONTENT_CHOICES: tuple[DuplicateContent, ...] = ("skip", "load")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENV_PREFIX = "INGESTD_"
+
+
+@dataclass(frozen=True)
+class Key:
+    """How a setting is given and documented (the metadata of its field)."""
+
+    help: str
+    minimum: float | None = None  # numbers: the smallest value allowed
+    shown: str | None = None  # the default as a user reads it, when the field holds a stand-in
+    metavar: str | None = None
+    flag: bool = True  # --key-name on the command line
+    env: bool = True  # INGESTD_KEY_NAME in the environment
+    file: bool = True  # key_name in the config file
+
+
+def key(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, **how: Any) -> Any:
+    """A dataclass field that is a setting: its one default, help text and checks."""
+    meta = {"key": Key(help, **how)}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def setting_keys(cls: type) -> list[tuple[Field[Any], Key]]:
+    """The fields of `cls` that are settings, in declaration order, with their metadata."""
+    return [(f, f.metadata["key"]) for f in fields(cls) if "key" in f.metadata]
+
+
+def default_of(f: Field[Any]) -> Any:
+    """A field's default value (calling its factory if it has one)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise TypeError(f"{f.name} has no default")  # pragma: no cover - every key has one
+
+
+def shown_default(f: Field[Any]) -> str:
+    """A setting's default as --help and the README show it."""
+    meta: Key = f.metadata["key"]
+    if meta.shown is not None:
+        return meta.shown
+    if f.default is MISSING and f.default_factory is MISSING:
+        return ""  # required (a contract's table)
+    value = default_of(f)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"  # a HOST:PORT
+    return "" if value is None else str(value)
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: INGESTD_ and its key in upper case."""
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + name.replace("_", "-")
+
+
+def parse_metrics_addr(value: str) -> tuple[str, int] | None:
+    """Parse HOST:PORT (or `off`) for the metrics endpoint."""
+    if value.lower() in ("off", "none", "false", ""):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"metrics address {value!r} must be HOST:PORT or off")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "ingestd"
 
 
 @dataclass(frozen=True)
 class CsvOptions:
-    """How a contract's CSV files are spelled."""
+    """How a contract's CSV files are spelled (`csv.KEY` in the config file)."""
 
-    delimiter: str = ","
-    quote: str = '"'
-    encoding: str = "utf-8"
-    header: bool = True
+    delimiter: str = key(",", "CSV delimiter: , ; | or tab", metavar="C")
+    quote: str = key('"', "CSV quote character", metavar="C")
+    encoding: str = key(
+        "utf-8",
+        "CSV encoding, any Python codec name (e.g. latin-1); a UTF-8 BOM is skipped",
+        metavar="E",
+    )
+    header: bool = key(True, "the first row names the columns")
 
 
 @dataclass(frozen=True)
@@ -74,24 +159,57 @@ def parse_bad_rows(value: object) -> BadRows:
         ) from None
 
 
+_PER_CONTRACT = {"flag": False, "env": False}  # names one contract: no override for all
+
+
 @dataclass(frozen=True)
 class Contract:
-    """Which files go to which table, and how."""
+    """Which files go to which table, and how (a `[[contracts]]` entry, or the flags)."""
 
-    name: str
-    pattern: str
-    table: str
-    schema: str | None = None
-    pk: tuple[str, ...] = ()
-    headers: tuple[str, ...] | None = None
-    types: tuple[tuple[str, str], ...] = ()
-    file_type: FileType = "auto"
-    mode: Mode = "upsert"
+    name: str = key(
+        MISSING, "the contract's name (default: its table)", shown="table", **_PER_CONTRACT
+    )
+    table: str = key(MISSING, "target table", metavar="T")
+    pattern: str = key(
+        "*",
+        "glob of the files it takes: by name, or by path in the inbox when it holds a /",
+        metavar="GLOB",
+    )
+    schema: str | None = key(None, "target schema", shown="first on search_path", metavar="S")
+    pk: tuple[str, ...] = key(
+        (),
+        "primary key column(s), comma-separated (needed by upsert and merge)",
+        shown="",
+        metavar="COL[,COL]",
+    )
+    headers: tuple[str, ...] | None = key(
+        None,
+        "columns to load, comma-separated (positional with --no-header)",
+        shown="the header row",
+        metavar="a,b,c",
+    )
+    types: tuple[tuple[str, str], ...] = key(
+        (),
+        "column types for tables ingestd creates, e.g. id:bigint,price:numeric(12,2)",
+        shown="text",
+        metavar="COL:TYPE,...",
+    )
+    file_type: FileType = key(
+        "auto", "csv, parquet, or auto: by suffix (.csv .csv.gz .tsv .txt .parquet .pq)"
+    )
+    mode: Mode = key("upsert", "upsert, append or merge (merge needs PostgreSQL 15+)")
     csv: CsvOptions = field(default_factory=CsvOptions)
-    preserve_types: bool = False
-    tolerant: bool = False
-    tolerant_mode: Literal["null", "empty"] = "null"
-    max_bad_rows: BadRows = field(default_factory=BadRows)
+    preserve_types: bool = key(False, "Parquet types become column types")
+    tolerant: bool = key(False, "fill columns the file lacks instead of failing")
+    tolerant_mode: Literal["null", "empty"] = key(
+        "null", "what fills a missing column: null or empty"
+    )
+    max_bad_rows: BadRows = key(
+        help="rows that fail to cast or violate a constraint, set aside to ingestion_rejects "
+        "before the file fails: N or a percentage such as 1%",
+        factory=BadRows,
+        metavar="N|N%",
+    )
 
     def matches(self, relative: PurePosixPath) -> bool:
         """True if the file (path relative to the inbox) falls under this contract."""
@@ -110,44 +228,141 @@ class Settings:
     """Everything a run needs, validated; built once by `resolve`."""
 
     contracts: tuple[Contract, ...]
-    dsn: str | None = None
-    inbox: Path | None = None
     files: tuple[Path, ...] = ()
-    once: bool = False
     config_path: Path | None = None
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
-    done_dir: Path | None = None
-    failed_dir: Path | None = None
-    keep_files: bool = False
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    concurrency: int = DEFAULT_CONCURRENCY
-    max_retries: int = DEFAULT_MAX_RETRIES
-    resume: bool = True
-    dry_run: bool = False
-    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9108)
-    log_format: Literal["json", "text"] = "json"
-    log_level: str = "INFO"
-    manifest_table: str = DEFAULT_MANIFEST
-    manifest_schema: str | None = None
-    connect_timeout_s: float = 10.0
-    statement_timeout_s: float = 600.0
-    settle_s: float = 0.2
-    shutdown_grace_s: float = 30.0
-    queue_size: int = 0  # 0: twice the concurrency
-    memory_limit_mb: int = 256  # one worker's batches in flight; a CSV row may use half
-    instance_id: str = "ingestd"  # shown in the manifest (owner) and every log line
-    lease_s: float = 30.0  # a claim another instance may take over once it runs out
-    rescan_s: float = 30.0  # daemon: full rescans of the inbox besides the watcher
-    raw_csv: bool = True  # CSV files that need no change go to COPY as their own bytes
-    split_mb: float = 32.0  # appends of raw CSV files this large are split across workers
-    retry_base_s: float = 1.0
-    retry_cap_s: float = 30.0
-    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # a wait for a lock held by someone else
+    given: frozenset[str] = frozenset()  # keys set by a flag, INGESTD_* or the config file
+    inbox: Path | None = key(None, "directory to watch (daemon) or drain (--once)", metavar="DIR")
+    once: bool = key(False, "process what is there, then exit", file=False)
+    dry_run: bool = key(
+        False,
+        "read and validate every file, print what would happen; write nothing",
+        file=False,
+    )
+    dsn: str | None = key(
+        None,
+        "PostgreSQL URL; a password here shows in ps: prefer INGESTD_DSN or password_file",
+        shown="embedded PostgreSQL",
+        metavar="DSN",
+    )
+    password_file: Path | None = key(
+        None, "read the DSN's password from this file (container secrets)", metavar="FILE"
+    )
+    state_dir: Path = key(
+        Path(DEFAULT_STATE_DIR), "where the embedded PostgreSQL keeps its data", metavar="DIR"
+    )
+    done_dir: Path | None = key(
+        None,
+        "where loaded files go (dated subfolders); not inside the inbox",
+        shown="done/ beside the inbox",
+        metavar="DIR",
+    )
+    failed_dir: Path | None = key(
+        None,
+        "where failed files and their .error.json go; not inside the inbox",
+        shown="failed/ beside the inbox",
+        metavar="DIR",
+    )
+    keep_files: bool = key(
+        False, "leave files where they are (the manifest still prevents reloads)"
+    )
+    chunk_size: int = key(50_000, "rows per batch, one transaction each", minimum=1, metavar="N")
+    concurrency: int = key(
+        4, "parallel workers, one connection and temp table each", minimum=1, metavar="N"
+    )
+    max_retries: int = key(3, "retries of transient errors per file", minimum=0, metavar="N")
+    retry_base_s: float = key(
+        1.0,
+        "first wait before a retry; it doubles per attempt (plus up to 0.5 s of jitter)",
+        minimum=0.0,
+        metavar="S",
+    )
+    retry_cap_s: float = key(30.0, "longest wait before a retry", minimum=0.0, metavar="S")
+    resume: bool = key(True, "skip files already loaded, continue partly loaded ones")
+    metrics_addr: tuple[str, int] | None = key(
+        parse_metrics_addr(DEFAULT_METRICS_ADDR),
+        "HOST:PORT for /metrics, /healthz, /readyz, or off",
+        metavar="HOST:PORT",
+    )
+    log_format: Literal["json", "text"] = key("json", "json or text")
+    log_level: str = key("INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL")
+    manifest_table: str = key(DEFAULT_MANIFEST, "manifest table name", metavar="T")
+    manifest_schema: str | None = key(
+        None, "manifest schema", shown="first on search_path", metavar="S"
+    )
+    connect_timeout_s: float = key(
+        10.0, "deadline for opening a connection", minimum=0.001, metavar="S"
+    )
+    statement_timeout_s: float = key(
+        600.0,
+        "server-side statement_timeout: no statement hangs longer",
+        minimum=0.001,
+        metavar="S",
+    )
+    lock_timeout_s: float = key(
+        30.0,
+        "how long one statement waits for a lock another session holds before the "
+        "attempt fails and is retried (0: no limit)",
+        minimum=0.0,
+        metavar="S",
+    )
+    settle_s: float = key(
+        0.2,
+        "daemon: a file must hold still this long before it is claimed (raise it on "
+        "network file systems)",
+        minimum=0.0,
+        metavar="S",
+    )
+    shutdown_grace_s: float = key(
+        30.0, "SIGTERM: time for workers to finish their batch", minimum=0.001, metavar="S"
+    )
+    queue_size: int = key(
+        0,
+        "claimed files waiting for a worker (0: twice the concurrency)",
+        minimum=0,
+        metavar="N",
+    )
+    memory_limit_mb: int = key(
+        256,
+        "memory for one worker's batches in flight; wide rows shrink the batch, one "
+        "CSV row may use half",
+        minimum=16,
+        metavar="MB",
+    )
+    instance_id: str = key(
+        help="this instance's name in the manifest (owner) and every log line; several "
+        "instances on one host need one each",
+        factory=_host_name,
+        shown="host name",
+        metavar="ID",
+    )
+    lease_s: float = key(
+        30.0,
+        "a claim's lease: another instance may take the file over once it runs out",
+        minimum=1.0,
+        metavar="S",
+    )
+    rescan_s: float = key(
+        30.0, "daemon: full rescans of the inbox besides the watcher", minimum=0.1, metavar="S"
+    )
+    raw_csv: bool = key(True, "CSV files that need no change go to COPY as their own bytes")
+    split_mb: float = key(
+        32.0,
+        "an append of a raw CSV file at least twice this size is split into segments of "
+        "at least this size, loaded by idle workers in parallel (0: never split)",
+        minimum=0.0,
+        metavar="MB",
+    )
     # Append mode, a new version of a file whose earlier version committed rows:
     # refuse (it fails, naming the rows and the clean-up) or append on top of them.
-    on_new_version: NewVersion = "refuse"
+    on_new_version: NewVersion = key(
+        "refuse",
+        "append mode, a changed file whose earlier version committed rows: refuse "
+        "(it fails, naming those rows and the clean-up) or append on top of them",
+    )
     # Append mode, the same bytes under another name: skip (as a duplicate) or load again.
-    on_duplicate_content: DuplicateContent = "skip"
+    on_duplicate_content: DuplicateContent = key(
+        "skip", "append mode, the same bytes under another name: skip or load again"
+    )
 
     def contract_for(self, relative: PurePosixPath) -> Contract | None:
         """The first contract whose pattern matches, or None."""

@@ -16,6 +16,7 @@ from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.logs import dumps
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown_name
 from ingestd.retry import Backoff
@@ -45,8 +46,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"ingestd status: error: {mask_dsn(str(exc))}", file=sys.stderr)
         return 2
     if ns.json:
-        from ingestd.cli import dumps
-
         print(dumps(summary))
     else:
         print_status(summary, sys.stdout)

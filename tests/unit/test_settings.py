@@ -337,15 +337,15 @@ def test_daemon_may_wait_for_an_inbox_to_appear(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        ({"mode": "replace"}, "unknown mode 'replace'"),
+        ({"mode": "replace"}, "--mode must be one of upsert, append, merge, not 'replace'"),
         ({"table": "bad table"}, "table name 'bad table' is not allowed"),
         ({"table": "t; drop table x"}, "table name"),
         ({"pk": "id;x"}, "primary key column"),
         ({"schema": "a b"}, "schema name"),
-        ({"chunk_size": 0}, "chunk size must be at least 1"),
-        ({"chunk_size": "many"}, "chunk size must be a whole number"),
+        ({"chunk_size": 0}, "--chunk-size must be at least 1, not 0"),
+        ({"chunk_size": "many"}, "--chunk-size must be a whole number, not 'many'"),
         ({"concurrency": 0}, "concurrency must be at least 1"),
-        ({"max_retries": -1}, "max retries must be at least 0"),
+        ({"max_retries": -1}, "--max-retries must be at least 0"),
         ({"headers": "a,b"}, "primary key column id is not among the headers"),
         ({"headers": "id,a,id"}, "headers name a column twice"),
         ({"headers": "id,bad col"}, "column 'bad col' is not allowed"),
@@ -356,9 +356,9 @@ def test_daemon_may_wait_for_an_inbox_to_appear(tmp_path: Path) -> None:
         ({"encoding": "klingon-8"}, "unknown encoding 'klingon-8'"),
         ({"metrics_addr": "nowhere"}, "metrics address 'nowhere'"),
         ({"header": False}, "files without a header row need --headers"),
-        ({"tolerant_mode": "zero"}, "unknown tolerant mode"),
-        ({"file_type": "xlsx"}, "unknown file type"),
-        ({"log_level": "loud"}, "unknown log level"),
+        ({"tolerant_mode": "zero"}, "--tolerant-mode must be one of null, empty"),
+        ({"file_type": "xlsx"}, "--file-type must be one of csv, parquet, auto"),
+        ({"log_level": "loud"}, "--log-level must be one of DEBUG, INFO"),
         ({"manifest_table": "my-manifest"}, "manifest table"),
         ({"pattern": "../outside/*.csv"}, "must be a relative glob inside the inbox"),
         ({"pattern": "/etc/*.csv"}, "must be a relative glob inside the inbox"),
@@ -505,7 +505,7 @@ def test_nothing_loops_when_files_are_kept(tmp_path: Path, inbox: Path) -> None:
 
 
 def test_a_config_file_that_would_loop_is_refused_by_check_config(tmp_path: Path) -> None:
-    from ingestd.operator import check_config
+    from ingestd.commands import check_config
 
     (tmp_path / "in").mkdir()
     config = tmp_path / "ingestd.toml"

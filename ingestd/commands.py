@@ -1,4 +1,4 @@
-"""Operator commands: `ingestd check-config FILE` and `ingestd retry FILE... | --all-failed`."""
+"""Operator subcommands: `ingestd check-config FILE`, `ingestd retry FILE... | --all-failed`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def check_config(argv: Sequence[str]) -> int:
     try:
         settings = resolve({}, config=load_config(ns.config), config_path=ns.config)
     except UsageError as exc:
-        print(f"ingestd check-config: {ns.config}: {exc}", file=sys.stderr)
+        message = str(exc) if str(ns.config) in str(exc) else f"{ns.config}: {exc}"
+        print(f"ingestd check-config: error: {message}", file=sys.stderr)
         return 2
     print(f"{ns.config}: ok")
     print(f"  inbox {settings.inbox}, done {settings.done_path}, failed {settings.failed_path}")
