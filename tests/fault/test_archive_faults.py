@@ -5,7 +5,6 @@ backoff and is counted, logged and alerted on."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from ingestd import archive
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
+from tests.helpers import csv_rows, drop, log_events
 from tests.invariants import check_books
 from tests.mounts import immutable, read_only_bind, remount, remount_bind, set_immutable, tmpfs
 from tests.pg import Db
@@ -31,17 +31,8 @@ table = "t"
 pk = ["id"]
 """
 BIG_ROWS = 50_000
+PADDED = "v{:012}"  # each row the same length
 LONG = "x" * 251 + ".csv"  # 255 bytes: room for neither ".error.json" nor ".1"
-
-
-def rows(n: int, tag: str = "v") -> str:
-    return "id,v\n" + "".join(f"{i},{tag}{i:012}\n" for i in range(n))
-
-
-def drop(inbox: Path, name: str, text: str) -> Path:
-    tmp = write(inbox / ".incoming.tmp", text)
-    os.rename(tmp, inbox / name)
-    return inbox / name
 
 
 def files_under(folder: Path) -> list[str]:
@@ -66,7 +57,7 @@ def test_a_full_done_volume_keeps_no_partial_copy_and_never_reloads(
     dsn: str, db: Db, tmp_path: Path
 ) -> None:
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
-    text = rows(BIG_ROWS)
+    text = csv_rows(BIG_ROWS, start=0, value=PADDED)
     assert len(text) > 900_000  # far more than the volume holds
     with tmpfs(done, "64k"):
         daemon = Daemon(tmp_path, dsn, CONFIG)
@@ -119,7 +110,7 @@ def test_a_manifest_row_deleted_while_the_move_waits_is_noticed_and_recorded_aga
     restart loaded the file again). Now the next retry notices it as the workers do: one
     ERROR line, not ready, the row recorded again as success with its rows."""
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
-    text = rows(BIG_ROWS)
+    text = csv_rows(BIG_ROWS, start=0, value=PADDED)
     with tmpfs(done, "64k"):
         daemon = Daemon(tmp_path, dsn, CONFIG)
         try:
@@ -171,7 +162,7 @@ def test_a_read_only_failed_folder_keeps_the_failed_file_without_reloading_it(
         try:
             daemon.wait_ready()
             bad = drop(inbox, "bad.csv", "v\nno key column\n")
-            drop(inbox, "good.csv", rows(5))
+            drop(inbox, "good.csv", csv_rows(5, start=0, value=PADDED))
             errors = {"folder": "failed", "reason": "read_only"}
             wait_for(lambda: daemon.metric("ingest_archive_errors_total", **errors) >= 2,
                      timeout_s=60, what="a failed move and its first retry")  # fmt: skip
@@ -207,14 +198,13 @@ def test_a_read_only_failed_folder_keeps_the_failed_file_without_reloading_it(
 
 def test_an_immutable_done_folder_under_once_runs(cli, db: Db, tmp_path: Path) -> None:
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
-    f = write(inbox / "a.csv", rows(20))
+    f = write(inbox / "a.csv", csv_rows(20, start=0, value=PADDED))
     args = ("--inbox", inbox, "--table", "t", "--pk", "id")
     with immutable(done):
         for run in range(2):
             result = cli("--once", *args)
             assert result.code == 0, result.err[-2000:]
-            lines = [json.loads(x) for x in result.err.splitlines() if x.startswith("{")]
-            failures = [x for x in lines if x["event"] == "archive_failed"]
+            failures = log_events(result.err, "archive_failed")
             one_line_failures(failures, "done", "permission", "a.csv")
             assert "Traceback" not in result.err
             assert f.exists() and files_under(done) == []
@@ -240,7 +230,7 @@ def test_255_byte_names_get_their_sidecar_and_their_numbered_second_version(
         daemon.wait_ready()
         for version in (1, 2):
             drop(inbox, LONG, f"v\nno key column, version {version}\n")
-            drop(inbox, good_name, rows(10 * version, f"r{version}-"))
+            drop(inbox, good_name, csv_rows(10 * version, start=0, value=f"r{version}-{{:012}}"))
             wait_for(lambda: not list(inbox.glob("*.csv")), what=f"version {version} moved")
         day = done / time.strftime("%Y-%m-%d")
         assert sorted(p.name for p in day.iterdir()) == sorted(
@@ -273,7 +263,7 @@ def test_255_byte_names_get_their_sidecar_and_their_numbered_second_version(
 
 def test_check_books_names_every_disagreement(cli, db: Db, tmp_path: Path) -> None:
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
-    write(inbox / "a.csv", rows(3))
+    write(inbox / "a.csv", csv_rows(3, start=0, value=PADDED))
     write(inbox / "bad.csv", "v\nno key column\n")
     assert cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id").code == 1
     check_books(db, inbox, done, failed, "t")  # an honest run agrees

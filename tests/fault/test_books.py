@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
+from tests.helpers import csv_rows, drop, files_with_status, slow_inserts
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -43,29 +44,7 @@ mode = "append"
 def _slow_events(db: Db, sleep_s: float) -> None:
     """An append target whose every insert takes `sleep_s`: the test acts between batches."""
     db.execute("CREATE TABLE events (id bigint, v text)")
-    db.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-               f"$$ BEGIN PERFORM pg_sleep({sleep_s}); RETURN NULL; END $$")  # fmt: skip
-    db.execute(
-        "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()"
-    )
-
-
-def _numbers(first: int, count: int) -> str:
-    return "id,v\n" + "".join(f"{i},x\n" for i in range(first, first + count))
-
-
-def _drop(inbox: Path, name: str, text: str) -> Path:
-    """Put a file into the inbox at once (written aside, then renamed)."""
-    tmp = write(inbox / f".{name}.tmp", text)
-    os.rename(tmp, inbox / name)
-    return inbox / name
-
-
-def _status(db: Db, status: str) -> int:
-    try:
-        return int(db.val("SELECT count(*) FROM ingestion_manifest WHERE status = $1", status))
-    except asyncpg.UndefinedTableError:
-        return 0
+    slow_inserts(db, "events", sleep_s)
 
 
 def _rows(db: Db) -> tuple[int, int]:
@@ -93,8 +72,10 @@ def test_two_daemons_with_one_instance_id_never_fail_each_others_files(
             assert d.metric("ingest_instance_id_shared") == 1
         inbox = tmp_path / "inbox"
         for i in range(files):
-            _drop(inbox, f"f{i:03}.csv", _numbers(i * rows, rows))
-        wait_for(lambda: _status(db, "success") == files, timeout_s=180, what="every file")
+            drop(inbox, f"f{i:03}.csv", csv_rows(rows, start=i * rows, value="x"))
+        wait_for(
+            lambda: files_with_status(db, "success") == files, timeout_s=180, what="every file"
+        )
         manifest = db.manifest()
         assert len(manifest) == files and {m["status"] for m in manifest} == {"success"}
         assert all(m["rows"] == rows and m["owner"] == "same" for m in manifest)
@@ -122,7 +103,7 @@ def _loading_daemon(db: Db, dsn: str, tmp_path: Path, rows: int) -> tuple[Daemon
     _slow_events(db, 0.1)
     d = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
     d.wait_ready()
-    _drop(tmp_path / "inbox", "big.csv", _numbers(0, rows))
+    drop(tmp_path / "inbox", "big.csv", csv_rows(rows, start=0, value="x"))
     wait_for(lambda: db.progress() >= 300, what="a few batches")
     return d, tmp_path / "inbox" / "big.csv"
 
@@ -138,7 +119,7 @@ def test_manifest_dropped_under_a_daemon_stops_loading_and_a_restart_refuses(
         assert error["level"] == "ERROR" and "restore it from a backup" in error["error"]
         assert d.metric("ingest_manifest_missing") == 1
         committed = _rows(db)
-        _drop(tmp_path / "inbox", "later.csv", _numbers(10_000, 10))
+        drop(tmp_path / "inbox", "later.csv", csv_rows(10, start=10_000, value="x"))
         time.sleep(2)  # a few rescans: none may load, recreate the manifest or log per file
         assert d.proc.poll() is None and d.get("/readyz")[0] == 503
         assert db.val("SELECT to_regclass('ingestion_manifest')") is None
@@ -179,7 +160,9 @@ def test_manifest_row_deleted_under_a_daemon_stops_loading_then_resumes_after_re
     again = Daemon(tmp_path, dsn, APPEND.format(chunk=100))
     try:
         again.wait_ready()
-        wait_for(lambda: _status(db, "success") == 1, timeout_s=60, what="the file finished")
+        wait_for(
+            lambda: files_with_status(db, "success") == 1, timeout_s=60, what="the file finished"
+        )
         assert again.events("file_resumed")
     finally:
         assert again.stop() == 0
@@ -206,7 +189,7 @@ def test_truncated_file_is_refused_on_top_of_its_committed_rows(
     _slow_events(db, 0.05)
     inbox = tmp_path / "inbox"
     rows = 4000
-    text = _numbers(0, rows)
+    text = csv_rows(rows, start=0, value="x")
     f = inbox / f"data{suffix}"
 
     def encode(data: bytes) -> bytes:
@@ -259,7 +242,7 @@ def test_same_bytes_under_two_names_load_once_in_append_mode(
     cli: object, db: Db, tmp_path: Path
 ) -> None:
     inbox = tmp_path / "inbox"
-    text = _numbers(0, 500)
+    text = csv_rows(500, start=0, value="x")
     write(inbox / "a.csv", text)
     write(inbox / "b.csv", text)
     result = cli("--once", "--inbox", inbox, "--table", "events", "--mode", "append")  # type: ignore[operator]
@@ -310,7 +293,7 @@ def test_a_copy_of_bytes_whose_load_failed_midway_is_refused_not_skipped(
 
 
 def test_same_file_for_another_table_loads_there_too(cli: object, db: Db, tmp_path: Path) -> None:
-    f = write(tmp_path / "f.csv", _numbers(0, 30))
+    f = write(tmp_path / "f.csv", csv_rows(30, start=0, value="x"))
     for table in ("first", "second"):
         result = cli("--files", f, "--table", table, "--mode", "append")  # type: ignore[operator]
         assert result.code == 0, result.err
@@ -360,7 +343,7 @@ def test_lock_held_on_the_target_waits_lock_timeout_and_says_who(
 ) -> None:
     db.execute("CREATE TABLE events (id bigint, v text)")
     inbox = tmp_path / "inbox"
-    write(inbox / "n.csv", _numbers(0, 50))
+    write(inbox / "n.csv", csv_rows(50, start=0, value="x"))
     args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
     with _locked(dsn, "events") as pid:
         result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "1")  # type: ignore[operator]
@@ -396,7 +379,7 @@ def test_reload_failure_and_interruption_are_logged_with_context(
         d.signal(signal.SIGHUP)
         [bad] = wait_for(lambda: d.events("config_reload_failed"), what="config_reload_failed")
         assert bad["run_id"] and bad["instance_id"]
-        _drop(tmp_path / "inbox", "big.csv", _numbers(0, 3000))
+        drop(tmp_path / "inbox", "big.csv", csv_rows(3000, start=0, value="x"))
         wait_for(lambda: db.progress() >= 200, what="a few batches")
     finally:
         assert d.stop() == 0
@@ -412,7 +395,7 @@ def test_truncated_gz_counts_its_committed_rows_and_the_complete_file_is_refused
     db.execute("CREATE TABLE events (id bigint, v text)")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    whole = gzip.compress(_numbers(0, 2_000_000).encode(), compresslevel=1)
+    whole = gzip.compress(csv_rows(2_000_000, start=0, value="x").encode(), compresslevel=1)
     f = inbox / "big.csv.gz"
     f.write_bytes(whole[: len(whole) * 6 // 10])  # cut mid-stream, as an upload that died
     first = _once(inbox, dsn, "--chunk-size", "100000")
@@ -441,7 +424,7 @@ def test_manifest_dropped_under_an_idle_daemon_is_noticed(dsn: str, db: Db, tmp_
         db.execute("DROP TABLE ingestion_manifest")
         wait_for(lambda: d.get("/readyz")[0] == 503, what="not ready without a file in hand")
         assert d.events("manifest_missing") and d.metric("ingest_manifest_missing") == 1
-        _drop(tmp_path / "inbox", "x.csv", _numbers(0, 5))
+        drop(tmp_path / "inbox", "x.csv", csv_rows(5, start=0, value="x"))
         time.sleep(1.5)  # a few rescans: nothing may be claimed, nothing recreated
         assert db.val("SELECT to_regclass('ingestion_manifest')") is None
     finally:
@@ -454,7 +437,7 @@ def test_manifest_dropped_under_a_once_run_ends_it_with_exit_1(
 ) -> None:
     _slow_events(db, 0.1)
     inbox = tmp_path / "inbox"
-    write(inbox / "big.csv", _numbers(0, 3000))
+    write(inbox / "big.csv", csv_rows(3000, start=0, value="x"))
     proc = _once(inbox, dsn)
     wait_for(lambda: db.progress() >= 300, what="a few batches")
     db.execute("DROP TABLE ingestion_manifest")
@@ -473,7 +456,7 @@ def test_a_second_manifest_beside_the_rejects_table_starts_and_its_drop_is_still
     cli: object, db: Db, tmp_path: Path
 ) -> None:
     inbox = tmp_path / "inbox"
-    write(inbox / "a.csv", _numbers(0, 5))
+    write(inbox / "a.csv", csv_rows(5, start=0, value="x"))
     args = ["--once", "--files", inbox / "a.csv", "--table", "events", "--mode", "append"]
     assert cli(*args).code == 0  # type: ignore[operator]
     # A 0.1.0 rejects table carried no list: it stands for the default manifest.
@@ -509,10 +492,10 @@ def test_lock_held_on_the_manifest_names_it_and_who_and_is_no_outage(
     cli: object, dsn: str, db: Db, tmp_path: Path
 ) -> None:
     inbox = tmp_path / "inbox"
-    write(inbox / "a.csv", _numbers(0, 5))
+    write(inbox / "a.csv", csv_rows(5, start=0, value="x"))
     args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
     assert cli(*args).code == 0  # type: ignore[operator]
-    write(inbox / "b.csv", _numbers(10, 5))
+    write(inbox / "b.csv", csv_rows(5, start=10, value="x"))
     with _locked(dsn, "ingestion_manifest") as pid:
         result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "1")  # type: ignore[operator]
     assert result.code == 1, result.err
@@ -538,7 +521,7 @@ def test_summary_counts_a_retrying_file_and_only_the_rows_this_run_committed(
 ) -> None:
     _slow_events(db, 0.05)
     inbox = tmp_path / "inbox"
-    write(inbox / "big.csv", _numbers(0, 3000))
+    write(inbox / "big.csv", csv_rows(3000, start=0, value="x"))
     proc = _once(inbox, dsn)
     wait_for(lambda: db.progress() >= 300, what="a few batches")
     proc.send_signal(signal.SIGTERM)
@@ -558,7 +541,7 @@ def test_summary_counts_a_retrying_file_and_only_the_rows_this_run_committed(
     assert f": 1 loaded, 0 skipped, 0 failed; {3000 - before:,} rows in " in head
     assert f"(3,000 rows, {3000 - before:,} of them this run)" in resumed.out
 
-    write(inbox / "n.csv", _numbers(5000, 50))
+    write(inbox / "n.csv", csv_rows(50, start=5000, value="x"))
     with _locked(dsn, "events"):
         result = cli(*args, "--lock-timeout-s", "0.3", "--max-retries", "0")  # type: ignore[operator]
     assert result.code == 1

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import wait_for
+from tests.helpers import slow_inserts
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -23,11 +24,7 @@ ROWS = 2_000
 def _slow_target(db: Db) -> None:
     """Each batch takes a while, so the test can act between two batches."""
     db.execute("CREATE TABLE t (id text PRIMARY KEY, v text)")
-    db.execute(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(0.15); RETURN NULL; END $$"
-    )
-    db.execute("CREATE TRIGGER slow AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION slow()")
+    slow_inserts(db, "t", 0.15)
 
 
 def _start(inbox: Path, dsn: str) -> subprocess.Popen[str]:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.daemon import Daemon, wait_for
 from tests.fault.proxy import Proxy
+from tests.helpers import csv_rows, drop
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -47,20 +48,6 @@ def bname(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
-def rows(ids: range) -> str:
-    return "id,v\n" + "".join(f"{i},v{i}\n" for i in ids)
-
-
-def drop(folder: Path, raw_name: bytes, text: str) -> Path:
-    """Deliver a file the safe way: a dot-file renamed into place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".incoming.tmp"
-    tmp.write_text(text)
-    final = folder / bname(raw_name)
-    os.rename(tmp, final)
-    return final
-
-
 def ids(db: Db) -> list[int]:
     if not db.val("SELECT to_regclass('t')"):
         return []
@@ -72,18 +59,9 @@ def today(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, dsn: str) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: str = NO_RESCAN) -> Daemon:
-        daemon = Daemon(tmp_path, dsn, config)
-        started.append(daemon)
-        daemon.wait_ready()
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
+def start_daemon(daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """`daemons`, with rescans too rare to matter unless told otherwise."""
+    return lambda config=NO_RESCAN: daemons(config)
 
 
 def assert_alive(daemon: Daemon) -> None:
@@ -102,11 +80,11 @@ def test_daemon_loads_a_name_that_is_not_utf8_and_keeps_watching(
     still reports later files (rescans are off), in a folder with such a name too."""
     inbox = tmp_path / "inbox"
     daemon = start_daemon()
-    drop(inbox, CAFE, rows(range(1, 4)))
+    drop(inbox, CAFE, csv_rows(3))
     wait_for(lambda: ids(db) == [1, 2, 3], what="the file named caf\\xe9.csv")
-    drop(inbox / bname(b"d\xe9p\xf4t"), b"inner.csv", rows(range(4, 6)))
+    drop(inbox / bname(b"d\xe9p\xf4t"), b"inner.csv", csv_rows(2, start=4))
     wait_for(lambda: ids(db) == [1, 2, 3, 4, 5], what="a file in a folder named d\\xe9p\\xf4t")
-    drop(inbox, b"plain.csv", rows(range(6, 8)))
+    drop(inbox, b"plain.csv", csv_rows(2, start=6))
     wait_for(lambda: ids(db) == list(range(1, 8)), what="a plain file after the watcher errors")
     wait_for(lambda: (today(tmp_path) / "plain.csv").exists(), what="plain.csv archived")
     assert_alive(daemon)
@@ -131,11 +109,11 @@ def test_a_name_that_is_not_utf8_present_at_start_survives_the_rescans(
 ) -> None:
     """There at start, the file used to kill the daemon at the first rescan."""
     inbox = tmp_path / "inbox"
-    drop(inbox, CAFE, rows(range(1, 3)))
+    drop(inbox, CAFE, csv_rows(2))
     daemon = start_daemon(CONFIG.format(rescan_s=0.3))
     wait_for(lambda: ids(db) == [1, 2], what="the file present at start")
     restarts = daemon.metric("ingest_watcher_restarts_total")
-    drop(inbox, b"later.csv", rows(range(3, 4)))
+    drop(inbox, b"later.csv", csv_rows(1, start=3))
     wait_for(lambda: ids(db) == [1, 2, 3], what="a later file")
     # Several rescans later, still there and still loading.
     wait_for(lambda: len(daemon.events("file_finished")) == 2, what="two files finished")
@@ -162,11 +140,11 @@ def test_a_folder_named_not_utf8_does_not_restart_the_watcher_forever(
     restarts = daemon.metric("ingest_watcher_restarts_total")
     time.sleep(3.0)  # a dozen restarts before, at two a second
     assert daemon.metric("ingest_watcher_restarts_total") == restarts
-    drop(inbox / bname(b"d\xff"), b"in.csv", rows(range(1, 3)))
+    drop(inbox / bname(b"d\xff"), b"in.csv", csv_rows(2))
     wait_for(lambda: ids(db) == [1, 2], what="a file in the folder named d\\xff")
-    drop(inbox / bname(b"d\xff") / "deeper", b"deep.csv", rows(range(3, 5)))
+    drop(inbox / bname(b"d\xff") / "deeper", b"deep.csv", csv_rows(2, start=3))
     wait_for(lambda: ids(db) == [1, 2, 3, 4], what="a file in a folder below it")
-    drop(inbox / "plain", b"p.csv", rows(range(5, 7)))
+    drop(inbox / "plain", b"p.csv", csv_rows(2, start=5))
     wait_for(lambda: ids(db) == list(range(1, 7)), what="a file in a new UTF-8 folder")
     settled = daemon.metric("ingest_watcher_restarts_total")
     time.sleep(3.0)
@@ -226,7 +204,7 @@ def test_inbox_deleted_and_recreated_is_reported_and_watched_again(
     missing, is not ready meanwhile, and finds files promptly once it is back."""
     inbox = tmp_path / "inbox"
     daemon = start_daemon()
-    drop(inbox, b"first.csv", rows(range(1, 3)))
+    drop(inbox, b"first.csv", csv_rows(2))
     wait_for(lambda: ids(db) == [1, 2], what="a file before the inbox goes")
     shutil.rmtree(inbox)
     wait_for(lambda: daemon.get("/readyz")[0] == 503, what="not ready without an inbox")
@@ -237,7 +215,7 @@ def test_inbox_deleted_and_recreated_is_reported_and_watched_again(
     inbox.mkdir()
     wait_for(lambda: daemon.get("/readyz")[0] == 200, what="ready again")
     assert len(daemon.events("inbox_back")) == 1
-    drop(inbox, b"second.csv", rows(range(3, 5)))
+    drop(inbox, b"second.csv", csv_rows(2, start=3))
     wait_for(lambda: ids(db) == [1, 2, 3, 4], what="a file in the recreated inbox (no rescan)")
     assert_alive(daemon)
     assert daemon.stop() == 0
@@ -253,7 +231,7 @@ def test_inbox_replaced_between_two_looks_is_watched_again(
     os.rename(inbox, tmp_path / "old-inbox")
     inbox.mkdir()
     wait_for(lambda: daemon.events("inbox_back"), what="the new inbox noticed")
-    drop(inbox, b"new.csv", rows(range(1, 3)))
+    drop(inbox, b"new.csv", csv_rows(2))
     wait_for(lambda: ids(db) == [1, 2], what="a file in the new inbox (no rescan)")
     assert daemon.get("/readyz")[0] == 200
     assert daemon.stop() == 0
@@ -296,8 +274,8 @@ def test_unreadable_subfolder_is_reported_once_and_loaded_once_readable(
     be listed again."""
     prefix = _without_root_powers()
     inbox = tmp_path / "inbox"
-    drop(inbox / "open", b"a.csv", rows(range(1, 3)))
-    drop(inbox / "locked", b"b.csv", rows(range(3, 5)))
+    drop(inbox / "open", b"a.csv", csv_rows(2))
+    drop(inbox / "locked", b"b.csv", csv_rows(2, start=3))
     (inbox / "locked").chmod(0)
     daemon = Daemon(tmp_path, tcp_dsn, CONFIG.format(rescan_s=0.3), prefix=prefix)
     try:
@@ -340,7 +318,7 @@ def test_oldest_waiting_counts_only_files_still_waiting(
     # Held open by its writer, an upload never settles: it waits until it is renamed.
     away = inbox / "x.csv.uploading"
     with away.open("w") as fh:
-        fh.write(rows(range(1, 3)))
+        fh.write(csv_rows(2))
         fh.flush()
         wait_for(lambda: oldest() > 0, what="the upload counted as waiting")
         os.rename(away, tmp_path / "taken.csv")  # taken out of the inbox
@@ -348,7 +326,7 @@ def test_oldest_waiting_counts_only_files_still_waiting(
 
     here = inbox / "y.csv.uploading"
     with here.open("w") as fh:
-        fh.write(rows(range(3, 5)))
+        fh.write(csv_rows(2, start=3))
         fh.flush()
         wait_for(lambda: oldest() > 0, what="the second upload counted as waiting")
         os.rename(here, inbox / "y.csv")  # finished: renamed to its real name
@@ -376,8 +354,8 @@ def test_once_reports_an_unreadable_folder_and_refuses_an_unreadable_inbox(
     rest loads; an inbox it cannot list is one readable line and exit 2, not '0 loaded'."""
     prefix = _without_root_powers()
     inbox = tmp_path / "inbox"
-    drop(inbox, b"a.csv", rows(range(1, 3)))
-    drop(inbox / "locked", b"b.csv", rows(range(3, 5)))
+    drop(inbox, b"a.csv", csv_rows(2))
+    drop(inbox / "locked", b"b.csv", csv_rows(2, start=3))
     (inbox / "locked").chmod(0)
     base = ("--dsn", tcp_dsn, "--metrics-addr", "off", "--table", "t", "--pk", "id")
     try:
@@ -424,7 +402,7 @@ def test_settings_that_would_loop_are_refused_at_start_and_by_check_config(
     """done_dir set to the inbox reloaded every file on every rescan (duplicates in append
     mode). Such settings are now refused, in one line, before anything is read or moved."""
     inbox = tmp_path / "inbox"
-    drop(inbox, b"a.csv", rows(range(1, 3)))
+    drop(inbox, b"a.csv", csv_rows(2))
     (tmp_path / "linked").symlink_to(inbox / "sub", target_is_directory=True)
     config = tmp_path / "ingestd.toml"
     config.write_text(NO_RESCAN.replace("shutdown_grace_s = 20", setting))
@@ -454,7 +432,7 @@ def test_an_inbox_that_cannot_be_created_is_waited_for(dsn: str, db: Db, tmp_pat
         (tmp_path / "mnt").unlink()
         (tmp_path / "mnt" / "inbox").mkdir(parents=True)
         daemon.wait_ready()
-        drop(tmp_path / "mnt" / "inbox", b"a.csv", rows(range(1, 3)))
+        drop(tmp_path / "mnt" / "inbox", b"a.csv", csv_rows(2))
         wait_for(lambda: ids(db) == [1, 2], what="a file in the inbox once it exists")
         assert daemon.stop() == 0
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
 from tests.fault.server import ControlledServer
+from tests.helpers import csv_rows, drop, row_count
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -32,41 +32,31 @@ table = "t"
 """
 
 
-def rows(n: int, start: int = 1) -> str:
-    return "id,v\n" + "".join(f"{i},v{i}\n" for i in range(start, start + n))
-
-
-def drop(inbox: Path, name: str, text: str) -> None:
-    tmp = write(inbox / f".{name}.tmp", text)
-    os.rename(tmp, inbox / name)
-
-
-def count(db: Db) -> int:
-    try:
-        return int(db.val("SELECT count(*) FROM t"))
-    except Exception:
-        return -1
-
-
 def test_database_outage_files_wait_then_load(
     own_server: ControlledServer, own_dsn: str, own_db: Db, tmp_path: Path
 ) -> None:
     daemon = Daemon(tmp_path, own_dsn, CONFIG.format(extra="", contract='pk = ["id"]'))
     try:
         daemon.wait_ready()
-        drop(tmp_path / "inbox", "before.csv", rows(3))
-        wait_for(lambda: count(own_db) == 3, what="a file while the server is up")
+        drop(tmp_path / "inbox", "before.csv", csv_rows(3))
+        wait_for(
+            lambda: row_count(own_db, unreachable=-1) == 3, what="a file while the server is up"
+        )
 
         own_server.stop("fast")
         wait_for(lambda: daemon.get("/readyz")[0] == 503, what="not ready during the outage")
-        drop(tmp_path / "inbox", "during.csv", rows(4, start=100))
+        drop(tmp_path / "inbox", "during.csv", csv_rows(4, start=100))
         time.sleep(2)
         assert (tmp_path / "inbox" / "during.csv").exists()  # waiting, not failed
         assert not (tmp_path / "failed").exists()
         assert daemon.proc.poll() is None
 
         own_server.start()
-        wait_for(lambda: count(own_db) == 7, timeout_s=40, what="the waiting file after the outage")
+        wait_for(
+            lambda: row_count(own_db, unreachable=-1) == 7,
+            timeout_s=40,
+            what="the waiting file after the outage",
+        )
         wait_for(lambda: daemon.get("/readyz")[0] == 200, what="ready again")
         statuses = [m["status"] for m in own_db.manifest()]
         assert statuses == ["success", "success"]
@@ -81,7 +71,7 @@ def test_server_restart_mid_file_finishes_without_duplicates(
     own_server: ControlledServer, own_dsn: str, own_db: Db, tmp_path: Path, mode: str
 ) -> None:
     total = 300_000
-    f = write(tmp_path / "big.csv", rows(total))
+    f = write(tmp_path / "big.csv", csv_rows(total))
     cmd = [
         sys.executable, "-m", "ingestd", "--once", "--files", str(f), "--dsn", own_dsn,
         "--table", "t", "--mode", "append", "--chunk-size", "5000", "--max-retries", "8",

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
+from tests.helpers import files_with_status, slow_inserts
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -31,23 +32,12 @@ mode = "append"
 """
 
 
-def _done(db: Db) -> int:
-    try:
-        return int(db.val("SELECT count(*) FROM ingestion_manifest WHERE status = 'success'"))
-    except Exception:
-        return 0
-
-
 def test_three_instances_one_killed_every_file_and_row_exactly_once(
     dsn: str, db: Db, tmp_path: Path
 ) -> None:
     # Each batch takes a little while, so every instance has files in hand at any moment.
     db.execute("CREATE TABLE events (id bigint, file text)")
-    db.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-               "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NULL; END $$")  # fmt: skip
-    db.execute(
-        "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()"
-    )
+    slow_inserts(db, "events", 0.01)
     instances = {
         name: Daemon(tmp_path, dsn, CONFIG, ("--instance-id", name)) for name in ("a", "b", "c")
     }
@@ -59,7 +49,11 @@ def test_three_instances_one_killed_every_file_and_row_exactly_once(
             body = "".join(f"{i * ROWS + j},f{i}\n" for j in range(ROWS))
             tmp = write(inbox / f".f{i:03}.tmp", "id,file\n" + body)
             os.rename(tmp, inbox / f"f{i:03}.csv")
-        wait_for(lambda: _done(db) >= FILES // 3, timeout_s=120, what="a third of the files")
+        wait_for(
+            lambda: files_with_status(db, "success") >= FILES // 3,
+            timeout_s=120,
+            what="a third of the files",
+        )
 
         instances["b"].signal(signal.SIGKILL)
         instances["b"].proc.wait(10)
@@ -67,7 +61,9 @@ def test_three_instances_one_killed_every_file_and_row_exactly_once(
         orphans = [r["id"] for r in db.fetch(pending_of_b)]
         assert orphans, "b had no file in hand when it was killed"
 
-        wait_for(lambda: _done(db) == FILES, timeout_s=180, what="every file")
+        wait_for(
+            lambda: files_with_status(db, "success") == FILES, timeout_s=180, what="every file"
+        )
         manifest = db.manifest()
         assert len(manifest) == FILES
         assert len({m["filename"] for m in manifest}) == FILES

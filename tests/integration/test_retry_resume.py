@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import write
+from tests.helpers import csv_rows
 from tests.pg import Db
 
 ROWS = 1000
 
 
 def _numbers(path: Path, rows: int = ROWS) -> Path:
-    return write(path, "id,v\n" + "".join(f"{i},v{i}\n" for i in range(1, rows + 1)))
+    return write(path, csv_rows(rows))
 
 
 def _kill_on_insert(db: Db, table: str, nth: int | str) -> None:
