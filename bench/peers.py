@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from bench.data import COLUMNS, DELIMITER, PK, SCHEMA
 
+COPY_BINARY_TRAILER = b"\xff\xff"  # the field count -1 that ends a COPY BINARY stream
 BATCH_ROWS = 100_000  # Parquet batches and the text stage's transactions
 
 # The DuckDB extension wheel and the DuckDB release must match (pinned together in the extra).
@@ -246,7 +247,8 @@ def _per_batch(reader: pa.RecordBatchReader) -> Iterator[bytes]:
     encoder = ArrowToPostgresBinaryEncoder(reader.schema)
     header = encoder.write_header()
     for batch in reader:
-        yield header + encoder.write_batch(batch) + encoder.finish()
+        # The encoder writes one trailer and then refuses batches: write it here.
+        yield header + encoder.write_batch(batch) + COPY_BINARY_TRAILER
 
 
 async def _spread(
@@ -264,10 +266,12 @@ async def _spread(
         q: asyncio.Queue[bytes | None] = asyncio.Queue(connections)
 
         async def pump() -> None:
-            async for chunk in _threaded(chunks):
-                await q.put(chunk)
-            for _ in conns:
-                await q.put(None)
+            try:
+                async for chunk in _threaded(chunks):
+                    await q.put(chunk)
+            finally:  # a failed reader must not leave the workers waiting
+                for _ in conns:
+                    await q.put(None)
 
         async def work(conn: asyncpg.Connection) -> None:
             while (chunk := await q.get()) is not None:
