@@ -9,10 +9,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.daemon import Daemon
+from tests.fault.proxy import Proxy
+from tests.helpers import unix_socket
 from tests.helpers import write as write  # tests import it from here too
 from tests.pg import Db, fresh_database, server
 
@@ -73,6 +76,22 @@ def cli(dsn: str) -> object:
         return run_cli([*base, *map(str, args)])
 
     return call
+
+
+@pytest.fixture
+def tcp_dsn(dsn: str) -> Iterator[str]:
+    """The test database over TCP: a process without root's powers cannot reach the embedded
+    server's socket folder (mode 0700, another owner)."""
+    socket_path = unix_socket(dsn)
+    if socket_path is None:
+        yield dsn
+        return
+    proxy = Proxy(socket_path).start()
+    parts = urlsplit(dsn)
+    try:
+        yield f"postgresql://{parts.username or 'postgres'}@127.0.0.1:{proxy.port}{parts.path}"
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import pytest
 
 from tests.pg import Db
 
@@ -79,6 +81,20 @@ def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
     return [e for e in events if name is None or e.get("event") == name]
 
 
-def ingestd_command(*args: object) -> list[str]:
-    """The command line that runs ingestd in a child process with this interpreter."""
-    return [sys.executable, "-m", "ingestd", *map(str, args)]
+def unix_socket(dsn: str) -> str | None:
+    """The server's Unix socket when the DSN names a socket folder (the embedded server)."""
+    parts = urlsplit(dsn)
+    host = parse_qs(parts.query).get("host", [""])[0]
+    return f"{host}/.s.PGSQL.{parts.port or 5432}" if host.startswith("/") else None
+
+
+def without_root_powers() -> tuple[str, ...]:
+    """A command prefix under which chmod 000 really denies (root reads anything); skips the
+    test as root without setpriv. Both sets go: an inheritable capability would come back."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: chmod 000 cannot deny a read")
+    caps = "-dac_override,-dac_read_search"
+    return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")

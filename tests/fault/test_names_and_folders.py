@@ -14,15 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.daemon import Daemon, wait_for
-from tests.fault.proxy import Proxy
-from tests.helpers import csv_rows, drop
+from tests.helpers import csv_rows, drop, without_root_powers
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -240,39 +238,13 @@ def test_inbox_replaced_between_two_looks_is_watched_again(
 # --- an unreadable folder ----------------------------------------------------------------
 
 
-def _without_root_powers() -> tuple[str, ...]:
-    """A command prefix under which chmod 000 really denies (root reads anything)."""
-    if os.geteuid() != 0:
-        return ()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: chmod 000 cannot deny a read")
-    return (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--")
-
-
-@pytest.fixture
-def tcp_dsn(dsn: str) -> Iterator[str]:
-    """The test database over TCP: a daemon without root's powers cannot reach the embedded
-    server's socket folder (mode 0700, another owner)."""
-    parts = urlsplit(dsn)
-    host = parse_qs(parts.query).get("host", [""])[0]
-    if not host.startswith("/"):
-        yield dsn
-        return
-    proxy = Proxy(f"{host}/.s.PGSQL.{parts.port or 5432}").start()
-    try:
-        yield f"postgresql://{parts.username or 'postgres'}@127.0.0.1:{proxy.port}{parts.path}"
-    finally:
-        proxy.stop()
-
-
 def test_unreadable_subfolder_is_reported_once_and_loaded_once_readable(
     tcp_dsn: str, db: Db, tmp_path: Path
 ) -> None:
     """Skipped for ever without a word before. Now: one warning with the reason (not one
     per rescan), a gauge, readable siblings load, and the folder's files load once it can
     be listed again."""
-    prefix = _without_root_powers()
+    prefix = without_root_powers()
     inbox = tmp_path / "inbox"
     drop(inbox / "open", b"a.csv", csv_rows(2))
     drop(inbox / "locked", b"b.csv", csv_rows(2, start=3))
@@ -352,7 +324,7 @@ def test_once_reports_an_unreadable_folder_and_refuses_an_unreadable_inbox(
 ) -> None:
     """--once: the folder it cannot list is named (its file is not silently absent), the
     rest loads; an inbox it cannot list is one readable line and exit 2, not '0 loaded'."""
-    prefix = _without_root_powers()
+    prefix = without_root_powers()
     inbox = tmp_path / "inbox"
     drop(inbox, b"a.csv", csv_rows(2))
     drop(inbox / "locked", b"b.csv", csv_rows(2, start=3))

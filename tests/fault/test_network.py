@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import write
 from tests.fault.proxy import Fault, Proxy, after_bytes, commit_number
 from tests.fault.server import ControlledServer
+from tests.helpers import unix_socket
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -23,8 +24,9 @@ TOTAL = 100_000
 
 @pytest.fixture
 def proxy(own_server: ControlledServer) -> Iterator[Proxy]:
-    host = dict(p.split("=", 1) for p in urlsplit(own_server.dsn).query.split("&"))["host"]
-    proxy = Proxy(f"{host}/.s.PGSQL.5432").start()
+    socket_path = unix_socket(own_server.dsn)
+    assert socket_path, own_server.dsn  # a server of the test's own listens on a socket
+    proxy = Proxy(socket_path).start()
     yield proxy
     proxy.stop()
 

@@ -8,12 +8,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import pytest
 
 from tests.conftest import write
-from tests.fault.proxy import Proxy
+from tests.helpers import without_root_powers
 from tests.pg import Db
 
 BAD = Path(__file__).parent.parent / "data" / "bad"
@@ -107,27 +104,19 @@ def test_symlink_to_a_file_outside_the_inbox_is_never_read(cli, db: Db, tmp_path
     assert "link.csv" in result.err and '"file_ignored"' in result.err
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
-def test_unreadable_file_fails_alone(dsn: str, db: Db, tmp_path: Path) -> None:
+def test_unreadable_file_fails_alone(tcp_dsn: str, db: Db, tmp_path: Path) -> None:
     # Root reads every file, so ingestd runs here without the capabilities that let it,
     # as an unprivileged service account would.
     inbox = tmp_path / "inbox"
     write(inbox / "good.csv", "id,v\n1,a\n")
     write(inbox / "locked.csv", "id,v\n2,b\n").chmod(0o000)
-    drop = "-dac_override,-dac_read_search"
-    # Without those capabilities the server's socket directory is out of reach too: go by TCP.
-    host = dict(p.split("=", 1) for p in urlsplit(dsn).query.split("&"))["host"]
-    proxy = Proxy(f"{host}/.s.PGSQL.5432").start()
-    try:
-        tcp_dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}{urlsplit(dsn).path}"
-        result = subprocess.run(
-            ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", "--",
-             sys.executable, "-m", "ingestd", "--once", "--inbox", str(inbox), "--dsn", tcp_dsn,
-             "--table", "t", "--pk", "id", "--metrics-addr", "off"],
-            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
-        )  # fmt: skip
-    finally:
-        proxy.stop()
+    # Without those capabilities the server's socket directory is out of reach too: tcp_dsn.
+    result = subprocess.run(
+        [*without_root_powers(),
+         sys.executable, "-m", "ingestd", "--once", "--inbox", str(inbox), "--dsn", tcp_dsn,
+         "--table", "t", "--pk", "id", "--metrics-addr", "off"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
     assert db.fetch("SELECT id FROM t") == [{"id": "1"}]
     sidecar = json.loads((tmp_path / "failed" / "locked.csv.error.json").read_text())
