@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_keys(contract, CsvOptions)
     commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, text in COMMANDS.items():
-        # Each command parses the rest itself: REMAINDER hands it over untouched.
-        sub = commands.add_parser(name, help=text, add_help=False)
+        # Each command parses the rest itself: REMAINDER hands it over untouched, and a
+        # prefix no argument has keeps argparse from reading `--dsn` as an option here.
+        sub = commands.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         sub.add_argument("command_args", nargs=argparse.REMAINDER)
     return p
 

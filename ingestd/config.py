@@ -393,8 +393,9 @@ def _convert(name: str, hint: Any, given: Given, meta: Key) -> Any:
     raise TypeError(f"no conversion for {name}: {hint}")  # pragma: no cover - a new field
 
 
-def _wrong(given: Given, expected: str) -> UsageError:
-    return UsageError(f"{given.origin} must be {expected}, not {given.value!r}")
+def _wrong(given: Given, expected: str, value: Any = None) -> UsageError:
+    shown = given.value if value is None else value
+    return UsageError(f"{given.origin} must be {expected}, not {shown!r}")
 
 
 def _str(given: Given) -> str:
@@ -424,7 +425,7 @@ def _int(given: Given, minimum: float | None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _wrong(given, "a whole number")
     if minimum is not None and value < minimum:
-        raise _wrong(given, f"at least {minimum:g}")
+        raise _wrong(given, f"at least {minimum:g}", value)
     return value
 
 
@@ -438,7 +439,7 @@ def _float(given: Given, minimum: float | None) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
         raise _wrong(given, "a number")
     if minimum is not None and value < minimum:
-        raise _wrong(given, f"at least {minimum:g}")
+        raise _wrong(given, f"at least {minimum:g}", value)
     return float(value)
 
 
@@ -450,7 +451,13 @@ def _choice(given: Given, allowed: tuple[Any, ...]) -> Any:
 
 
 def _path(given: Given) -> Path:
-    path = Path(_str(given)).expanduser()
+    text = _str(given)
+    if not text or "\0" in text:  # the file system cannot name it
+        raise _wrong(given, "a path")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        raise _wrong(given, "a path (~ names no known user)") from None
     if given.base is not None and not path.is_absolute():
         return given.base / path
     return path

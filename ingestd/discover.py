@@ -130,9 +130,6 @@ class Settler:
         self._on_gone = on_gone
         self._on_unreadable = on_unreadable
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
     def __contains__(self, path: object) -> bool:
         return path in self._seen
 

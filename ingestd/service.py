@@ -158,6 +158,15 @@ class Service:
         try:
             await self.endpoint.start(*addr)
         except OSError as exc:
+            if self.settings.once and "metrics_addr" not in self.settings.given:
+                # The default address, most likely the daemon's on this host: a backfill
+                # beside it goes on without an endpoint (DESIGN.md, Metrics).
+                log.warning(
+                    "metrics_endpoint_skipped",
+                    extra={"addr": f"{addr[0]}:{addr[1]}", "error": exc.strerror},
+                )
+                self.endpoint = None
+                return
             raise UsageError(
                 f"cannot serve metrics on {addr[0]}:{addr[1]}: {exc.strerror}; "
                 "choose another --metrics-addr or turn it off with --metrics-addr off"

@@ -371,7 +371,7 @@ def test_lock_timeout_and_policies_resolve_flag_env_config(tmp_path: Path, monke
     try:
         resolve({**base, "on_new_version": "replace"}, env={})
     except UsageError as exc:
-        assert "on_new_version" in str(exc) and "refuse, append" in str(exc)
+        assert "--on-new-version" in str(exc) and "refuse, append" in str(exc)
     else:
         raise AssertionError("an unknown on_new_version was accepted")
 
