@@ -57,6 +57,14 @@ def row_count(db: Db, table: str = "t", *, unreachable: int | None = None) -> in
         return unreachable
 
 
+def counts(db: Db, table: str = "t") -> tuple[int, int]:
+    """(rows, distinct ids) in `table`: equal when no row was loaded twice."""
+    return (
+        int(db.val(f"SELECT count(*) FROM {table}")),
+        int(db.val(f"SELECT count(DISTINCT id) FROM {table}")),
+    )
+
+
 def files_with_status(db: Db, status: str) -> int:
     """Manifest rows with `status` (0 before the manifest exists)."""
     try:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
-from tests.helpers import csv_rows, drop, files_with_status, slow_inserts
+from tests.helpers import counts, csv_rows, drop, files_with_status, slow_inserts
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -45,13 +45,6 @@ def _slow_events(db: Db, sleep_s: float) -> None:
     """An append target whose every insert takes `sleep_s`: the test acts between batches."""
     db.execute("CREATE TABLE events (id bigint, v text)")
     slow_inserts(db, "events", sleep_s)
-
-
-def _rows(db: Db) -> tuple[int, int]:
-    return (
-        int(db.val("SELECT count(*) FROM events")),
-        int(db.val("SELECT count(DISTINCT id) FROM events")),
-    )
 
 
 # --- two processes, one instance id -------------------------------------------------------
@@ -80,7 +73,7 @@ def test_two_daemons_with_one_instance_id_never_fail_each_others_files(
         assert len(manifest) == files and {m["status"] for m in manifest} == {"success"}
         assert all(m["rows"] == rows and m["owner"] == "same" for m in manifest)
         assert len({m["owner_token"] for m in manifest}) == 2  # both loaded, told apart
-        assert _rows(db) == (files * rows, files * rows)
+        assert counts(db, "events") == (files * rows, files * rows)
         loaded = 0.0
         for d in twins:
             assert d.metric("ingest_files_processed_total", file_type="csv", status="failed") == 0
@@ -118,12 +111,12 @@ def test_manifest_dropped_under_a_daemon_stops_loading_and_a_restart_refuses(
         [error] = wait_for(lambda: d.events("manifest_missing"), what="manifest_missing")
         assert error["level"] == "ERROR" and "restore it from a backup" in error["error"]
         assert d.metric("ingest_manifest_missing") == 1
-        committed = _rows(db)
+        committed = counts(db, "events")
         drop(tmp_path / "inbox", "later.csv", csv_rows(10, start=10_000, value="x"))
         time.sleep(2)  # a few rescans: none may load, recreate the manifest or log per file
         assert d.proc.poll() is None and d.get("/readyz")[0] == 503
         assert db.val("SELECT to_regclass('ingestion_manifest')") is None
-        assert _rows(db) == committed and committed[0] == committed[1]
+        assert counts(db, "events") == committed and committed[0] == committed[1]
         assert not d.events("offer_failed") and len(d.events("manifest_missing")) == 1
         assert "Traceback" not in d.logs_text()
     finally:
@@ -135,7 +128,7 @@ def test_manifest_dropped_under_a_daemon_stops_loading_and_a_restart_refuses(
     finally:
         again.stop()
     assert "the manifest was dropped" in again.logs_text()
-    assert _rows(db) == committed  # nothing loaded twice
+    assert counts(db, "events") == committed  # nothing loaded twice
     check_books(db, tmp_path / "inbox", tmp_path / "done", tmp_path / "failed")
 
 
@@ -151,7 +144,7 @@ def test_manifest_row_deleted_under_a_daemon_stops_loading_then_resumes_after_re
         assert error["level"] == "ERROR" and "was deleted" in error["error"]
         assert "another instance" not in d.logs_text()
         [m] = wait_for(db.manifest, what="the row recorded again")
-        count, distinct = _rows(db)
+        count, distinct = counts(db, "events")
         assert (m["status"], m["rows"]) == ("failed", count) and count == distinct
         assert "recorded again" in m["notes"]
     finally:
@@ -166,7 +159,7 @@ def test_manifest_row_deleted_under_a_daemon_stops_loading_then_resumes_after_re
         assert again.events("file_resumed")
     finally:
         assert again.stop() == 0
-    assert _rows(db) == (total, total)
+    assert counts(db, "events") == (total, total)
     check_books(db, tmp_path / "inbox", tmp_path / "done", tmp_path / "failed", table="events")
 
 
@@ -208,7 +201,7 @@ def test_truncated_file_is_refused_on_top_of_its_committed_rows(
     [first] = db.manifest()
     committed = first["rows"]
     assert first["status"] == "failed" and committed > 0
-    assert _rows(db) == (committed, committed)
+    assert counts(db, "events") == (committed, committed)
     # The summary counts what was committed, also for a file that failed.
     assert f"; {committed:,} rows in" in out and f"({committed:,} rows committed)" in out
 
@@ -220,7 +213,7 @@ def test_truncated_file_is_refused_on_top_of_its_committed_rows(
     notes = refused["notes"]
     assert f"committed {committed:,} rows to events" in notes
     assert f"SET status = 'superseded' WHERE id IN ({first['id']})" in notes
-    assert _rows(db) == (committed, committed)  # nothing appended on top
+    assert counts(db, "events") == (committed, committed)  # nothing appended on top
     assert (tmp_path / "failed" / f.name).exists() and not f.exists()
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
 
@@ -232,7 +225,7 @@ def test_truncated_file_is_refused_on_top_of_its_committed_rows(
     third = _once(inbox, dsn)
     _, err = third.communicate(timeout=120)
     assert third.returncode == 0, err[-2000:]
-    assert _rows(db)[0] == _rows(db)[1] == cut.count("\n")
+    assert counts(db, "events")[0] == counts(db, "events")[1] == cut.count("\n")
 
 
 # --- the same bytes twice ------------------------------------------------------------------
@@ -404,7 +397,7 @@ def test_truncated_gz_counts_its_committed_rows_and_the_complete_file_is_refused
     [m] = db.manifest()
     committed = m["rows"]
     assert m["status"] == "failed" and committed > 0
-    assert _rows(db) == (committed, committed)
+    assert counts(db, "events") == (committed, committed)
     assert f"; {committed:,} rows in" in out and f"({committed:,} rows committed)" in out
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
 
@@ -413,7 +406,7 @@ def test_truncated_gz_counts_its_committed_rows_and_the_complete_file_is_refused
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 1
     assert f"committed {committed:,} rows to events" in out
-    assert _rows(db) == (committed, committed)  # not appended on top
+    assert counts(db, "events") == (committed, committed)  # not appended on top
     check_books(db, inbox, tmp_path / "done", tmp_path / "failed", table="events")
 
 
@@ -445,7 +438,7 @@ def test_manifest_dropped_under_a_once_run_ends_it_with_exit_1(
     assert proc.returncode == 1, err[-2000:]
     assert '"event": "manifest_missing"' in err and "Traceback" not in err
     assert "1 interrupted" in out and (inbox / "big.csv").exists()
-    count, distinct = _rows(db)
+    count, distinct = counts(db, "events")
     assert count == distinct and 300 <= count < 3000
 
 
@@ -536,7 +529,7 @@ def test_summary_counts_a_retrying_file_and_only_the_rows_this_run_committed(
     args = ["--once", "--inbox", inbox, "--table", "events", "--mode", "append"]
     resumed = cli(*args, "--chunk-size", "100")  # type: ignore[operator]
     assert resumed.code == 0, resumed.err
-    assert _rows(db) == (3000, 3000)
+    assert counts(db, "events") == (3000, 3000)
     head = resumed.out.splitlines()[0]
     assert f": 1 loaded, 0 skipped, 0 failed; {3000 - before:,} rows in " in head
     assert f"(3,000 rows, {3000 - before:,} of them this run)" in resumed.out

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import wait_for
-from tests.helpers import slow_inserts
+from tests.helpers import csv_rows, slow_inserts
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -36,7 +36,7 @@ def _start(inbox: Path, dsn: str) -> subprocess.Popen[str]:
 
 
 def _content(version: str) -> str:
-    return "id,v\n" + "".join(f"{i},{version}\n" for i in range(ROWS))
+    return csv_rows(ROWS, start=0, value=version)
 
 
 def test_file_rewritten_mid_load_is_abandoned_then_new_version_loads(

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import wait_for
+from tests.helpers import csv_rows
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -52,7 +53,7 @@ def _trial(
     db: Db, tmp_path: Path, dsn: str, rng: random.Random, name: str, *, split: bool
 ) -> tuple[int, int]:
     """One file, killed 1-3 times at random points, then finished: (rows lost, rows duplicated)."""
-    f = write(tmp_path / f"{name}.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
+    f = write(tmp_path / f"{name}.csv", csv_rows(TOTAL, start=0, value="x"))
     db.execute("DROP TABLE IF EXISTS events")
     db.execute("DROP TABLE IF EXISTS ingestion_manifest")
     db.execute("DROP TABLE IF EXISTS ingestion_rejects")  # a fresh start on purpose
@@ -71,7 +72,7 @@ def _trial(
 def test_kill_9_then_restart_loads_every_row_once(
     dsn: str, db: Db, tmp_path: Path, kill_after_rows: int
 ) -> None:
-    f = write(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
+    f = write(tmp_path / "big.csv", csv_rows(TOTAL, start=0, value="x"))
     cmd = _command(f, dsn)
     _kill_at(cmd, db, kill_after_rows, 0.01)
     _finish(cmd)
@@ -87,7 +88,7 @@ def test_kill_9_of_a_split_file_then_restart_with_one_worker(
     dsn: str, db: Db, tmp_path: Path, kill_after_rows: int
 ) -> None:
     """Segments loaded by three workers, killed; one worker finishes every segment's rest."""
-    f = write(tmp_path / "big.csv", "id,v\n" + "".join(f"{i},x\n" for i in range(TOTAL)))
+    f = write(tmp_path / "big.csv", csv_rows(TOTAL, start=0, value="x"))
     _kill_at(_command(f, dsn, split=True), db, kill_after_rows, 0.01)
     [m] = db.manifest()
     assert m["segment_ends"] is not None and len(m["segment_ends"]) == 3

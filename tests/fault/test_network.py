@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import write
 from tests.fault.proxy import Fault, Proxy, after_bytes, commit_number
 from tests.fault.server import ControlledServer
-from tests.helpers import unix_socket
+from tests.helpers import csv_rows, unix_socket
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -36,7 +36,7 @@ def _load(
 ) -> subprocess.CompletedProcess[str]:
     database = urlsplit(own_dsn).path
     dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}{database}"
-    f = write(tmp_path / "n.csv", "id,v\n" + "".join(f"{i},{'x' * 40}\n" for i in range(TOTAL)))
+    f = write(tmp_path / "n.csv", csv_rows(TOTAL, start=0, value="x" * 40))
     cmd = [
         sys.executable, "-m", "ingestd", "--once", "--files", str(f), "--dsn", dsn,
         "--table", "events", "--mode", "append", "--chunk-size", "10000", "--max-retries", "5",

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import write
 from tests.daemon import Daemon, wait_for
-from tests.helpers import drop, log_events
+from tests.helpers import csv_rows, drop, log_events
 from tests.pg import Db
 
 CHUNK_SIZES = (1, 2, 7, 50_000)
@@ -270,7 +270,7 @@ def test_a_type_change_between_two_batches_of_one_file_is_followed(
         "PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$"
     )
     db.execute("CREATE TRIGGER gate AFTER INSERT ON t2 FOR EACH STATEMENT EXECUTE FUNCTION gate()")
-    f = write(tmp_path / "t2.csv", "id,v\n" + "".join(f"{i},{i}\n" for i in range(1, 11)))
+    f = write(tmp_path / "t2.csv", csv_rows(10, value="{}"))
     gate_closed = threading.Event()
     seen: dict[str, int] = {}
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import run_cli, write
+from tests.helpers import csv_rows
 from tests.pg import Db
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_retry_refuses_files_outside_the_failed_directory(tmp_path: Path) -> Non
 
 
 def test_progress_line_on_a_terminal(dsn: str, db: Db, tmp_path: Path) -> None:
-    files = [write(tmp_path / f"p{i}.csv", "id,v\n" + "".join(f"{j},x\n" for j in range(20000)))
+    files = [write(tmp_path / f"p{i}.csv", csv_rows(20000, start=0, value="x"))
              for i in range(3)]  # fmt: skip
     leader, follower = pty.openpty()
     proc = subprocess.Popen(

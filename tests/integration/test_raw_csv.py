@@ -7,7 +7,7 @@ import gzip
 from pathlib import Path
 
 from tests.conftest import write
-from tests.helpers import log_events
+from tests.helpers import csv_rows, log_events
 from tests.pg import Db
 
 
@@ -17,7 +17,7 @@ def _via(err: str) -> list[str]:
 
 def _rows(n: int, *, quoted_newlines: bool = False) -> str:
     value = '"two\nlines, ""quoted"""' if quoted_newlines else "plain"
-    return "id,v\n" + "".join(f"{i},{value}\n" for i in range(n))
+    return csv_rows(n, start=0, value=value)
 
 
 def test_plain_csv_goes_as_raw_segments_of_about_chunk_size(cli, db: Db, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_latin1_file_goes_raw_with_copy_encoding(cli, db: Db, tmp_path: Path) ->
 def test_ascii_reads_alike_on_every_path(cli, db: Db, tmp_path: Path) -> None:
     # A byte past 127 after the first megabyte (what a header read sees): COPY under UTF8
     # would have loaded it as "café" where Arrow refuses it.
-    body = "id,v\n" + "".join(f"{i},filler\n" for i in range(200_000)) + "999999,café\n"
+    body = csv_rows(200_000, start=0, value="filler") + "999999,café\n"
     plain = write(tmp_path / "a.csv", body)
     packed = tmp_path / "gz" / "a.csv.gz"
     packed.parent.mkdir()
