@@ -14,18 +14,29 @@ class UsageError(IngestdError):
 class FileError(IngestdError):
     """A permanent problem with one file: it fails alone and goes to the failed directory."""
 
-    def __init__(self, message: str, *, row: int | None = None, sqlstate: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        row: int | None = None,
+        sqlstate: str | None = None,
+        error_class: str | None = None,
+    ):
         super().__init__(message)
         self.row = row
         self.sqlstate = sqlstate
+        self.error_class = error_class  # set by the database layer: the db error metric's label
 
 
 class RetryableError(IngestdError):
     """Transient trouble (connection lost, server restarting, deadlock): retry with backoff."""
 
-    def __init__(self, message: str, *, sqlstate: str | None = None):
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, error_class: str | None = None
+    ):
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.error_class = error_class  # set by the database layer: the db error metric's label
 
 
 class DatabaseUnavailableError(IngestdError):

@@ -13,14 +13,14 @@ import pyarrow as pa
 
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
-from ingestd.db.errors import translate
+from ingestd.db.errors import BatchError
 from ingestd.db.manifest import Manifest
 from ingestd.db.merge import apply_batch
 from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
-from ingestd.exceptions import FileError, IngestdError, Interrupted
+from ingestd.exceptions import FileError, Interrupted
 from ingestd.metrics import Metrics
 from ingestd.progress import Progress
 from ingestd.read.csv_reader import parse_segment
@@ -31,7 +31,7 @@ from ingestd.settings import Settings
 if TYPE_CHECKING:
     from ingestd.split import Help
 
-log = logging.getLogger("ingestd.pipeline")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -158,34 +158,32 @@ class BatchLoader:
         the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
         """
         conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
-        cause: BaseException | None = None
         try:
-            async with conn.transaction():
+            async with conn.atomic():
                 rows, written = await apply_batch(
                     conn, self.target, self.stage, mode, piece.payload, piece.fmt
                 )
                 await self._checkpoint(piece, done, rows)
             return rows, written, 0
-        except IngestdError as exc:
-            error: IngestdError = exc
-        except Exception as exc:
-            first_row = await done.rows_before() + 1
-            quote = piece.raw.quote if piece.raw is not None else '"'
-            error = translate(exc, first_row=first_row, payload=piece.payload, quote=quote)
-            cause = exc
-        if piece.raw is not None and isinstance(error, FileError):
+        except FileError as exc:
+            refused = exc
+        if piece.raw is not None:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
             # other file (a malformed row is then reported by the reader, with its row).
-            return await self._commit(self._through_arrow(piece, await done.rows_before()), done)
+            before = await done.rows_before()
+            return await self._commit(await self._through_arrow(piece, before), done)
+        error = refused
+        if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
+            error = refused.at(await done.rows_before() + 1)
         batch = piece.batch
         budget = self.job.contract.max_bad_rows
         if batch is None or not is_bad_data(error) or piece.span is not None:
-            raise error from cause
+            raise error from refused.__cause__
         allowed = budget.allowed(done.rows + batch.num_rows) - done.rejected
         if allowed <= 0:
-            raise error from cause
-        async with conn.transaction():
+            raise error from refused.__cause__
+        async with conn.atomic():
             sorting = Sorting(conn, self.target, self.stage, mode, batch, done.rows + 1)
             written, rejects = await load_sorting_out(sorting, allowed, budget)
             await self.ctx.manifest.record_rejects(
@@ -211,12 +209,18 @@ class BatchLoader:
                 self.conn, claim_id, span.segment, span.start, span.end, rows
             )
 
-    def _through_arrow(self, piece: Piece, before: int) -> Piece:
-        assert piece.raw is not None  # noqa: S101 - only raw pieces come here
-        batch = parse_segment(bytes(piece.payload), self.job.contract, piece.raw, before)
+    async def _through_arrow(self, piece: Piece, before: int) -> Piece:
+        """A raw piece parsed and encoded by ingestd, in a thread: the loop only waits."""
+        raw = piece.raw
+        assert raw is not None  # noqa: S101 - only raw pieces come here
         ordinal = self.stage is not None
-        payload = encode_batch(batch, before + 1, ordinal=ordinal)
-        return Piece(payload, CopyFormat(ordinal=ordinal), batch, span=piece.span)
+
+        def parse() -> Piece:
+            batch = parse_segment(bytes(piece.payload), self.job.contract, raw, before)
+            payload = encode_batch(batch, before + 1, ordinal=ordinal)
+            return Piece(payload, CopyFormat(ordinal=ordinal), batch, span=piece.span)
+
+        return await asyncio.to_thread(parse)
 
 
 async def read_ahead(produce: Callable[[], Piece | None]) -> AsyncIterator[Piece]:

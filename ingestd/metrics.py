@@ -68,6 +68,12 @@ class Metrics:
         self.db_errors = Counter(
             "ingest_db_errors", "Database errors, by class.", ["error_class"], registry=r
         )
+        self.internal_errors = Counter(
+            "ingest_internal_errors",
+            "Bugs in ingestd met while offering or loading a file (each logged as "
+            "internal_error with its traceback; the file stays pending in the inbox).",
+            registry=r,
+        )
         self.memory_peak = Gauge("ingest_memory_peak_bytes", "Peak resident memory.", registry=r)
         self.memory_peak.set_function(peak_rss_bytes)
         self.retries = Counter(

@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
-from ingestd.db.errors import translate
 from ingestd.db.manifest import Committed
 from ingestd.db.merge import check_mode_supported
 from ingestd.db.sql import Target
@@ -18,7 +17,7 @@ from ingestd.db.stage import CopyFormat
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
-from ingestd.exceptions import FileError, IngestdError
+from ingestd.exceptions import FileError
 from ingestd.load import (
     BatchLoader,
     Done,
@@ -35,7 +34,7 @@ from ingestd.read.text import refuse_nul
 from ingestd.settings import Mode, Settings
 from ingestd.split import load_split, plan_split
 
-log = logging.getLogger("ingestd.pipeline")
+log = logging.getLogger(__name__)
 
 
 async def process_file(
@@ -54,10 +53,7 @@ async def process_file(
     contract = job.contract
     try:
         check_unchanged(job)
-        s = ctx.settings
-        reader = await asyncio.to_thread(
-            open_reader, job.path, contract, s.chunk_size, s.memory_limit_bytes
-        )
+        reader = await open_file(job, ctx.settings)
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
         if not session.checked(target, contract.mode):
             await _prepare_target(
@@ -85,10 +81,21 @@ async def process_file(
         if not isinstance(exc, FileChangedError) and identity(job.path) != job.identity:
             check_unchanged(job)
         raise
-    except IngestdError:
+
+
+async def open_file(job: Job, s: Settings) -> BatchReader:
+    """The file's reader, opened in a thread. The reader sorts what it reads into FileError;
+    an OSError from the open itself (its mode changed since the checksum) is the file's
+    problem too, never the database's weather."""
+    try:
+        return await asyncio.to_thread(
+            open_reader, job.path, job.contract, s.chunk_size, s.memory_limit_bytes
+        )
+    except FileNotFoundError:
+        check_unchanged(job)  # gone: FileChangedError, the file is not failed
         raise
-    except Exception as exc:
-        raise translate(exc) from exc
+    except OSError as exc:
+        raise FileError(f"cannot read {job.name}: {exc.strerror or exc}") from exc
 
 
 async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Committed) -> int:
@@ -100,21 +107,14 @@ async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Comm
     # A file's own bytes go as they are when nothing needs changing (a fresh start:
     # a resume finds its place by counting rows, which the Arrow reader does).
     raw = reader.raw if s.raw_csv and not done.rows else None
-    try:
-        while True:
-            try:
-                async for piece in _pieces(reader, raw, done.rows, load.stage is not None, s):
-                    await load.batch(piece, done)
-                return done.rows
-            except NotRaw as why:
-                log.info(
-                    "raw_csv_fallback", extra={"reason": str(why), "rows_committed": done.rows}
-                )
-                raw = None  # the rest through Arrow, after the rows committed so far
-    except IngestdError:
-        raise
-    except Exception as exc:
-        raise translate(exc, first_row=done.rows + 1) from exc
+    while True:
+        try:
+            async for piece in _pieces(reader, raw, done.rows, load.stage is not None, s):
+                await load.batch(piece, done)
+            return done.rows
+        except NotRaw as why:
+            log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": done.rows})
+            raw = None  # the rest through Arrow, after the rows committed so far
 
 
 async def _prepare_target(

@@ -8,13 +8,13 @@ Pieces are applied in file order, so "the last occurrence wins" still holds.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from ingestd.db.connection import Connection
-from ingestd.db.errors import translate
+from ingestd.db.errors import BatchError
 from ingestd.db.manifest import Reject
 from ingestd.db.merge import apply_batch
 from ingestd.db.sql import Target
@@ -22,8 +22,6 @@ from ingestd.db.stage import CopyFormat, truncate_stage
 from ingestd.encode import encode_batch, raw_rows
 from ingestd.exceptions import FileError, IngestdError
 from ingestd.settings import BadRows, Mode
-
-log = logging.getLogger("ingestd.reject")
 
 
 def is_bad_data(error: IngestdError) -> bool:
@@ -78,24 +76,21 @@ async def load_sorting_out(s: Sorting, allowed: int, budget: BadRows) -> tuple[i
 async def _try_piece(s: Sorting, lo: int, hi: int) -> int | FileError:
     """Rows written by rows [lo, hi) in a savepoint, or the data error that undid them."""
     ordinal = s.stage is not None
-    piece = encode_batch(s.batch.slice(lo, hi - lo), s.first_row + lo, ordinal=ordinal)
+    # Encoding is CPU work on a batch: in a thread, so the loop only waits.
+    rows = s.batch.slice(lo, hi - lo)
+    piece = await asyncio.to_thread(encode_batch, rows, s.first_row + lo, ordinal=ordinal)
     try:
-        async with s.conn.transaction():  # nested: a savepoint
+        async with s.conn.atomic():  # nested: a savepoint
             if s.stage is not None:
                 await truncate_stage(s.conn, s.stage)
             fmt = CopyFormat(ordinal=ordinal)
             _, written = await apply_batch(s.conn, s.target, s.stage, s.mode, piece, fmt)
             return written
-    except Exception as exc:
-        first_row = s.first_row + lo
-        error = (
-            exc
-            if isinstance(exc, IngestdError)
-            else translate(exc, first_row=first_row, payload=piece)
-        )
+    except FileError as exc:
+        # COPY counts a refused row from the piece's first record; place it in the file.
+        error = exc.at(s.first_row + lo) if isinstance(exc, BatchError) else exc
         if not is_bad_data(error):
-            raise error from exc
-        assert isinstance(error, FileError)  # noqa: S101 - is_bad_data checked it
+            raise error from exc.__cause__
         return error
 
 

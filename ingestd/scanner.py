@@ -11,21 +11,21 @@ from pathlib import Path, PurePosixPath
 
 from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
-from ingestd.db.connection import Pool
-from ingestd.db.errors import translate
+from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
 from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
+from ingestd.model import FileResult, Outcome, Results, internal_error_text
 from ingestd.names import manifest_name
 from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
 from ingestd.watcher import InboxWatcher, inbox_problem
-from ingestd.worker import FileResult, Results, WorkQueue
+from ingestd.worker import WorkQueue
 
 log = logging.getLogger("ingestd.scanner")
 
@@ -36,7 +36,7 @@ class Scanner:
     def __init__(
         self,
         settings: Settings,
-        pool: Pool,
+        db: Database,
         manifest: Manifest,
         queue: WorkQueue,
         results: Results,
@@ -45,7 +45,7 @@ class Scanner:
         backoff: Backoff,
     ):
         self.settings = settings  # replaced on SIGHUP
-        self._pool = pool
+        self._db = db
         self._backoff = backoff
         self.db_ok = True
         self._manifest = manifest
@@ -116,7 +116,7 @@ class Scanner:
             return
         status = item.status if item.status in ("success", "skipped") else "failed"
         try:
-            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            async with self._db.connection() as conn:
                 try:
                     await self._manifest.check_row(conn, item.claim_id, item.rows)
                 except ManifestRowGoneError as exc:
@@ -126,7 +126,7 @@ class Scanner:
                     )
         except ManifestGoneError as exc:
             self._manifest.halt(exc)
-        except Exception as exc:  # the database away: the next retry looks again
+        except IngestdError as exc:  # the database away: the next retry looks again
             log.debug("manifest_check_failed", extra={"error": str(exc)})
 
     def unreadable_folders(self) -> tuple[tuple[str, str], ...]:
@@ -284,16 +284,37 @@ class Scanner:
         except ManifestGoneError as exc:
             self._manifest.halt(exc)  # loud once; nothing is offered any more
             return True
-        except Exception as exc:
-            # One file must never stop discovery: log it; the next rescan offers it again.
-            self.in_hand.discard(str(relative_name(path, self.settings.inbox)))
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("offer_failed", extra={"file": str(path), "error": error})
-            log.debug("offer_failed_traceback", exc_info=True)  # a bug: the trace, on demand
+        except IngestdError as exc:
+            # One file must never stop discovery (a missing grant on the manifest, say):
+            # one line; the next rescan offers it again.
+            self.in_hand.discard(self._key(path))
+            log.error("offer_failed", extra={"file": str(path), "error": str(exc)})
+            return True
+        except Exception as exc:  # not ingestd's own error: a bug; discovery goes on
+            self._internal_error(path, exc)
             return True
         self.db_ok = True
         self._lock_wait = None
         return True
+
+    def _key(self, path: Path) -> str:
+        return str(relative_name(path, None if self.settings.files else self.settings.inbox))
+
+    def _internal_error(self, path: Path, exc: Exception) -> None:
+        """A bug met while offering a file: one internal_error line with the traceback,
+        counted; the file stays in the inbox (pending if claimed) for the next rescan, and
+        --once exits 1 (it did not load)."""
+        key = self._key(path)
+        self.in_hand.discard(key)
+        self._metrics.internal_errors.inc()
+        log.error(
+            "internal_error",
+            exc_info=exc,
+            extra={"file": str(path), "error": f"{type(exc).__name__}: {exc}"},
+        )
+        if self.settings.once:
+            result = FileResult(key, "", Outcome.INTERNAL_ERROR, error=internal_error_text(exc))
+            self._results.add(result)
 
     def _db_down(self, exc: BaseException) -> None:
         if self.db_ok:
@@ -374,7 +395,7 @@ class Scanner:
         before: tuple[int, int],
     ) -> Job | Skip:
         try:
-            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            async with self._db.connection() as conn:
                 return await claim_file(
                     conn,
                     self._manifest,
@@ -386,17 +407,11 @@ class Scanner:
                     run_id=self._run_id,
                     resume=self.settings.resume,
                 )
-        except Exception as exc:
-            error = exc if isinstance(exc, IngestdError) else translate(exc)
-            if isinstance(error, RetryableError) and error.sqlstate == LOCK_NOT_AVAILABLE:
-                s = self.settings
-                ref = self._manifest.table_ref
-                raise await manifest_locked(
-                    self._pool, ref, s.lock_timeout_s, s.connect_timeout_s
-                ) from exc
-            if error is exc:
+        except RetryableError as exc:
+            if exc.sqlstate != LOCK_NOT_AVAILABLE:
                 raise
-            raise error from exc
+            ref = self._manifest.table_ref
+            raise await manifest_locked(self._db, ref, self.settings.lock_timeout_s) from exc
 
     async def _skipped(self, path: Path, name: PurePosixPath, table: str, skip: Skip) -> None:
         key = str(name)
@@ -406,10 +421,12 @@ class Scanner:
             # a later scan here takes the file over.
             log.info("file_held_elsewhere", extra={"status": "held"})
             if self.settings.once:
-                self._results.add(FileResult(key, table, "held", error="another instance has it"))
+                self._results.add(
+                    FileResult(key, table, Outcome.HELD, error="another instance has it")
+                )
             return
         log.info("file_skipped", extra={"status": "skipped", "reason": "already loaded"})
-        self._results.add(FileResult(key, table, "skipped"))
+        self._results.add(FileResult(key, table, Outcome.SKIPPED))
         self._metrics.files_processed.labels(guess_file_type(path.name), "skipped").inc()
         if not skip.held_elsewhere:  # the instance that loaded it moves it itself
             await self._archive_skipped(path, name)
@@ -435,13 +452,13 @@ class Scanner:
         (an unreadable file with an empty checksum), then moved to failed/ under its own
         name (the version holds the manifest form of it)."""
         log.error("file_finished", extra={"status": "failed", "error": reason})
-        self._results.add(FileResult(str(name), table, "failed", error=reason))
+        self._results.add(FileResult(str(name), table, Outcome.FAILED, error=reason))
         self._metrics.files_processed.labels(guess_file_type(path.name), "failed").inc()
         try:
-            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+            async with self._db.connection() as conn:
                 await self._manifest.record_failure(conn, version, table, self._run_id, reason)
-        except Exception as exc:  # the sidecar still tells; the manifest is best effort here
-            log.warning("manifest_record_failed", extra={"error": str(translate(exc))})
+        except IngestdError as exc:  # the sidecar still tells; the manifest is best effort here
+            log.warning("manifest_record_failed", extra={"error": str(exc)})
         failed = self.settings.failed_path
         if self.settings.keep_files or failed is None:
             return

@@ -13,23 +13,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingestd.db.connection import Pool, create_pool, ping, server_version
-from ingestd.db.errors import translate
+from ingestd.db.connection import Connection, server_version
+from ingestd.db.database import Database
 from ingestd.db.manifest import Manifest, ManifestGoneError, application_name, new_token
 from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
-from ingestd.exceptions import IngestdError, UsageError
+from ingestd.exceptions import FileError, IngestdError, RetryableError, UsageError
 from ingestd.load import LoadContext
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
+from ingestd.model import UNFINISHED, FileResult, Results
 from ingestd.progress import Progress
 from ingestd.read import release_memory_promptly
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
 from ingestd.split import Help
-from ingestd.worker import FileResult, Results, Worker, WorkQueue
+from ingestd.worker import Worker, WorkQueue
 
 log = logging.getLogger("ingestd.service")
 HEALTH_INTERVAL_S = 2.0
@@ -53,7 +54,7 @@ class RunReport:
         systemd would restart it onto a new, empty manifest)."""
         if not self.once:
             return 0
-        failed = any(f.status in ("failed", "retrying") for f in self.files)
+        failed = any(f.status in UNFINISHED for f in self.files)
         # A folder it could not list holds files it never saw: not a complete run either.
         return 1 if failed or self.halted or self.unreadable else 0
 
@@ -185,7 +186,7 @@ class Service:
             # the watcher says inbox_missing and the daemon is not ready until it exists.
             with contextlib.suppress(OSError):
                 s.inbox.mkdir(parents=True, exist_ok=True)
-        pool = await create_pool(
+        db = await Database.open(
             await self._dsn(),
             size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks
             connect_timeout_s=s.connect_timeout_s,
@@ -196,29 +197,25 @@ class Service:
             application_name=application_name(self.token, s.instance_id),
         )
         try:
-            await self._serve(pool)
+            await self._serve(db)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), 10)
+            await db.close(timeout_s=10)
 
-    async def _serve(self, pool: Pool) -> None:
+    async def _serve(self, db: Database) -> None:
         s = self.settings
         manifest = self.manifest
         self.metrics.manifest_missing.set_function(lambda: float(manifest.broken is not None))
         try:
-            async with pool.acquire() as conn:
+            async with db.connection() as conn:
                 if await manifest.ensure(conn):
                     # Normal on a first start; after a manifest was dropped, every file in
                     # the inbox loads again (README runbook).
                     log.warning("manifest_created", extra={"manifest": manifest.name})
                 version = await server_version(conn)
                 await self._check_twins(manifest, conn)
-        except IngestdError:
-            raise
-        except Exception as exc:
+        except (FileError, RetryableError) as exc:
             # Typically a missing grant: the message names the privilege and the fix.
-            error = translate(exc)
-            raise UsageError(f"cannot use the manifest {manifest.name}: {error}") from None
+            raise UsageError(f"cannot use the manifest {manifest.name}: {exc}") from None
         _check_server(s, version)
         queue: WorkQueue = asyncio.Queue(maxsize=s.effective_queue_size)
         progress = Progress(sys.stderr) if self._show_progress() else None
@@ -227,7 +224,7 @@ class Service:
             offer=functools.partial(_offer, queue),
         )  # fmt: skip
         scanner = Scanner(
-            s, pool, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
+            s, db, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
         )
         self._scanner = scanner
         scanner.progress = progress
@@ -240,7 +237,7 @@ class Service:
         self.metrics.track_oldest(scanner.oldest_waiting)
         leases = scanner.leases
         workers = [
-            Worker(f"w{i}", pool, ctx, self.results, self._backoff, leases)
+            Worker(f"w{i}", db, ctx, self.results, self._backoff, leases)
             for i in range(s.concurrency)
         ]
         tasks = [
@@ -248,8 +245,8 @@ class Service:
             for i, w in enumerate(workers)
         ]
         background = [
-            asyncio.create_task(self._health(pool, scanner), name="ingestd-health"),
-            asyncio.create_task(self._renew(pool, manifest, leases), name="ingestd-leases"),
+            asyncio.create_task(self._health(db, scanner), name="ingestd-health"),
+            asyncio.create_task(self._renew(db, manifest, leases), name="ingestd-leases"),
         ]
         if progress is not None:
             background.append(asyncio.create_task(progress.run(), name="ingestd-progress"))
@@ -298,13 +295,13 @@ class Service:
             task.cancel()
         await asyncio.wait(tasks, timeout=10)
 
-    async def _renew(self, pool: Pool, manifest: Manifest, leases: set[int]) -> None:
+    async def _renew(self, db: Database, manifest: Manifest, leases: set[int]) -> None:
         """Renew the leases on files in hand, so that a slow batch is not taken over; and
         look out for another live process using this instance id."""
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
-                async with pool.acquire(timeout=self.settings.connect_timeout_s) as conn:
+                async with db.connection() as conn:
                     await self._check_twins(manifest, conn)
                     if manifest.broken is None:
                         await manifest.check(conn)  # noticed while idle too
@@ -312,10 +309,10 @@ class Service:
                         await manifest.renew(conn, sorted(leases))
             except ManifestGoneError as exc:
                 manifest.halt(exc)
-            except Exception as exc:  # the batches renew too; an outage is reported elsewhere
+            except IngestdError as exc:  # the batches renew too; an outage is told elsewhere
                 log.debug("lease_renewal_failed", extra={"error": str(exc)})
 
-    async def _check_twins(self, manifest: Manifest, conn: Any) -> None:
+    async def _check_twins(self, manifest: Manifest, conn: Connection) -> None:
         """Warn once when another live process uses this instance id; the gauge follows."""
         twins = await manifest.twins(conn)
         seen_before = self._twins
@@ -333,11 +330,11 @@ class Service:
                 },
             )
 
-    async def _health(self, pool: Pool, scanner: Scanner) -> None:
+    async def _health(self, db: Database, scanner: Scanner) -> None:
         """Keep readiness honest while no files flow: ping the database now and then."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S if scanner.db_ok else HEALTH_INTERVAL_S / 2)
-            ok = await ping(pool, timeout_s=min(self.settings.connect_timeout_s, 5.0))
+            ok = await db.ping(timeout_s=min(self.settings.connect_timeout_s, 5.0))
             if ok and not scanner.db_ok:
                 log.info("database_available")
             elif not ok and scanner.db_ok:

@@ -187,7 +187,7 @@ class SplitLoad:
         except asyncio.CancelledError:
             self.fail(Interrupted("stopped while loading segments; resumes on the next run"))
             raise
-        except Exception as exc:
+        except Exception as exc:  # relayed, not sorted: the owner raises it from finished()
             self.fail(exc)
             return False
         return True

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ingestd.config import load_config, resolve_dsn
-from ingestd.db.connection import create_pool
+from ingestd.db.database import Database
 from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
@@ -58,7 +58,7 @@ async def _summary(
     handle = None
     if not dsn:
         dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
-    pool = await create_pool(
+    db = await Database.open(
         str(dsn),
         size=1,
         connect_timeout_s=10,
@@ -67,7 +67,7 @@ async def _summary(
         backoff=Backoff(),
     )
     try:
-        async with pool.acquire() as conn:
+        async with db.connection() as conn:
             # Never create it here: a manifest dropped under a running daemon must stay
             # missing for the daemon to notice (manifest.halt), not come back empty.
             if not await manifest.exists(conn):
@@ -78,7 +78,7 @@ async def _summary(
             await manifest.ensure(conn)
             return await manifest.summary(conn, limit)
     finally:
-        await pool.close()
+        await db.close()
         del handle
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ingestd import archive
 from ingestd.claim import Job
-from ingestd.db.connection import Pool, PooledConnection, give_back
-from ingestd.db.errors import error_class, translate
+from ingestd.db.connection import Connection
+from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, describe_lock_wait
 from ingestd.db.manifest import ManifestGoneError, ManifestRowGoneError
 from ingestd.db.target import SessionState
@@ -25,6 +24,7 @@ from ingestd.exceptions import (
 )
 from ingestd.load import FileChangedError, LoadContext
 from ingestd.logs import bound
+from ingestd.model import FileResult, ManifestStatus, Outcome, Results, internal_error_text
 from ingestd.pipeline import process_file
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
@@ -34,43 +34,9 @@ from ingestd.versions import DuplicateContent, check_append
 # The work queue: files to load, and offers to help with a file another worker is loading.
 WorkQueue = asyncio.Queue[Job | Help]
 
-log = logging.getLogger("ingestd.worker")
+__all__ = ["FileResult", "Results", "WorkQueue", "Worker"]  # FileResult, Results: model.py
 
-
-@dataclass(frozen=True)
-class FileResult:
-    """How one file ended, for the summary and the exit status."""
-
-    name: str
-    table: str
-    status: str  # success | skipped | failed | retrying | interrupted | held | handed_over
-    rows: int = 0
-    error: str | None = None
-    row: int | None = None
-    seconds: float = 0.0
-    file_type: str = ""
-    attempts: int = 1
-    stay: bool = False  # leave the file in the inbox (transient failure, file changed)
-    archive: archive.Pending | None = None  # its move out of the inbox failed: retried
-    rows_before: int = 0  # of `rows`, committed by an earlier run (a resumed file)
-
-    @property
-    def rows_this_run(self) -> int:
-        """The rows this run committed: a resumed file's earlier rows are not this run's."""
-        return max(0, self.rows - self.rows_before)
-
-
-@dataclass
-class Results:
-    """Outcomes of a run, appended by workers and the scanner (single event loop: no lock)."""
-
-    files: list[FileResult] = field(default_factory=list)
-    on_result: Callable[[FileResult], None] | None = None
-
-    def add(self, result: FileResult) -> None:
-        self.files.append(result)
-        if self.on_result is not None:
-            self.on_result(result)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,18 +57,18 @@ class Worker:
     def __init__(
         self,
         worker_id: str,
-        pool: Pool,
+        db: Database,
         ctx: LoadContext,
         results: Results,
         backoff: Backoff,
         leases: set[int],
     ):
         self.worker_id = worker_id
-        self._pool = pool
+        self._db = db
         self._ctx = ctx
         self._results = results
         self._backoff = backoff
-        self._conn: PooledConnection | None = None
+        self._conn: Connection | None = None
         self._session = SessionState()
         self._leases = leases  # claims queued or in hand, renewed by the service
         self.busy = False
@@ -146,7 +112,7 @@ class Worker:
         result = replace(
             result, seconds=time.monotonic() - started, rows_before=job.claim.rows_done
         )
-        if result.status == "handed_over":
+        if result.status == Outcome.HANDED_OVER:
             log.warning("file_handed_over", extra={"reason": "another process took it over"})
             self._results.add(result)
             return
@@ -154,7 +120,7 @@ class Worker:
         # leave a re-dropped copy of this file to this one, which moves it.
         result = await self._archive(job, result)
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
-        if result.status == "success":
+        if result.status == Outcome.SUCCESS:
             metrics.last_success.set(time.time())
         _log_result(result)
         self._results.add(result)
@@ -168,18 +134,20 @@ class Worker:
         while True:
             if self._ctx.manifest.broken is not None:
                 # The books are gone: loading on would load rows twice (manifest.halt).
-                return FileResult(name, table, "interrupted", error=self._ctx.manifest.broken,
+                return FileResult(name, table, Outcome.INTERRUPTED, error=self._ctx.manifest.broken,
                                   file_type=file_type, stay=True)  # fmt: skip
             try:
                 rows = await self._attempt(job, first=tries.attempt == 1 and not tries.outages)
                 return FileResult(
-                    name, table, "success", rows, file_type=file_type, attempts=tries.attempt
+                    name, table, Outcome.SUCCESS, rows, file_type=file_type, attempts=tries.attempt
                 )
             except asyncio.CancelledError:
                 raise
             except (Interrupted, HandedOver) as exc:
-                status = "interrupted" if isinstance(exc, Interrupted) else "handed_over"
-                rows = await self._rows_committed(job) if status == "interrupted" else 0
+                status = (
+                    Outcome.INTERRUPTED if isinstance(exc, Interrupted) else Outcome.HANDED_OVER
+                )
+                rows = await self._rows_committed(job) if status == Outcome.INTERRUPTED else 0
                 return FileResult(name, table, status, rows, file_type=file_type, stay=True)
             except ManifestGoneError as exc:
                 self._ctx.manifest.halt(exc)
@@ -187,25 +155,42 @@ class Worker:
                 await self._record_again(job, exc)
             except DuplicateContent as exc:
                 return await self._skip_duplicate(job, exc, file_type)
-            except Exception as exc:
-                error = exc if isinstance(exc, IngestdError) else translate(exc)
+            except IngestdError as error:
                 # Whatever failed may have left this session's stage or checks stale.
                 await self._release(broken=True)
                 if not isinstance(error, RetryableError):
-                    if isinstance(exc.__cause__, Exception) or not isinstance(exc, IngestdError):
-                        self._count_db_error(exc)
+                    self._count_db_error(error)
                     stay = isinstance(error, FileChangedError)
                     return await self._fail(job, error, file_type, tries.attempt, stay=stay)
-                result = await self._transient(job, error, exc, tries, file_type)
+                result = await self._transient(job, error, tries, file_type)
                 if result is not None:
                     return result
+            except Exception as exc:  # not ingestd's own error: a bug, the file stays pending
+                return await self._internal(job, exc, file_type)
+
+    async def _internal(self, job: Job, exc: Exception, file_type: str) -> FileResult:
+        """A bug in ingestd is never the file's fault: one internal_error line with the
+        traceback, counted; the file stays pending in the inbox (never failed/), and is
+        looked at again at the next rescan (daemon) or the next run, like a retrying file."""
+        self._ctx.metrics.internal_errors.inc()
+        log.error(
+            "internal_error",
+            exc_info=exc,
+            extra={"error": f"{type(exc).__name__}: {exc}", "status": "pending"},
+        )
+        await self._release(broken=True)  # it may be left mid-transaction
+        rows = await self._rows_committed(job)
+        return FileResult(
+            str(job.name), job.contract.table, Outcome.INTERNAL_ERROR, rows,
+            error=internal_error_text(exc), file_type=file_type, stay=True,
+        )  # fmt: skip
 
     async def _transient(
-        self, job: Job, error: RetryableError, exc: Exception, tries: _Tries, file_type: str
+        self, job: Job, error: RetryableError, tries: _Tries, file_type: str
     ) -> FileResult | None:
         """After a transient error: wait and go again (None), or how the file ends."""
+        delay = self._next_delay(tries, error)
         error = await self._explain(job, error)
-        delay = self._next_delay(tries, error, exc)
         if delay is None:
             gave_up = RetryableError(
                 f"gave up after {tries.failures} attempts: {_final(error)}; {self._stays_for()}",
@@ -220,7 +205,12 @@ class Worker:
             return None
         rows = await self._rows_committed(job)
         return FileResult(
-            str(job.name), job.contract.table, "interrupted", rows, file_type=file_type, stay=True
+            str(job.name),
+            job.contract.table,
+            Outcome.INTERRUPTED,
+            rows,
+            file_type=file_type,
+            stay=True,
         )
 
     def _stays_for(self) -> str:
@@ -237,7 +227,7 @@ class Worker:
             conn = await self._connection()
             tables = [(c.schema, c.table), self._ctx.manifest.table_ref]
             text = await describe_lock_wait(conn, tables, self._ctx.settings.lock_timeout_s)
-        except Exception:  # the plain message still tells what happened
+        except IngestdError:  # the plain message still tells what happened
             return error
         return RetryableError(f"{text} (transient; will retry)", sqlstate=error.sqlstate)
 
@@ -253,7 +243,7 @@ class Worker:
             await self._ctx.manifest.record_again(
                 conn, job.version, table, self._ctx.run_id, exc.rows
             )
-        except Exception as error:  # the ERROR line already tells the operator what to do
+        except IngestdError as error:  # the ERROR line already tells the operator what to do
             log.warning("manifest_record_failed", extra={"error": str(error)})
             await self._release(broken=True)
 
@@ -262,7 +252,7 @@ class Worker:
         try:
             conn = await self._connection()
             return (await self._ctx.manifest.progress(conn, job.claim.manifest_id)).rows
-        except Exception:  # the summary then says 0; the manifest keeps the truth
+        except IngestdError:  # the summary then says 0; the manifest keeps the truth
             await self._release(broken=True)
             return 0
 
@@ -275,17 +265,21 @@ class Worker:
         )  # fmt: skip
         try:
             conn = await self._connection()
-            await self._ctx.manifest.finish(conn, job.claim.manifest_id, "skipped", str(dup))
+            await self._ctx.manifest.finish(
+                conn, job.claim.manifest_id, ManifestStatus.SKIPPED, str(dup)
+            )
         except HandedOver:
-            return FileResult(name, table, "handed_over", stay=True)
+            return FileResult(name, table, Outcome.HANDED_OVER, stay=True)
         except ManifestGoneError as exc:
             self._ctx.manifest.halt(exc)
-            return FileResult(name, table, "interrupted", error=str(exc), stay=True)
-        except Exception as exc:  # not recorded: leave the file for another look
+            return FileResult(name, table, Outcome.INTERRUPTED, error=str(exc), stay=True)
+        except IngestdError as exc:  # not recorded: leave the file for another look
             await self._release(broken=True)
-            reason = f"{dup} (not recorded in the manifest: {translate(exc)})"
-            return FileResult(name, table, "skipped", error=reason, file_type=file_type, stay=True)
-        return FileResult(name, table, "skipped", error=str(dup), file_type=file_type)
+            reason = f"{dup} (not recorded in the manifest: {exc})"
+            return FileResult(
+                name, table, Outcome.SKIPPED, error=reason, file_type=file_type, stay=True
+            )
+        return FileResult(name, table, Outcome.SKIPPED, error=str(dup), file_type=file_type)
 
     async def _attempt(self, job: Job, *, first: bool) -> int:
         conn = await self._connection()
@@ -297,22 +291,24 @@ class Worker:
         await check_append(conn, job, self._ctx.manifest, self._ctx.settings)
         return await process_file(conn, job, self._ctx, self._session, self.worker_id, committed)
 
-    def _next_delay(self, tries: _Tries, error: IngestdError, exc: Exception) -> float | None:
+    def _next_delay(self, tries: _Tries, error: RetryableError) -> float | None:
         """Backoff before the next attempt, or None once the retries are used up."""
         if isinstance(error, ConnectError) and not self._ctx.settings.once:
             # The daemon waits out an outage: the file is not failing, the server is away.
             tries.outages += 1
             return self._backoff.delay(min(tries.outages, 5) - 1)
-        self._count_db_error(exc)
+        self._count_db_error(error)
         tries.failures += 1
         if tries.failures > self._ctx.settings.max_retries:
             return None
         self._ctx.metrics.retries.inc()
         return self._backoff.delay(tries.failures - 1)
 
-    def _count_db_error(self, exc: BaseException) -> None:
-        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-        self._ctx.metrics.db_errors.labels(error_class(cause)).inc()
+    def _count_db_error(self, error: IngestdError) -> None:
+        """Errors the database layer translated carry the driver error's class."""
+        label = getattr(error, "error_class", None)
+        if label is not None:
+            self._ctx.metrics.db_errors.labels(label).inc()
 
     async def _stopped_during(self, seconds: float) -> bool:
         """Sleep for a backoff, waking early (True) if a stop is requested."""
@@ -336,19 +332,18 @@ class Worker:
         reason = str(error)
         name, table = str(job.name), job.contract.table
         retrying = stay and isinstance(error, RetryableError)
-        status = "retrying" if retrying else "failed"
+        status = ManifestStatus.RETRYING if retrying else ManifestStatus.FAILED
         rows = 0
         try:
             conn = await self._connection()
             rows = await self._ctx.manifest.finish(conn, job.claim.manifest_id, status, reason)
         except HandedOver:
-            return FileResult(name, table, "handed_over", stay=True)
+            return FileResult(name, table, Outcome.HANDED_OVER, stay=True)
         except ManifestGoneError as exc:
             self._ctx.manifest.halt(exc)
-            return FileResult(name, table, "interrupted", error=str(exc), stay=True)
-        except Exception as exc:
+            return FileResult(name, table, Outcome.INTERRUPTED, error=str(exc), stay=True)
+        except IngestdError as why:
             await self._release(broken=True)
-            why = translate(exc)
             cause = "the database is unreachable" if isinstance(why, RetryableError) else why
             reason += f" (not recorded in the manifest: {cause})"
             stay = True
@@ -356,7 +351,7 @@ class Worker:
         return FileResult(
             name,
             table,
-            "retrying" if retrying else "failed",
+            Outcome.RETRYING if retrying else Outcome.FAILED,
             rows,
             reason,
             row,
@@ -372,7 +367,7 @@ class Worker:
         done, failed = settings.done_path, settings.failed_path
         if settings.keep_files or done is None or failed is None or result.stay:
             return result
-        if result.status in ("success", "skipped"):
+        if result.status in (Outcome.SUCCESS, Outcome.SKIPPED):
             item = archive.Pending(job.path, job.name, "done", done, identity=job.identity)
         else:
             report = archive.failure_report(
@@ -389,12 +384,9 @@ class Worker:
             return result
         return replace(result, archive=item)
 
-    async def _connection(self) -> PooledConnection:
+    async def _connection(self) -> Connection:
         if self._conn is None:
-            try:
-                self._conn = await self._pool.acquire(timeout=self._ctx.settings.connect_timeout_s)
-            except Exception as exc:
-                raise ConnectError(f"cannot get a database connection: {translate(exc)}") from exc
+            self._conn = await self._db.acquire()  # ConnectError if none can be had
             self._session.forget()
         return self._conn
 
@@ -403,7 +395,7 @@ class Worker:
         if conn is None:
             return
         self._session.forget()
-        await give_back(self._pool, conn, broken=broken)
+        await self._db.release(conn, broken=broken)
 
 
 _TRANSIENT = " (transient; will retry)"
@@ -426,7 +418,7 @@ def _log_result(result: FileResult) -> None:
         "row": result.row,
         "table": result.table,
     }
-    if result.status == "interrupted":
+    if result.status == Outcome.INTERRUPTED:
         log.warning("file_interrupted", extra={**extra, "rows_committed": result.rows})
         return
     levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}

@@ -6,21 +6,108 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, cast
 
 import asyncpg
 
 from ingestd.db import sql
 from ingestd.db.dsn import mask_dsn
-from ingestd.exceptions import DatabaseUnavailableError
+from ingestd.db.errors import DRIVER_ERRORS, driver_errors
+from ingestd.exceptions import DatabaseUnavailableError, IngestdError
 from ingestd.retry import Backoff
 
 log = logging.getLogger("ingestd.db")
 
 # A pooled connection is a proxy; both expose the same methods.
-Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-PooledConnection = asyncpg.pool.PoolConnectionProxy
+RawConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Pool = asyncpg.Pool
+_COPY_PIECE_BYTES = 1 << 20
+
+
+class Connection:
+    """A database connection as the rest of ingestd sees it: the few driver calls it
+    makes, each one's error translated into ingestd's error tree (db.errors) and anything
+    else passed through untouched, because it is a bug."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: RawConnection) -> None:
+        self.raw = raw  # for the database layer only (the pool, a terminate)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with driver_errors():
+            return await self.raw.execute(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with driver_errors():
+            return await self.raw.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with driver_errors():
+            return await self.raw.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with driver_errors():
+            return await self.raw.fetchval(query, *args)
+
+    async def copy_in(
+        self,
+        table: str,
+        *,
+        schema: str | None,
+        columns: list[str],
+        payload: memoryview,
+        delimiter: str,
+        quote: str,
+        encoding: str | None,
+    ) -> str:
+        """COPY a CSV payload into a table; a refused row comes out as a BatchError, its row
+        counted from the payload's first record."""
+        with driver_errors(payload=payload, quote=quote):
+            return await self.raw.copy_to_table(
+                table,
+                schema_name=schema,
+                source=_pieces(payload),
+                columns=columns,
+                format="csv",
+                delimiter=delimiter,
+                quote=quote,
+                encoding=encoding,
+            )
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        """A transaction (a savepoint inside one): committed if the block ends normally,
+        rolled back if it raises. Errors of BEGIN, COMMIT and ROLLBACK come out translated."""
+        transaction = self.raw.transaction()
+        with driver_errors():
+            await transaction.__aenter__()
+        try:
+            yield
+        except IngestdError as exc:
+            # A rollback that fails (the connection lost) is the news: retry on a new one.
+            with driver_errors():
+                await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        except BaseException as exc:
+            # A bug or a cancellation must come out as itself; the connection is given
+            # back broken after either, which ends the transaction anyway.
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        with driver_errors():
+            await transaction.__aexit__(None, None, None)
+
+
+def _pieces(payload: memoryview) -> AsyncIterable[bytes]:
+    async def pieces() -> AsyncIterator[memoryview]:
+        for start in range(0, len(payload), _COPY_PIECE_BYTES):
+            yield payload[start : start + _COPY_PIECE_BYTES]
+
+    # asyncpg sends any buffer; its stubs only name bytes. Slices of the view copy nothing.
+    return cast("AsyncIterable[bytes]", pieces())
 
 
 def session_settings(
@@ -49,6 +136,48 @@ def session_settings(
     return settings
 
 
+_REPEAT_QUIET_S = 300.0  # the same reconnect failure again within this: DEBUG only
+
+
+class _PoolReconnectLine(logging.Filter):
+    """asyncpg's pool logs each failed attempt to reopen a lost connection (its "floor")
+    with a full traceback, a few seconds apart while the server refuses connections
+    (max_connections or the role's CONNECTION LIMIT exhausted). Made one readable line, and
+    a repeat of the same reason is demoted to DEBUG: the pool retries on its own, and the
+    first line (and readiness, db_ok) already said it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: tuple[str, float] | None = None  # reason, when it was logged
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        reason = describe_connect_error(error)
+        record.msg, record.args = "db_reconnect_failed", ()
+        record.exc_info = record.exc_text = None
+        record.error = reason
+        record.action = (
+            "the pool keeps retrying; if the server has no connection slots left, raise "
+            "max_connections or the role's CONNECTION LIMIT, or lower --concurrency"
+        )
+        now = time.monotonic()
+        if self._last is not None:
+            last_reason, logged_at = self._last
+            if last_reason == reason and now - logged_at < _REPEAT_QUIET_S:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        self._last = (reason, now)
+        return True
+
+
+def _quiet_pool_reconnects() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolReconnectLine) for f in pool_log.filters):
+        pool_log.addFilter(_PoolReconnectLine())
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -61,7 +190,7 @@ async def create_pool(
     application_name: str = "ingestd",
 ) -> asyncpg.Pool:
     """Open a pool of `size` connections, retrying while the server is unreachable."""
-
+    _quiet_pool_reconnects()
     last: BaseException | None = None
     for attempt in range(attempts + 1):
         try:
@@ -130,17 +259,19 @@ async def server_version(conn: Connection) -> int:
     return int(value)
 
 
-async def give_back(pool: asyncpg.Pool, conn: PooledConnection, *, broken: bool) -> None:
+async def give_back(pool: asyncpg.Pool, conn: Connection, *, broken: bool) -> None:
     """Return a worker's connection to the pool; a broken one is closed so the pool replaces it.
 
     The pool may already have taken back a connection whose socket died, so both steps
     tolerate a connection that is no longer ours.
     """
+    # Only pooled connections are held and given back.
+    raw = cast("asyncpg.pool.PoolConnectionProxy[asyncpg.Record]", conn.raw)
     if broken:
         with contextlib.suppress(asyncpg.InterfaceError):
-            conn.terminate()
+            raw.terminate()
     with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
-        await asyncio.wait_for(pool.release(conn), 5)
+        await asyncio.wait_for(pool.release(raw), 5)
 
 
 async def ping(pool: asyncpg.Pool, *, timeout_s: float) -> bool:

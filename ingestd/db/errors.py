@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -49,9 +51,15 @@ _PART_CHARS = 400  # each part of a message (PostgreSQL's, its detail) at most t
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COPY_CONTEXT = re.compile(r"COPY \S+, line (?P<line>\d+)(?:, column (?P<column>\w+))?")
 
+# What the driver raises: the server's errors, its own client-side errors, and the socket's
+# (OSError, a timeout). Only these are sorted here; an OSError from anything but a driver
+# call (a file read) never comes here.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DriverError = asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError
+
 TRANSIENT_PYTHON_ERRORS = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
-    asyncio.TimeoutError,
+    TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     # A table altered under a cached statement: asyncpg drops the statement; a retry
     # prepares it afresh.
@@ -105,39 +113,107 @@ def _hint(code: str | None, message: str) -> str | None:
     return next((h for c, part, h in _HINTS if c == code and part in message), None)
 
 
+class BatchError(FileError):
+    """A database error about a batch, whose row (if COPY named one) is still counted from
+    the batch's first record: the caller, which knows where the batch starts in the file,
+    places it with at()."""
+
+    def __init__(
+        self,
+        parts: _Parts,
+        *,
+        record: int | None,
+        column: str | None,
+        sqlstate: str | None,
+        error_class: str,
+    ):
+        self._parts = parts
+        self.record = record
+        self.column = column
+        super().__init__(
+            parts.text(record, column), row=record, sqlstate=sqlstate, error_class=error_class
+        )
+
+    def at(self, first_row: int) -> FileError:
+        """The same error with its row numbered in the file (`first_row`: the file row of
+        the batch's first record)."""
+        row = None if self.record is None else first_row - 1 + self.record
+        return FileError(
+            self._parts.text(row, self.column),
+            row=row,
+            sqlstate=self.sqlstate,
+            error_class=self.error_class,
+        )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A permanent error's message without its row: the primary message, DETAIL, hint."""
+
+    message: str
+    extra: str | None
+    hint: str | None
+
+    def text(self, row: int | None, column: str | None) -> str:
+        detail = []
+        if row is not None:
+            detail.append(f"row {row}" + (f", column {column}" if column else ""))
+        if self.extra:
+            detail.append(self.extra)
+        text = self.message + (f" ({'; '.join(detail)})" if detail else "")
+        return text + (f". Hint: {self.hint}" if self.hint else "")
+
+
 def translate(
-    exc: BaseException,
+    exc: DriverError,
     *,
     first_row: int = 1,
     payload: bytes | memoryview | None = None,
     quote: str = '"',
 ) -> FileError | RetryableError:
-    """Turn a database error into our error tree with a message for the user.
+    """Turn a database driver error into our error tree with a message for the user.
 
     `first_row` is the file row number of the batch's first row: COPY reports the line
     within the batch (`payload`, CSV quoted with `quote`), which this turns back into a
-    position in the file.
+    position in the file. Only driver errors come here: anything else is a bug in ingestd
+    and must travel up as it is (never "bad file", never "transient").
     """
+    error = translate_batch(exc, payload=payload, quote=quote)
+    return error.at(first_row) if isinstance(error, BatchError) else error
+
+
+def translate_batch(
+    exc: DriverError, *, payload: bytes | memoryview | None = None, quote: str = '"'
+) -> BatchError | RetryableError:
+    """translate(), with a COPY error's row left for the caller to place (BatchError.at)."""
+    if not isinstance(exc, DRIVER_ERRORS):
+        raise TypeError(f"not a database driver error: {exc!r}") from exc
     code = sqlstate_of(exc)
+    label = error_class(exc)
     # asyncpg's str() appends DETAIL and HINT lines; take the primary message alone.
     primary = getattr(exc, "message", None) or str(exc).strip().split("\n", 1)[0]
     message = one_line(mask_dsn(primary or type(exc).__name__))
     if is_retryable(exc):
-        return RetryableError(f"{message} (transient; will retry)", sqlstate=code)
-    row = None
-    detail = []
+        return RetryableError(
+            f"{message} (transient; will retry)", sqlstate=code, error_class=label
+        )
+    record = column = None
     context = getattr(exc, "context", None) or ""  # libpq field W: "COPY x, line 3, column y"
     match = _COPY_CONTEXT.search(context)
     if match:
         line = int(match.group("line"))
-        row = first_row - 1 + (record_at_line(payload, line, quote) if payload else line)
+        record = record_at_line(payload, line, quote) if payload else line
         column = match.group("column")
-        detail.append(f"row {row}" + (f", column {column}" if column else ""))
     extra = getattr(exc, "detail", None)
-    if extra:
-        detail.append(one_line(mask_dsn(str(extra))))
-    hint = _hint(code, message)
-    text = message + (f" ({'; '.join(detail)})" if detail else "")
-    if hint:
-        text += f". Hint: {hint}"
-    return FileError(text, row=row, sqlstate=code)
+    parts = _Parts(message, one_line(mask_dsn(str(extra))) if extra else None, _hint(code, message))
+    return BatchError(parts, record=record, column=column, sqlstate=code, error_class=label)
+
+
+@contextlib.contextmanager
+def driver_errors(*, payload: bytes | memoryview | None = None, quote: str = '"') -> Iterator[None]:
+    """Around one call into the driver: its errors come out translated, chained to the
+    original; anything else passes untouched (a bug is not the database's weather)."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise translate_batch(exc, payload=payload, quote=quote) from exc

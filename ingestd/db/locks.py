@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ingestd.db import sql
-from ingestd.db.connection import Connection, Pool
+from ingestd.db.connection import Connection
+from ingestd.db.database import Database
 from ingestd.exceptions import IngestdError
 from ingestd.identifiers import quote_qualified
 
@@ -44,14 +45,14 @@ async def describe_lock_wait(
 
 
 async def manifest_locked(
-    pool: Pool, manifest: tuple[str | None, str], lock_timeout_s: float, timeout_s: float
+    db: Database, manifest: tuple[str | None, str], lock_timeout_s: float
 ) -> ManifestLockedError:
     """The error of a statement on the manifest whose lock_timeout ran out, naming the
     session in the way (the plain wait if that cannot be looked up)."""
     try:
-        async with pool.acquire(timeout=timeout_s) as conn:
+        async with db.connection() as conn:
             text = await describe_lock_wait(conn, [manifest], lock_timeout_s)
-    except Exception:  # the lock is the news; who holds it is a courtesy
+    except IngestdError:  # the lock is the news; who holds it is a courtesy
         schema, table = manifest
         text = f"waited for a lock on the manifest table {schema + '.' if schema else ''}{table}"
     return ManifestLockedError(text)

@@ -8,16 +8,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import asyncpg
-
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import HandedOver, IngestdError, RetryableError, UsageError
+from ingestd.exceptions import FileError, HandedOver, IngestdError, RetryableError, UsageError
 from ingestd.identifiers import quote_qualified
 from ingestd.settings import DEFAULT_MANIFEST
 
 log = logging.getLogger("ingestd.manifest")
 _T = TypeVar("_T")
+UNDEFINED_TABLE = "42P01"
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 @dataclass(frozen=True)
@@ -189,10 +189,10 @@ class Manifest:
             if self._table not in await self._listed(conn):
                 # A manifest made before the rejects table kept the list (0.1.0, or a
                 # non-owner's start): list it now, so that dropping it is noticed.
-                async with conn.transaction():
+                async with conn.atomic():
                     await self._list_self(conn)
             return False
-        async with conn.transaction():
+        async with conn.atomic():
             await conn.execute(sql.LOCK_TABLE_CREATION, self.name)
             existed = await conn.fetchval(sql.TABLE_EXISTS, self.name)
             for statement in sql.create_manifest(self._schema, self._table):
@@ -216,12 +216,14 @@ class Manifest:
         Best effort: COMMENT needs the table's owner; a role that is not keeps the start
         check as it was (a drop of a manifest not listed goes unnoticed)."""
         try:
-            async with conn.transaction():  # a savepoint: a refusal must not undo the rest
+            async with conn.atomic():  # a savepoint: a refusal must not undo the rest
                 await conn.execute(sql.LOCK_REJECTS_COMMENT, self._rejects)
                 listed = [] if fresh else await self._listed(conn)
                 if self._table not in listed:
                     await conn.execute(sql.comment_rejects(self._schema, [*listed, self._table]))
-        except asyncpg.InsufficientPrivilegeError:
+        except FileError as exc:
+            if exc.sqlstate != INSUFFICIENT_PRIVILEGE:
+                raise
             log.debug("rejects_comment_skipped", extra={"manifest": self.name})
 
     def _dropped(self, listed: list[str]) -> ManifestDroppedError:
@@ -251,7 +253,9 @@ class Manifest:
         fault nor the database's weather, and says so."""
         try:
             return await call()
-        except asyncpg.UndefinedTableError:
+        except FileError as exc:
+            if exc.sqlstate != UNDEFINED_TABLE:
+                raise
             raise self._gone() from None
 
     def _gone(self) -> ManifestGoneError:

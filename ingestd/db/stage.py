@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, replace
-from typing import cast
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
 from ingestd.identifiers import quote_ident
-
-_COPY_PIECE_BYTES = 1 << 20
-
-
-def _pieces(payload: memoryview) -> AsyncIterable[bytes]:
-    async def pieces() -> AsyncIterator[memoryview]:
-        for start in range(0, len(payload), _COPY_PIECE_BYTES):
-            yield payload[start : start + _COPY_PIECE_BYTES]
-
-    # asyncpg sends any buffer; its stubs only name bytes. Slices of the view copy nothing.
-    return cast("AsyncIterable[bytes]", pieces())
 
 
 @dataclass(frozen=True)
@@ -59,12 +46,11 @@ async def _copy(
     payload: memoryview,
     fmt: CopyFormat,
 ) -> int:
-    status = await conn.copy_to_table(
+    status = await conn.copy_in(
         table,
-        schema_name=schema,
-        source=_pieces(payload),
+        schema=schema,
         columns=columns,
-        format="csv",
+        payload=payload,
         delimiter=fmt.delimiter,
         quote=fmt.quote,
         encoding=fmt.encoding,

@@ -15,7 +15,7 @@ async def ensure_table_from_headers(
     """Create the target if missing; return its column types. Fails if the file does not fit."""
     columns = await _columns(conn, target)
     if not columns:
-        async with conn.transaction():
+        async with conn.atomic():
             # Two workers may meet a new table at once; the lock makes one create it.
             await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
             await conn.execute(sql.create_table(target, pg_types))

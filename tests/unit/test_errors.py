@@ -227,7 +227,7 @@ def test_translate_masks_passwords_in_retryable_messages() -> None:
 
 
 def test_translate_empty_message_falls_back_to_type_name() -> None:
-    assert str(translate(ValueError())) == "ValueError"
+    assert str(translate(pgx.InterfaceError(""))) == "InterfaceError"
 
 
 @pytest.mark.parametrize(
