@@ -41,6 +41,7 @@ __all__ = [
     "path_setting",
     "resolve",
     "resolve_dsn",
+    "resolve_keys",
 ]
 
 _TRUE = ("true", "1", "yes", "on")
@@ -82,7 +83,7 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = set(data) - file_keys()
     if unknown:
-        raise UsageError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise UsageError(f"config file {path}: unknown setting(s) {_keys(unknown)}")
     return data
 
 
@@ -157,6 +158,24 @@ def path_setting(
     sources = _Sources(flags, {}, config, config_path)
     given = sources.given(key, _SETTINGS[key][1])
     return None if given is None else _path(given)
+
+
+def resolve_keys(
+    names: tuple[str, ...],
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config: Mapping[str, Any],
+    config_path: Path | None = None,
+) -> dict[str, Any]:
+    """Some top-level settings by resolve's rules (for subcommands that need only those):
+    {name: value}, the field's default where no source gives one."""
+    sources = _Sources(flags, env, config, config_path)
+    out = {}
+    for name in names:
+        f, meta = _SETTINGS[name]
+        given = sources.given(name, meta)
+        out[name] = default_of(f) if given is None else _convert(name, _HINTS[name], given, meta)
+    return out
 
 
 def resolve_dsn(
@@ -254,7 +273,7 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
         # Single-contract flags replace the file's contracts: the common, config-less case.
         if "table" not in overrides:
             raise UsageError("no target table: give --table (or contracts in a config file)")
-        layers = [("contract " + str(overrides["table"].value), {**base, **overrides})]
+        layers = [("contract " + _keys([str(overrides["table"].value)]), {**base, **overrides})]
     else:
         layers = []
         for i, entry in enumerate(entries):
@@ -271,7 +290,14 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
 
 def _entry_label(entry: Any, i: int) -> str:
     name = entry.get("name") if isinstance(entry, Mapping) else None
-    return f"contract {name if isinstance(name, str) else i + 1}"
+    return f"contract {_keys([name]) if isinstance(name, str) else i + 1}"
+
+
+def _keys(names: Any) -> str:
+    """Names for a one-line message: as written, or quoted when they hold odd characters."""
+    return ", ".join(
+        n if n.isprintable() and n.strip() == n and n else repr(n) for n in sorted(names)
+    )
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:
@@ -284,13 +310,13 @@ def _layer(raw: Mapping[str, Any], where: str) -> Layer:
     """One level of a contract's settings (the [defaults], or one [[contracts]] entry)."""
     unknown = set(raw) - _CONTRACT_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise UsageError(f"{where}: unknown setting(s) {_keys(unknown)}")
     layer = {k: Given(v, f"{where}: {k}", False) for k, v in raw.items() if k != "csv"}
     if "csv" in raw:
         csv = _table(raw["csv"], f"{where}: csv")
         unknown = set(csv) - set(_CSV)
         if unknown:
-            raise UsageError(f"{where}: unknown csv setting(s) {', '.join(sorted(unknown))}")
+            raise UsageError(f"{where}: unknown csv setting(s) {_keys(unknown)}")
         layer |= {k: Given(v, f"{where}: csv.{k}", False) for k, v in csv.items()}
     return layer
 

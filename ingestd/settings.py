@@ -68,6 +68,11 @@ def default_of(f: Field[Any]) -> Any:
     raise TypeError(f"{f.name} has no default")  # pragma: no cover - every key has one
 
 
+def field_default(cls: type, name: str) -> Any:
+    """The default of setting `name` of `cls`, for code that runs without a Settings."""
+    return default_of(next(f for f in fields(cls) if f.name == name))
+
+
 def shown_default(f: Field[Any]) -> str:
     """A setting's default as --help and the README show it."""
     meta: Key = f.metadata["key"]

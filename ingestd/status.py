@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ingestd.config import load_config, resolve_dsn
+from ingestd.config import load_config, resolve_dsn, resolve_keys
 from ingestd.db.database import Database
 from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
@@ -20,7 +20,6 @@ from ingestd.logs import dumps
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown_name
 from ingestd.retry import Backoff
-from ingestd.settings import DEFAULT_MANIFEST, DEFAULT_STATE_DIR
 
 
 def main(argv: Sequence[str]) -> int:
@@ -36,12 +35,14 @@ def main(argv: Sequence[str]) -> int:
     setup_logging("text", "ERROR")
     try:
         config = load_config(ns.config) if ns.config else {}
-        dsn = resolve_dsn(ns.dsn, os.environ, config)
-        table = ns.manifest_table or config.get("manifest_table", DEFAULT_MANIFEST)
-        state_dir = Path(ns.state_dir or config.get("state_dir", DEFAULT_STATE_DIR))
-        summary = asyncio.run(
-            _summary(dsn, state_dir, Manifest(config.get("manifest_schema"), table), ns.limit)
-        )
+        dsn = resolve_dsn(ns.dsn, os.environ, config, ns.config)
+        # The same keys, environment variables and checks as a run (flag > env > file).
+        got = resolve_keys(
+            ("state_dir", "manifest_table", "manifest_schema"), vars(ns), os.environ, config,
+            ns.config,
+        )  # fmt: skip
+        manifest = Manifest(got["manifest_schema"], got["manifest_table"])
+        summary = asyncio.run(_summary(dsn, got["state_dir"], manifest, ns.limit))
     except (UsageError, DatabaseUnavailableError) as exc:
         print(f"ingestd status: error: {mask_dsn(str(exc))}", file=sys.stderr)
         return 2

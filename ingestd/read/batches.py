@@ -10,10 +10,11 @@ import pyarrow as pa
 
 from ingestd.exceptions import FileError
 from ingestd.read.raw_csv import RawCsv
-from ingestd.settings import Contract
+from ingestd.settings import Contract, Settings, field_default
 
 CSV_BLOCK_BYTES = 1 << 20  # pyarrow parses in blocks; a row must fit in one (blocks grow)
-DEFAULT_MEMORY_LIMIT_BYTES = 256 << 20
+# Readers used without Settings (tests, the differential reference) get its default.
+DEFAULT_MEMORY_LIMIT_BYTES: int = field_default(Settings, "memory_limit_mb") << 20
 
 
 @dataclass(frozen=True)

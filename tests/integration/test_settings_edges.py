@@ -214,3 +214,18 @@ def test_sighup_with_a_wrong_typed_file_keeps_the_old_settings(
     with contextlib.suppress(Exception):
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.logs_text()
+
+
+def test_status_reads_the_same_variables_and_checks_them(
+    dsn: str, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INGESTD_MANIFEST_TABLE", "not_there")
+    result = run_cli(["status", "--dsn", dsn])
+    assert result.code == 2 and 'there is no manifest table "not_there"' in result.err
+    monkeypatch.setenv("INGESTD_MANIFEST_TABLE", "bad name")
+    result = run_cli(["status", "--dsn", dsn])
+    assert result.code == 2
+    assert said(result.err) == [
+        "ingestd status: error: INGESTD_MANIFEST_TABLE: manifest table 'bad name' is not "
+        "allowed: use letters, digits and _ only, starting with a letter or _"
+    ]
