@@ -9,7 +9,7 @@ from typing import Any
 
 from ingestd.exceptions import UsageError
 
-log = logging.getLogger("ingestd.embedded")
+log = logging.getLogger(__name__)
 
 
 def start_embedded(state_dir: Path) -> tuple[str, Any]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ingestd.metrics import Metrics
 
-log = logging.getLogger("ingestd.endpoint")
 _READ_TIMEOUT_S = 5.0
 
 
