@@ -51,7 +51,7 @@ def row_count(db: Db, table: str = "t", *, unreachable: int | None = None) -> in
         return int(db.val(f"SELECT count(*) FROM {table}"))
     except asyncpg.UndefinedTableError:
         return 0
-    except Exception:
+    except Exception:  # a server starting, stopping or gone fails in many ways
         if unreachable is None:
             raise
         return unreachable
