@@ -22,6 +22,7 @@ adbc-*, duckdb-* and pgpq-* need the optional `bench` extra (`pip install -e '.[
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import queue
 import sys
@@ -39,7 +40,10 @@ import pyarrow.parquet as pq
 from bench.data import COLUMNS, DELIMITER, PK, SCHEMA
 
 COPY_BINARY_TRAILER = b"\xff\xff"  # the field count -1 that ends a COPY BINARY stream
-BATCH_ROWS = 100_000  # Parquet batches and the text stage's transactions
+# Rows per Parquet batch (CSV: about as many, by block size) and per text-stage
+# transaction; BENCH_BATCH_ROWS overrides it to see what the batch size costs in memory.
+BATCH_ROWS = int(os.environ.get("BENCH_BATCH_ROWS", "100000"))
+CSV_BLOCK_BYTES = max(1 << 20, BATCH_ROWS * 128)  # the registry CSV: ~127 bytes a row
 
 # The DuckDB extension wheel and the DuckDB release must match (pinned together in the extra).
 MODULES = {
@@ -92,7 +96,7 @@ def csv_reader(path: str, *, as_text: bool = False) -> pa.RecordBatchReader:
     """pyarrow's streaming CSV reader in the registry's dialect: typed as the table, or
     (as_text) every column as string, values left for PostgreSQL to cast."""
     read = pacsv.ReadOptions(column_names=list(COLUMNS), encoding="latin-1",
-                             block_size=8 << 20)  # fmt: skip
+                             block_size=CSV_BLOCK_BYTES)  # fmt: skip
     parse = pacsv.ParseOptions(delimiter=DELIMITER)
     if as_text:
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS})
