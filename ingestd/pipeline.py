@@ -17,7 +17,7 @@ from ingestd.db.stage import CopyFormat
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
-from ingestd.exceptions import FileError
+from ingestd.exceptions import FileError, Interrupted
 from ingestd.load import (
     BatchLoader,
     Done,
@@ -66,6 +66,8 @@ async def process_file(
         if committed is None:
             committed = await ctx.manifest.progress(conn, job.claim.manifest_id)
         if committed.segments is None and not committed.rows:
+            if ctx.stopping.is_set():  # planning reads the whole file: not after a stop
+                raise Interrupted("stopped before loading; resumes on the next run")
             committed = await plan_split(conn, job, ctx, reader.raw, committed)
         if committed.segments is not None:
             # A large file cut into segments that idle workers load alongside this one.

@@ -180,8 +180,8 @@ class Scanner:
                     )
                 await self._backoff.sleep(self._backoff.delay(failures - 1))
 
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Daemon discovery until `stop`: files already there first, then what arrives.
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Daemon discovery until `stopping`: files already there first, then what arrives.
 
         Nothing the file system does stops it: the watcher is restarted after any error
         (then a rescan finds what it missed), and a missing inbox only makes it wait."""
@@ -200,17 +200,17 @@ class Scanner:
         tick_s = min(0.05, self.settings.settle_s / 4) or 0.01
         # Its own task: a full queue holds this loop in offer(), never the look at the inbox
         # (readiness) or the watcher's restart.
-        monitor = asyncio.create_task(watcher.run(stop, tick_s), name="ingestd-inbox-watch")
+        monitor = asyncio.create_task(watcher.run(stopping, tick_s), name="ingestd-inbox-watch")
         last_rescan = time.monotonic()
         failures = 0
         try:
-            while not stop.is_set():
+            while not stopping.is_set():
                 if monitor.done():
                     monitor.result()
                     raise RuntimeError("the inbox monitor stopped")
                 ready = settler.settled()
                 for i, path in enumerate(ready):
-                    if stop.is_set():
+                    if stopping.is_set():
                         break
                     if await self._try_offer(path):
                         failures = 0
@@ -218,7 +218,7 @@ class Scanner:
                     for later in ready[i:]:  # database away: these wait, not until a rescan
                         self._note(settler, later)
                     failures += 1
-                    await _sleep_or_stop(stop, self._backoff.delay(min(failures, 5) - 1))
+                    await _sleep_or_stop(stopping, self._backoff.delay(min(failures, 5) - 1))
                     break
                 # Full rescans catch what the watcher cannot see (NFS, overflowed inotify),
                 # and files whose lease ran out at a dead instance.
@@ -227,7 +227,7 @@ class Scanner:
                 if watcher.ok and (watcher.rescan_due() or overdue):
                     last_rescan = time.monotonic()
                     self._rescan(settler)
-                await _sleep_or_stop(stop, tick_s)
+                await _sleep_or_stop(stopping, tick_s)
         finally:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -466,6 +466,6 @@ class Scanner:
         await self.archives.move(archive.Pending(path, name, "failed", failed, report))
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        await asyncio.wait_for(stopping.wait(), seconds)

@@ -30,7 +30,7 @@ from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
 from ingestd.split import Help
-from ingestd.worker import Worker, WorkQueue
+from ingestd.worker import Worker, WorkQueue, never_opened
 
 log = logging.getLogger("ingestd.service")
 HEALTH_INTERVAL_S = 2.0
@@ -67,13 +67,7 @@ def new_run_id() -> str:
 class Service:
     """One ingestd instance: pool, scanner, workers, endpoint; --once and daemon alike."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        backoff: Backoff | None = None,
-        on_result: Callable[[FileResult], None] | None = None,
-    ):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.run_id = new_run_id()
         self.token = new_token()  # this process's claims, apart from another with our id
@@ -82,10 +76,12 @@ class Service:
             settings.lease_s, self.token,
         )  # fmt: skip
         self.metrics = Metrics()
-        self.stop_event = asyncio.Event()
-        self._abort = asyncio.Event()
-        self.results = Results(on_result=on_result)
-        self._backoff = backoff or Backoff(settings.retry_base_s, settings.retry_cap_s)
+        # The one stop: set by a signal (request_stop) or at the end of a --once run; the
+        # scanner stops discovering, each worker stops before its next file and batch.
+        self.stopping = asyncio.Event()
+        self._abort = asyncio.Event()  # a second signal: roll back the batches in hand now
+        self.results = Results()
+        self._backoff = Backoff(settings.retry_base_s, settings.retry_cap_s)
         self._scanner: Scanner | None = None
         self._embedded: Any = None  # keeps the embedded server alive for the run
         self.endpoint: Endpoint | None = None
@@ -94,12 +90,12 @@ class Service:
     def request_stop(self) -> None:
         """First signal: stop discovery; workers finish their batch in hand, then exit.
         Second signal: abort now; the batch in hand rolls back."""
-        if self.stop_event.is_set():
+        if self.stopping.is_set():
             log.warning("shutdown_abort")
             self._abort.set()
         else:
             log.info("shutdown_requested")
-            self.stop_event.set()
+            self.stopping.set()
 
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new contracts and log level apply to files discovered from now on."""
@@ -118,7 +114,7 @@ class Service:
             scanner is not None
             and scanner.db_ok
             and scanner.inbox_ok
-            and not self.stop_event.is_set()
+            and not self.stopping.is_set()
         )
 
     async def run(self) -> RunReport:
@@ -220,9 +216,15 @@ class Service:
         queue: WorkQueue = asyncio.Queue(maxsize=s.effective_queue_size)
         progress = Progress(sys.stderr) if self._show_progress() else None
         ctx = LoadContext(
-            s, manifest, self.metrics, self.run_id, version, self.stop_event, progress,
+            settings=s,
+            manifest=manifest,
+            metrics=self.metrics,
+            run_id=self.run_id,
+            server_version=version,
+            stopping=self.stopping,
+            progress=progress,
             offer=functools.partial(_offer, queue),
-        )  # fmt: skip
+        )
         scanner = Scanner(
             s, db, manifest, queue, self.results, self.metrics, self.run_id, self._backoff
         )
@@ -244,6 +246,8 @@ class Service:
             asyncio.create_task(w.run(queue), name=f"ingestd-worker-{i}")
             for i, w in enumerate(workers)
         ]
+        # Supervised like the scanner and the workers: one that dies stops the service
+        # loudly, instead of readiness or the leases freezing unseen.
         background = [
             asyncio.create_task(self._health(db, scanner), name="ingestd-health"),
             asyncio.create_task(self._renew(db, manifest, leases), name="ingestd-leases"),
@@ -251,49 +255,63 @@ class Service:
         if progress is not None:
             background.append(asyncio.create_task(progress.run(), name="ingestd-progress"))
         try:
-            await self._drive(scanner, queue, tasks)
+            await self._drive(scanner, queue, [*tasks, *background])
         finally:
-            await self._stop_workers(workers, tasks)
+            await self._stop_workers(tasks)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            self._never_opened(queue)
 
     async def _drive(
-        self, scanner: Scanner, queue: WorkQueue, workers: list[asyncio.Task[None]]
+        self, scanner: Scanner, queue: WorkQueue, supervised: list[asyncio.Task[None]]
     ) -> None:
         """Discover (once, or until stopped), drain the queue in --once; stop if a task dies."""
         if self.settings.once:
             discovery = scanner.scan_once()
         else:
-            discovery = scanner.watch(self.stop_event)
+            discovery = scanner.watch(self.stopping)
         scanning = asyncio.create_task(discovery, name="ingestd-scanner")
-        stopping = asyncio.create_task(self.stop_event.wait(), name="ingestd-stop")
+        stopped = asyncio.create_task(self.stopping.wait(), name="ingestd-stop")
         draining: asyncio.Task[None] | None = None
         try:
-            await _first(scanning, stopping, *workers)
-            if self.settings.once and not self.stop_event.is_set():
+            await _first(scanning, stopped, *supervised)
+            if self.settings.once and not self.stopping.is_set():
                 draining = asyncio.create_task(queue.join(), name="ingestd-drain")
-                await _first(draining, stopping, *workers)
-            _raise_if_dead(scanning, *workers)
+                await _first(draining, stopped, *supervised)
+            _raise_if_dead(scanning, *supervised)
         finally:
-            tasks = [t for t in (scanning, stopping, draining) if t is not None]
+            tasks = [t for t in (scanning, stopped, draining) if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _stop_workers(self, workers: list[Worker], tasks: list[asyncio.Task[None]]) -> None:
+    async def _stop_workers(self, tasks: list[asyncio.Task[None]]) -> None:
         """Let each worker finish (or roll back) its batch in hand, within the grace period;
         a second signal or the deadline cancels them, which rolls back the open batch."""
-        self.stop_event.set()  # workers stop between batches
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while any(w.busy for w in workers) and not self._abort.is_set():
-            if time.monotonic() > deadline:
-                log.error("shutdown_timeout", extra={"grace_s": self.settings.shutdown_grace_s})
-                break
-            await asyncio.sleep(0.02)
+        self.stopping.set()  # workers stop before their next batch and their next file
+        grace_s = self.settings.shutdown_grace_s
+        finished = asyncio.ensure_future(asyncio.wait(tasks))
+        aborted = asyncio.ensure_future(self._abort.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {finished, aborted}, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            finished.cancel()  # cancels the wait, not the workers
+            aborted.cancel()
+        if not done:
+            log.error("shutdown_timeout", extra={"grace_s": grace_s})
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=10)
+
+    def _never_opened(self, queue: WorkQueue) -> None:
+        """The files still queued at the stop: reported interrupted, never opened."""
+        while not queue.empty():
+            item = queue.get_nowait()
+            if not isinstance(item, Help):
+                self.results.add(never_opened(item))
 
     async def _renew(self, db: Database, manifest: Manifest, leases: set[int]) -> None:
         """Renew the leases on files in hand, so that a slow batch is not taken over; and

@@ -71,25 +71,41 @@ class Worker:
         self._conn: Connection | None = None
         self._session = SessionState()
         self._leases = leases  # claims queued or in hand, renewed by the service
-        self.busy = False
 
     async def run(self, queue: WorkQueue) -> None:
-        """Serve the queue forever (the service cancels this task to stop it)."""
+        """Serve the queue until a stop is requested: the file in hand stops after its
+        batch in hand; no further file is opened."""
         try:
-            while True:
-                job = await queue.get()
-                self.busy = True
+            while (item := await self._take(queue)) is not None:
                 try:
-                    if isinstance(job, Help):
-                        await self._help(job)
-                        continue
-                    with bound(file=str(job.name), worker_id=self.worker_id):
-                        await self._handle(job)
+                    if self._ctx.stopping.is_set():
+                        # Taken in the same instant as the stop: not opened either.
+                        if isinstance(item, Job):
+                            self._results.add(never_opened(item))
+                    elif isinstance(item, Help):
+                        await self._help(item)
+                    else:
+                        with bound(file=str(item.name), worker_id=self.worker_id):
+                            await self._handle(item)
                 finally:
-                    self.busy = False
                     queue.task_done()
         finally:
             await self._release()
+
+    async def _take(self, queue: WorkQueue) -> Job | Help | None:
+        """The next item of the queue, or None once a stop is requested."""
+        stopping = self._ctx.stopping
+        if stopping.is_set():
+            return None
+        taking = asyncio.ensure_future(queue.get())
+        stopped = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({taking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not taking.done():
+                taking.cancel()
+        return taking.result() if taking.done() and not taking.cancelled() else None
 
     async def _help(self, offer: Help) -> None:
         """Load segments of a file another worker owns; it reports how the file ends."""
@@ -282,6 +298,8 @@ class Worker:
         return FileResult(name, table, Outcome.SKIPPED, error=str(dup), file_type=file_type)
 
     async def _attempt(self, job: Job, *, first: bool) -> int:
+        if self._ctx.stopping.is_set():
+            raise Interrupted("stopped before it was opened; resumes on the next run")
         conn = await self._connection()
         committed = None
         if first:
@@ -419,7 +437,23 @@ def _log_result(result: FileResult) -> None:
         "table": result.table,
     }
     if result.status == Outcome.INTERRUPTED:
-        log.warning("file_interrupted", extra={**extra, "rows_committed": result.rows})
+        # Not a problem: the file stays pending and resumes after its committed rows.
+        log.info("file_interrupted", extra={**extra, "rows_committed": result.rows})
         return
     levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
     log.log(levels.get(result.status, logging.ERROR), "file_finished", extra=extra)
+
+
+def never_opened(job: Job) -> FileResult:
+    """A file claimed and queued but not taken before the stop: not opened, not touched;
+    interrupted like the file in hand, it resumes on the next run."""
+    rows = job.claim.rows_done
+    with bound(file=str(job.name)):
+        log.info(
+            "file_interrupted",
+            extra={"status": "interrupted", "rows_committed": rows,
+                   "reason": "stopped before it was opened"},
+        )  # fmt: skip
+    return FileResult(
+        str(job.name), job.contract.table, Outcome.INTERRUPTED, rows, stay=True, rows_before=rows
+    )
