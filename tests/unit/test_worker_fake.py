@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,14 +24,14 @@ from ingestd import worker
 from ingestd.claim import Job
 from ingestd.db.manifest import Claim, Committed, FileVersion, Segments
 from ingestd.discover import identity
-from ingestd.exceptions import FileError, RetryableError
+from ingestd.exceptions import FileError, Interrupted, RetryableError
 from ingestd.load import LoadContext
 from ingestd.metrics import Metrics
 from ingestd.model import ManifestStatus, Outcome, Results
 from ingestd.read.raw_csv import raw_csv
 from ingestd.retry import Backoff
 from ingestd.settings import BadRows, Contract, Settings
-from ingestd.split import plan_split
+from ingestd.split import SplitLoad, plan_split
 from tests.helpers import csv_rows, write
 
 TRANSIENT = "deadlock detected (transient; will retry)"
@@ -328,3 +329,67 @@ async def test_a_file_is_not_split_when_its_rows_must_be_counted_from_the_top(
     ctx = _context(rig, settings, offer=offer)
     assert await plan_split(object(), job, ctx, raw, before) is before, why
     assert rig.manifest.rows[7].segments is None
+
+
+# --- split: who loads which segment ---------------------------------------------------------
+
+
+class ScriptedSplit(SplitLoad):
+    """The hand-out of a split file's segments, each segment's load replaced by a record of
+    who loaded it (SplitLoad._load is where the batches would go to PostgreSQL)."""
+
+    def __init__(self, segments: Segments, fail: int | None = None) -> None:
+        job = SimpleNamespace(name=PurePosixPath("big.csv"))  # only its name is logged
+        super().__init__(job, None, None, None, segments)  # type: ignore[arg-type]
+        self.failing = fail
+        self.loaded: list[tuple[str, int]] = []
+        self.started = asyncio.Event()
+
+    async def _load(self, conn: object, worker_id: str, segment: int) -> None:
+        self.started.set()
+        await asyncio.sleep(0)  # a batch's await: the other participants take turns
+        if segment == self.failing:
+            raise FileError("row 5 has 3 fields, expected 2")
+        self.loaded.append((worker_id, segment))
+
+
+FOUR = Segments(ends=(100, 200, 300, 400), done=(0, 100, 300, 300))  # segment 2 is done
+
+
+async def test_each_segment_left_is_loaded_once_by_whoever_asks() -> None:
+    split = ScriptedSplit(FOUR)
+    assert split.left == 3
+    owner = split.take_part(object(), "w0")
+    helper = split.help(object(), "w1")
+    assert await asyncio.gather(owner, helper) == [True, True]
+    await split.finished()
+    assert sorted(segment for _, segment in split.loaded) == [0, 1, 3]  # 2 was done
+    assert {worker for worker, _ in split.loaded} == {"w0", "w1"}  # both helped
+    assert split.left == 0
+
+
+async def test_a_failing_segment_stops_the_others_and_the_owner_raises_it() -> None:
+    split = ScriptedSplit(FOUR, fail=0)
+    results = await asyncio.gather(split.take_part(object(), "w0"), split.help(object(), "w1"))
+    assert results == [False, True]  # the failing participant's connection may be unusable
+    with pytest.raises(FileError, match="row 5 has 3 fields"):
+        await split.finished()
+    assert [segment for _, segment in split.loaded] == [1]  # in hand already; 3 never taken
+    assert split.left == 1
+
+
+async def test_a_participant_cancelled_mid_segment_leaves_the_file_interrupted() -> None:
+    split = ScriptedSplit(Segments(ends=(100,), done=(0,)))
+    split._load = _forever.__get__(split)  # type: ignore[method-assign]
+    part = asyncio.ensure_future(split.take_part(object(), "w0"))
+    await split.started.wait()
+    part.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await part
+    with pytest.raises(Interrupted, match="resumes on the next run"):
+        await split.finished()
+
+
+async def _forever(self: ScriptedSplit, conn: object, worker_id: str, segment: int) -> None:
+    self.started.set()
+    await asyncio.Event().wait()  # a batch that never ends until the task is cancelled
