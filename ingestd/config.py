@@ -8,13 +8,14 @@ from (the flag, the INGESTD_* variable, or the config file).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from ingestd.exceptions import UsageError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier, validate_pg_type
@@ -44,6 +45,7 @@ __all__ = [
     "resolve_keys",
 ]
 
+_T = TypeVar("_T")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _SETTINGS = {f.name: (f, meta) for f, meta in setting_keys(Settings)}
@@ -216,13 +218,21 @@ def _dsn_with_password(dsn: str | None, password_file: Path | None) -> str | Non
 
 def _check_sources(settings: Settings) -> None:
     for f in settings.files:
-        if not f.is_file():
+        if not _looked_at(f, Path.is_file):
             raise UsageError(f"file {f} does not exist or is not a regular file")
-    if not settings.files and settings.inbox is None:
+    inbox = settings.inbox
+    if not settings.files and inbox is None:
         raise UsageError("nothing to do: give --inbox DIR (or inbox in the config) or --files")
-    if not settings.files and settings.inbox is not None and not settings.inbox.is_dir():
-        if settings.once or settings.inbox.exists():  # the daemon waits for a missing one
-            raise UsageError(f"inbox {settings.inbox} does not exist or is not a directory")
+    if not settings.files and inbox is not None and not _looked_at(inbox, Path.is_dir):
+        if settings.once or _looked_at(inbox, Path.exists):  # the daemon waits for one
+            raise UsageError(f"inbox {inbox} does not exist or is not a directory")
+
+
+def _looked_at(path: Path, test: Callable[[Path], _T]) -> _T:
+    try:
+        return test(path)
+    except OSError as exc:  # a name too long, a folder on the way not searchable
+        raise UsageError(f"cannot look at {str(path)[:200]}: {exc.strerror}") from None
 
 
 def check_no_loop(settings: Settings) -> None:
@@ -231,11 +241,11 @@ def check_no_loop(settings: Settings) -> None:
     inbox = settings.inbox
     if inbox is None or settings.files or settings.keep_files:
         return  # nothing is moved anywhere
-    inbox_real = inbox.resolve()
+    inbox_real = _looked_at(inbox, Path.resolve)
     for key, folder in (("done_dir", settings.done_path), ("failed_dir", settings.failed_path)):
         if folder is None:
             continue
-        real = folder.resolve()
+        real = _looked_at(folder, Path.resolve)
         if real == inbox_real:
             where = f"{key} {folder} is the inbox {inbox}"
         elif real.is_relative_to(inbox_real):
@@ -369,7 +379,7 @@ def _csv_options(got: dict[str, Any], where: str) -> CsvOptions:
         raise UsageError(f"{where}: quote must be one character other than the delimiter")
     try:
         "".encode(options.encoding)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with a NUL in it
         raise UsageError(
             f"{where}: unknown encoding {options.encoding!r} (try utf-8 or latin-1)"
         ) from None
@@ -462,7 +472,7 @@ def _float(given: Given, minimum: float | None) -> float:
             value = float(value.strip())
         except ValueError:
             raise _wrong(given, "a number") from None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise _wrong(given, "a number")
     if minimum is not None and value < minimum:
         raise _wrong(given, f"at least {minimum:g}", value)

@@ -105,7 +105,7 @@ def parse_metrics_addr(value: str) -> tuple[str, int] | None:
     if value.lower() in ("off", "none", "false", ""):
         return None
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise UsageError(f"metrics address {value!r} must be HOST:PORT or off")
     return (host.strip("[]") or "127.0.0.1", int(port))
 

@@ -378,3 +378,26 @@ def test_any_environment_value_is_settings_or_a_usage_error(
 def test_example_values_parse_as_toml() -> None:
     """toml_value writes defaults the way the example config and README show them."""
     assert tomllib.loads('max_bad_rows = "0"')["max_bad_rows"] == toml_value(BadRows())
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        ({"inbox": "a" * 5000, "once": True}, "cannot look at aaa"),
+        ({"files": ["b" * 5000]}, "cannot look at bbb"),
+        ({"metrics_addr": "host:²"}, "metrics address 'host:²' must be HOST:PORT or off"),
+        ({"settle_s": "inf"}, "--settle-s must be a number, not 'inf'"),
+        ({"encoding": "utf\x008"}, "unknown encoding"),
+        ({"state_dir": "~no_such_user_here/x"}, "~ names no known user"),
+    ],
+)
+def test_odd_values_found_by_fuzzing_are_usage_errors(
+    flags: dict[str, Any], fragment: str, tmp: Path
+) -> None:
+    with pytest.raises(UsageError, match=fragment.replace("(", r"\(")):
+        resolve({**flags_for("x", tmp), **flags}, {})
+
+
+def test_infinity_in_the_config_file_is_refused(tmp: Path) -> None:
+    with pytest.raises(UsageError, match="statement_timeout_s must be a number, not inf"):
+        resolve(flags_for("x", tmp), {}, {"statement_timeout_s": float("inf")}, tmp / "c.toml")
