@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ingestd.cli import build_settings
+from ingestd.cli import _parser, build_settings
 from ingestd.exceptions import UsageError
 from tests.conftest import run_cli
 
@@ -163,3 +165,27 @@ def test_a_wrong_environment_variable_at_start_up_is_one_line(inbox: Path) -> No
     assert result.stderr == (
         "ingestd: error: INGESTD_CHUNK_SIZE must be a whole number, not 'lots'\n"
     )
+
+
+FLAGS = sorted(
+    s
+    for a in _parser()._actions
+    for s in a.option_strings
+    if s not in ("-h", "--help", "--version")
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(words=st.lists(st.tuples(st.sampled_from(FLAGS), st.text(max_size=8)), max_size=4))
+def test_any_command_line_is_settings_a_usage_error_or_exit_2(
+    words: list[tuple[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    inbox = tmp_path_factory.getbasetemp() / "fuzz-inbox"
+    inbox.mkdir(exist_ok=True)
+    argv = [*base(inbox), *(w for pair in words for w in pair)]
+    try:
+        build_settings(argv)
+    except UsageError as exc:
+        assert "\n" not in str(exc) or any("\n" in w for _, w in words)
+    except SystemExit as exc:
+        assert exc.code == 2
