@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test test-deep test-pg15 test-fast check lint format bench bench-quick clean wheel wheel-smoke
 
 # The bench extra (the peers make bench measures: ADBC, DuckDB, pgpq) adds ~6 s from PyPI.
-$(STAMP): pyproject.toml
+# Every version is the lock's (requirements/dev.txt: all extras, hash-checked; `make lock`).
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e '.[dev,bench]'
 	touch $(STAMP)
 
 ## demo: load examples/inbox into the embedded PostgreSQL and show what landed
@@ -75,3 +77,59 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ingestd examples/.ingestd .pytest_cache .mypy_cache .ruff_cache
+
+## lock: refresh requirements/*.txt, the exact versions (with hashes) that the venv, CI and
+## the image install; keeps every pin pyproject.toml still admits (UPGRADE=1: newest of all)
+# pyproject.toml keeps open ranges for `pip install ingestd`; tests/deploy/test_lock.py fails
+# when the lock no longer satisfies them. uv is pinned here, in its own venv.
+.PHONY: lock image image-base test-image
+UV_VERSION := 0.13.8
+UV := $(VENV)/uv/bin/uv
+LOCK := $(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(UV) || { $(PY) -m venv $(VENV)/uv && $(VENV)/uv/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(LOCK) pyproject.toml --all-extras -o requirements/dev.txt
+	$(LOCK) pyproject.toml -c requirements/dev.txt -o requirements/image.txt
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	    | $(LOCK) - -o requirements/build.txt
+
+## image: the container image IMAGE (ingestd:local) with podman or docker, on BASE
+# The locked wheels are downloaded (hash-checked) first, so the build needs no network.
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || { command -v docker >/dev/null 2>&1 && echo docker; })
+IMAGE ?= ingestd:local
+BASE ?= python:3.11-slim
+IMAGE_PYTHON ?= 3.11
+WHEELS := requirements/wheels
+# podman: HEALTHCHECK exists only in the docker format; runc where Debian's crun fails here.
+ENGINE_FLAGS := $(if $(filter podman,$(ENGINE)),--format docker $(if $(shell command -v runc),--runtime runc) \
+	--ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
+image: $(STAMP)
+	@test -n "$(ENGINE)" || { echo "make image: no container engine: install podman (apt-get install podman runc) or docker" >&2; exit 2; }
+	$(BIN)/pip download --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: \
+	    --python-version $(IMAGE_PYTHON) -d $(WHEELS) -r requirements/image.txt -r requirements/build.txt
+	$(ENGINE) build $(ENGINE_FLAGS) --build-arg BASE=$(BASE) --build-arg PIP_NO_INDEX=1 \
+	    --build-arg PIP_FIND_LINKS=/src/$(WHEELS) -t $(IMAGE) .
+
+## image-base: a base image made from Debian packages (no registry needed), once per machine
+# tzdata as in python:*-slim: Arrow reads time zones from /usr/share/zoneinfo.
+IMAGE_BASE := localhost/ingestd-base:bookworm
+image-base:
+	@test -n "$(ENGINE)" || { echo "make image-base: no container engine: install podman (apt-get install podman runc) or docker" >&2; exit 2; }
+	$(ENGINE) image inspect $(IMAGE_BASE) >/dev/null 2>&1 || { \
+	    mmdebstrap --quiet --variant=apt --include=python3-minimal,python3-venv,tzdata \
+	        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+	        --dpkgopt='path-exclude=/usr/share/locale/*' bookworm - \
+	    | $(ENGINE) import --change 'CMD ["python3"]' - $(IMAGE_BASE); }
+
+## test-image: build the image on image-base and run it for real (tests/deploy/test_image.py)
+# Without podman or docker it skips (and says why); under CI=true that is an error.
+TEST_IMAGE := localhost/ingestd:test
+test-image: $(STAMP)
+	@if [ -z "$(ENGINE)" ]; then \
+	    if [ "$$CI" = true ]; then echo "make test-image: no container engine (CI must run it)" >&2; exit 1; fi; \
+	    echo "make test-image: SKIPPED: no container engine (apt-get install podman runc mmdebstrap)"; exit 0; fi
+	$(MAKE) --no-print-directory image-base
+	$(MAKE) --no-print-directory image BASE=$(IMAGE_BASE) IMAGE=$(TEST_IMAGE)
+	INGESTD_IMAGE=$(TEST_IMAGE) INGESTD_ENGINE=$(ENGINE) $(BIN)/pytest -q -p no:cacheprovider \
+	    $(if $(BASETEMP),--basetemp=$(BASETEMP)) tests/deploy/test_image.py

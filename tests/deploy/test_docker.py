@@ -79,11 +79,14 @@ def builder_wheel_cmd() -> str:
     return runs[0]
 
 
-def test_two_stages_from_python_312_slim() -> None:
+def test_two_stages_from_one_base_given_as_a_build_argument() -> None:
+    # CI builds on a base made from Debian packages (make image-base): no registry there.
+    first = instructions()[0]
+    assert first == ("ARG", "BASE=python:3.11-slim")
     named = stages()
     assert list(named) == ["builder", "runtime"]
-    assert named["builder"][0] == ("FROM", "python:3.12-slim AS builder")
-    assert named["runtime"][0] == ("FROM", "python:3.12-slim AS runtime")
+    assert named["builder"][0] == ("FROM", "${BASE} AS builder")
+    assert named["runtime"][0] == ("FROM", "${BASE} AS runtime")
 
 
 def test_builder_runs_exactly_the_make_wheel_command() -> None:
@@ -91,15 +94,31 @@ def test_builder_runs_exactly_the_make_wheel_command() -> None:
     assert builder_wheel_cmd() == "pip wheel --no-deps -w dist ."
 
 
-def test_runtime_installs_the_wheel_alone() -> None:
+def test_builder_installs_the_lock_then_the_wheel_alone() -> None:
+    builder = stages()["builder"]
+    runs = [a for w, a in builder if w == "RUN"]
+    assert runs[0] == (
+        "python3 -m venv /opt/ingestd "
+        "&& pip install --require-hashes --no-deps -r requirements/image.txt"
+    )
+    last = runs[-1]
+    assert last.startswith("pip install --no-deps dist/*.whl && pip check")
+    assert "pip uninstall --yes pip setuptools" in last
+    # The lock, not the wheel's open ranges, decides every version; no extras (the embedded
+    # PostgreSQL stays out of the image).
+    assert "[" not in last.split("&&")[0]
+    assert ("ARG", "PIP_NO_INDEX") in builder and ("ARG", "PIP_FIND_LINKS") in builder
+
+
+def test_runtime_copies_the_virtualenv_alone() -> None:
     runtime = stages()["runtime"]
     copies = [a for w, a in runtime if w == "COPY" and a.startswith("--from=builder")]
-    assert copies == ["--from=builder /src/dist/ /tmp/dist/"]
-    installs = [a for w, a in runtime if w == "RUN" and "pip install" in a]
-    assert installs == ["pip install /tmp/dist/*.whl && rm -rf /tmp/dist"]
-    # No extras (the embedded PostgreSQL stays out of the image), no source tree.
+    assert copies == ["--from=builder /opt/ingestd/ /opt/ingestd/"]
+    assert not [a for w, a in runtime if w == "RUN" and "pip " in a]
     assert "embedded" not in DOCKERFILE.read_text().split("AS runtime", 1)[1]
     assert not [a for w, a in runtime if w in ("COPY", "ADD") and "ingestd/" in a.split()[0]]
+    env = " ".join(a for w, a in runtime if w == "ENV")
+    assert "PATH=/opt/ingestd/bin:" in env
 
 
 def test_runtime_user_volumes_and_process() -> None:
@@ -161,8 +180,12 @@ def test_dockerignore_admits_what_the_dockerfile_copies() -> None:
         if word in ("COPY", "ADD") and not args.startswith("--from="):
             *sources, _dest = args.split()
             for source in sources:
-                assert source.rstrip("/") in admitted, f"{source} is not in the build context"
-                assert (ROOT / source).exists(), source
+                inside = {a for a in admitted if a == source.rstrip("/") or a.startswith(source)}
+                assert inside, f"{source} is not in the build context"
+                assert all((ROOT / a).exists() for a in inside), inside
+    # The runtime lock and the build backend's; the dev lock stays out.
+    assert {"requirements/image.txt", "requirements/build.txt"} <= admitted
+    assert "requirements/dev.txt" not in admitted
 
 
 @pytest.fixture
