@@ -59,6 +59,7 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     repeat = args.repeat or (1 if args.quick else 3)
     sizes = sizes_for(args)
     selected = list(args.only or [c for c in cases.CASES if c not in cases.PROBES])
@@ -161,7 +162,7 @@ def _header(
     return [
         f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
         f"ingestd {_git_commit()}; total bench time {seconds / 60:.1f} min",
-        f"command: `python -m bench.run {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"command: `python -m bench.run {' '.join(args.argv)}`".replace("  ", " "),
         f"machine: {_cpu_model()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}",
