@@ -49,10 +49,10 @@ ARG INGESTD_UID=10001
 RUN groupadd --system --gid ${INGESTD_UID} ingestd \
  && useradd --system --uid ${INGESTD_UID} --gid ingestd --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin ingestd
-COPY --from=builder /opt/ingestd/ /opt/ingestd/
 # The directories exist (owned by ingestd) before VOLUME, so fresh volumes inherit the owner.
 RUN mkdir -p /data/inbox /data/done /data/failed /data/state /etc/ingestd \
  && chown -R ingestd:ingestd /data
+COPY --from=builder /opt/ingestd/ /opt/ingestd/
 COPY deploy/docker/ingestd.toml /etc/ingestd/ingestd.toml
 USER ingestd:ingestd
 WORKDIR /data

@@ -108,7 +108,7 @@ image: $(STAMP)
 	@test -n "$(ENGINE)" || { echo "make image: no container engine: install podman (apt-get install podman runc) or docker" >&2; exit 2; }
 	$(BIN)/pip download --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: \
 	    --python-version $(IMAGE_PYTHON) -d $(WHEELS) -r requirements/image.txt -r requirements/build.txt
-	$(ENGINE) build $(ENGINE_FLAGS) --build-arg BASE=$(BASE) --build-arg PIP_NO_INDEX=1 \
+	$(ENGINE) build $(ENGINE_FLAGS) --network none --build-arg BASE=$(BASE) --build-arg PIP_NO_INDEX=1 \
 	    --build-arg PIP_FIND_LINKS=/src/$(WHEELS) -t $(IMAGE) .
 
 ## image-base: a base image made from Debian packages (no registry needed), once per machine
