@@ -6,13 +6,15 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+from ingestd.settings import Settings, field_default
+
 
 @dataclass(frozen=True)
 class Backoff:
     """Delay before attempt n+1: about base * 2**n plus up to half a second, capped."""
 
-    base_s: float = 1.0
-    cap_s: float = 30.0
+    base_s: float = field_default(Settings, "retry_base_s")
+    cap_s: float = field_default(Settings, "retry_cap_s")
     jitter_s: float = 0.5
 
     def delay(self, attempt: int) -> float:
