@@ -65,7 +65,7 @@ def default_of(f: Field[Any]) -> Any:
         return f.default
     if f.default_factory is not MISSING:
         return f.default_factory()
-    raise TypeError(f"{f.name} has no default")  # pragma: no cover - every key has one
+    raise TypeError(f"{f.name} has no default")  # required: a contract's name and table
 
 
 def field_default(cls: type, name: str) -> Any:
