@@ -85,7 +85,7 @@ def install() -> None:
     space["copy_batch"] = _timed_async("COPY into stage", space["copy_batch"])
     space["copy_into_target"] = _timed_async("COPY into target", space["copy_into_target"])
     space["merge_batch"] = _timed_async("merge SQL", space["merge_batch"])
-    RawCsv.segments = _timed_iter("read raw segments", RawCsv.segments)  # type: ignore[method-assign]
+    RawCsv.batches = _timed_iter("read raw segments", RawCsv.batches)  # type: ignore[method-assign]
     Manifest.checkpoint = _timed_async("manifest checkpoint", Manifest.checkpoint)  # type: ignore[method-assign]
     tx = asyncpg.transaction.Transaction
     tx.__aenter__ = _timed_async("BEGIN", tx.__aenter__)  # type: ignore[method-assign]

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ingestd.db.manifest import FileVersion
 from ingestd.names import manifest_name
 
-log = logging.getLogger("ingestd.archive")
+log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".error.json"
 TEMP_PREFIX = ".ingestd-"  # a dot-file: never discovered, even in a folder that is watched

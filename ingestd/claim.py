@@ -7,12 +7,12 @@ import errno
 import hashlib
 import os
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Claim, FileVersion, Manifest
+from ingestd.model import ManifestStatus
 from ingestd.names import manifest_name
 from ingestd.settings import Contract
 
@@ -29,7 +29,6 @@ class Job:
     version: FileVersion
     claim: Claim
     identity: tuple[int, int]
-    queued_at: float
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ async def claim_file(
     label = f"{contract.schema}.{contract.table}" if contract.schema else contract.table
     claim = await manifest.claim(conn, version, label, run_id, resume=resume)
     if claim is not None:
-        return Job(path, name, contract, version, claim, identity, time.monotonic())
+        return Job(path, name, contract, version, claim, identity)
     seen = await manifest.lookup(conn, version, label)
-    loaded = seen is not None and seen.status in ("success", "skipped")
+    loaded = seen is not None and seen.status in (ManifestStatus.SUCCESS, ManifestStatus.SKIPPED)
     return Skip(loaded=loaded, held_elsewhere=seen is None or seen.leased)

@@ -7,46 +7,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.errors import BatchError
-from ingestd.db.manifest import Manifest
 from ingestd.db.merge import apply_batch
 from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
-from ingestd.metrics import Metrics
-from ingestd.progress import Progress
+from ingestd.model import LoadContext
 from ingestd.read.csv_reader import parse_segment
 from ingestd.read.raw_csv import RawCsv
 from ingestd.reject import Sorting, is_bad_data, load_sorting_out
-from ingestd.settings import Settings
-
-if TYPE_CHECKING:
-    from ingestd.split import Help
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadContext:
-    """What every worker shares: read-only settings and the run's books."""
-
-    settings: Settings
-    manifest: Manifest
-    metrics: Metrics
-    run_id: str
-    server_version: int
-    stopping: asyncio.Event
-    progress: Progress | None = None  # --once on a terminal
-    # Asks idle workers to help with a split file (False: the queue is full, nobody is idle).
-    offer: Callable[[Help], bool] | None = None
 
 
 class FileChangedError(FileError):
@@ -66,7 +44,7 @@ def check_unchanged(job: Job) -> None:
 
 
 @dataclass
-class Done:
+class Tally:
     """Where a load stands: rows consumed, of them set aside, batches committed.
 
     A load that starts in the middle of a file (a segment) does not know how many rows
@@ -121,28 +99,28 @@ class BatchLoader:
     worker_id: str
     file_type: str
 
-    async def batch(self, piece: Piece, done: Done) -> None:
-        """One batch, start to commit; advances `done`."""
+    async def batch(self, piece: Piece, tally: Tally) -> None:
+        """One batch, start to commit; advances `tally`."""
         if self.ctx.stopping.is_set():
-            raise Interrupted(f"stopped after {done.rows} rows; resumes on the next run")
+            raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
         check_unchanged(self.job)  # one stat per batch: stop early on a file rewritten under us
         started = time.perf_counter()
-        rows, written, set_aside = await self._commit(piece, done)
+        rows, written, set_aside = await self._commit(piece, tally)
         extra: dict[str, object] = {
-            "batch_idx": done.batches,
+            "batch_idx": tally.batches,
             "via": "copy" if piece.raw is not None else "arrow",
             "rows": rows,
             "rows_written": written,
-            "rows_committed": done.rows + rows,
+            "rows_committed": tally.rows + rows,
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
             "status": "committed",
         }
         if piece.span is not None:
             extra["segment"] = piece.span.segment + 1
         log.info("batch_committed", extra=extra)
-        done.rows += rows
-        done.rejected += set_aside
-        done.batches += 1
+        tally.rows += rows
+        tally.rejected += set_aside
+        tally.batches += 1
         m = self.ctx.metrics
         m.batch_latency.observe(time.perf_counter() - started)
         m.batches_processed.labels(self.file_type, self.worker_id).inc()
@@ -152,7 +130,7 @@ class BatchLoader:
         if self.ctx.progress is not None:
             self.ctx.progress.batch(str(self.job.name), rows, len(piece.payload))
 
-    async def _commit(self, piece: Piece, done: Done) -> tuple[int, int, int]:
+    async def _commit(self, piece: Piece, tally: Tally) -> tuple[int, int, int]:
         """COPY, merge and checkpoint one batch in one transaction: (rows, rows written,
         rows set aside). If the batch fails on bad data and the contract allows bad rows,
         the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
@@ -163,7 +141,7 @@ class BatchLoader:
                 rows, written = await apply_batch(
                     conn, self.target, self.stage, mode, piece.payload, piece.fmt
                 )
-                await self._checkpoint(piece, done, rows)
+                await self._checkpoint(piece, tally, rows)
             return rows, written, 0
         except FileError as exc:
             refused = exc
@@ -171,26 +149,26 @@ class BatchLoader:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
             # other file (a malformed row is then reported by the reader, with its row).
-            before = await done.rows_before()
-            return await self._commit(await self._through_arrow(piece, before), done)
+            before = await tally.rows_before()
+            return await self._commit(await self._through_arrow(piece, before), tally)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
-            error = refused.at(await done.rows_before() + 1)
+            error = refused.at(await tally.rows_before() + 1)
         batch = piece.batch
         budget = self.job.contract.max_bad_rows
         if batch is None or not is_bad_data(error) or piece.span is not None:
             raise error from refused.__cause__
-        allowed = budget.allowed(done.rows + batch.num_rows) - done.rejected
+        allowed = budget.allowed(tally.rows + batch.num_rows) - tally.rejected
         if allowed <= 0:
             raise error from refused.__cause__
         async with conn.atomic():
-            sorting = Sorting(conn, self.target, self.stage, mode, batch, done.rows + 1)
+            sorting = Sorting(conn, self.target, self.stage, mode, batch, tally.rows + 1)
             written, rejects = await load_sorting_out(sorting, allowed, budget)
             await self.ctx.manifest.record_rejects(
                 conn, claim_id, self.job.version, self.ctx.run_id, rejects
             )
             await self.ctx.manifest.checkpoint(
-                conn, claim_id, done.rows, done.rows + batch.num_rows, len(rejects)
+                conn, claim_id, tally.rows, tally.rows + batch.num_rows, len(rejects)
             )
         self.ctx.metrics.rows_rejected.labels(self.target.label).inc(len(rejects))
         log.warning(
@@ -199,11 +177,11 @@ class BatchLoader:
         )
         return batch.num_rows, written, len(rejects)
 
-    async def _checkpoint(self, piece: Piece, done: Done, rows: int) -> None:
+    async def _checkpoint(self, piece: Piece, tally: Tally, rows: int) -> None:
         manifest, claim_id = self.ctx.manifest, self.job.claim.manifest_id
         span = piece.span
         if span is None:
-            await manifest.checkpoint(self.conn, claim_id, done.rows, done.rows + rows)
+            await manifest.checkpoint(self.conn, claim_id, tally.rows, tally.rows + rows)
         else:
             await manifest.checkpoint_segment(
                 self.conn, claim_id, span.segment, span.start, span.end, rows

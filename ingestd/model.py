@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+# The manifest's statuses belong to the database layer (its table checks them); shared here.
+from ingestd.db.sql import ManifestStatus as ManifestStatus
 
 if TYPE_CHECKING:
     from ingestd import archive
-
-
-class ManifestStatus(StrEnum):
-    """A manifest row's status (db.sql.MANIFEST_STATUSES is the table's check on them)."""
-
-    PENDING = "pending"  # claimed, loading, interrupted, or met a bug: resumes on a next run
-    SUCCESS = "success"  # loaded in full; the file moved to done/
-    FAILED = "failed"  # a permanent problem with the file; it moved to failed/
-    RETRYING = "retrying"  # transient trouble outlasted the retries; the file is in the inbox
-    SKIPPED = "skipped"  # a copy of bytes loaded under another name (on_duplicate_content)
-    SUPERSEDED = "superseded"  # set by an operator: an earlier version given up on purpose
+    from ingestd.db.connection import Connection
+    from ingestd.db.manifest import Manifest
+    from ingestd.metrics import Metrics
+    from ingestd.progress import Progress
+    from ingestd.settings import Settings
 
 
 class Outcome(StrEnum):
@@ -82,3 +80,33 @@ def internal_error_text(exc: BaseException) -> str:
         f"internal error (a bug in ingestd): {type(exc).__name__}: {exc}; the file stays "
         "pending in the inbox; the internal_error log line has the traceback to report"
     )
+
+
+class Helpable(Protocol):
+    """A file several workers load at once (split.SplitLoad)."""
+
+    async def help(self, conn: Connection, worker_id: str) -> bool:
+        """Load parts of it on this connection; False if the connection may be unusable."""
+        ...
+
+
+@dataclass(frozen=True)
+class Help:
+    """A work-queue item: take segments of this split file, if any are left."""
+
+    split: Helpable
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What every worker shares: read-only settings and the run's books."""
+
+    settings: Settings
+    manifest: Manifest
+    metrics: Metrics
+    run_id: str
+    server_version: int
+    stopping: asyncio.Event  # the service's one stop (Service.stopping)
+    progress: Progress | None = None  # --once on a terminal
+    # Asks idle workers to help with a split file (False: the queue is full, nobody is idle).
+    offer: Callable[[Help], bool] | None = None

@@ -20,14 +20,14 @@ from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
 from ingestd.load import (
     BatchLoader,
-    Done,
     FileChangedError,
-    LoadContext,
     Piece,
+    Tally,
     check_unchanged,
     raw_copy_format,
     read_ahead,
 )
+from ingestd.model import LoadContext, ManifestStatus
 from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.read.raw_csv import NotRaw, RawCsv
 from ingestd.read.text import refuse_nul
@@ -76,7 +76,7 @@ async def process_file(
             load = BatchLoader(conn, job, ctx, target, stage, worker_id, reader.layout.file_type)
             rows = await _load_in_order(load, reader, committed)
         check_unchanged(job)
-        await ctx.manifest.finish(conn, job.claim.manifest_id, "success", None)
+        await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
         return rows
     except FileError as exc:
         # A read error in a file that changed under us is the change, not bad data.
@@ -103,19 +103,19 @@ async def open_file(job: Job, s: Settings) -> BatchReader:
 async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Committed) -> int:
     """The file's batches one after another, after those already committed; its rows."""
     s = load.ctx.settings
-    done = Done(committed.rows, committed.rejected, committed.batches)
-    if done.rows:
-        log.info("file_resumed", extra={"rows_committed": done.rows})
+    tally = Tally(committed.rows, committed.rejected, committed.batches)
+    if tally.rows:
+        log.info("file_resumed", extra={"rows_committed": tally.rows})
     # A file's own bytes go as they are when nothing needs changing (a fresh start:
     # a resume finds its place by counting rows, which the Arrow reader does).
-    raw = reader.raw if s.raw_csv and not done.rows else None
+    raw = reader.raw if s.raw_csv and not tally.rows else None
     while True:
         try:
-            async for piece in _pieces(reader, raw, done.rows, load.stage is not None, s):
-                await load.batch(piece, done)
-            return done.rows
+            async for piece in _pieces(reader, raw, tally.rows, load.stage is not None, s):
+                await load.batch(piece, tally)
+            return tally.rows
         except NotRaw as why:
-            log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": done.rows})
+            log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": tally.rows})
             raw = None  # the rest through Arrow, after the rows committed so far
 
 
@@ -135,14 +135,14 @@ def _pieces(
     reader: BatchReader, raw: RawCsv | None, rows_done: int, ordinal: bool, s: Settings
 ) -> AsyncIterator[Piece]:
     """The file's batches, each read (and encoded) in a thread while the one before is in
-    the database: raw segments of the file, or Arrow batches encoded by ingestd."""
+    the database: raw batches of the file's own bytes, or Arrow batches encoded by ingestd."""
     if raw is not None:
         fmt = raw_copy_format(raw)
-        segments = raw.segments(s.chunk_size, s.memory_limit_bytes // 4)
+        views = raw.batches(s.chunk_size, s.memory_limit_bytes // 4)
 
         def produce() -> Piece | None:
-            segment = next(segments, None)
-            return None if segment is None else Piece(segment, fmt, raw=raw)
+            view = next(views, None)
+            return None if view is None else Piece(view, fmt, raw=raw)
 
     else:
         batches: Iterator[pa.RecordBatch] = skip_rows(iter(reader), rows_done)

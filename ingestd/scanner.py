@@ -18,7 +18,7 @@ from ingestd.discover import Settler, identity, relative_name, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
-from ingestd.model import FileResult, Outcome, Results, internal_error_text
+from ingestd.model import FileResult, ManifestStatus, Outcome, Results, internal_error_text
 from ingestd.names import manifest_name
 from ingestd.progress import Progress
 from ingestd.read import guess_file_type
@@ -27,7 +27,7 @@ from ingestd.settings import Contract, Settings
 from ingestd.watcher import InboxWatcher, inbox_problem
 from ingestd.worker import WorkQueue
 
-log = logging.getLogger("ingestd.scanner")
+log = logging.getLogger(__name__)
 
 
 class Scanner:
@@ -114,7 +114,9 @@ class Scanner:
         ERROR line, not ready, the row recorded again with its rows)."""
         if item.claim_id is None or item.version is None:
             return
-        status = item.status if item.status in ("success", "skipped") else "failed"
+        status = ManifestStatus.FAILED
+        if item.status in (Outcome.SUCCESS, Outcome.SKIPPED):
+            status = ManifestStatus(item.status)
         try:
             async with self._db.connection() as conn:
                 try:

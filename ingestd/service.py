@@ -20,19 +20,17 @@ from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
 from ingestd.exceptions import FileError, IngestdError, RetryableError, UsageError
-from ingestd.load import LoadContext
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
-from ingestd.model import UNFINISHED, FileResult, Results
+from ingestd.model import UNFINISHED, FileResult, Help, LoadContext, Results
 from ingestd.progress import Progress
 from ingestd.read import release_memory_promptly
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
-from ingestd.split import Help
 from ingestd.worker import Worker, WorkQueue, never_opened
 
-log = logging.getLogger("ingestd.service")
+log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 2.0
 
 

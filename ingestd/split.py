@@ -20,7 +20,6 @@ import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
@@ -31,20 +30,20 @@ from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
 from ingestd.load import (
     BatchLoader,
-    Done,
-    LoadContext,
     Piece,
     Span,
+    Tally,
     raw_copy_format,
     read_ahead,
 )
 from ingestd.logs import bound
+from ingestd.model import Help, LoadContext
 from ingestd.read.batches import Limits
 from ingestd.read.csv_reader import parse_segment, row_too_large
 from ingestd.read.raw_csv import NotRaw, RawCsv, count_rows, split_points
 from ingestd.read.text import refuse_nul
 
-log = logging.getLogger("ingestd.split")
+log = logging.getLogger(__name__)
 
 # Manifest id -> the byte before which plan_split found every quote plain, for the
 # load_split that follows it in the same run (a resumed plan checks every piece).
@@ -113,13 +112,6 @@ async def load_split(
     await split.take_part(conn, worker_id)
     await split.finished()
     return (await ctx.manifest.progress(conn, job.claim.manifest_id)).rows
-
-
-@dataclass(frozen=True)
-class Help:
-    """A work-queue item: take segments of this split file, if any are left."""
-
-    split: SplitLoad
 
 
 class _Stopped(Exception):
@@ -218,16 +210,16 @@ class SplitLoad:
         async def before() -> int:
             return await asyncio.to_thread(rows_before_start)
 
-        done = Done(0, 0, 0, before)
+        tally = Tally(0, 0, 0, before)
         strict = self._ctx.settings.raw_csv  # else every piece is parsed by Arrow
         position = start
         while True:
             try:
-                pieces = self._pieces(segment, position, end, strict, rows_before_start, done)
+                pieces = self._pieces(segment, position, end, strict, rows_before_start, tally)
                 async for piece in pieces:
                     if self.error is not None:
                         raise _Stopped
-                    await loader.batch(piece, done)
+                    await loader.batch(piece, tally)
                     assert piece.span is not None  # noqa: S101 - segment pieces have spans
                     position = piece.span.end
                 return
@@ -242,7 +234,7 @@ class SplitLoad:
         end: int,
         strict: bool,
         rows_before_load: Callable[[], int],
-        done: Done,
+        tally: Tally,
     ) -> AsyncIterator[Piece]:
         """The segment's pieces from byte `start`: raw bytes for COPY, or (not strict) parsed
         by Arrow and encoded by ingestd, which copes with what COPY would misread."""
@@ -250,7 +242,7 @@ class SplitLoad:
         position = start
         if strict:
             fmt = raw_copy_format(raw)
-            pieces = raw.segments(
+            pieces = raw.batches(
                 s.chunk_size, s.memory_limit_bytes // 4, start, end, self._plain_until
             )
 
@@ -271,7 +263,7 @@ class SplitLoad:
             def produce() -> Piece | None:
                 nonlocal position, rows_before
                 if rows_before is None:  # the rows committed by this load come after
-                    rows_before = rows_before_load() + done.rows
+                    rows_before = rows_before_load() + tally.rows
                 try:
                     view = next(pieces, None)
                 except NotRaw:

@@ -3,16 +3,13 @@ rows its earlier version committed, and the same bytes arriving under another na
 
 from __future__ import annotations
 
-import logging
-
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Earlier, Manifest
 from ingestd.db.sql import manifest_supersede_hint
 from ingestd.exceptions import FileError, IngestdError, RetryableError
+from ingestd.model import ManifestStatus
 from ingestd.settings import Settings
-
-log = logging.getLogger("ingestd.versions")
 
 
 class NewVersionRefused(FileError):
@@ -52,13 +49,13 @@ def _same_content(original: Earlier, table: str, manifest: str) -> None:
     """Skip a copy of bytes loaded in full; wait for a copy still loading; refuse a copy of
     bytes whose load failed after committing rows (they would go in twice)."""
     what = f"same bytes as {original.filename} (manifest id {original.manifest_id}"
-    if original.status == "success":
+    if original.status == ManifestStatus.SUCCESS:
         raise DuplicateContent(
             f"{what}, success) for table {table}: not loaded again "
             '(on_duplicate_content = "load" would load it)',
             original,
         )
-    if original.status != "failed":  # pending or retrying: it may still finish
+    if original.status != ManifestStatus.FAILED:  # pending or retrying: it may still finish
         raise RetryableError(f"{what}, {original.status}) is still being loaded into {table}")
     supersede = manifest_supersede_hint(manifest, [original.manifest_id])
     raise FileError(

@@ -22,13 +22,20 @@ from ingestd.exceptions import (
     Interrupted,
     RetryableError,
 )
-from ingestd.load import FileChangedError, LoadContext
+from ingestd.load import FileChangedError
 from ingestd.logs import bound
-from ingestd.model import FileResult, ManifestStatus, Outcome, Results, internal_error_text
+from ingestd.model import (
+    FileResult,
+    Help,
+    LoadContext,
+    ManifestStatus,
+    Outcome,
+    Results,
+    internal_error_text,
+)
 from ingestd.pipeline import process_file
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
-from ingestd.split import Help
 from ingestd.versions import DuplicateContent, check_append
 
 # The work queue: files to load, and offers to help with a file another worker is loading.

@@ -18,7 +18,7 @@ from ingestd.db.errors import DRIVER_ERRORS, driver_errors
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError
 from ingestd.retry import Backoff
 
-log = logging.getLogger("ingestd.db")
+log = logging.getLogger(__name__)
 
 # A pooled connection is a proxy; both expose the same methods.
 RawConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -17,8 +16,6 @@ from ingestd.db.connection import Connection, create_pool, give_back, ping
 from ingestd.db.errors import DRIVER_ERRORS, error_class, translate
 from ingestd.exceptions import ConnectError, IngestdError
 from ingestd.retry import Backoff
-
-log = logging.getLogger(__name__)
 
 
 class Database:

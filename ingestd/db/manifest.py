@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -10,11 +11,12 @@ from typing import Any, TypeVar
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
+from ingestd.db.sql import ManifestStatus
 from ingestd.exceptions import FileError, HandedOver, IngestdError, RetryableError, UsageError
 from ingestd.identifiers import quote_qualified
 from ingestd.settings import DEFAULT_MANIFEST
 
-log = logging.getLogger("ingestd.manifest")
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 UNDEFINED_TABLE = "42P01"
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -297,12 +299,12 @@ class Manifest:
         table: str,
         run_id: str,
         rows: int,
-        status: str = "failed",
+        status: ManifestStatus = ManifestStatus.FAILED,
     ) -> None:
         """A deleted row of a file in hand, recorded again with the rows it had committed
         (failed, with the story in notes), so that a restart resumes after them; a finished
         file's row (its move waits) is recorded again with its final `status`."""
-        if status == "failed":
+        if status == ManifestStatus.FAILED:
             notes = (
                 f"the manifest row of this file was deleted while ingestd loaded it, with "
                 f"{rows:,} rows committed; recorded again so that the next run resumes after them"
@@ -488,7 +490,9 @@ class Manifest:
         )
         return {int(r["id"]) for r in rows}
 
-    async def finish(self, conn: Connection, claim_id: int, status: str, notes: str | None) -> int:
+    async def finish(
+        self, conn: Connection, claim_id: int, status: ManifestStatus, notes: str | None
+    ) -> int:
         """Mark the outcome (success, failed, retrying, skipped) with the reason in notes;
         returns the rows the version committed."""
         rows = await self._guard(
@@ -552,9 +556,10 @@ class Manifest:
     async def summary(self, conn: Connection, recent: int) -> dict[str, Any]:
         """Counts by status and the most recent failures and files in progress."""
         counts = await conn.fetch(sql.manifest_status_counts(self.name))
-        failed = await conn.fetch(sql.manifest_recent(self.name), "failed", recent)
-        pending = await conn.fetch(sql.manifest_recent(self.name), "pending", recent)
-        retrying = await conn.fetch(sql.manifest_recent(self.name), "retrying", recent)
+        recent_with = functools.partial(conn.fetch, sql.manifest_recent(self.name))
+        failed = await recent_with(ManifestStatus.FAILED, recent)
+        pending = await recent_with(ManifestStatus.PENDING, recent)
+        retrying = await recent_with(ManifestStatus.RETRYING, recent)
         return {
             "counts": {
                 r["status"]: {"files": r["files"], "rows": r["rows"], "rejected": r["rejected"]}

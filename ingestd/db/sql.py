@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from ingestd.identifiers import quote_ident, quote_qualified, validate_identifier, validate_pg_type
 
@@ -286,11 +287,23 @@ def merge(target: Target, stage: str) -> str:
 
 # --- manifest ------------------------------------------------------------------------------
 
+
 # Every status a manifest row can have. 'retrying': the last attempt failed on something
 # transient and the file stays in the inbox for another; 'skipped': the same bytes were
 # loaded under another name (notes name it); 'superseded': set by an operator once the rows
 # of a version are removed, so that a new version of the file may load (on_new_version).
-MANIFEST_STATUSES = ("pending", "success", "failed", "retrying", "skipped", "superseded")
+class ManifestStatus(StrEnum):
+    """A manifest row's status: the values the table's check allows (MANIFEST_STATUSES)."""
+
+    PENDING = "pending"  # claimed, loading, interrupted, or met a bug: resumes on a next run
+    SUCCESS = "success"  # loaded in full; the file moved to done/
+    FAILED = "failed"  # a permanent problem with the file; it moved to failed/
+    RETRYING = "retrying"  # transient trouble outlasted the retries; the file is in the inbox
+    SKIPPED = "skipped"  # a copy of bytes loaded under another name (on_duplicate_content)
+    SUPERSEDED = "superseded"  # set by an operator: an earlier version given up on purpose
+
+
+MANIFEST_STATUSES = tuple(ManifestStatus)
 
 # The per-process token in application_name: "ingestd TOKEN INSTANCE" (TOKEN: 16 hex digits).
 # A claim whose token has no session left in the database belongs to a dead process.

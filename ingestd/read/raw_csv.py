@@ -1,11 +1,12 @@
-"""Raw CSV: a file's own bytes in row-aligned segments, for PostgreSQL's COPY to parse.
+"""Raw CSV: a file's own bytes in row-aligned batches, for PostgreSQL's COPY to parse.
 
 When a CSV file's columns are exactly the columns to load, in order, there is nothing for
 the client to change: reading, parsing and re-encoding it would only take CPU from the
-server. The file is then cut into segments of about chunk-size rows, each ending at a
+server. The file is then cut into batches of about chunk-size rows, each ending at a
 line break outside quotes (an even number of quote characters before it), and each
-segment is COPYed as it is, if COPY reads it as the readers do (see quoting): from the
-first segment that it would read otherwise, the file goes through Arrow.
+batch is COPYed as it is, if COPY reads it as the readers do (see quoting): from the
+first batch that it would read otherwise, the file goes through Arrow. (A "segment" is
+a part of a split file, see split_points.)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class RawCsv:
     pg_encoding: str
     row_bytes: float  # average bytes per row, from a sample
 
-    def segments(
+    def batches(
         self,
         chunk_rows: int,
         max_bytes: int,
@@ -73,17 +74,17 @@ class RawCsv:
     def pieces(
         self, chunk_rows: int, max_bytes: int, start: int | None = None, end: int | None = None
     ) -> Iterator[memoryview]:
-        """segments() without the checks COPY needs, for pieces parsed by Arrow: cut where
+        """batches() without the checks COPY needs, for pieces parsed by Arrow: cut where
         the lenient reading ends a row (quote counting misleads on quotes that are not plain)."""
         target = max(1, min(max_bytes, int(chunk_rows * self.row_bytes)))
         return self.row_reads(target, max_bytes, start, end, lenient=True)
 
-    def checked(self, segment: memoryview, quotes: bool = True) -> memoryview:
-        """The segment, if COPY reads it as the readers do (its quotes checked if `quotes`);
+    def checked(self, batch: memoryview, quotes: bool = True) -> memoryview:
+        """The batch, if COPY reads it as the readers do (its quotes checked if `quotes`);
         else raises NotRaw."""
-        data = segment.obj  # the read's bytes: searched in place, not copied
-        assert isinstance(data, bytes)  # noqa: S101 - segments are views of os.pread results
-        end = segment.nbytes
+        data = batch.obj  # the read's bytes: searched in place, not copied
+        assert isinstance(data, bytes)  # noqa: S101 - batches are views of os.pread results
+        end = batch.nbytes
         if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
             raise NotRaw("blank line")
         # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
@@ -95,7 +96,7 @@ class RawCsv:
             # COPY would open a quoted section at a quote inside a field and run on into
             # later rows; quote counting would misplace row ends too.
             raise NotRaw("a quote inside a field, or a lone carriage return")
-        return segment
+        return batch
 
     def row_reads(
         self,

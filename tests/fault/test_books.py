@@ -377,7 +377,7 @@ def test_reload_failure_and_interruption_are_logged_with_context(
     finally:
         assert d.stop() == 0
     [line] = d.events("file_interrupted")
-    assert line["level"] == "WARNING" and line["rows_committed"] >= 200
+    assert line["level"] == "INFO" and line["rows_committed"] >= 200
     errors = [e["event"] for e in d.events() if e["level"] == "ERROR"]
     assert errors == ["config_reload_failed"]  # the interruption is not one
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ingestd import pipeline, scanner
-from ingestd.load import BatchLoader, Done, Piece
+from ingestd.load import BatchLoader, Piece, Tally
 from ingestd.service import Service
 from ingestd.settings import Contract, Settings
 from tests.helpers import write
@@ -53,9 +53,9 @@ async def test_after_a_stop_no_queued_file_is_opened(
         return job
 
     async def stop_once_all_are_queued(
-        self: BatchLoader, piece: Piece, done: Done, rows: int
+        self: BatchLoader, piece: Piece, tally: Tally, rows: int
     ) -> None:
-        await checkpoint(self, piece, done, rows)
+        await checkpoint(self, piece, tally, rows)
         for _ in range(400):  # the scanner claims and queues the others meanwhile
             if len(claimed) == FILES:
                 break

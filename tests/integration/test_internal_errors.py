@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.load import BatchLoader, Done, Piece
+from ingestd.load import BatchLoader, Piece, Tally
 from ingestd.metrics import Metrics
 from ingestd.service import Service
 from ingestd.settings import Contract, Settings
@@ -21,10 +21,10 @@ def _bug_in_the_batch_path(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """_checkpoint, deep in a batch's transaction, raises KeyError for the file `name`."""
     checkpoint = BatchLoader._checkpoint
 
-    async def buggy(self: BatchLoader, piece: Piece, done: Done, rows: int) -> None:
+    async def buggy(self: BatchLoader, piece: Piece, tally: Tally, rows: int) -> None:
         if self.job.name.name == name:
             raise KeyError("x")
-        await checkpoint(self, piece, done, rows)
+        await checkpoint(self, piece, tally, rows)
 
     monkeypatch.setattr(BatchLoader, "_checkpoint", buggy)
 

@@ -108,7 +108,7 @@ def _job(path: Path) -> Job:
     version = FileVersion(str(path), b"", 0)
     contract = Contract(name="c", table="t")
     return Job(path, PurePosixPath(path.name), contract, version, Claim(1, 0, 0, 0, None),
-               (0, 0), 0.0)  # fmt: skip
+               (0, 0))  # fmt: skip
 
 
 async def test_a_permission_error_reading_a_file_is_not_transient(

@@ -25,7 +25,7 @@ def _file(tmp_path: Path, data: bytes, name: str = "f.csv") -> Path:
 def _segments(path: Path, opts: CsvOptions, rows: int, max_bytes: int = 1 << 20) -> list[bytes]:
     raw = raw_csv(path, opts, names_match=True, compressed=False)
     assert raw is not None
-    return [bytes(segment) for segment in raw.segments(rows, max_bytes)]
+    return [bytes(segment) for segment in raw.batches(rows, max_bytes)]
 
 
 def test_segments_cut_only_between_rows_and_cover_the_file(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_segment_pieces_stay_inside_their_byte_range(tmp_path: Path) -> None:
     ends = split_points(raw, 3)
     start = raw.start
     for end in ends:
-        pieces = [bytes(p) for p in raw.segments(50, 1 << 20, start, end)]
+        pieces = [bytes(p) for p in raw.batches(50, 1 << 20, start, end)]
         assert b"".join(pieces) == path.read_bytes()[start:end]
         assert all(p.endswith(b"\n") for p in pieces)
         start = end
