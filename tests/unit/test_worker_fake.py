@@ -25,9 +25,8 @@ from ingestd.claim import Job
 from ingestd.db.manifest import Claim, Committed, FileVersion, Segments
 from ingestd.discover import identity
 from ingestd.exceptions import FileError, Interrupted, RetryableError
-from ingestd.load import LoadContext
 from ingestd.metrics import Metrics
-from ingestd.model import ManifestStatus, Outcome, Results
+from ingestd.model import LoadContext, ManifestStatus, Outcome, Results
 from ingestd.read.raw_csv import raw_csv
 from ingestd.retry import Backoff
 from ingestd.settings import BadRows, Contract, Settings
@@ -270,7 +269,6 @@ async def test_a_stop_during_the_backoff_ends_the_file_interrupted_without_anoth
     assert (rig.inbox / "a.csv").exists() and not (rig.tmp_path / "failed").exists()
 
 
-@pytest.mark.xfail(reason="issue 13 §3: Worker.run does not check the stop before the next file")
 async def test_after_a_stop_the_worker_takes_no_next_file(rig: Rig) -> None:
     rig.script["a.csv"] = [loads(3, then=rig.ctx.stopping.set)]
     rig.script["b.csv"] = [loads(3)]
