@@ -82,7 +82,7 @@ clean:
 ## the image install; keeps every pin pyproject.toml still admits (UPGRADE=1: newest of all)
 # pyproject.toml keeps open ranges for `pip install ingestd`; tests/deploy/test_lock.py fails
 # when the lock no longer satisfies them. uv is pinned here, in its own venv.
-.PHONY: lock image image-base test-image
+.PHONY: lock image image-base image-stack test-image
 UV_VERSION := 0.13.8
 UV := $(VENV)/uv/bin/uv
 LOCK := $(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
@@ -122,14 +122,30 @@ image-base:
 	        --dpkgopt='path-exclude=/usr/share/locale/*' bookworm - \
 	    | $(ENGINE) import --change 'CMD ["python3"]' - $(IMAGE_BASE); }
 
-## test-image: build the image on image-base and run it for real (tests/deploy/test_image.py)
+## image-stack: Debian's PostgreSQL and Prometheus on image-base, for the compose stack test
+STACK_IMAGE := localhost/ingestd-stack:bookworm
+image-stack: image-base
+	$(ENGINE) image inspect $(STACK_IMAGE) >/dev/null 2>&1 || $(ENGINE) build $(ENGINE_FLAGS) \
+	    --network host --build-arg BASE=$(IMAGE_BASE) -t $(STACK_IMAGE) -f tests/deploy/stack.Containerfile tests/deploy
+
+## test-image: build the image on image-base and run it for real (tests/deploy/test_image.py),
+## then deploy/compose.yaml under podman-compose (tests/deploy/test_stack.py)
 # Without podman or docker it skips (and says why); under CI=true that is an error.
 TEST_IMAGE := localhost/ingestd:test
+COMPOSE_VERSION := 1.6.0
+PODMAN_COMPOSE := $(VENV)/compose/bin/podman-compose
 test-image: $(STAMP)
 	@if [ -z "$(ENGINE)" ]; then \
 	    if [ "$$CI" = true ]; then echo "make test-image: no container engine (CI must run it)" >&2; exit 1; fi; \
 	    echo "make test-image: SKIPPED: no container engine (apt-get install podman runc mmdebstrap)"; exit 0; fi
 	$(MAKE) --no-print-directory image-base
 	$(MAKE) --no-print-directory image BASE=$(IMAGE_BASE) IMAGE=$(TEST_IMAGE)
-	INGESTD_IMAGE=$(TEST_IMAGE) INGESTD_ENGINE=$(ENGINE) $(BIN)/pytest -q -p no:cacheprovider \
-	    $(if $(BASETEMP),--basetemp=$(BASETEMP)) tests/deploy/test_image.py
+ifeq ($(ENGINE),podman)
+	$(MAKE) --no-print-directory image-stack
+	test -x $(PODMAN_COMPOSE) || { $(PY) -m venv $(VENV)/compose \
+	    && $(VENV)/compose/bin/pip install --quiet podman-compose==$(COMPOSE_VERSION); }
+endif
+	INGESTD_IMAGE=$(TEST_IMAGE) INGESTD_ENGINE=$(ENGINE) INGESTD_BASE_IMAGE=$(IMAGE_BASE) \
+	INGESTD_STACK_IMAGE=$(STACK_IMAGE) INGESTD_COMPOSE=$(CURDIR)/$(PODMAN_COMPOSE) \
+	    $(BIN)/pytest -q -p no:cacheprovider $(if $(BASETEMP),--basetemp=$(BASETEMP)) \
+	    tests/deploy/test_image.py tests/deploy/test_stack.py
