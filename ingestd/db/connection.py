@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 # A pooled connection is a proxy; both expose the same methods.
 RawConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-Pool = asyncpg.Pool
 _COPY_PIECE_BYTES = 1 << 20
 
 
@@ -158,10 +157,13 @@ class _PoolReconnectLine(logging.Filter):
         record.msg, record.args = "db_reconnect_failed", ()
         record.exc_info = record.exc_text = None
         record.error = reason
-        record.action = (
-            "the pool keeps retrying; if the server has no connection slots left, raise "
-            "max_connections or the role's CONNECTION LIMIT, or lower --concurrency"
-        )
+        action = "the pool keeps retrying by itself"
+        if getattr(error, "sqlstate", None) == "53300":  # too_many_connections
+            action += (
+                "; the server has no connection slots left: raise max_connections or the "
+                "role's CONNECTION LIMIT, or lower --concurrency"
+            )
+        record.action = action
         now = time.monotonic()
         if self._last is not None:
             last_reason, logged_at = self._last

@@ -51,11 +51,23 @@ _PART_CHARS = 400  # each part of a message (PostgreSQL's, its detail) at most t
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COPY_CONTEXT = re.compile(r"COPY \S+, line (?P<line>\d+)(?:, column (?P<column>\w+))?")
 
-# What the driver raises: the server's errors, its own client-side errors, and the socket's
-# (OSError, a timeout). Only these are sorted here; an OSError from anything but a driver
-# call (a file read) never comes here.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-DriverError = asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError
+# What the driver raises: the server's errors, its own client-side errors (its interface's
+# and its internal state's), and the socket's (OSError, a timeout). Only these are sorted
+# here; an OSError from anything but a driver call (a file read) never comes here.
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+DriverError = (
+    asyncpg.PostgresError
+    | asyncpg.InterfaceError
+    | asyncpg.InternalClientError
+    | OSError
+    | TimeoutError
+)
 
 TRANSIENT_PYTHON_ERRORS = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
@@ -90,7 +102,10 @@ def is_retryable(exc: BaseException) -> bool:
         return code in _RETRYABLE_CODES or code.startswith(_RETRYABLE_CLASSES)
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         return any(text in str(exc) for text in _STALE_CONNECTION)
-    return False
+    # The driver's own state went wrong ("cannot switch to state 15; another operation is
+    # in progress", seen when the server shuts down mid-batch): never the file's fault; a
+    # new connection starts clean.
+    return isinstance(exc, asyncpg.InternalClientError)
 
 
 def error_class(exc: BaseException) -> str:

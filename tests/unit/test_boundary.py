@@ -125,3 +125,12 @@ async def test_a_permission_error_reading_a_file_is_not_transient(
         await pipeline.open_file(_job(f), Settings(contracts=(_job(f).contract,)))
     assert str(info.value) == "cannot read x.csv: Permission denied"
     assert not isinstance(info.value, RetryableError) and "transient" not in str(info.value)
+
+
+def test_the_drivers_own_state_error_is_transient_never_the_files_fault() -> None:
+    # Seen when the server shut down mid-batch: the next statement on that connection.
+    exc = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    out = translate(exc)
+    assert isinstance(out, RetryableError) and out.error_class == "internalclienterror"
