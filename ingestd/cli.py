@@ -295,7 +295,7 @@ def print_summary(
 ) -> None:
     """One readable block: totals, the folders it could not list, then a line per file
     (failures with their reason)."""
-    statuses = ("success", "skipped", "failed", "retrying", "interrupted", "held")
+    statuses = ("success", "skipped", "failed", "retrying", "internal_error", "interrupted", "held")
     count = {s: sum(1 for f in files if f.status == s) for s in statuses}
     # Every row this run committed counts, a failed or interrupted file's too; a resumed
     # file's rows committed by an earlier run do not (nor in the rate).
@@ -305,6 +305,7 @@ def print_summary(
         f"ingestd run {run_id}: {count['success']} loaded, {count['skipped']} skipped, "
         f"{count['failed']} failed"
         + (f", {count['retrying']} retrying" if count["retrying"] else "")
+        + (f", {count['internal_error']} internal error" if count["internal_error"] else "")
         + (f", {count['interrupted']} interrupted" if count["interrupted"] else "")
         + (f", {count['held']} held by another instance" if count["held"] else "")
         + f"; {rows:,} rows in {seconds:.2f} s ({rate:,.0f} rows/s)",
@@ -315,7 +316,7 @@ def print_summary(
         noun = "folder" if len(unreadable) == 1 else "folders"
         print(f"  {len(unreadable)} {noun} could not be read: {folders}", file=out)
     labels = {"success": "loaded", "skipped": "skipped", "failed": "FAILED"}
-    first = ("failed", "retrying")
+    first = ("failed", "retrying", "internal_error")
     for f in sorted(files, key=lambda f: (f.status not in first, f.name)):
         line = f"  {labels.get(f.status, f.status):<8} {shown_name(f.name)} -> {f.table or '?'}"
         earlier = f", {f.rows_this_run:,} of them this run" if f.rows_before and f.rows else ""

@@ -58,7 +58,7 @@ def test_once_a_bug_leaves_the_file_pending_in_the_inbox(
     assert event["level"] == "ERROR" and event["error"] == "KeyError: 'x'"
     assert "Traceback" in str(event.get("exc_info")) and "_checkpoint" in str(event["exc_info"])
     assert "transient" not in result.err and "will retry" not in result.out
-    assert "internal error (a bug in ingestd)" in result.out
+    assert "internal error (a bug in ingestd)" in result.out and "1 internal error;" in result.out
     assert not log_events(result.err, "file_retry")
 
 
