@@ -135,9 +135,10 @@ TEST_IMAGE := localhost/ingestd:test
 COMPOSE_VERSION := 1.6.0
 PODMAN_COMPOSE := $(VENV)/compose/bin/podman-compose
 test-image: $(STAMP)
-	@if [ -z "$(ENGINE)" ]; then \
-	    if [ "$$CI" = true ]; then echo "make test-image: no container engine (CI must run it)" >&2; exit 1; fi; \
-	    echo "make test-image: SKIPPED: no container engine (apt-get install podman runc mmdebstrap)"; exit 0; fi
+ifeq ($(ENGINE),)
+	@if [ "$$CI" = true ]; then echo "make test-image: no container engine (CI must run it)" >&2; exit 1; fi
+	@echo "make test-image: SKIPPED: no container engine (apt-get install podman runc mmdebstrap)"
+else
 	$(MAKE) --no-print-directory image-base
 	$(MAKE) --no-print-directory image BASE=$(IMAGE_BASE) IMAGE=$(TEST_IMAGE)
 ifeq ($(ENGINE),podman)
@@ -149,3 +150,4 @@ endif
 	INGESTD_STACK_IMAGE=$(STACK_IMAGE) INGESTD_COMPOSE=$(CURDIR)/$(PODMAN_COMPOSE) \
 	    $(BIN)/pytest -q -p no:cacheprovider $(if $(BASETEMP),--basetemp=$(BASETEMP)) \
 	    tests/deploy/test_image.py tests/deploy/test_stack.py
+endif
