@@ -1,8 +1,9 @@
-"""The Dockerfile, .dockerignore and the container's config (no Docker engine needed).
+"""The Dockerfile, .dockerignore and the container's config (no container engine needed).
 
-What cannot be checked without an engine, `docker build` itself, is approximated: the
-builder stage's exact command builds a wheel from exactly the files the build context
-holds, and the HEALTHCHECK command is run against a real daemon.
+The real build and run are tests/deploy/test_image.py (`make test-image`, in CI). Here,
+for `make test` on any machine: the builder stage's exact command builds a wheel from
+exactly the files the build context holds, and the HEALTHCHECK command is run against a
+real daemon.
 """
 
 from __future__ import annotations
