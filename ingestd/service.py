@@ -277,7 +277,7 @@ class Service:
             if self.settings.once and not self.stopping.is_set():
                 draining = asyncio.create_task(queue.join(), name="ingestd-drain")
                 await _first(draining, stopped, *supervised)
-            _raise_if_dead(scanning, *supervised)
+            _raise_if_dead(scanning, *supervised, stopping=self.stopping.is_set())
         finally:
             tasks = [t for t in (scanning, stopped, draining) if t is not None]
             for task in tasks:
@@ -371,13 +371,18 @@ async def _first(*tasks: asyncio.Task[Any]) -> None:
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
 
-def _raise_if_dead(scanning: asyncio.Task[None], *workers: asyncio.Task[None]) -> None:
-    """A background task that ended on its own is a bug or a lost resource: stop loudly."""
+def _raise_if_dead(
+    scanning: asyncio.Task[None], *supervised: asyncio.Task[None], stopping: bool
+) -> None:
+    """A background task that ended on its own is a bug or a lost resource: stop loudly.
+    After a stop, a worker that returned is just done (workers end by themselves then)."""
     if scanning.done() and not scanning.cancelled() and scanning.exception() is not None:
         raise scanning.exception()  # type: ignore[misc]  # checked not None just above
-    for task in workers:
+    for task in supervised:
         if task.done():
             error = None if task.cancelled() else task.exception()
+            if error is None and stopping and not task.cancelled():
+                continue
             raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}")
 
 

@@ -3,6 +3,7 @@ a bug and passes through as itself."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -134,3 +135,17 @@ def test_the_drivers_own_state_error_is_transient_never_the_files_fault() -> Non
     )
     out = translate(exc)
     assert isinstance(out, RetryableError) and out.error_class == "internalclienterror"
+
+
+async def test_a_worker_that_ended_after_the_stop_is_not_a_death() -> None:
+    from ingestd.service import _raise_if_dead
+
+    async def nothing() -> None:
+        return None
+
+    scanning = asyncio.ensure_future(nothing())
+    worker = asyncio.ensure_future(nothing())
+    await asyncio.wait([scanning, worker])
+    _raise_if_dead(scanning, worker, stopping=True)  # workers end by themselves after a stop
+    with pytest.raises(RuntimeError, match="stopped unexpectedly"):
+        _raise_if_dead(scanning, worker, stopping=False)
