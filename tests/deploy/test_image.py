@@ -188,6 +188,30 @@ def test_loads_a_mounted_inbox_and_serves_its_endpoints(
     assert "run_finished" in events and "db_connect_retry" not in events
 
 
+@pytest.mark.skipif(
+    engine_name() != "podman" or shutil.which("slirp4netns") is None,
+    reason="needs podman's slirp4netns (apt-get install slirp4netns)",
+)
+def test_the_published_port_serves_the_images_own_metrics_address(
+    server: Server, containers: Callable[..., Container]
+) -> None:
+    # As deploy/README runs it: -p 127.0.0.1:PORT:9108 and the image's metrics_addr
+    # (0.0.0.0:9108). slirp4netns gives the container its own network in which 10.0.2.2 is
+    # the host's loopback: the server on 127.0.0.1 is reached, nothing leaves the machine.
+    port = free_port()
+    dsn = server.dsn(password=server.password).replace("@127.0.0.1:", "@10.0.2.2:")
+    c = containers(
+        "--read-only", "--cap-drop=all", "--network", "slirp4netns:allow_host_loopback=true",
+        "-p", f"127.0.0.1:{port}:9108", "-e", f"INGESTD_DSN={dsn}",
+    )  # fmt: skip
+    wait_for(lambda: get(port, "/readyz")[0] == 200 or c.state("Running") != "true",
+             90, "/readyz on the published port")  # fmt: skip
+    assert get(port, "/readyz")[0] == 200, c.logs()
+    status, page = get(port, "/metrics")
+    assert status == 200 and samples(page, "ingest_ready") == {"": 1.0}
+    assert c.stop() == 0, c.logs()
+
+
 def test_without_a_dsn_it_says_so_in_one_line() -> None:
     # The image has no embedded PostgreSQL: no database given is a usage error, status 2.
     done = engine("run", "--rm", *run_flags(), *locked_down(), IMAGE, check=False)
