@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingestd.config import load_config, path_setting, resolve
+from ingestd.db.dsn import mask_dsn
 from ingestd.exceptions import UsageError
 from ingestd.names import shown_name
 from ingestd.settings import Settings, beside_inbox
@@ -23,7 +24,7 @@ def check_config(argv: Sequence[str]) -> int:
         settings = resolve({}, config=load_config(ns.config), config_path=ns.config)
     except UsageError as exc:
         message = str(exc) if str(ns.config) in str(exc) else f"{ns.config}: {exc}"
-        print(f"ingestd check-config: error: {message}", file=sys.stderr)
+        print(f"ingestd check-config: error: {mask_dsn(message)}", file=sys.stderr)
         return 2
     print(f"{ns.config}: ok")
     print(f"  inbox {settings.inbox}, done {settings.done_path}, failed {settings.failed_path}")
@@ -50,7 +51,7 @@ def retry(argv: Sequence[str]) -> int:
         inbox, failed = _directories(ns)
         moved = _retry(inbox, failed, ns.files, all_failed=ns.all_failed)
     except UsageError as exc:
-        print(f"ingestd retry: error: {exc}", file=sys.stderr)
+        print(f"ingestd retry: error: {mask_dsn(str(exc))}", file=sys.stderr)
         return 2
     for src, dest in moved:
         print(f"  {shown_name(str(src))} -> {shown_name(str(dest))}")

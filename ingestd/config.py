@@ -552,6 +552,17 @@ def _metrics_addr(given: Given) -> tuple[str, int] | None:
         raise UsageError(f"{given.origin}: {exc}") from None
 
 
+def _dsn(given: Given) -> str:
+    """Never echo a wrong DSN value: it may hold a password in a form no mask knows
+    (a TOML table, a list)."""
+    if not isinstance(given.value, str):
+        raise UsageError(
+            f"{given.origin} must be a string in quotes such as "
+            f'"postgresql://user@host:5432/db" (value not shown: it may hold a password)'
+        )
+    return given.value
+
+
 def _log_level(given: Given) -> str:
     level = _str(given).upper()
     if level not in LOG_LEVELS:
@@ -582,6 +593,7 @@ def _instance_id(given: Given) -> str:
 
 
 _SPECIAL: dict[str, Callable[[Given], Any]] = {
+    "dsn": _dsn,
     "metrics_addr": _metrics_addr,
     "log_level": _log_level,
     "manifest_table": _identifier("manifest table"),
