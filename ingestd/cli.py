@@ -272,9 +272,17 @@ def _reload(service: Any, args: Sequence[str]) -> None:
     # A signal handler runs outside the run's task: bind its context here.
     with bound(run_id=service.run_id, instance_id=service.settings.instance_id):
         try:
-            service.reload(build_settings(args))
+            settings = build_settings(args)
         except UsageError as exc:
             log.error("config_reload_failed", extra={"error": str(exc)})
+            return
+        except SystemExit:  # argparse: cannot happen with the flags that started the run
+            log.error("config_reload_failed", extra={"error": "the command line did not parse"})
+            return
+        except Exception as exc:  # a bug in the checks: the old settings keep running
+            log.error("config_reload_failed", extra={"error": f"internal error: {exc!r}"})
+            return
+        service.reload(settings)
 
 
 def log_crash(exc: BaseException) -> None:

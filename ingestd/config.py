@@ -233,6 +233,11 @@ def _looked_at(path: Path, test: Callable[[Path], _T]) -> _T:
         return test(path)
     except OSError as exc:  # a name too long, a folder on the way not searchable
         raise UsageError(f"cannot look at {str(path)[:200]}: {exc.strerror}") from None
+    except RuntimeError:  # Path.resolve before 3.13 on a loop of symbolic links
+        raise UsageError(
+            f"cannot look at {str(path)[:200]}: a symbolic link loop (too many levels of "
+            "symbolic links); fix the link"
+        ) from None
 
 
 def check_no_loop(settings: Settings) -> None:

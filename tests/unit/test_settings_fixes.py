@@ -54,3 +54,81 @@ def test_mask_dsn_masks_a_password_with_an_at_sign_whole(text: str) -> None:
     for part in ("p@ss", "ss@", "rd@", "a@b", "c@d", "@w"):
         assert part not in masked
     assert "***@" in masked
+
+
+# --- D22: a symbolic link loop is a usage error, at start-up, in check-config, at SIGHUP ---
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Path:
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    return tmp_path / "loop1"
+
+
+@pytest.mark.parametrize("key", ["done_dir", "failed_dir"])
+def test_symlink_loop_in_check_config_is_one_line(
+    tmp_path: Path, loop: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_config([str(_config(tmp_path, f'{key} = "{loop}"'))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ingestd check-config: error: ")
+    assert "symbolic link loop" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--once", "--done-dir", "{loop}"],
+        ["--dry-run", "--failed-dir", "{loop}/sub"],
+        ["--inbox", "{loop}", "--done-dir", "{tmp}/done"],  # a daemon waiting for its inbox
+    ],
+)
+def test_symlink_loop_at_start_up_is_exit_2(
+    tmp_path: Path, loop: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.cli import main
+
+    (tmp_path / "inbox").mkdir()
+    argv = ["--inbox", str(tmp_path / "inbox"), "--table", "t", "--mode", "append"]
+    argv += [f.format(loop=loop, tmp=tmp_path) for f in flags]
+    argv += ["--dsn", "postgresql://u@127.0.0.1:1/db", "--metrics-addr", "off"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ingestd: error: ") and "symbolic link loop" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+class _FakeService:
+    """What cli._reload touches of a Service: no database, no loop."""
+
+    def __init__(self) -> None:
+        self.run_id = "r1"
+        self.reloaded: list[object] = []
+
+        class _S:
+            instance_id = "i1"
+
+        self.settings = _S()
+
+    def reload(self, settings: object) -> None:
+        self.reloaded.append(settings)
+
+
+def test_sighup_with_a_symlink_loop_logs_config_reload_failed(
+    tmp_path: Path, loop: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingestd.cli import _reload
+
+    path = _config(tmp_path, "")
+    service = _FakeService()
+    _reload(service, ["--config", str(path)])
+    assert len(service.reloaded) == 1  # a good file applies
+    text = path.read_text().replace('inbox = "inbox"', f'inbox = "inbox"\ndone_dir = "{loop}"')
+    path.write_text(text)
+    caplog.clear()
+    _reload(service, ["--config", str(path)])
+    assert len(service.reloaded) == 1  # the old settings stay
+    failed = [r for r in caplog.records if r.getMessage() == "config_reload_failed"]
+    assert len(failed) == 1 and "symbolic link loop" in failed[0].__dict__["error"]
+    assert failed[0].exc_info is None
