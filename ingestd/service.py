@@ -96,12 +96,18 @@ class Service:
             self.stopping.set()
 
     def reload(self, settings: Settings) -> None:
-        """SIGHUP: new contracts and log level apply to files discovered from now on."""
-        self.settings = settings
+        """SIGHUP: new contracts and log level apply to files discovered from now on; any
+        other changed key keeps its old value everywhere and is named in one WARNING."""
+        from ingestd.settings import reloaded
+
+        applied, restart = reloaded(self.settings, settings)
+        self.settings = applied
         if self._scanner is not None:
-            self._scanner.settings = settings
-        logging.getLogger().setLevel(settings.log_level)
-        log.info("config_reloaded", extra={"contracts": [c.name for c in settings.contracts]})
+            self._scanner.settings = applied
+        logging.getLogger().setLevel(applied.log_level)
+        if restart:
+            log.warning("config_reload_needs_restart", extra={"keys": list(restart)})
+        log.info("config_reloaded", extra={"contracts": [c.name for c in applied.contracts]})
 
     def is_ready(self) -> bool:
         """Database reachable, the inbox there, and discovery running."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import socket
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -396,6 +396,27 @@ class Settings:
     def effective_queue_size(self) -> int:
         """Bound of the work queue: enough to keep workers fed, small enough to stay flat."""
         return self.queue_size or 2 * self.concurrency
+
+
+# What SIGHUP applies to a running service: the contracts (with every per-contract option,
+# which each job carries from discovery on) and the log level. Every other key is read once
+# by a part built at start (watcher, workers, pool, endpoint, manifest): applying it to
+# some parts and not others is worse than not at all (a scanner on a new inbox beside a
+# watcher on the old one), so it keeps its old value until a restart.
+LIVE_ON_RELOAD = ("contracts", "log_level")
+
+
+def reloaded(old: Settings, new: Settings) -> tuple[Settings, tuple[str, ...]]:
+    """SIGHUP: `old` with the live keys of `new`, and the keys whose new value needs a
+    restart (it was not applied)."""
+    applied = replace(old, **{name: getattr(new, name) for name in LIVE_ON_RELOAD})
+    names = [f.name for f, _ in setting_keys(Settings)]
+    restart = tuple(
+        name
+        for name in names
+        if name not in LIVE_ON_RELOAD and getattr(old, name) != getattr(new, name)
+    )
+    return applied, restart
 
 
 def beside_inbox(configured: Path | None, inbox: Path | None, kind: str) -> Path | None:

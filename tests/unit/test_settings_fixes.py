@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,51 @@ def test_sighup_with_a_symlink_loop_logs_config_reload_failed(
     failed = [r for r in caplog.records if r.getMessage() == "config_reload_failed"]
     assert len(failed) == 1 and "symbolic link loop" in failed[0].__dict__["error"]
     assert failed[0].exc_info is None
+
+
+# --- D8: SIGHUP applies contracts and log level; every other key waits for a restart ------
+
+
+def test_sighup_keeps_restart_only_keys_and_names_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingestd.config import load_config, resolve
+    from ingestd.service import Service
+
+    (tmp_path / "inbox2").mkdir()
+    path = _config(tmp_path, "chunk_size = 10")
+    old = resolve({}, env={}, config=load_config(path), config_path=path)
+    service = Service(old)
+    text = path.read_text().replace('inbox = "inbox"', 'inbox = "inbox2"')
+    text = text.replace("chunk_size = 10", 'chunk_size = 1\nconcurrency = 1\nlog_level = "DEBUG"')
+    text += '[[contracts]]\ntable = "t2"\npattern = "*.x"\nmode = "append"\n'
+    path.write_text(text)
+    new = resolve({}, env={}, config=load_config(path), config_path=path)
+    caplog.set_level("INFO")
+    level = logging.getLogger().level
+    try:
+        service.reload(new)
+        s = service.settings
+        assert [c.name for c in s.contracts] == ["t", "t2"]  # applied
+        assert s.log_level == "DEBUG"
+        # Not applied, anywhere: the scanner and the watcher keep watching one inbox.
+        assert (s.inbox, s.chunk_size, s.concurrency) == (old.inbox, 10, old.concurrency)
+        warned = [r for r in caplog.records if r.getMessage() == "config_reload_needs_restart"]
+        assert len(warned) == 1 and warned[0].levelname == "WARNING"
+        assert warned[0].__dict__["keys"] == ["inbox", "chunk_size", "concurrency"]
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def test_sighup_with_only_live_changes_warns_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingestd.config import load_config, resolve
+    from ingestd.settings import reloaded
+
+    path = _config(tmp_path, "")
+    old = resolve({}, env={}, config=load_config(path), config_path=path)
+    path.write_text(path.read_text().replace('mode = "append"', 'mode = "upsert"\npk = "id"'))
+    new = resolve({}, env={}, config=load_config(path), config_path=path)
+    applied, restart = reloaded(old, new)
+    assert restart == () and applied.contracts[0].pk == ("id",)
