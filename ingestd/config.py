@@ -424,9 +424,9 @@ def _convert(name: str, hint: Any, given: Given, meta: Key) -> Any:
     if hint is bool:
         return _bool(given)
     if hint is int:
-        return _int(given, meta.minimum)
+        return _int(given, meta)
     if hint is float:
-        return _float(given, meta.minimum)
+        return _float(given, meta)
     if hint is Path:
         return _path(given)
     if hint is str:
@@ -456,7 +456,7 @@ def _bool(given: Given) -> bool:
     raise _wrong(given, "true or false" + (" (without quotes)" if isinstance(value, str) else ""))
 
 
-def _int(given: Given, minimum: float | None) -> int:
+def _int(given: Given, meta: Key) -> int:
     value = given.value
     if given.text and isinstance(value, str):
         try:
@@ -465,12 +465,11 @@ def _int(given: Given, minimum: float | None) -> int:
             raise _wrong(given, "a whole number") from None
     if not isinstance(value, int) or isinstance(value, bool):
         raise _wrong(given, "a whole number")
-    if minimum is not None and value < minimum:
-        raise _wrong(given, f"at least {minimum:g}", value)
+    _check_range(given, value, meta)
     return value
 
 
-def _float(given: Given, minimum: float | None) -> float:
+def _float(given: Given, meta: Key) -> float:
     value = given.value
     if given.text and isinstance(value, str):
         try:
@@ -479,9 +478,17 @@ def _float(given: Given, minimum: float | None) -> float:
             raise _wrong(given, "a number") from None
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise _wrong(given, "a number")
-    if minimum is not None and value < minimum:
-        raise _wrong(given, f"at least {minimum:g}", value)
+    _check_range(given, value, meta)
     return float(value)
+
+
+def _check_range(given: Given, value: float, meta: Key) -> None:
+    if meta.minimum is not None and value < meta.minimum:
+        raise _wrong(given, f"at least {meta.minimum:g}", value)
+    if meta.maximum is not None and value > meta.maximum:
+        limit = f" ({meta.limit})" if meta.limit else ""
+        shown = int(meta.maximum) if float(meta.maximum).is_integer() else meta.maximum
+        raise _wrong(given, f"at most {shown}{limit}", value)
 
 
 def _choice(given: Given, allowed: tuple[Any, ...]) -> Any:

@@ -31,6 +31,10 @@ NEW_VERSION_CHOICES: tuple[NewVersion, ...] = ("refuse", "append")
 DUPLICATE_CONTENT_CHOICES: tuple[DuplicateContent, ...] = ("skip", "load")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "INGESTD_"
+DAY_S = 86_400.0
+# PostgreSQL's statement_timeout and lock_timeout are int milliseconds: 2147483647 at most.
+PG_TIMEOUT_MAX_S = 2_147_483.0
+MAX_CONCURRENCY = 256  # one connection each: far beyond what a server's max_connections allows
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Key:
 
     help: str
     minimum: float | None = None  # numbers: the smallest value allowed
+    maximum: float | None = None  # numbers: the largest (a value beyond breaks something)
+    limit: str = ""  # why the maximum, as the message says it: "a day", "PostgreSQL's limit"
     shown: str | None = None  # the default as a user reads it, when the field holds a stand-in
     metavar: str | None = None
     flag: bool = True  # --key-name on the command line
@@ -270,18 +276,31 @@ class Settings:
     keep_files: bool = key(
         False, "leave files where they are (the manifest still prevents reloads)"
     )
-    chunk_size: int = key(50_000, "rows per batch, one transaction each", minimum=1, metavar="N")
-    concurrency: int = key(
-        4, "parallel workers, one connection and temp table each", minimum=1, metavar="N"
+    chunk_size: int = key(
+        50_000, "rows per batch, one transaction each", minimum=1, maximum=10_000_000, metavar="N"
     )
-    max_retries: int = key(3, "retries of transient errors per file", minimum=0, metavar="N")
+    concurrency: int = key(
+        4,
+        "parallel workers, one connection and temp table each",
+        minimum=1,
+        maximum=MAX_CONCURRENCY,
+        limit="one connection each",
+        metavar="N",
+    )
+    max_retries: int = key(
+        3, "retries of transient errors per file", minimum=0, maximum=1000, metavar="N"
+    )
     retry_base_s: float = key(
         1.0,
         "first wait before a retry; it doubles per attempt (plus up to 0.5 s of jitter)",
         minimum=0.0,
+        maximum=DAY_S,
+        limit="a day",
         metavar="S",
     )
-    retry_cap_s: float = key(30.0, "longest wait before a retry", minimum=0.0, metavar="S")
+    retry_cap_s: float = key(
+        30.0, "longest wait before a retry", minimum=0.0, maximum=DAY_S, limit="a day", metavar="S"
+    )
     resume: bool = key(True, "skip files already loaded, continue partly loaded ones")
     metrics_addr: tuple[str, int] | None = key(
         parse_metrics_addr(DEFAULT_METRICS_ADDR),
@@ -295,12 +314,19 @@ class Settings:
         None, "manifest schema", shown="first on search_path", metavar="S"
     )
     connect_timeout_s: float = key(
-        10.0, "deadline for opening a connection", minimum=0.001, metavar="S"
+        10.0,
+        "deadline for opening a connection",
+        minimum=0.001,
+        maximum=DAY_S,
+        limit="a day",
+        metavar="S",
     )
     statement_timeout_s: float = key(
         600.0,
         "server-side statement_timeout: no statement hangs longer",
         minimum=0.001,
+        maximum=PG_TIMEOUT_MAX_S,
+        limit="PostgreSQL's limit",
         metavar="S",
     )
     lock_timeout_s: float = key(
@@ -308,6 +334,8 @@ class Settings:
         "how long one statement waits for a lock another session holds before the "
         "attempt fails and is retried (0: no limit)",
         minimum=0.0,
+        maximum=PG_TIMEOUT_MAX_S,
+        limit="PostgreSQL's limit",
         metavar="S",
     )
     settle_s: float = key(
@@ -315,15 +343,23 @@ class Settings:
         "daemon: a file must hold still this long before it is claimed (raise it on "
         "network file systems)",
         minimum=0.0,
+        maximum=DAY_S,
+        limit="a day",
         metavar="S",
     )
     shutdown_grace_s: float = key(
-        30.0, "SIGTERM: time for workers to finish their batch", minimum=0.001, metavar="S"
+        30.0,
+        "SIGTERM: time for workers to finish their batch",
+        minimum=0.001,
+        maximum=DAY_S,
+        limit="a day",
+        metavar="S",
     )
     queue_size: int = key(
         0,
         "claimed files waiting for a worker (0: twice the concurrency)",
         minimum=0,
+        maximum=100_000,
         metavar="N",
     )
     memory_limit_mb: int = key(
@@ -331,6 +367,8 @@ class Settings:
         "memory for one worker's batches in flight; wide rows shrink the batch, one "
         "CSV row may use half",
         minimum=16,
+        maximum=1 << 20,
+        limit="a terabyte",
         metavar="MB",
     )
     instance_id: str = key(
@@ -344,10 +382,17 @@ class Settings:
         30.0,
         "a claim's lease: another instance may take the file over once it runs out",
         minimum=1.0,
+        maximum=DAY_S,
+        limit="a day",
         metavar="S",
     )
     rescan_s: float = key(
-        30.0, "daemon: full rescans of the inbox besides the watcher", minimum=0.1, metavar="S"
+        30.0,
+        "daemon: full rescans of the inbox besides the watcher",
+        minimum=0.1,
+        maximum=DAY_S,
+        limit="a day",
+        metavar="S",
     )
     raw_csv: bool = key(True, "CSV files that need no change go to COPY as their own bytes")
     split_mb: float = key(
@@ -355,6 +400,8 @@ class Settings:
         "an append of a raw CSV file at least twice this size is split into segments of "
         "at least this size, loaded by idle workers in parallel (0: never split)",
         minimum=0.0,
+        maximum=1 << 20,
+        limit="a terabyte",
         metavar="MB",
     )
     # Append mode, a new version of a file whose earlier version committed rows:

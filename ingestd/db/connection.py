@@ -225,9 +225,15 @@ async def create_pool(
             )
             await backoff.sleep(delay)
     assert last is not None  # noqa: S101 - the loop ran at least once
+    advice = "Check that the server is running and that --dsn / INGESTD_DSN is right."
+    if getattr(last, "sqlstate", None) == "53300":  # too_many_connections: it is running
+        advice = (
+            f"Too many connections: the server has no slot left for the {size} this run "
+            "opens (--concurrency, plus two; max_connections, or the role's CONNECTION "
+            "LIMIT): lower --concurrency or raise max_connections."
+        )
     raise DatabaseUnavailableError(
-        f"cannot connect to {mask_dsn(dsn)}: {describe_connect_error(last)}. "
-        "Check that the server is running and that --dsn / INGESTD_DSN is right."
+        f"cannot connect to {mask_dsn(dsn)}: {describe_connect_error(last)}. {advice}"
     ) from None
 
 

@@ -181,3 +181,44 @@ def test_sighup_with_only_live_changes_warns_nothing(
     new = resolve({}, env={}, config=load_config(path), config_path=path)
     applied, restart = reloaded(old, new)
     assert restart == () and applied.contracts[0].pk == ("id",)
+
+
+# --- D12, D13, D15, D17: numbers have an upper bound, named with its reason ---------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("INGESTD_LEASE_S", "1e13", "at most 86400 (a day)"),
+        ("INGESTD_STATEMENT_TIMEOUT_S", "3000000", "at most 2147483 (PostgreSQL's limit)"),
+        ("INGESTD_LOCK_TIMEOUT_S", "1e26", "(PostgreSQL's limit)"),
+        ("INGESTD_CONCURRENCY", "257", "at most 256 (one connection each)"),
+        ("INGESTD_CONCURRENCY", "100000", "at most 256"),
+        ("INGESTD_RESCAN_S", "1e9", "at most 86400"),
+        ("INGESTD_CHUNK_SIZE", "9223372036854775807", "at most"),
+        ("INGESTD_QUEUE_SIZE", "100000000000000000000000000", "at most"),
+    ],
+)
+def test_numbers_have_an_upper_bound(
+    tmp_path: Path, variable: str, value: str, fragment: str
+) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    with pytest.raises(UsageError) as caught:
+        resolve(flags, env={variable: value})
+    assert str(caught.value).startswith(f"{variable} must be ")
+    assert fragment in str(caught.value)
+
+
+def test_bounds_are_inclusive(tmp_path: Path) -> None:
+    from ingestd.config import resolve
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    env = {"INGESTD_CONCURRENCY": "256", "INGESTD_LEASE_S": "86400",
+           "INGESTD_STATEMENT_TIMEOUT_S": "2147483"}  # fmt: skip
+    s = resolve(flags, env=env)
+    assert (s.concurrency, s.lease_s, s.statement_timeout_s) == (256, 86400.0, 2147483.0)
