@@ -295,7 +295,7 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
             label = _entry_label(entry, i)
             where = f"{sources.file}: {label}"
             own = _layer(_table(entry, where), where)
-            layers.append((label, {**base, **own, **overrides}))
+            layers.append((where, {**base, **own, **overrides}))
     out = [_contract(layer, where=label) for label, layer in layers]
     names = [c.name for c in out]
     if len(set(names)) != len(names):
@@ -344,19 +344,30 @@ def _contract(layer: Layer, *, where: str) -> Contract:
         for name, (_, meta) in (_CONTRACT | _CSV).items()
         if name in layer
     }
-    csv = _csv_options({k: got.pop(k) for k in list(got) if k in _CSV}, where)
+
+    def origin(name: str) -> str:
+        """Where a value came from, for a check after its type's (the variable, the flag,
+        or the file and key); the contract when it was not given."""
+        return layer[name].origin if name in layer else where
+
+    csv = _csv_options({k: got.pop(k) for k in list(got) if k in _CSV}, origin)
+    checking = "table"
     try:
         table = validate_identifier(got["table"], what="table name")
+        checking = "schema"
         schema = _opt_ident(got.get("schema"), "schema name")
+        checking = "pk"
         pk = tuple(validate_identifier(c, what="primary key column") for c in got.get("pk", ()))
+        checking = "headers"
         headers_raw = got.get("headers") or ()
         headers = tuple(validate_identifier(h, what="column") for h in headers_raw) or None
+        checking = "types"
         types = tuple(
             (validate_identifier(col, what="column in types"), validate_pg_type(t))
             for col, t in got.get("types", ())
         )
     except InvalidIdentifierError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise UsageError(f"{_in(where, origin(checking))}: {exc}") from None
     mode = got.get("mode", default_of(_CONTRACT["mode"][0]))
     if mode in ("upsert", "merge") and not pk:
         raise UsageError(f"{where}: mode {mode} needs a primary key: give --pk COL[,COL]")
@@ -368,25 +379,38 @@ def _contract(layer: Layer, *, where: str) -> Contract:
     if not csv.header and headers is None:
         raise UsageError(f"{where}: files without a header row need --headers a,b,c")
     if "pattern" in got:
-        _check_pattern(got["pattern"], where)
+        _check_pattern(got["pattern"], _in(where, origin("pattern")))
     got.setdefault("name", table)
     got.update(table=table, schema=schema, pk=pk, headers=headers, types=types, csv=csv)
     return Contract(**got)
 
 
-def _csv_options(got: dict[str, Any], where: str) -> CsvOptions:
+def _in(where: str, origin: str) -> str:
+    """`origin` (a variable, a flag, [defaults]) with the contract it applies to."""
+    if origin.startswith(where):
+        return origin
+    return f"{origin} (in {where.rpartition(': ')[2]})"
+
+
+def _csv_options(got: dict[str, Any], origin: Callable[[str], str]) -> CsvOptions:
     options = CsvOptions(**got)
     if options.delimiter not in DELIMITERS:
-        raise UsageError(f"{where}: delimiter {options.delimiter!r} is not one of , ; | tab")
+        raise UsageError(
+            f"{origin('delimiter')}: delimiter {options.delimiter!r} is not one of , ; | tab"
+        )
     delimiter = DELIMITERS[options.delimiter]
     quote = options.quote
-    if len(quote) != 1 or quote == delimiter or quote in "\r\n":
-        raise UsageError(f"{where}: quote must be one character other than the delimiter")
+    # The CSV readers take one ASCII byte: anything else would fail every good file.
+    if len(quote) != 1 or not quote.isascii() or quote == delimiter or quote in "\r\n":
+        raise UsageError(
+            f"{origin('quote')} must be one ASCII character other than the delimiter "
+            f"and a line break, not {quote!r}"
+        )
     try:
         "".encode(options.encoding)
     except (LookupError, ValueError):  # ValueError: a name with a NUL in it
         raise UsageError(
-            f"{where}: unknown encoding {options.encoding!r} (try utf-8 or latin-1)"
+            f"{origin('encoding')}: unknown encoding {options.encoding!r} (try utf-8 or latin-1)"
         ) from None
     return CsvOptions(delimiter, quote, options.encoding, options.header)
 

@@ -86,8 +86,27 @@ _TYPE_NAMES = {
     "serial",
 }
 _TYPE = re.compile(
-    r"(?P<base>[a-z][a-z0-9 ]*?)\s*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(?P<array>\[\])?", re.ASCII
+    r"(?P<base>[a-z][a-z0-9 ]*?)\s*(\(\s*(?P<p>\d+)\s*(,\s*(?P<s>\d+)\s*)?\))?(?P<array>\[\])?",
+    re.ASCII,
 )
+# The modifiers PostgreSQL accepts, by type: (what, smallest, largest, takes a scale).
+# Anything else in parentheses is refused here, once at start-up, rather than by the
+# server when it makes the table, which would fail every good file of the contract.
+_LENGTH = ("a length", 1, 10_485_760, False)
+_PRECISION = ("a precision", 0, 6, False)
+_MODIFIERS: dict[str, tuple[str, int, int, bool]] = {
+    "varchar": _LENGTH,
+    "character varying": _LENGTH,
+    "char": _LENGTH,
+    "character": _LENGTH,
+    "numeric": ("a precision", 1, 1000, True),
+    "decimal": ("a precision", 1, 1000, True),
+    "time": _PRECISION,
+    "timetz": _PRECISION,
+    "timestamp": _PRECISION,
+    "timestamptz": _PRECISION,
+    "interval": _PRECISION,
+}
 
 
 def validate_pg_type(type_name: str) -> str:
@@ -99,4 +118,27 @@ def validate_pg_type(type_name: str) -> str:
             f"type {type_name!r} is not supported: use a built-in type such as "
             "integer, bigint, numeric(12,2), boolean, date, timestamptz, text, jsonb"
         )
+    if match.group("p") is not None:
+        _check_modifiers(type_name, match.group("base").strip(), match.group("p"), match.group("s"))
     return normal
+
+
+def _check_modifiers(type_name: str, base: str, p: str, scale: str | None) -> None:
+    rule = _MODIFIERS.get(base)
+    if rule is None:
+        raise InvalidIdentifierError(
+            f"type {type_name!r} is not supported: {base} takes nothing in parentheses"
+        )
+    what, low, high, takes_scale = rule
+    if not low <= int(p) <= high:
+        raise InvalidIdentifierError(
+            f"type {type_name!r} is not supported: {what} of {base} is {low} to {high:,}"
+        )
+    if scale is not None and not takes_scale:
+        raise InvalidIdentifierError(
+            f"type {type_name!r} is not supported: {base} takes one number, not two"
+        )
+    if scale is not None and int(scale) > int(p):
+        raise InvalidIdentifierError(
+            f"type {type_name!r} is not supported: the scale of {base} is 0 to its precision"
+        )

@@ -352,7 +352,7 @@ def test_daemon_may_wait_for_an_inbox_to_appear(tmp_path: Path) -> None:
         ({"pk": None}, "mode upsert needs a primary key"),
         ({"pk": None, "mode": "merge"}, "mode merge needs a primary key"),
         ({"delimiter": ":"}, "delimiter ':' is not one of"),
-        ({"quote": "''"}, "quote must be one character"),
+        ({"quote": "''"}, "quote must be one ASCII character"),
         ({"encoding": "klingon-8"}, "unknown encoding 'klingon-8'"),
         ({"metrics_addr": "nowhere"}, "metrics address 'nowhere'"),
         ({"header": False}, "files without a header row need --headers"),

@@ -222,3 +222,106 @@ def test_bounds_are_inclusive(tmp_path: Path) -> None:
            "INGESTD_STATEMENT_TIMEOUT_S": "2147483"}  # fmt: skip
     s = resolve(flags, env=env)
     assert (s.concurrency, s.lease_s, s.statement_timeout_s) == (256, 86400.0, 2147483.0)
+
+
+# --- D14, D19: what the CSV reader or PostgreSQL would refuse is refused by the settings ----
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"INGESTD_QUOTE": "é"}, "INGESTD_QUOTE must be one ASCII character"),
+        ({"INGESTD_QUOTE": "\u201c"}, "one ASCII character"),
+        ({"INGESTD_TYPES": "id:varchar(999999999999)"}, "a length of varchar is 1 to 10,485,760"),
+        ({"INGESTD_TYPES": "id:varchar(20000000)"}, "1 to 10,485,760"),
+        ({"INGESTD_TYPES": "id:varchar(0)"}, "1 to 10,485,760"),
+        ({"INGESTD_TYPES": "id:numeric(1001)"}, "a precision of numeric is 1 to 1,000"),
+        ({"INGESTD_TYPES": "id:numeric(0)"}, "1 to 1,000"),
+        ({"INGESTD_TYPES": "id:numeric(5,6)"}, "the scale of numeric is 0 to its precision"),
+        ({"INGESTD_TYPES": "id:integer(5)"}, "integer takes nothing in parentheses"),
+        ({"INGESTD_TYPES": "id:varchar(5,2)"}, "varchar takes one number"),
+        ({"INGESTD_TYPES": "id:timestamptz(7)"}, "a precision of timestamptz is 0 to 6"),
+        ({"INGESTD_TYPES": "id:timestamp with time zone(3)"}, "takes nothing in parentheses"),
+    ],
+)
+def test_contract_values_the_reader_or_server_refuse(
+    tmp_path: Path, env: dict[str, str], fragment: str
+) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    with pytest.raises(UsageError) as caught:
+        resolve(flags, env=env)
+    assert fragment in str(caught.value)
+    assert next(iter(env)) in str(caught.value)  # D1: the variable is named
+
+
+@pytest.mark.parametrize(
+    "type_name", ["varchar(10485760)", "numeric(1000,1000)", "numeric(12,2)", "timestamptz(6)",
+                  "char(1)", "interval(0)", "numeric(12, 2)[]"],
+)  # fmt: skip
+def test_types_within_postgresql_bounds_pass(type_name: str) -> None:
+    from ingestd.identifiers import validate_pg_type
+
+    assert validate_pg_type(type_name)
+
+
+def test_quote_in_check_config_names_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, "")
+    path.write_text(path.read_text() + 'csv.quote = "é"\n')
+    assert check_config([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {path}: contract 1: csv.quote must be one ASCII character" in err
+
+
+# --- D1: checks after the type's name the file and key, or the variable -------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ('pk = ["a b"]', "contract 1: pk: primary key column 'a b'"),
+        ('csv.delimiter = "::"', "contract 1: csv.delimiter: delimiter '::'"),
+        ('schema = "a-b"', "contract 1: schema: schema name 'a-b'"),
+        ('types = {id = "foo"}', "contract 1: types: type 'foo'"),
+        ('pattern = "/abs/*.csv"', "contract 1: pattern: pattern '/abs/*.csv'"),
+    ],
+)
+def test_contract_checks_at_start_up_name_the_config_file(
+    tmp_path: Path, entry: str, fragment: str
+) -> None:
+    from ingestd.config import load_config, resolve
+    from ingestd.exceptions import UsageError
+
+    path = _config(tmp_path, "")
+    path.write_text(path.read_text() + entry + "\n")
+    with pytest.raises(UsageError) as caught:
+        resolve({}, env={}, config=load_config(path), config_path=path)
+    assert str(caught.value).startswith(f"config file {path}: ")
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"INGESTD_ENCODING": "x"}, "INGESTD_ENCODING: unknown encoding 'x'"),
+        ({"INGESTD_DELIMITER": "x"}, "INGESTD_DELIMITER: delimiter 'x'"),
+        ({"INGESTD_SCHEMA": "a-b"}, "INGESTD_SCHEMA (in contract t): schema name"),
+        ({"INGESTD_HEADERS": "a,,b"}, "INGESTD_HEADERS (in contract t): column is empty"),
+    ],
+)
+def test_contract_checks_name_the_variable(
+    tmp_path: Path, env: dict[str, str], fragment: str
+) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    with pytest.raises(UsageError, match=None) as caught:
+        resolve(flags, env=env)
+    assert fragment in str(caught.value)
