@@ -130,20 +130,31 @@ def resolve(
     """Build Settings from flags (only those the user gave), environment and config file."""
     sources = _Sources(flags, os.environ if env is None else env, config or {}, config_path)
     values: dict[str, Any] = {}
+    standing: set[str] = set()  # keys only the config file gives
     for name, (_, meta) in _SETTINGS.items():
         given = sources.given(name, meta)
         if given is not None:
             values[name] = _convert(name, _HINTS[name], given, meta)
+            if given.origin.startswith(sources.file):
+                standing.add(name)
     files = tuple(Path(f) for f in flags.get("files") or ())
     if files:  # exactly these files: a run that ends, and leaves them where they are
         values["once"] = values["keep_files"] = True
     dsn = values.pop("dsn", None)
     values["dsn"] = _dsn_with_password(dsn, values.get("password_file"))
+    # A metrics address from the config file is the standing address of the daemon that
+    # file configures: a --once run sharing the file (a backfill in the daemon's container)
+    # treats it like the default and goes on without the endpoint if the daemon holds it;
+    # one given by a flag or INGESTD_METRICS_ADDR for this run must bind.
     settings = Settings(
         contracts=_contracts(sources),
         files=files,
         config_path=config_path,
-        given=frozenset(k for k in values if k != "dsn" or dsn is not None),
+        given=frozenset(
+            k
+            for k in values
+            if (k != "dsn" or dsn is not None) and not (k == "metrics_addr" and k in standing)
+        ),
         **values,
     )
     _check_sources(settings)

@@ -241,7 +241,9 @@ class Settings:
     contracts: tuple[Contract, ...]
     files: tuple[Path, ...] = ()
     config_path: Path | None = None
-    given: frozenset[str] = frozenset()  # keys set by a flag, INGESTD_* or the config file
+    # Keys set by a flag, INGESTD_* or the config file (metrics_addr: by a flag or INGESTD_*
+    # only, see config.resolve).
+    given: frozenset[str] = frozenset()
     inbox: Path | None = key(None, "directory to watch (daemon) or drain (--once)", metavar="DIR")
     once: bool = key(False, "process what is there, then exit", file=False)
     dry_run: bool = key(

@@ -60,7 +60,7 @@ def test_once_with_the_default_address_taken_warns_and_loads_anyway(
     assert "Traceback" not in result.err
 
 
-@pytest.mark.parametrize("source", ["flag", "env", "config"])
+@pytest.mark.parametrize("source", ["flag", "env"])
 def test_an_address_given_explicitly_that_is_taken_is_exit_2(
     source: str,
     dsn: str,
@@ -77,14 +77,31 @@ def test_an_address_given_explicitly_that_is_taken_is_exit_2(
         args += ["--metrics-addr", DEFAULT_METRICS_ADDR]
     elif source == "env":
         monkeypatch.setenv("INGESTD_METRICS_ADDR", DEFAULT_METRICS_ADDR)
-    else:
-        config = write(tmp_path / "ingestd.toml", f'metrics_addr = "{DEFAULT_METRICS_ADDR}"\n')
-        args += ["--config", str(config)]
     result = run_cli(args)
     assert result.code == 2
     [line] = said(result.err)
     assert line.startswith(f"ingestd: error: cannot serve metrics on {DEFAULT_METRICS_ADDR}: ")
     assert (inbox / "a.csv").exists()  # nothing was touched
+
+
+def test_a_backfill_sharing_the_daemons_config_file_goes_on_without_the_endpoint(
+    dsn: str,
+    db: Db,
+    tmp_path: Path,
+    default_port_taken: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """D23: the container's config file sets metrics_addr (the daemon's, 0.0.0.0:9108);
+    `--files` / `--once` with that file beside the running daemon must still load."""
+    monkeypatch.delenv("INGESTD_METRICS_ADDR", raising=False)
+    inbox = tmp_path / "inbox"
+    write(inbox / "a.csv", csv_rows(3))
+    config = write(tmp_path / "ingestd.toml", f'metrics_addr = "{DEFAULT_METRICS_ADDR}"\n')
+    result = run_cli([*once(dsn, inbox), "--config", str(config), "--log-format", "json"])
+    assert result.code == 0, result.err
+    assert row_count(db) == 3
+    [warning] = log_events(result.err, "metrics_endpoint_skipped")
+    assert warning["level"] == "WARNING" and warning["addr"] == DEFAULT_METRICS_ADDR
 
 
 def said(err: str) -> list[str]:
