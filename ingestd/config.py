@@ -537,6 +537,10 @@ def _path(given: Given) -> Path:
     text = _str(given)
     if not text or "\0" in text:  # the file system cannot name it
         raise _wrong(given, "a path")
+    if text != text.strip():
+        # `KEY= /srv/inbox` in an env file or compose keeps the space: a folder named " "
+        # in the working directory would be made and watched, silently.
+        raise _wrong(given, "a path without spaces at its start or end")
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~user of a user that does not exist

@@ -325,3 +325,26 @@ def test_contract_checks_name_the_variable(
     with pytest.raises(UsageError, match=None) as caught:
         resolve(flags, env=env)
     assert fragment in str(caught.value)
+
+
+# --- D26: a path with a stray space at its start or end is refused, whatever its source ----
+
+
+@pytest.mark.parametrize("key", ["inbox", "state_dir", "done_dir", "failed_dir", "password_file"])
+@pytest.mark.parametrize("text", [" {inbox}", "{inbox} ", " ", "\t{inbox}"])
+def test_a_path_with_a_stray_space_is_refused(tmp_path: Path, key: str, text: str) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    variable = "INGESTD_" + key.upper()
+    env = {variable: text.format(inbox=inbox), "INGESTD_DSN": "postgresql://u@h/db"}
+    flags = {"inbox": str(inbox), "table": "t", "mode": "append"}
+    if key == "inbox":
+        del flags["inbox"]
+    with pytest.raises(UsageError) as caught:
+        resolve(flags, env=env)
+    message = str(caught.value)
+    assert message.startswith(f"{variable} must be a path without spaces at its start or end")
+    assert not (Path.cwd() / " ").exists()
