@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ingestd.config import load_config, path_setting, resolve
+from ingestd.config import load_config, resolve, resolve_keys
 from ingestd.db.dsn import mask_dsn
 from ingestd.exceptions import UsageError
 from ingestd.names import shown_name
@@ -44,8 +44,11 @@ def retry(argv: Sequence[str]) -> int:
     p.add_argument("files", nargs="*", type=Path, help="files in the failed directory")
     p.add_argument("--all-failed", action="store_true", help="every file in the failed directory")
     p.add_argument("--config", type=Path)
-    p.add_argument("--inbox", help="the inbox (when there is no config file)")
-    p.add_argument("--failed-dir", help="the failed directory (default: failed/ beside the inbox)")
+    p.add_argument("--inbox", help="the inbox (env INGESTD_INBOX, else the config file's)")
+    p.add_argument(
+        "--failed-dir",
+        help="the failed directory (env INGESTD_FAILED_DIR; default: failed/ beside the inbox)",
+    )
     ns = p.parse_args(argv)
     try:
         inbox, failed = _directories(ns)
@@ -60,16 +63,32 @@ def retry(argv: Sequence[str]) -> int:
 
 
 def _directories(ns: argparse.Namespace) -> tuple[Path, Path]:
-    """(inbox, failed directory) from the flags or the config file, by resolve's rules."""
+    """(inbox, failed directory) by resolve's rules: flag > INGESTD_* > config file."""
     config = load_config(ns.config) if ns.config else {}
     flags = {"inbox": ns.inbox, "failed_dir": ns.failed_dir}
-    inbox = path_setting("inbox", flags, config, ns.config)
+    got = resolve_keys(("inbox", "failed_dir"), flags, os.environ, config, ns.config)
+    inbox: Path | None = got["inbox"]
     if inbox is None:
-        raise UsageError("no inbox: give --inbox or --config")
-    failed = path_setting("failed_dir", flags, config, ns.config)
-    failed_dir = beside_inbox(failed, inbox, "failed")
+        raise UsageError("no inbox: give --inbox, INGESTD_INBOX or --config")
+    if not _real(inbox).is_dir():
+        # Moving the files into a folder made here (a typo) hides them where nobody looks.
+        raise UsageError(f"inbox {inbox} does not exist or is not a directory: check --inbox")
+    failed_dir = beside_inbox(got["failed_dir"], inbox, "failed")
     assert failed_dir is not None  # noqa: S101 - there is an inbox
+    inbox_real, failed_real = _real(inbox), _real(failed_dir)
+    if failed_real.is_relative_to(inbox_real) or inbox_real.is_relative_to(failed_real):
+        raise UsageError(
+            f"the failed directory {failed_dir} and the inbox {inbox} overlap: "
+            "give --failed-dir the folder failed files were moved to"
+        )
     return inbox, failed_dir
+
+
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (before 3.13)
+        raise UsageError(f"cannot look at {path}: a symbolic link loop or no access") from None
 
 
 def _retry(
@@ -99,6 +118,11 @@ def _all_failed(failed: Path) -> list[Path]:
 
 
 def _inside(path: Path, failed: Path) -> Path:
+    if path.name.endswith(".error.json"):
+        original = path.name.removesuffix(".error.json")
+        raise UsageError(
+            f"{path} is a sidecar (why a file failed), not a file to load: retry {original}"
+        )
     candidate = path if path.is_absolute() else (Path.cwd() / path)
     if not candidate.exists():
         candidate = failed / path

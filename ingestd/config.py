@@ -39,7 +39,6 @@ __all__ = [
     "file_keys",
     "load_config",
     "parse_metrics_addr",
-    "path_setting",
     "resolve",
     "resolve_dsn",
     "resolve_keys",
@@ -160,17 +159,6 @@ def resolve(
     _check_sources(settings)
     check_no_loop(settings)
     return settings
-
-
-def path_setting(
-    key: str, flags: Mapping[str, Any], config: Mapping[str, Any], config_path: Path | None
-) -> Path | None:
-    """A directory setting from a flag or the config file (not the environment): relative
-    paths in a config file are relative to the file, on the command line to the working
-    directory."""
-    sources = _Sources(flags, {}, config, config_path)
-    given = sources.given(key, _SETTINGS[key][1])
-    return None if given is None else _path(given)
 
 
 def resolve_keys(

@@ -348,3 +348,70 @@ def test_a_path_with_a_stray_space_is_refused(tmp_path: Path, key: str, text: st
     message = str(caught.value)
     assert message.startswith(f"{variable} must be a path without spaces at its start or end")
     assert not (Path.cwd() / " ").exists()
+
+
+# --- D16, D18: retry reads INGESTD_*, refuses sidecars, a missing inbox, an overlap --------
+
+
+@pytest.fixture
+def failed_tree(tmp_path: Path) -> Path:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "y.csv").write_text("id\n1\n")
+    (tmp_path / "failed" / "y.csv.error.json").write_text("{}")
+    return tmp_path
+
+
+def test_retry_reads_the_inbox_and_failed_dir_from_the_environment(
+    failed_tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.commands import retry
+
+    other = failed_tree / "elsewhere"
+    other.mkdir()
+    (other / "z.csv").write_text("id\n2\n")
+    monkeypatch.setenv("INGESTD_INBOX", str(failed_tree / "inbox"))
+    monkeypatch.setenv("INGESTD_FAILED_DIR", str(other))
+    assert retry(["--all-failed"]) == 0, capsys.readouterr().err
+    assert (failed_tree / "inbox" / "z.csv").exists()
+    assert (failed_tree / "failed" / "y.csv").exists()  # not the failed dir in use
+
+
+def test_retry_refuses_a_sidecar(
+    failed_tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.commands import retry
+
+    monkeypatch.delenv("INGESTD_INBOX", raising=False)
+    monkeypatch.delenv("INGESTD_FAILED_DIR", raising=False)
+    sidecar = failed_tree / "failed" / "y.csv.error.json"
+    assert retry([str(sidecar), "--inbox", str(failed_tree / "inbox")]) == 2
+    err = capsys.readouterr().err
+    assert "is a sidecar" in err and "retry y.csv" in err
+    assert sidecar.exists() and not (failed_tree / "inbox" / sidecar.name).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--inbox", "{t}/nosuch"], "inbox {t}/nosuch does not exist"),
+        (["--inbox", "{t}/inbox", "--failed-dir", "{t}/inbox"], "overlap"),
+        (["--inbox", "{t}/inbox", "--failed-dir", "{t}/inbox/sub"], "overlap"),
+    ],
+)
+def test_retry_refuses_a_missing_inbox_and_an_overlap(
+    failed_tree: Path,
+    args: list[str],
+    fragment: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ingestd.commands import retry
+
+    monkeypatch.delenv("INGESTD_INBOX", raising=False)
+    monkeypatch.delenv("INGESTD_FAILED_DIR", raising=False)
+    assert retry(["--all-failed", *(a.format(t=failed_tree) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert fragment.format(t=failed_tree) in err and len(err.strip().splitlines()) == 1
+    assert not (failed_tree / "nosuch").exists()
+    assert (failed_tree / "failed" / "y.csv").exists()
