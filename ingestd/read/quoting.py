@@ -47,9 +47,13 @@ def plain_quoting(data: bytes, end: int, delimiter: str, quote: str) -> bool:
     if data.find(mark, 0, end) < 0:
         return True  # the common case: nothing to read differently
     whole = _whole(delimiter, quote)
-    if whole is not None and _matches(whole, data, end):
+    if end >= _RE2_FROM and whole is not None and _matches(whole, data, end):
         return True
     return _plain_by_regex(data, end, delimiter, quote)  # the definition decides
+
+
+# Arrow compiles the RE2 pattern on every call (~75 us): below this the regex is cheaper.
+_RE2_FROM = 16 << 10
 
 
 def _lone_cr(data: bytes, end: int) -> bool:

@@ -69,10 +69,15 @@ def _csv(draw: st.DrawFn) -> tuple[bytes, int, str, str]:
     return data, end, d, q
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_csv(), st.sampled_from([1, 5, 64, 256 << 10]))
-def test_fast_path_answers_as_the_regex(case: tuple[bytes, int, str, str], step: int) -> None:
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_csv(), st.sampled_from([1, 5, 64, 256 << 10]), st.booleans())
+def test_fast_path_answers_as_the_regex(
+    case: tuple[bytes, int, str, str], step: int, padded: bool
+) -> None:
     data, end, d, q = case
+    if padded:  # plain rows first: past the size where plain_quoting asks RE2 first
+        rows = f"{q}x{q}{d}{q}y{q}{q}{q}{d}{d}z\n".encode() * (quoting._RE2_FROM // 8)
+        data, end = rows + data, len(rows) + end
     with _steps_of(step):
         expected = _plain_by_regex(data, end, d, q)
         assert plain_quoting(data, end, d, q) is expected
