@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from ingestd.config import load_config, resolve, resolve_keys
 from ingestd.db.dsn import mask_dsn
@@ -14,10 +15,32 @@ from ingestd.exceptions import UsageError
 from ingestd.names import shown_name
 from ingestd.settings import Settings, beside_inbox
 
+MAX_STATUS_LIMIT = 10_000  # recent failures listed by `ingestd status --limit N`
+
+
+class Parser(argparse.ArgumentParser):
+    """A subcommand's usage error is one line and exit 2, as the main command's is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def status_limit(text: str) -> int:
+    """`ingestd status --limit N`: a whole number the query can take."""
+    try:
+        value = int(text) if text.isascii() else -1
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_STATUS_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to {MAX_STATUS_LIMIT:,}, not {text!r}"
+        )
+    return value
+
 
 def check_config(argv: Sequence[str]) -> int:
     """Validate a config file without touching anything: 0 if usable, 2 with the reason."""
-    p = argparse.ArgumentParser(prog="ingestd check-config", description=check_config.__doc__)
+    p = Parser(prog="ingestd check-config", description=check_config.__doc__)
     p.add_argument("config", type=Path)
     ns = p.parse_args(argv)
     try:
@@ -40,7 +63,7 @@ def check_config(argv: Sequence[str]) -> int:
 
 def retry(argv: Sequence[str]) -> int:
     """Move failed files back to the inbox (after a fix) and drop their sidecars."""
-    p = argparse.ArgumentParser(prog="ingestd retry", description=retry.__doc__)
+    p = Parser(prog="ingestd retry", description=retry.__doc__)
     p.add_argument("files", nargs="*", type=Path, help="files in the failed directory")
     p.add_argument("--all-failed", action="store_true", help="every file in the failed directory")
     p.add_argument("--config", type=Path)

@@ -184,10 +184,12 @@ def resolve_dsn(
     env: Mapping[str, str],
     config: Mapping[str, Any],
     config_path: Path | None = None,
+    password_flag: str | None = None,
 ) -> str | None:
-    """--dsn, else INGESTD_DSN, else the config's dsn; with the password from password_file
-    (or INGESTD_PASSWORD_FILE) when one is set. None: use the embedded server."""
-    sources = _Sources({"dsn": flag}, env, config, config_path)
+    """--dsn, else INGESTD_DSN, else the config's dsn; with the password from
+    --password-file, INGESTD_PASSWORD_FILE or password_file when one is set. None: use the
+    embedded server."""
+    sources = _Sources({"dsn": flag, "password_file": password_flag}, env, config, config_path)
     dsn = sources.given("dsn", _SETTINGS["dsn"][1])
     password = sources.given("password_file", _SETTINGS["password_file"][1])
     return _dsn_with_password(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -10,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ingestd.commands import Parser, status_limit
 from ingestd.config import load_config, resolve_dsn, resolve_keys
 from ingestd.db.database import Database
 from ingestd.db.dsn import mask_dsn
@@ -24,25 +24,31 @@ from ingestd.retry import Backoff
 
 def main(argv: Sequence[str]) -> int:
     """Print the manifest summary; exit 2 if the database cannot be reached."""
-    p = argparse.ArgumentParser(prog="ingestd status", description="Show the manifest summary.")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--dsn")
-    p.add_argument("--state-dir", default=None)
-    p.add_argument("--manifest-table", default=None)
-    p.add_argument("--limit", type=int, default=10, help="how many recent failures to list")
+    p = Parser(prog="ingestd status", description="Show the manifest summary.")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    p.add_argument("--dsn", metavar="DSN", help="PostgreSQL URL (env INGESTD_DSN)")
+    p.add_argument("--password-file", metavar="FILE", help="env INGESTD_PASSWORD_FILE")
+    p.add_argument("--state-dir", metavar="DIR", help="embedded server (env INGESTD_STATE_DIR)")
+    p.add_argument("--manifest-table", metavar="T", help="env INGESTD_MANIFEST_TABLE")
+    p.add_argument("--manifest-schema", metavar="S", help="env INGESTD_MANIFEST_SCHEMA")
+    p.add_argument("--connect-timeout-s", metavar="S", help="env INGESTD_CONNECT_TIMEOUT_S")
+    p.add_argument(
+        "--limit", type=status_limit, default=10, help="how many recent failures to list (10)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     ns = p.parse_args(argv)
     setup_logging("text", "ERROR")
     try:
         config = load_config(ns.config) if ns.config else {}
-        dsn = resolve_dsn(ns.dsn, os.environ, config, ns.config)
         # The same keys, environment variables and checks as a run (flag > env > file).
         got = resolve_keys(
-            ("state_dir", "manifest_table", "manifest_schema"), vars(ns), os.environ, config,
-            ns.config,
+            ("state_dir", "manifest_table", "manifest_schema", "connect_timeout_s",
+             "statement_timeout_s"),
+            vars(ns), os.environ, config, ns.config,
         )  # fmt: skip
+        dsn = resolve_dsn(ns.dsn, os.environ, config, ns.config, ns.password_file)
         manifest = Manifest(got["manifest_schema"], got["manifest_table"])
-        summary = asyncio.run(_summary(dsn, got["state_dir"], manifest, ns.limit))
+        summary = asyncio.run(_summary(dsn, got, manifest, ns.limit))
     except (UsageError, DatabaseUnavailableError) as exc:
         print(f"ingestd status: error: {mask_dsn(str(exc))}", file=sys.stderr)
         return 2
@@ -54,16 +60,16 @@ def main(argv: Sequence[str]) -> int:
 
 
 async def _summary(
-    dsn: str | None, state_dir: Path, manifest: Manifest, limit: int
+    dsn: str | None, got: dict[str, Any], manifest: Manifest, limit: int
 ) -> dict[str, Any]:
     handle = None
     if not dsn:
-        dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
+        dsn, handle = await asyncio.to_thread(start_embedded, got["state_dir"])
     db = await Database.open(
         str(dsn),
         size=1,
-        connect_timeout_s=10,
-        statement_timeout_s=30,
+        connect_timeout_s=got["connect_timeout_s"],
+        statement_timeout_s=got["statement_timeout_s"],
         attempts=0,
         backoff=Backoff(),
     )

@@ -415,3 +415,47 @@ def test_retry_refuses_a_missing_inbox_and_an_overlap(
     assert fragment.format(t=failed_tree) in err and len(err.strip().splitlines()) == 1
     assert not (failed_tree / "nosuch").exists()
     assert (failed_tree / "failed" / "y.csv").exists()
+
+
+# --- D6, D7, D24: subcommand usage is one line; status --limit bounded; status timeouts ----
+
+
+@pytest.mark.parametrize(
+    ("argv", "start"),
+    [
+        (["status", "--bogus"], "ingestd status: error: unrecognized arguments: --bogus"),
+        (["status", "--limit", "x"], "ingestd status: error: argument --limit: must be"),
+        (["status", "--limit", "-5"], "ingestd status: error: argument --limit: must be a whole"),
+        (["status", "--limit", "99999999999999999999999"], "ingestd status: error: argument"),
+        (["check-config"], "ingestd check-config: error: the following arguments"),
+        (["check-config", "a", "b"], "ingestd check-config: error: unrecognized arguments: b"),
+        (["retry", "--bogus"], "ingestd retry: error: unrecognized arguments: --bogus"),
+    ],
+)
+def test_subcommand_usage_errors_are_one_line_exit_2(
+    argv: list[str], start: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start) and len(err.strip().splitlines()) == 1
+    assert f"(see ingestd {argv[0]} --help)" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("INGESTD_CONNECT_TIMEOUT_S", "soon"), ("INGESTD_STATEMENT_TIMEOUT_S", "1e13")],
+)
+def test_status_reads_its_timeouts_like_a_run(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """D24: status used 10 s / 30 s whatever INGESTD_CONNECT_TIMEOUT_S said."""
+    from ingestd.status import main
+
+    monkeypatch.setenv(variable, value)
+    assert main(["--dsn", "postgresql://u@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ingestd status: error: {variable} must be ")
