@@ -121,6 +121,9 @@ def test_examples() -> None:
     for data, plain in cases.items():
         assert plain_quoting(data, len(data), ";", '"') is plain, data
         assert _plain_by_regex(data, len(data), ";", '"') is plain, data
+        pattern = _whole(";", '"')
+        assert pattern is not None
+        assert _lone_cr(data, len(data)) or _matches(pattern, data, len(data)) is plain, data
 
 
 def test_only_the_first_end_bytes_count() -> None:
