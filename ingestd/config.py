@@ -284,6 +284,10 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
         given = sources.override(name, meta)
         if given is not None:
             overrides[name] = given
+    if "name" in defaults:  # one name for several contracts would be no name at all
+        raise UsageError(
+            f"{sources.file}: [defaults]: name is per contract; set it in each [[contracts]]"
+        )
     base = _layer(defaults, f"{sources.file}: [defaults]")
     if "table" in overrides or not entries:
         # Single-contract flags replace the file's contracts: the common, config-less case.
@@ -299,8 +303,13 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
             layers.append((where, {**base, **own, **overrides}))
     out = [_contract(layer, where=label) for label, layer in layers]
     names = [c.name for c in out]
-    if len(set(names)) != len(names):
-        raise UsageError("contract names must be unique")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first = names.index(name)
+            raise UsageError(
+                f"{sources.file}: contracts {first + 1} and {i + 1} are both named "
+                f'{name!r}: give each a name = "..." of its own'
+            )
     return tuple(out)
 
 
@@ -381,6 +390,13 @@ def _contract(layer: Layer, *, where: str) -> Contract:
         raise UsageError(f"{where}: files without a header row need --headers a,b,c")
     if "pattern" in got:
         _check_pattern(got["pattern"], _in(where, origin("pattern")))
+    if "name" in got:
+        name = got["name"]
+        if not name or len(name) > 100 or not name.isprintable() or name.strip() != name:
+            raise UsageError(
+                f"{origin('name')}: contract name {name[:40]!r} must be 1-100 printable "
+                "characters, without spaces at its start or end"
+            )
     got.setdefault("name", table)
     got.update(table=table, schema=schema, pk=pk, headers=headers, types=types, csv=csv)
     return Contract(**got)
@@ -419,6 +435,13 @@ def _csv_options(got: dict[str, Any], origin: Callable[[str], str]) -> CsvOption
 def _check_pattern(pattern: str, where: str) -> None:
     if not pattern or pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
         raise UsageError(f"{where}: pattern {pattern!r} must be a relative glob inside the inbox")
+    # Contract.matches compares segment by segment: a '.' or empty one never equals a
+    # path part, and a stray space never matches a file name. No file would ever match.
+    if pattern.strip() != pattern or any(part in ("", ".") for part in pattern.split("/")):
+        raise UsageError(
+            f"{where}: pattern {pattern!r} can never match: write it without ./, a trailing "
+            "/, // or spaces at its ends (e.g. *.csv or sales/*.csv)"
+        )
 
 
 def _check_subset(cols: tuple[str, ...], headers: tuple[str, ...], where: str, what: str) -> None:

@@ -425,7 +425,7 @@ def test_duplicate_contract_names(tmp_path: Path, inbox: Path) -> None:
     path = tmp_path / "c.toml"
     block = '[[contracts]]\nname = "x"\ntable = "t"\nmode = "append"\n'
     path.write_text(block + block)
-    with pytest.raises(UsageError, match="contract names must be unique"):
+    with pytest.raises(UsageError, match="are both named"):
         resolve({"inbox": str(inbox)}, NO_ENV, load_config(path), path)
 
 

@@ -524,3 +524,47 @@ def test_embedded_stop_failure_is_one_warning(
     assert package == []
     [line] = [r for r in caplog.records if r.getMessage() == "embedded_postgres_stop_failed"]
     assert "\n" not in line.__dict__["error"] and "pg_ctl" in line.__dict__["error"]
+
+
+# --- D2, D3, D4, D5: contract names and patterns ------------------------------------------
+
+
+def _contracts_file(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    path = tmp_path / "c.toml"
+    path.write_text('inbox = "inbox"\n' + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('[[contracts]]\ntable = "t"\nmode = "append"\n' * 2,
+         "contracts 1 and 2 are both named 't': give each a name"),
+        ('[defaults]\nname = "x"\n[[contracts]]\ntable = "t"\nmode = "append"\n',
+         "[defaults]: name is per contract"),
+        ('[[contracts]]\ntable = "t"\nmode = "append"\npattern = "./*.csv"\n', "can never match"),
+        ('[[contracts]]\ntable = "t"\nmode = "append"\npattern = "a/"\n', "can never match"),
+        ('[[contracts]]\ntable = "t"\nmode = "append"\npattern = "*.csv "\n', "can never match"),
+        ('[[contracts]]\nname = ""\ntable = "t"\nmode = "append"\n', "1-100 printable"),
+        ('[[contracts]]\nname = "a\\nb"\ntable = "t"\nmode = "append"\n', "1-100 printable"),
+    ],
+)  # fmt: skip
+def test_contract_names_and_patterns(
+    tmp_path: Path, body: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _contracts_file(tmp_path, body)
+    assert check_config([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and f"config file {path}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_pattern_from_the_environment_that_can_never_match(tmp_path: Path) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    with pytest.raises(UsageError, match=r"INGESTD_PATTERN .*can never match"):
+        resolve(flags, env={"INGESTD_PATTERN": " "})
