@@ -10,6 +10,7 @@ from ingestd.exceptions import FileError
 from ingestd.read.batches import (
     CSV_BLOCK_BYTES,
     DEFAULT_MEMORY_LIMIT_BYTES,
+    FILE_READ_ERRORS,
     BatchReader,
     FileLayout,
     Limits,
@@ -104,7 +105,7 @@ def open_reader(
         if file_type == "parquet":
             return open_parquet(path, contract, limits)
         return open_csv(path, contract, limits)
-    except (pa.ArrowException, OSError, UnicodeError, ValueError) as exc:
+    except FILE_READ_ERRORS as exc:
         header_rows = 1 if file_type == "csv" and contract.csv.header else 0
         error = arrow_file_error(exc, header_rows)
         if (

@@ -16,6 +16,18 @@ CSV_BLOCK_BYTES = 1 << 20  # pyarrow parses in blocks; a row must fit in one (bl
 # Readers used without Settings (tests, the differential reference) get its default.
 DEFAULT_MEMORY_LIMIT_BYTES: int = field_default(Settings, "memory_limit_mb") << 20
 
+# What reading a file can raise because of the file: pyarrow's own errors (ArrowInvalid for
+# bad data is also a ValueError, so it is named by its Arrow base), reading it (OSError, a
+# truncated stream's EOFError) and decoding its bytes. A bare ValueError, TypeError or
+# KeyError comes from ingestd's own code: a bug, which must reach the worker's boundary
+# (internal_error, the file stays pending) instead of failing a good file.
+FILE_READ_ERRORS: tuple[type[BaseException], ...] = (
+    pa.ArrowException,
+    OSError,
+    EOFError,
+    UnicodeDecodeError,
+)
+
 
 @dataclass(frozen=True)
 class FileLayout:
@@ -61,7 +73,7 @@ class BatchReader:
                 f"the file is not valid {exc.encoding} text after row {rows:,} "
                 f"(byte {byte!r}); {_ENCODING_HINT}"
             ) from None
-        except (pa.ArrowException, OSError, UnicodeError, ValueError, EOFError) as exc:
+        except FILE_READ_ERRORS as exc:
             # Problems deep in a file (a bad row, a truncated gzip) surface only here.
             raise arrow_file_error(exc, self._header_rows, self._file_columns) from None
 

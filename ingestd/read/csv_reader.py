@@ -13,6 +13,7 @@ import pyarrow.csv as pacsv
 from ingestd.exceptions import FileError
 from ingestd.read.batches import (
     CSV_BLOCK_BYTES,
+    FILE_READ_ERRORS,
     BatchReader,
     FileLayout,
     Limits,
@@ -215,7 +216,7 @@ def parse_segment(
             parse_options=parse,
             convert_options=_convert(names, names),
         )
-    except (pa.ArrowException, UnicodeError, ValueError) as exc:
+    except FILE_READ_ERRORS as exc:
         # Row numbers count from the segment's start: shift them to the file's.
         raise arrow_file_error(exc, -rows_before, names) from None
     if _may_be_open(table.column(names[-1])):  # only a file's last piece can be
