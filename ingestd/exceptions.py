@@ -39,6 +39,20 @@ class RetryableError(IngestdError):
         self.error_class = error_class  # set by the database layer: the db error metric's label
 
 
+class InternalError(Exception):
+    """A bug in ingestd that the database layer met: its own SQL refused (a syntax error,
+    an unknown function), or arguments the driver could not send. Deliberately not an
+    IngestdError: it travels up like any bug (internal_error, the file stays pending in
+    the inbox), never blamed on the file and never retried as weather."""
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, error_class: str | None = None
+    ):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.error_class = error_class
+
+
 class DatabaseUnavailableError(IngestdError):
     """The database cannot be reached at all after the configured attempts."""
 

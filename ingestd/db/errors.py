@@ -11,7 +11,7 @@ import asyncpg
 
 from ingestd.db.dsn import mask_dsn
 from ingestd.encode import record_at_line
-from ingestd.exceptions import FileError, RetryableError
+from ingestd.exceptions import FileError, InternalError, RetryableError
 
 # SQLSTATE classes and codes worth another attempt: the same statement may succeed later.
 _RETRYABLE_CLASSES = ("08",)  # connection exception
@@ -26,6 +26,19 @@ _RETRYABLE_CODES = {
     "57014",  # query_canceled (statement timeout hit by a stalled server)
     "58000",  # system_error
     "58030",  # io_error
+}
+# SQLSTATEs only ingestd's own statements can cause: no part of a file (its values, its
+# column names, which reach SQL quoted) and no setting makes them. Each is a bug.
+_BUG_CODES = {
+    "08P01",  # protocol_violation: the driver and the server disagree on a message
+    "25001",  # active_sql_transaction: BEGIN inside a transaction
+    "25P01",  # no_active_sql_transaction
+    "25P02",  # in_failed_sql_transaction: a statement after an error, before ROLLBACK
+    "42601",  # syntax_error
+    "42P02",  # undefined_parameter
+    "42P08",  # ambiguous_parameter
+    "42P18",  # indeterminate_datatype: a parameter whose type cannot be told
+    "42725",  # ambiguous_function
 }
 _GENERATED_HINT = (
     "PostgreSQL computes a GENERATED column itself: leave it out of the file, or select "
@@ -85,6 +98,9 @@ _STALE_CONNECTION = (
     "connection was closed",
     "released back to the pool",
     "another operation is in progress",
+    # Stopping: the pool closes under a worker still at work; the file stays pending.
+    "pool is closing",
+    "pool is closed",
 )
 
 
@@ -106,6 +122,20 @@ def is_retryable(exc: BaseException) -> bool:
     # in progress", seen when the server shuts down mid-batch): never the file's fault; a
     # new connection starts clean.
     return isinstance(exc, asyncpg.InternalClientError)
+
+
+def is_bug(exc: BaseException) -> bool:
+    """True for driver errors only a mistake in ingestd causes: its own SQL refused, or a
+    client-side error that is not a lost connection (wrong argument count or type)."""
+    if isinstance(exc, asyncpg.PostgresError) and getattr(exc, "severity", None) is None:
+        # Never sent: the driver raised it itself (its DataError "invalid input for query
+        # argument $3" carries class 22's SQLSTATE), because of the arguments ingestd gave.
+        # Every error the server sends has a severity.
+        return True
+    code = sqlstate_of(exc)
+    if code is not None:
+        return code in _BUG_CODES
+    return isinstance(exc, asyncpg.InterfaceError) and not is_retryable(exc)
 
 
 def error_class(exc: BaseException) -> str:
@@ -185,13 +215,14 @@ def translate(
     first_row: int = 1,
     payload: bytes | memoryview | None = None,
     quote: str = '"',
-) -> FileError | RetryableError:
+) -> FileError | RetryableError | InternalError:
     """Turn a database driver error into our error tree with a message for the user.
 
     `first_row` is the file row number of the batch's first row: COPY reports the line
     within the batch (`payload`, CSV quoted with `quote`), which this turns back into a
     position in the file. Only driver errors come here: anything else is a bug in ingestd
-    and must travel up as it is (never "bad file", never "transient").
+    and must travel up as it is (never "bad file", never "transient"); a driver error
+    that shows a bug in ingestd (is_bug) comes back as an InternalError.
     """
     error = translate_batch(exc, payload=payload, quote=quote)
     return error.at(first_row) if isinstance(error, BatchError) else error
@@ -199,7 +230,7 @@ def translate(
 
 def translate_batch(
     exc: DriverError, *, payload: bytes | memoryview | None = None, quote: str = '"'
-) -> BatchError | RetryableError:
+) -> BatchError | RetryableError | InternalError:
     """translate(), with a COPY error's row left for the caller to place (BatchError.at)."""
     if not isinstance(exc, DRIVER_ERRORS):
         raise TypeError(f"not a database driver error: {exc!r}") from exc
@@ -208,6 +239,12 @@ def translate_batch(
     # asyncpg's str() appends DETAIL and HINT lines; take the primary message alone.
     primary = getattr(exc, "message", None) or str(exc).strip().split("\n", 1)[0]
     message = one_line(mask_dsn(primary or type(exc).__name__))
+    if is_bug(exc):
+        return InternalError(
+            f"the database refused ingestd's own request (a bug in ingestd): {message}",
+            sqlstate=code,
+            error_class=label,
+        )
     if is_retryable(exc):
         return RetryableError(
             f"{message} (transient; will retry)", sqlstate=code, error_class=label
@@ -227,7 +264,8 @@ def translate_batch(
 @contextlib.contextmanager
 def driver_errors(*, payload: bytes | memoryview | None = None, quote: str = '"') -> Iterator[None]:
     """Around one call into the driver: its errors come out translated, chained to the
-    original; anything else passes untouched (a bug is not the database's weather)."""
+    original (an InternalError when the call itself was wrong); anything else passes
+    untouched (a bug is not the database's weather)."""
     try:
         yield
     except DRIVER_ERRORS as exc:
