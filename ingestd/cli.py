@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from ingestd import __version__
-from ingestd.config import load_config, resolve
+from ingestd.config import load_config, resolve, unknown_environment
 from ingestd.db.dsn import mask_dsn, password_of
 from ingestd.db.locks import ManifestLockedError
 from ingestd.exceptions import DatabaseUnavailableError, UsageError
@@ -176,7 +176,11 @@ def _main(args: list[str]) -> int:
     ns = _parser().parse_args(args)
     if ns.command is not None:
         if _flags(ns) or ns.config:
-            print(f"ingestd: error: put options after `ingestd {ns.command}`", file=sys.stderr)
+            print(
+                f"ingestd: error: options go after the command: `ingestd {ns.command} "
+                f"OPTION ...` (see ingestd {ns.command} --help for the ones it takes)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         return _command(ns.command, ns.command_args)
     try:
@@ -187,6 +191,8 @@ def _main(args: list[str]) -> int:
         return EXIT_USAGE
     secrets = tuple(p for p in [password_of(settings.dsn or "")] if p)
     setup_logging(settings.log_format, settings.log_level, secrets)
+    for name in unknown_environment(os.environ):
+        log.warning("unknown_environment_variable", extra={"variable": name})
     if settings.dry_run:
         from ingestd.dryrun import dry_run
 

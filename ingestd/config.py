@@ -8,6 +8,7 @@ from (the flag, the INGESTD_* variable, or the config file).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -21,6 +22,7 @@ from ingestd.exceptions import UsageError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier, validate_pg_type
 from ingestd.settings import (
     DELIMITERS,
+    ENV_PREFIX,
     LOG_LEVELS,
     Contract,
     CsvOptions,
@@ -42,6 +44,7 @@ __all__ = [
     "resolve",
     "resolve_dsn",
     "resolve_keys",
+    "unknown_environment",
 ]
 
 _T = TypeVar("_T")
@@ -159,6 +162,25 @@ def resolve(
     _check_sources(settings)
     check_no_loop(settings)
     return settings
+
+
+def unknown_environment(env: Mapping[str, str]) -> list[str]:
+    """INGESTD_* variables that name no setting but nearly spell one (a typo in an env
+    file would otherwise be ignored without a word), each with the setting it resembles.
+    Others (INGESTD_IMAGE, INGESTD_TEST_DSN: build and test tools) are not ours to judge."""
+    known = [
+        env_name(name) for name, (_, meta) in (_SETTINGS | _CONTRACT | _CSV).items() if meta.env
+    ]
+    out = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith("INGESTD_TEST"):
+            continue
+        prefix = len(ENV_PREFIX)  # compare what follows it: the prefix alone looks alike
+        suffixes = [k[prefix:] for k in known]
+        close = difflib.get_close_matches(name[prefix:], suffixes, n=1, cutoff=0.85)
+        if close:
+            out.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)")
+    return out
 
 
 def resolve_keys(

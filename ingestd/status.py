@@ -64,7 +64,14 @@ async def _summary(
 ) -> dict[str, Any]:
     handle = None
     if not dsn:
-        dsn, handle = await asyncio.to_thread(start_embedded, got["state_dir"])
+        state_dir = got["state_dir"]
+        if not (state_dir / "pgdata").is_dir():
+            # A read-only command: never initdb a new, empty cluster in the wrong folder.
+            raise UsageError(
+                f"no embedded database in {state_dir} (no pgdata folder): give --state-dir "
+                "of the instance, or --dsn / INGESTD_DSN"
+            )
+        dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
     db = await Database.open(
         str(dsn),
         size=1,

@@ -106,7 +106,10 @@ def test_each_subcommand_has_its_own_help(command: str, expected: str) -> None:
 def test_options_before_a_subcommand_are_refused_in_one_line(tmp_path: Path) -> None:
     result = run_cli(["--dsn", "postgresql://u@h/db", "status"])
     assert result.code == 2
-    assert result.err == "ingestd: error: put options after `ingestd status`\n"
+    assert result.err == (
+        "ingestd: error: options go after the command: `ingestd status OPTION ...` "
+        "(see ingestd status --help for the ones it takes)\n"
+    )
 
 
 BAD = [

@@ -568,3 +568,45 @@ def test_pattern_from_the_environment_that_can_never_match(tmp_path: Path) -> No
     flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
     with pytest.raises(UsageError, match=r"INGESTD_PATTERN .*can never match"):
         resolve(flags, env={"INGESTD_PATTERN": " "})
+
+
+# --- D20, D25 --------------------------------------------------------------------------------
+
+
+def test_unknown_ingestd_variables_are_named_with_a_suggestion() -> None:
+    from ingestd.config import unknown_environment
+
+    env = {"INGESTD_CHUNKSIZE": "5", "INGESTD_CONCURENCY": "2", "INGESTD_CHUNK_SIZE": "3",
+           "INGESTD_TEST_DSN": "x", "INGESTD_ZZZ": "1", "PATH": "/bin"}  # fmt: skip
+    assert unknown_environment(env) == [
+        "INGESTD_CHUNKSIZE (did you mean INGESTD_CHUNK_SIZE?)",
+        "INGESTD_CONCURENCY (did you mean INGESTD_CONCURRENCY?)",
+    ]  # INGESTD_ZZZ, INGESTD_TEST_DSN: no setting's near-miss, not ours to judge
+
+
+def test_a_run_warns_about_an_unknown_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "inbox").mkdir()
+    monkeypatch.setenv("INGESTD_CHUNKSIZE", "5")
+    result = run_cli(["--dry-run", "--inbox", str(tmp_path / "inbox"), "--table", "t",
+                      "--mode", "append", "--log-format", "json"])  # fmt: skip
+    assert result.code == 0, result.err
+    assert '"event": "unknown_environment_variable"' in result.err
+    assert "did you mean INGESTD_CHUNK_SIZE?" in result.err
+
+
+def test_status_without_a_dsn_never_creates_a_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.status import main
+
+    monkeypatch.delenv("INGESTD_DSN", raising=False)
+    monkeypatch.delenv("INGESTD_STATE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ingestd status: error: no embedded database in .ingestd")
+    assert not (tmp_path / ".ingestd").exists()
