@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
+from ingestd.exceptions import IngestdError
 from ingestd.logs import bound
 
 if TYPE_CHECKING:
@@ -394,11 +395,13 @@ def retry_delay_s(attempts: int) -> float:
     return min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** min(max(attempts - 1, 0), 32))
 
 
-async def attempt(item: Pending, errors: Counter) -> bool:
-    """Try the move once; on failure count it, log one line and schedule the next try."""
-    if item.identity is None:
-        item.identity = _identity(item.path)
+async def attempt(item: Pending, errors: Counter, bugs: Counter | None = None) -> bool:
+    """Try the move once; on failure count it, log one line and schedule the next try.
+    A bug in the move (`bugs` counts it) is retried the same way: the file waits in the
+    inbox, its row final, and the worker or scanner that asked goes on."""
     try:
+        if item.identity is None:
+            item.identity = _identity(item.path)
         dest = await asyncio.to_thread(item.move)
     except FileNotFoundError as exc:
         if _identity(item.path) is None:
@@ -407,6 +410,9 @@ async def attempt(item: Pending, errors: Counter) -> bool:
         return _failed(item, exc, errors)
     except OSError as exc:
         return _failed(item, exc, errors)
+    except Exception as exc:  # the per-file bug boundary of a move: not the file's fault
+        _bug(item, exc, bugs)
+        return False
     if item.attempts:
         log.info(
             "file_archived",
@@ -435,6 +441,27 @@ def _failed(item: Pending, exc: OSError, errors: Counter) -> bool:
     return False
 
 
+def _bug(item: Pending, exc: Exception, bugs: Counter | None) -> None:
+    """A bug met moving (or checking) a finished file: one internal_error line with the
+    traceback, counted; the move is retried later like a failed one."""
+    item.attempts += 1
+    delay = retry_delay_s(item.attempts)
+    item.next_at = time.monotonic() + delay
+    item.error = f"internal error (a bug in ingestd): {type(exc).__name__}: {exc}"
+    if bugs is not None:
+        bugs.inc()
+    log.error(
+        "internal_error",
+        exc_info=exc,
+        extra={
+            "error": f"{type(exc).__name__}: {exc}",
+            "folder": item.folder,
+            "status": "archive_pending",
+            "retry_in_s": round(delay, 1),
+        },
+    )
+
+
 class Backlog:
     """Files whose move out of the inbox waits for a retry, by inbox name.
 
@@ -442,8 +469,9 @@ class Backlog:
     again would duplicate or re-fail it) and retries the move when its backoff is up.
     """
 
-    def __init__(self, errors: Counter):
+    def __init__(self, errors: Counter, bugs: Counter | None = None):
         self._errors = errors
+        self._bugs = bugs  # ingest_internal_errors_total
         self._items: dict[str, Pending] = {}
 
     def __len__(self) -> int:
@@ -465,7 +493,7 @@ class Backlog:
 
     async def move(self, item: Pending) -> bool:
         """Try a move now; keep it for a retry if it fails."""
-        if await attempt(item, self._errors):
+        if await attempt(item, self._errors, self._bugs):
             self._items.pop(item.key, None)
             return True
         self.add(item)
@@ -479,6 +507,12 @@ class Backlog:
                 continue
             # Outside the worker that logged the first attempt: name the file again, as it did.
             with bound(file=str(item.name)):
-                if check is not None:
-                    await check(item)
-                await self.move(item)
+                try:
+                    if check is not None:
+                        await check(item)
+                    await self.move(item)
+                except IngestdError as exc:  # the database away for the look at its row
+                    item.next_at = time.monotonic() + retry_delay_s(item.attempts + 1)
+                    log.warning("archive_retry_deferred", extra={"error": str(exc)})
+                except Exception as exc:  # a bug: this file waits, the scanner goes on
+                    _bug(item, exc, self._bugs)

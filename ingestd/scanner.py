@@ -63,7 +63,7 @@ class Scanner:
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
         # Finished files whose move out of the inbox failed: never offered again, retried.
-        self.archives = archive.Backlog(metrics.archive_errors)
+        self.archives = archive.Backlog(metrics.archive_errors, metrics.internal_errors)
         metrics.archive_pending.set_function(lambda: len(self.archives))
 
     @property

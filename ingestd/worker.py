@@ -78,6 +78,7 @@ class Worker:
         self._conn: Connection | None = None
         self._session = SessionState()
         self._leases = leases  # claims queued or in hand, renewed by the service
+        self._reported = False  # the file in hand is in the run's results already
 
     async def run(self, queue: WorkQueue) -> None:
         """Serve the queue until a stop is requested: the file in hand stops after its
@@ -127,31 +128,69 @@ class Worker:
         metrics = self._ctx.metrics
         metrics.files_in_flight.inc()
         started = time.monotonic()
+        self._reported = False
+        try:
+            await self._finish(job, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the per-file bug boundary: the worker goes on
+            await self._after_bug(job, exc, started)
+        finally:
+            metrics.files_in_flight.dec()
+            self._leases.discard(job.claim.manifest_id)
+
+    async def _finish(self, job: Job, started: float) -> None:
+        """Load the file, move it out of the inbox, and report how it ended."""
         try:
             result = await self._load(job)
         finally:
-            metrics.files_in_flight.dec()
             self._leases.discard(job.claim.manifest_id)
         result = replace(
             result, seconds=time.monotonic() - started, rows_before=job.claim.rows_done
         )
         if result.status == Outcome.HANDED_OVER:
             log.warning("file_handed_over", extra={"reason": "another process took it over"})
+            self._reported = True
             self._results.add(result)
             return
         # The lease is not given back: it runs out by itself, and meanwhile other instances
         # leave a re-dropped copy of this file to this one, which moves it.
         result = await self._archive(job, result)
+        self._report(result)
+
+    def _report(self, result: FileResult) -> None:
+        metrics = self._ctx.metrics
         metrics.files_processed.labels(result.file_type or "unknown", result.status).inc()
         if result.status == Outcome.SUCCESS:
             metrics.last_success.set(time.time())
         _log_result(result)
+        self._reported = True  # from here on the run's results hold the file
         self._results.add(result)
 
+    async def _after_bug(self, job: Job, exc: Exception, started: float) -> None:
+        """A bug anywhere in a file's handling (loading, recording a failure, moving it,
+        reporting it) ends as internal_error; the file stays pending in the inbox."""
+        if self._reported:
+            # A listener of the results failed after the file was reported: only the bug.
+            self._log_bug(exc)
+            return
+        result = await self._internal(job, exc, _file_type(job))
+        try:
+            self._report(replace(result, seconds=time.monotonic() - started))
+        except Exception as again:  # the same boundary: a bug reporting it
+            self._log_bug(again)
+
+    def _log_bug(self, exc: BaseException) -> None:
+        self._ctx.metrics.internal_errors.inc()
+        log.error(
+            "internal_error",
+            exc_info=exc,
+            extra={"error": f"{type(exc).__name__}: {exc}", "status": "pending"},
+        )
+
     async def _load(self, job: Job) -> FileResult:
-        file_type: str = job.contract.file_type
-        if file_type == "auto":
-            file_type = guess_file_type(job.path.name)
+        """Attempts until the file ends; a bug raises out of here (see _handle)."""
+        file_type = _file_type(job)
         name, table = str(job.name), job.contract.table
         tries = _Tries()
         while True:
@@ -188,21 +227,17 @@ class Worker:
                 result = await self._transient(job, error, tries, file_type)
                 if result is not None:
                     return result
-            except Exception as exc:  # not ingestd's own error: a bug, the file stays pending
-                return await self._internal(job, exc, file_type)
 
     async def _internal(self, job: Job, exc: Exception, file_type: str) -> FileResult:
         """A bug in ingestd is never the file's fault: one internal_error line with the
         traceback, counted; the file stays pending in the inbox (never failed/), and is
         looked at again at the next rescan (daemon) or the next run, like a retrying file."""
-        self._ctx.metrics.internal_errors.inc()
-        log.error(
-            "internal_error",
-            exc_info=exc,
-            extra={"error": f"{type(exc).__name__}: {exc}", "status": "pending"},
-        )
+        self._log_bug(exc)
         await self._release(broken=True)  # it may be left mid-transaction
-        rows = await self._rows_committed(job)
+        try:
+            rows = await self._rows_committed(job)
+        except Exception:  # a bug asking too: the claim's count will do
+            rows = job.claim.rows_done
         return FileResult(
             str(job.name), job.contract.table, Outcome.INTERNAL_ERROR, rows,
             error=internal_error_text(exc), file_type=file_type, stay=True,
@@ -405,7 +440,8 @@ class Worker:
         item.claim_id, item.version = job.claim.manifest_id, job.version
         item.table = f"{c.schema}.{c.table}" if c.schema else c.table
         item.status, item.rows = result.status, result.rows
-        if await archive.attempt(item, self._ctx.metrics.archive_errors):
+        metrics = self._ctx.metrics
+        if await archive.attempt(item, metrics.archive_errors, metrics.internal_errors):
             return result
         return replace(result, archive=item)
 
@@ -449,6 +485,11 @@ def _log_result(result: FileResult) -> None:
         return
     levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
     log.log(levels.get(result.status, logging.ERROR), "file_finished", extra=extra)
+
+
+def _file_type(job: Job) -> str:
+    file_type: str = job.contract.file_type
+    return guess_file_type(job.path.name) if file_type == "auto" else file_type
 
 
 def never_opened(job: Job) -> FileResult:

@@ -4,6 +4,7 @@ inbox, nothing in failed/), never the file's fault."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,122 @@ def test_a_file_refused_by_the_server_still_fails(cli, db: Db, tmp_path: Path) -
     assert result.code == 1 and "FAILED" in result.out
     assert (tmp_path / "failed" / "a.csv").exists() or list((tmp_path / "failed").rglob("a.csv"))
     assert not log_events(result.err, "internal_error")
+
+
+# --- D1: the whole of a file's handling is inside the bug boundary --------------------
+
+
+def _once_then_real(monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str,
+                    when: Callable[..., bool] = lambda *a: True) -> list[int]:  # fmt: skip
+    """Patch target.attr to raise KeyError('injected') once, for file `name` (in any arg)."""
+    real = getattr(target, attr)
+    hits: list[int] = []
+
+    def matches(args: tuple[Any, ...]) -> bool:
+        return any(name in str(a) for a in args) and when(*args)
+
+    if asyncio.iscoroutinefunction(real):
+
+        async def buggy_async(*args: Any, **kwargs: Any) -> Any:
+            if not hits and matches(args):
+                hits.append(1)
+                raise KeyError("injected")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(target, attr, buggy_async)
+    else:
+
+        def buggy(*args: Any, **kwargs: Any) -> Any:
+            if not hits and matches(args):
+                hits.append(1)
+                raise KeyError("injected")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(target, attr, buggy)
+    return hits
+
+
+def test_once_a_bug_recording_a_failure_leaves_the_file_pending_and_goes_on(
+    cli, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user error (a bad value) whose recording (_fail -> manifest.finish) meets a bug."""
+    from ingestd.db.manifest import Manifest
+
+    db.execute("CREATE TABLE t (id int, v text)")
+    inbox = tmp_path / "inbox"
+    bad = write(inbox / "a.csv", "id,v\nzz,a\n")
+    write(inbox / "b.csv", "id,v\n1,b\n")
+    write(inbox / "c.csv", "id,v\n2,c\n")
+    hits = _once_then_real(monkeypatch, Manifest, "finish", "failed")
+    result = cli("--once", "--inbox", inbox, "--table", "t", "--mode", "append", "--concurrency", 1)
+    assert hits == [1]
+    assert "stopped unexpectedly" not in result.err and "crashed" not in result.err
+    _assert_a_bug(result, db, tmp_path, bad, "buggy_async")
+    assert sorted(p.name for p in (tmp_path / "done").rglob("*.csv")) == ["b.csv", "c.csv"]
+    assert sorted(r["id"] for r in db.fetch("SELECT id FROM t")) == [1, 2]
+
+
+def test_once_a_bug_moving_a_file_is_internal_and_the_move_is_left_for_later(
+    cli, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingestd import archive
+
+    inbox = tmp_path / "inbox"
+    first = write(inbox / "a.csv", "id,v\n1,a\n")
+    write(inbox / "b.csv", "id,v\n2,b\n")
+    hits = _once_then_real(monkeypatch, archive, "to_done", "a.csv")
+    result = cli("--once", "--inbox", inbox, "--table", "t", "--mode", "append", "--concurrency", 1)
+    assert hits == [1]
+    assert "stopped unexpectedly" not in result.err and "crashed" not in result.err, result.err
+    [event] = log_events(result.err, "internal_error")
+    assert "buggy" in str(event["exc_info"]) and event["error"] == "KeyError: 'injected'"
+    # Loaded and recorded (its row is final), still in the inbox: the next run moves it.
+    assert first.exists() and _status(db, "a.csv") == "success"
+    assert [p.name for p in (tmp_path / "done").rglob("*.csv")] == ["b.csv"]
+    again = cli("--once", "--inbox", inbox, "--table", "t", "--mode", "append")
+    assert again.code == 0, again.err
+    assert not first.exists()
+    assert sorted(p.name for p in (tmp_path / "done").rglob("*.csv")) == ["a.csv", "b.csv"]
+    assert sorted(r["id"] for r in db.fetch("SELECT id FROM t")) == ["1", "2"]
+
+
+async def test_daemon_a_bug_moving_a_file_is_retried_and_the_daemon_goes_on(
+    dsn: str, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingestd import archive
+    from ingestd.service import Service
+    from ingestd.settings import Contract, Settings
+
+    inbox = tmp_path / "inbox"
+    first = write(inbox / "a.csv", "id,v\n1,a\n")
+    write(inbox / "b.csv", "id,v\n2,b\n")
+    hits = _once_then_real(monkeypatch, archive, "to_done", "a.csv")
+    monkeypatch.setattr(archive, "retry_delay_s", lambda attempts: 0.05)
+    settings = Settings(
+        contracts=(Contract(name="t", pattern="*.csv", table="t", mode="append"),),
+        inbox=inbox, dsn=dsn, metrics_addr=None, settle_s=0.05, rescan_s=3600.0,
+        shutdown_grace_s=5.0, concurrency=1,
+    )  # fmt: skip
+    service = Service(settings)
+    run = asyncio.create_task(service.run())
+    try:
+        for _ in range(400):
+            done = {p.name for p in (tmp_path / "done").rglob("*.csv")}
+            if done == {"a.csv", "b.csv"} or run.done():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        service.request_stop()
+        report = await asyncio.wait_for(run, 60)
+    assert hits == [1] and report.exit_code == 0
+    assert not first.exists()
+    assert {p.name for p in (tmp_path / "done").rglob("*.csv")} == {"a.csv", "b.csv"}
+    assert _internal_errors(service.metrics) == 1
+
+
+def _internal_errors(metrics: Any) -> float:
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "ingest_internal_errors_total":
+                return float(sample.value)
+    raise AssertionError("ingest_internal_errors_total is not exposed")
