@@ -33,8 +33,11 @@ class Outcome(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug in ingestd: stays pending in the inbox
 
 
-# Outcomes that make --once exit 1: the file did not load and is not someone else's.
-UNFINISHED = frozenset({Outcome.FAILED, Outcome.RETRYING, Outcome.INTERNAL_ERROR})
+# Outcomes that make --once exit 1: the file did not load and is not someone else's (an
+# interrupted one resumes on the next run, but this run did not complete).
+UNFINISHED = frozenset(
+    {Outcome.FAILED, Outcome.RETRYING, Outcome.INTERNAL_ERROR, Outcome.INTERRUPTED}
+)
 
 
 @dataclass(frozen=True)

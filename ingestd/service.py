@@ -47,9 +47,12 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md's exit status: --once exits 1 if any file failed (or the manifest
-        disappeared under it); the daemon exits 0 (a restart must not be automatic then:
-        systemd would restart it onto a new, empty manifest)."""
+        """DESIGN.md's exit status: --once exits 0 only if every file succeeded or was
+        skipped (or is another live instance's), so 1 if any failed, met a bug or was
+        interrupted by a stop (`ingestd --once && next-step` must not take a killed
+        backfill for a complete one), or the manifest disappeared under it; the daemon
+        exits 0 (a restart must not be automatic then: systemd would restart it onto a
+        new, empty manifest)."""
         if not self.once:
             return 0
         failed = any(f.status in UNFINISHED for f in self.files)
@@ -389,7 +392,8 @@ def _raise_if_dead(
             error = None if task.cancelled() else task.exception()
             if error is None and stopping and not task.cancelled():
                 continue
-            raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}")
+            # Chained: the crash report's traceback shows the failing line, not only this one.
+            raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}") from error
 
 
 def _chain(

@@ -210,7 +210,10 @@ class Worker:
                     Outcome.INTERRUPTED if isinstance(exc, Interrupted) else Outcome.HANDED_OVER
                 )
                 rows = await self._rows_committed(job) if status == Outcome.INTERRUPTED else 0
-                return FileResult(name, table, status, rows, file_type=file_type, stay=True)
+                why = str(exc) if status == Outcome.INTERRUPTED else None  # the summary's reason
+                return FileResult(
+                    name, table, status, rows, error=why, file_type=file_type, stay=True
+                )
             except ManifestGoneError as exc:
                 self._ctx.manifest.halt(exc)
                 await self._release(broken=True)
@@ -267,6 +270,7 @@ class Worker:
             job.contract.table,
             Outcome.INTERRUPTED,
             rows,
+            error=f"stopped while waiting to retry ({_final(error)}); resumes on the next run",
             file_type=file_type,
             stay=True,
         )
@@ -503,5 +507,7 @@ def never_opened(job: Job) -> FileResult:
                    "reason": "stopped before it was opened"},
         )  # fmt: skip
     return FileResult(
-        str(job.name), job.contract.table, Outcome.INTERRUPTED, rows, stay=True, rows_before=rows
-    )
+        str(job.name), job.contract.table, Outcome.INTERRUPTED, rows,
+        error="stopped before it was opened; resumes on the next run", stay=True,
+        rows_before=rows,
+    )  # fmt: skip
