@@ -84,6 +84,7 @@ def _escape(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ingestd",
+        allow_abbrev=False,  # `--max` would mean another flag the day one more starts so
         usage="%(prog)s [OPTION ...]   (a run: --once, or a daemon)\n       %(prog)s COMMAND ...",
         description="Load CSV and Parquet files into PostgreSQL, exactly once. Every setting "
         "is a flag, an INGESTD_* variable or a key in the config file, in that order of "

@@ -21,6 +21,10 @@ MAX_STATUS_LIMIT = 10_000  # recent failures listed by `ingestd status --limit N
 class Parser(argparse.ArgumentParser):
     """A subcommand's usage error is one line and exit 2, as the main command's is."""
 
+    def __init__(self, prog: str, description: str | None) -> None:
+        # No abbreviations: `--lim` would mean another flag the day one more starts so.
+        super().__init__(prog=prog, description=description, allow_abbrev=False)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import stat
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+MAX_CONFIG_BYTES = 1 << 20  # thousands of contracts; a bigger file is a mistake
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _SETTINGS = {f.name: (f, meta) for f, meta in setting_keys(Settings)}
@@ -77,8 +79,19 @@ class Given:
 def load_config(path: Path) -> dict[str, Any]:
     """Read a TOML config file, or raise UsageError saying what is wrong with it."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would hang the read, /dev/zero never end
+            raise UsageError(f"config file {path} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise UsageError(
+                f"config file {path} is {info.st_size:,} bytes: at most {MAX_CONFIG_BYTES:,}"
+            )
+        raw = path.read_bytes()
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise UsageError(
+                f"config file {path} starts with a byte-order mark: save it as UTF-8 without BOM"
+            )
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except OSError as exc:
@@ -236,6 +249,9 @@ def _dsn_with_password(dsn: str | None, password_file: Path | None) -> str | Non
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not a text file"
         raise UsageError(f"cannot read password file {password_file}: {reason}") from None
+    if not password or "\n" in password:
+        what = "is empty" if not password else "holds more than one line"
+        raise UsageError(f"password file {password_file} {what}: put the password alone in it")
     return with_password(dsn, password)
 
 
@@ -530,7 +546,10 @@ def _int(given: Given, meta: Key) -> int:
     value = given.value
     if given.text and isinstance(value, str):
         try:
-            value = int(value.strip().replace("_", ""))
+            # ASCII digits only, as for ports: int() would take ١٢ and 1_000 too.
+            if not value.strip().isascii() or "_" in value:
+                raise ValueError(value)
+            value = int(value.strip())
         except ValueError:
             raise _wrong(given, "a whole number") from None
     if not isinstance(value, int) or isinstance(value, bool):
@@ -543,6 +562,8 @@ def _float(given: Given, meta: Key) -> float:
     value = given.value
     if given.text and isinstance(value, str):
         try:
+            if not value.strip().isascii() or "_" in value:
+                raise ValueError(value)
             value = float(value.strip())
         except ValueError:
             raise _wrong(given, "a number") from None

@@ -610,3 +610,67 @@ def test_status_without_a_dsn_never_creates_a_cluster(
     err = capsys.readouterr().err
     assert err.startswith("ingestd status: error: no embedded database in .ingestd")
     assert not (tmp_path / ".ingestd").exists()
+
+
+# --- D17 (lower): digits, config files that are not files, password files, abbreviations ---
+
+
+@pytest.mark.parametrize("value", ["\uff11\uff12", "\u0663", "1_000", "1_0.5"])
+def test_numbers_from_text_take_ascii_digits_only(tmp_path: Path, value: str) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    for variable in ("INGESTD_CHUNK_SIZE", "INGESTD_SETTLE_S"):
+        with pytest.raises(UsageError, match=f"^{variable} must be a"):
+            resolve(flags, env={variable: value})
+
+
+def test_config_file_that_is_a_fifo_big_or_has_a_bom(tmp_path: Path) -> None:
+    import os
+
+    from ingestd.config import MAX_CONFIG_BYTES, load_config
+    from ingestd.exceptions import UsageError
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="is not a regular file"):
+        load_config(fifo)  # before: hung forever
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(UsageError, match="bytes: at most"):
+        load_config(big)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b'\xef\xbb\xbfinbox = "x"\n')
+    with pytest.raises(UsageError, match="byte-order mark"):
+        load_config(bom)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [("", "is empty"), ("\n \n", "is empty"),
+                                                ("a\nb\n", "more than one line")])  # fmt: skip
+def test_password_file_empty_or_two_lines(tmp_path: Path, text: str, fragment: str) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "pw").write_text(text)
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    env = {"INGESTD_DSN": "postgresql://u@h/db", "INGESTD_PASSWORD_FILE": str(tmp_path / "pw")}
+    with pytest.raises(UsageError, match=fragment):
+        resolve(flags, env=env)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--dry", "--tab", "t"], ["status", "--lim", "5"], ["retry", "--all"]]
+)
+def test_flag_abbreviations_are_refused(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingestd.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and len(err.strip().splitlines()) == 1
