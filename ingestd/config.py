@@ -667,7 +667,12 @@ def _dsn(given: Given) -> str:
             f"{given.origin} must be a string in quotes such as "
             f'"postgresql://user@host:5432/db" (value not shown: it may hold a password)'
         )
-    return given.value
+    from ingestd.db.dsn import check_dsn
+
+    try:
+        return check_dsn(given.value)
+    except ValueError as exc:  # the message never holds the DSN itself
+        raise UsageError(f"{given.origin}: {exc}") from None
 
 
 def _log_level(given: Given) -> str:

@@ -674,3 +674,20 @@ def test_flag_abbreviations_are_refused(
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert "error: " in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "start"),
+    [({"INGESTD_DSN": "x"}, "INGESTD_DSN: the DSN must be a URL"),
+     ({"INGESTD_DSN": f"postgresql://u:{SECRET}@h:port/db"}, "INGESTD_DSN: the DSN is not")],
+)  # fmt: skip
+def test_a_bad_dsn_names_its_variable(tmp_path: Path, env: dict[str, str], start: str) -> None:
+    """D1: `INGESTD_DSN=x` said only "the DSN must be a URL"."""
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append"}
+    with pytest.raises(UsageError) as caught:
+        resolve(flags, env=env)
+    assert str(caught.value).startswith(start) and SECRET not in str(caught.value)
