@@ -100,8 +100,19 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = set(data) - file_keys()
     if unknown:
-        raise UsageError(f"config file {path}: unknown setting(s) {_keys(unknown)}")
+        raise UsageError(f"config file {path}: unknown setting(s) {_keys(unknown)}{_hint(unknown)}")
     return data
+
+
+def _hint(unknown: set[str]) -> str:
+    """Where keys that are known elsewhere belong."""
+    contract = sorted(unknown & _CONTRACT_KEYS)
+    top = sorted(unknown & set(file_keys()))
+    if contract:
+        return f" ({', '.join(contract)}: in each [[contracts]] entry, or in [defaults])"
+    if top:
+        return f" ({', '.join(top)}: at the top of the file, before the first [[contracts]])"
+    return ""
 
 
 class _Sources:
@@ -373,7 +384,7 @@ def _layer(raw: Mapping[str, Any], where: str) -> Layer:
     """One level of a contract's settings (the [defaults], or one [[contracts]] entry)."""
     unknown = set(raw) - _CONTRACT_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown setting(s) {_keys(unknown)}")
+        raise UsageError(f"{where}: unknown setting(s) {_keys(unknown)}{_hint(unknown)}")
     layer = {k: Given(v, f"{where}: {k}", False) for k, v in raw.items() if k != "csv"}
     if "csv" in raw:
         csv = _table(raw["csv"], f"{where}: csv")
@@ -634,6 +645,8 @@ def _types(given: Given) -> tuple[tuple[str, str], ...]:
         col, sep, typ = item.partition(":")
         if not sep:
             raise UsageError(f"{given.origin}: entry {item!r} must be col:pgtype")
+        if col.strip() in out:  # `id:int,id:text`: the last one won, silently
+            raise UsageError(f"{given.origin}: column {col.strip()!r} is given twice")
         out[col.strip()] = typ.strip()
     return tuple(out.items())
 

@@ -691,3 +691,30 @@ def test_a_bad_dsn_names_its_variable(tmp_path: Path, env: dict[str, str], start
     with pytest.raises(UsageError) as caught:
         resolve(flags, env=env)
     assert str(caught.value).startswith(start) and SECRET not in str(caught.value)
+
+
+def test_types_naming_a_column_twice_are_refused(tmp_path: Path) -> None:
+    from ingestd.config import resolve
+    from ingestd.exceptions import UsageError
+
+    (tmp_path / "inbox").mkdir()
+    flags = {"inbox": str(tmp_path / "inbox"), "table": "t", "mode": "append",
+             "types": "id:int,id:text"}  # fmt: skip
+    with pytest.raises(UsageError, match="--types: column 'id' is given twice"):
+        resolve(flags, env={})
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('table = "t"\n', "table: in each [[contracts]] entry, or in [defaults]"),
+        ('[[contracts]]\ntable = "t"\nmode = "append"\nchunk_size = 5\n',
+         "chunk_size: at the top of the file, before the first [[contracts]]"),
+    ],
+)  # fmt: skip
+def test_a_key_in_the_wrong_place_says_where_it_belongs(
+    tmp_path: Path, body: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _contracts_file(tmp_path, body)
+    assert check_config([str(path)]) == 2
+    assert fragment in capsys.readouterr().err
