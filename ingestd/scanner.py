@@ -25,7 +25,7 @@ from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
 from ingestd.watcher import InboxWatcher, inbox_problem
-from ingestd.worker import WorkQueue
+from ingestd.worker import WorkQueue, never_opened
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,13 @@ class Scanner:
             self.leases.add(job.claim.manifest_id)  # renewed while it waits in the queue too
             if self.progress is not None:
                 self.progress.claimed(key, version.filesize)
-            await self._queue.put(job)
+            try:
+                await self._queue.put(job)
+            except asyncio.CancelledError:
+                # Claimed, then a stop while the queue was full: accounted for like a
+                # queued file the stop found (interrupted, never opened).
+                self._results.add(never_opened(job))
+                raise
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
 
     async def _claim(

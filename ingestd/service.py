@@ -44,6 +44,7 @@ class RunReport:
     once: bool
     halted: bool = False  # the manifest disappeared under the run
     unreadable: tuple[tuple[str, str], ...] = ()  # inbox folders not listed: name, reason
+    stopped: bool = False  # a stop was requested (SIGTERM): files may not have been looked at
 
     @property
     def exit_code(self) -> int:
@@ -56,8 +57,9 @@ class RunReport:
         if not self.once:
             return 0
         failed = any(f.status in UNFINISHED for f in self.files)
-        # A folder it could not list holds files it never saw: not a complete run either.
-        return 1 if failed or self.halted or self.unreadable else 0
+        # A folder it could not list holds files it never saw, and so may a run stopped
+        # before the end: not a complete run either.
+        return 1 if failed or self.halted or self.unreadable or self.stopped else 0
 
 
 def new_run_id() -> str:
@@ -81,6 +83,7 @@ class Service:
         # scanner stops discovering, each worker stops before its next file and batch.
         self.stopping = asyncio.Event()
         self._abort = asyncio.Event()  # a second signal: roll back the batches in hand now
+        self.stop_requested = False  # by a signal: a --once run then did not complete
         self.results = Results()
         self._backoff = Backoff(settings.retry_base_s, settings.retry_cap_s)
         self._scanner: Scanner | None = None
@@ -96,6 +99,7 @@ class Service:
             self._abort.set()
         else:
             log.info("shutdown_requested")
+            self.stop_requested = True
             self.stopping.set()
 
     def reload(self, settings: Settings) -> None:
@@ -140,7 +144,7 @@ class Service:
         files = tuple(self.results.files)
         return RunReport(
             self.run_id, files, time.monotonic() - started, self.settings.once,
-            halted=self.manifest.broken is not None,
+            halted=self.manifest.broken is not None, stopped=self.stop_requested,
             unreadable=self._scanner.unreadable_folders() if self._scanner else (),
         )  # fmt: skip
 
@@ -189,16 +193,32 @@ class Service:
             # the watcher says inbox_missing and the daemon is not ready until it exists.
             with contextlib.suppress(OSError):
                 s.inbox.mkdir(parents=True, exist_ok=True)
-        db = await Database.open(
-            await self._dsn(),
-            size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks
-            connect_timeout_s=s.connect_timeout_s,
-            statement_timeout_s=s.statement_timeout_s,
-            attempts=s.max_retries,
-            backoff=self._backoff,
-            lock_timeout_s=s.lock_timeout_s,
-            application_name=application_name(self.token, s.instance_id),
+        opening = asyncio.ensure_future(
+            Database.open(
+                await self._dsn(),
+                size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks
+                connect_timeout_s=s.connect_timeout_s,
+                statement_timeout_s=s.statement_timeout_s,
+                attempts=s.max_retries,
+                backoff=self._backoff,
+                lock_timeout_s=s.lock_timeout_s,
+                application_name=application_name(self.token, s.instance_id),
+            )
         )
+        # The one stop also ends the wait for an unreachable server at start-up: its
+        # retries may take far longer than shutdown_grace_s (systemd would SIGKILL).
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not opening.done():
+                opening.cancel()
+            await asyncio.gather(stopped, opening, return_exceptions=True)
+        if opening.cancelled():
+            log.info("shutdown_before_start", extra={"reason": "stopped while connecting"})
+            return
+        db = opening.result()
         try:
             await self._serve(db)
         finally:

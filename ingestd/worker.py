@@ -132,6 +132,14 @@ class Worker:
         try:
             await self._finish(job, started)
         except asyncio.CancelledError:
+            # The shutdown deadline or a second signal: the batch in hand rolls back.
+            if not self._reported:
+                self._reported = True
+                reason = (
+                    "stopped at once (the shutdown deadline or a second signal): "
+                    "its batch in hand rolled back"
+                )
+                self._results.add(interrupted(job, reason))
             raise
         except Exception as exc:  # the per-file bug boundary: the worker goes on
             await self._after_bug(job, exc, started)
@@ -499,15 +507,20 @@ def _file_type(job: Job) -> str:
 def never_opened(job: Job) -> FileResult:
     """A file claimed and queued but not taken before the stop: not opened, not touched;
     interrupted like the file in hand, it resumes on the next run."""
+    return interrupted(job, "stopped before it was opened")
+
+
+def interrupted(job: Job, reason: str) -> FileResult:
+    """A file the stop ended without asking the database (it may be gone, or the task
+    cancelled): one file_interrupted line; the rows are those the claim found, the
+    manifest has the ones committed since. It resumes on the next run."""
     rows = job.claim.rows_done
     with bound(file=str(job.name)):
         log.info(
             "file_interrupted",
-            extra={"status": "interrupted", "rows_committed": rows,
-                   "reason": "stopped before it was opened"},
-        )  # fmt: skip
+            extra={"status": "interrupted", "rows_committed": rows, "reason": reason},
+        )
     return FileResult(
         str(job.name), job.contract.table, Outcome.INTERRUPTED, rows,
-        error="stopped before it was opened; resumes on the next run", stay=True,
-        rows_before=rows,
+        error=f"{reason}; resumes on the next run", stay=True, rows_before=rows,
     )  # fmt: skip
