@@ -312,7 +312,7 @@ class Scanner:
         log.error(
             "internal_error",
             exc_info=exc,
-            extra={"file": str(path), "error": f"{type(exc).__name__}: {exc}"},
+            extra={"file": key, "error": f"{type(exc).__name__}: {exc}"},
         )
         if self.settings.once:
             result = FileResult(key, "", Outcome.INTERNAL_ERROR, error=internal_error_text(exc))

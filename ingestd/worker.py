@@ -495,7 +495,9 @@ def _log_result(result: FileResult) -> None:
         # Not a problem: the file stays pending and resumes after its committed rows.
         log.info("file_interrupted", extra={**extra, "rows_committed": result.rows})
         return
-    levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING}
+    levels = {"success": logging.INFO, "skipped": logging.INFO, "retrying": logging.WARNING,
+              # The internal_error line (with the traceback) is the one ERROR for a bug.
+              "internal_error": logging.INFO}  # fmt: skip
     log.log(levels.get(result.status, logging.ERROR), "file_finished", extra=extra)
 
 

@@ -15,7 +15,7 @@ import asyncpg
 from ingestd.db import sql
 from ingestd.db.dsn import mask_dsn
 from ingestd.db.errors import DRIVER_ERRORS, driver_errors
-from ingestd.exceptions import DatabaseUnavailableError, IngestdError
+from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError
 from ingestd.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,17 @@ class Connection:
         try:
             yield
         except IngestdError as exc:
-            # A rollback that fails (the connection lost) is the news: retry on a new one.
-            with driver_errors():
-                await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+            try:
+                with driver_errors():
+                    await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+            except RetryableError:
+                # The rollback failed: the connection is gone. Its message ("cannot call
+                # Transaction.__aexit__(): the underlying connection is closed") says
+                # nothing; a transient error keeps its own (57P01 terminating connection).
+                # After a permanent one the retry on a new connection is the news.
+                if isinstance(exc, RetryableError):
+                    raise exc from exc.__cause__
+                raise
             raise
         except BaseException as exc:
             # A bug or a cancellation must come out as itself; the connection is given

@@ -127,6 +127,10 @@ def is_retryable(exc: BaseException) -> bool:
 def is_bug(exc: BaseException) -> bool:
     """True for driver errors only a mistake in ingestd causes: its own SQL refused, or a
     client-side error that is not a lost connection (wrong argument count or type)."""
+    if is_retryable(exc):
+        # Also raised by the driver itself, with a server SQLSTATE (08003 for a connection
+        # that went away): weather, not a bug.
+        return False
     if isinstance(exc, asyncpg.PostgresError) and getattr(exc, "severity", None) is None:
         # Never sent: the driver raised it itself (its DataError "invalid input for query
         # argument $3" carries class 22's SQLSTATE), because of the arguments ingestd gave.
@@ -135,7 +139,7 @@ def is_bug(exc: BaseException) -> bool:
     code = sqlstate_of(exc)
     if code is not None:
         return code in _BUG_CODES
-    return isinstance(exc, asyncpg.InterfaceError) and not is_retryable(exc)
+    return isinstance(exc, asyncpg.InterfaceError)
 
 
 def error_class(exc: BaseException) -> str:

@@ -257,3 +257,33 @@ def _internal_errors(metrics: Any) -> float:
             if sample.name == "ingest_internal_errors_total":
                 return float(sample.value)
     raise AssertionError("ingest_internal_errors_total is not exposed")
+
+
+# --- D7: a connection lost mid-batch keeps its own message ----------------------------
+
+
+def test_a_connection_lost_mid_batch_is_retried_with_the_servers_reason(
+    cli, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingestd.load import BatchLoader
+
+    inbox = tmp_path / "inbox"
+    write(inbox / "a.csv", "id,v\n1,a\n2,b\n")
+    checkpoint = BatchLoader._checkpoint
+    killed: list[int] = []
+
+    async def killing(self: BatchLoader, piece: Any, tally: Any, rows: int) -> None:
+        if not killed:
+            pid = await self.conn.fetchval("SELECT pg_backend_pid()")
+            killed.append(pid)
+            await asyncio.to_thread(db.val, "SELECT pg_terminate_backend($1)", pid)
+            await self.conn.fetchval("SELECT 1")  # the server has ended this session
+        await checkpoint(self, piece, tally, rows)
+
+    monkeypatch.setattr(BatchLoader, "_checkpoint", killing)
+    result = cli("--once", "--inbox", inbox, "--table", "t", "--mode", "append")
+    assert result.code == 0, result.err
+    [retry] = log_events(result.err, "file_retry")
+    assert "Transaction.__aexit__" not in retry["error"], retry
+    assert "transient; will retry" in retry["error"]
+    assert sorted(str(r["id"]) for r in db.fetch("SELECT id FROM t")) == ["1", "2"]
