@@ -15,7 +15,7 @@ from ingestd.db.database import Database
 from ingestd.db.dsn import mask_dsn
 from ingestd.db.manifest import Manifest
 from ingestd.embedded import start_embedded
-from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.exceptions import IngestdError, UsageError
 from ingestd.logs import dumps
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown_name
@@ -49,8 +49,9 @@ def main(argv: Sequence[str]) -> int:
         dsn = resolve_dsn(ns.dsn, os.environ, config, ns.config, ns.password_file)
         manifest = Manifest(got["manifest_schema"], got["manifest_table"])
         summary = asyncio.run(_summary(dsn, got, manifest, ns.limit))
-    except (UsageError, DatabaseUnavailableError) as exc:
-        print(f"ingestd status: error: {mask_dsn(str(exc))}", file=sys.stderr)
+    except IngestdError as exc:  # a grant missing on the manifest too: one line, not a crash
+        reason = str(exc).removesuffix(" (transient; will retry)")  # status does not retry
+        print(f"ingestd status: error: {mask_dsn(reason)}", file=sys.stderr)
         return 2
     if ns.json:
         print(dumps(summary))
