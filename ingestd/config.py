@@ -50,6 +50,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 MAX_CONFIG_BYTES = 1 << 20  # thousands of contracts; a bigger file is a mistake
+_COMMANDS = ("status", "check-config", "retry")  # cli's subcommands, for one message
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _SETTINGS = {f.name: (f, meta) for f, meta in setting_keys(Settings)}
@@ -340,6 +341,12 @@ def _contracts(sources: _Sources) -> tuple[Contract, ...]:
     base = _layer(defaults, f"{sources.file}: [defaults]")
     if "table" in overrides or not entries:
         # Single-contract flags replace the file's contracts: the common, config-less case.
+        if "table" not in overrides and "table" in defaults:
+            raise UsageError(
+                f"{sources.file}: [defaults] has a table but there is no [[contracts]] entry: "
+                "add one ([[contracts]] with its pattern), or move table to the top of a "
+                "contract"
+            )
         if "table" not in overrides:
             raise UsageError("no target table: give --table (or contracts in a config file)")
         layers = [("contract " + _keys([str(overrides["table"].value)]), {**base, **overrides})]
@@ -548,6 +555,11 @@ def _bool(given: Given) -> bool:
         return value
     if given.text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
+    if given.text and value in _COMMANDS:  # `ingestd --once status`: the flag took it
+        raise UsageError(
+            f"{given.origin} took {value!r} as its value: options go after the command "
+            f"(`ingestd {value} OPTION ...`)"
+        )
     if given.text:
         raise _wrong(given, "true or false (or 1/0, yes/no)")
     raise _wrong(given, "true or false" + (" (without quotes)" if isinstance(value, str) else ""))

@@ -718,3 +718,19 @@ def test_a_key_in_the_wrong_place_says_where_it_belongs(
     path = _contracts_file(tmp_path, body)
     assert check_config([str(path)]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_defaults_with_a_table_and_no_contracts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _contracts_file(tmp_path, '[defaults]\ntable = "x"\nmode = "append"\n')
+    assert check_config([str(path)]) == 2
+    assert "[defaults] has a table but there is no [[contracts]] entry" in capsys.readouterr().err
+
+
+def test_a_boolean_flag_before_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    from ingestd.cli import main
+
+    assert main(["--once", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "--once took 'status' as its value: options go after the command" in err
