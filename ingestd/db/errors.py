@@ -124,6 +124,9 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InternalClientError)
 
 
+_BAD_ARGUMENT = ("invalid input for query argument", "invalid input in executemany()")
+
+
 def is_bug(exc: BaseException) -> bool:
     """True for driver errors only a mistake in ingestd causes: its own SQL refused, or a
     client-side error that is not a lost connection (wrong argument count or type)."""
@@ -131,10 +134,10 @@ def is_bug(exc: BaseException) -> bool:
         # Also raised by the driver itself, with a server SQLSTATE (08003 for a connection
         # that went away): weather, not a bug.
         return False
-    if isinstance(exc, asyncpg.PostgresError) and getattr(exc, "severity", None) is None:
-        # Never sent: the driver raised it itself (its DataError "invalid input for query
-        # argument $3" carries class 22's SQLSTATE), because of the arguments ingestd gave.
-        # Every error the server sends has a severity.
+    if type(exc) is asyncpg.DataError and str(exc).startswith(_BAD_ARGUMENT):
+        # Never sent: the driver could not encode an argument ingestd gave (a str for an
+        # int). It carries class 22's SQLSTATE, like the server's data errors, which are
+        # the file's (those are subclasses: 22P02 and the like).
         return True
     code = sqlstate_of(exc)
     if code is not None:
