@@ -67,6 +67,23 @@ def run_cli(args: Sequence[str]) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Give each test the root logger as it found it: a test that calls ingestd's main()
+    directly leaves ingestd's handler behind, whose secret scrubbing rewrites records
+    that pytest's caplog also sees (a later test's caplog then lost the traceback)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def cli(dsn: str) -> object:
     """run_cli with the test database's DSN and quiet defaults filled in."""
