@@ -58,10 +58,16 @@ def test_no_psycopg2_anywhere() -> None:
     assert offenders == []
 
 
-# A string that begins like an SQL statement (upper-case keyword, then a space or newline).
+# A string that begins like an SQL statement: an upper-case keyword then a name, or in any
+# case the shape of a statement (keyword and the clause it needs).
 _SQL_START = re.compile(
     r"\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|TRUNCATE|COPY|MERGE|WITH|LOCK|"
     r"GRANT|REVOKE|COMMENT ON|BEGIN|COMMIT|ROLLBACK|SET|SHOW|VACUUM|ANALYZE)\s+[\w\"*($]"
+    r"|(?i:\s*(select\s.*\sfrom\s|insert\s+into\s|update\s+\S+\s+set\s|delete\s+from\s"
+    r"|create\s+(temp\w*\s+|unique\s+)?(table|index|view|schema|role)\s|alter\s+(table|role)\s"
+    r"|drop\s+(table|index|view|schema)\s|truncate\s+\S|copy\s+\S+\s.*\b(from|to)\s"
+    r"|merge\s+into\s|grant\s.*\son\s))",
+    re.S,
 )
 
 
@@ -93,6 +99,8 @@ def test_the_sql_check_sees_a_statement() -> None:
     lines = [text for _, text in sql_like_strings(sample)]
     assert any(text.startswith("SELECT 1") for text in lines)
     assert _SQL_START.match("DELETE FROM t") and not _SQL_START.match("Selected rows")
+    assert _SQL_START.match("delete from t where true")
+    assert _SQL_START.match("select a from t") and not _SQL_START.match("select the columns")
 
 
 _PROBE = "SELECT 1 FROM probe"  # seen by test_the_sql_check_sees_a_statement
