@@ -23,10 +23,11 @@ WORKDIR /src
 COPY requirements/ requirements/
 # Exactly the versions CI tests (requirements/image.txt, `make lock`), each hash-checked.
 RUN python3 -m venv /opt/ingestd \
- && pip install --require-hashes --no-deps -r requirements/image.txt
+ && pip install --require-hashes --no-deps -r requirements/image.txt -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY ingestd/ ingestd/
-RUN pip wheel --no-deps -w dist .
+# No build isolation: the locked setuptools above builds it, not the newest from PyPI.
+RUN pip wheel --no-deps --no-build-isolation -w dist .
 # pip check: the lock holds everything the wheel requires. pip and setuptools leave with it,
 # and so do the test suites and C++ headers and sources that wheels ship (pyarrow: 13 MB).
 RUN pip install --no-deps dist/*.whl \

@@ -48,14 +48,14 @@ lint: check
 
 ## wheel-smoke: build the wheel, install it into a fresh venv, run --version and the demo
 wheel-smoke: wheel
-	rm -rf /tmp/ingestd-wheel-venv
-	$(PY) -m venv /tmp/ingestd-wheel-venv
-	/tmp/ingestd-wheel-venv/bin/pip install --quiet "$$(ls dist/ingestd-*.whl)[embedded]"
-	/tmp/ingestd-wheel-venv/bin/ingestd --version
-	rm -rf /tmp/ingestd-wheel-demo && cp -r examples /tmp/ingestd-wheel-demo
-	rm -rf /tmp/ingestd-wheel-demo/.ingestd
-	cd /tmp/ingestd-wheel-demo && /tmp/ingestd-wheel-venv/bin/ingestd --once --config ingestd.toml
-	cd /tmp/ingestd-wheel-demo && /tmp/ingestd-wheel-venv/bin/ingestd status --config ingestd.toml
+	rm -rf build/wheel-smoke
+	$(PY) -m venv build/wheel-smoke/venv
+	build/wheel-smoke/venv/bin/pip install --quiet "$$(ls dist/ingestd-*.whl)[embedded]"
+	build/wheel-smoke/venv/bin/ingestd --version
+	cp -r examples build/wheel-smoke/demo
+	rm -rf build/wheel-smoke/demo/.ingestd
+	cd build/wheel-smoke/demo && ../venv/bin/ingestd --once --config ingestd.toml
+	cd build/wheel-smoke/demo && ../venv/bin/ingestd status --config ingestd.toml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -63,9 +63,11 @@ format: $(STAMP)
 
 ## wheel: build dist/ingestd-*.whl exactly as the Dockerfile's builder stage does
 # The Dockerfile runs this very command (RUN line); tests/deploy/test_docker.py checks it.
-WHEEL_CMD := pip wheel --no-deps -w dist .
+# No build isolation: the locked setuptools (requirements/build.txt) builds the wheel.
+WHEEL_CMD := pip wheel --no-deps --no-build-isolation -w dist .
 wheel: $(STAMP)
 	rm -rf build dist  # setuptools would pack stale modules left in build/lib
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/build.txt
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(WHEEL_CMD)
 
 ## bench: ingestd against psql \copy, the SQL-only upsert and its peers (ADBC, DuckDB) on generated data (see bench/README.md)

@@ -92,7 +92,7 @@ def test_two_stages_from_one_base_given_as_a_build_argument() -> None:
 
 def test_builder_runs_exactly_the_make_wheel_command() -> None:
     assert builder_wheel_cmd() == makefile_wheel_cmd()
-    assert builder_wheel_cmd() == "pip wheel --no-deps -w dist ."
+    assert builder_wheel_cmd() == "pip wheel --no-deps --no-build-isolation -w dist ."
 
 
 def test_builder_installs_the_lock_then_the_wheel_alone() -> None:
@@ -100,7 +100,8 @@ def test_builder_installs_the_lock_then_the_wheel_alone() -> None:
     runs = [a for w, a in builder if w == "RUN"]
     assert runs[0] == (
         "python3 -m venv /opt/ingestd "
-        "&& pip install --require-hashes --no-deps -r requirements/image.txt"
+        "&& pip install --require-hashes --no-deps -r requirements/image.txt "
+        "-r requirements/build.txt"
     )
     last = runs[-1]
     assert last.startswith("pip install --no-deps dist/*.whl && pip check")
