@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from ingestd import archive
@@ -377,7 +377,7 @@ class Scanner:
             if identity(path) != before:
                 self.waiting.pop(key, None)
                 return  # still being written: a later event offers it again
-            job = await self._claim(path, name, contract, version, before)
+            job = await self._accounted(self._claim(path, name, contract, version, before))
             if isinstance(job, Skip):
                 await self._skipped(path, name, contract.table, job)
                 return
@@ -385,14 +385,30 @@ class Scanner:
             self.leases.add(job.claim.manifest_id)  # renewed while it waits in the queue too
             if self.progress is not None:
                 self.progress.claimed(key, version.filesize)
-            try:
-                await self._queue.put(job)
-            except asyncio.CancelledError:
-                # Claimed, then a stop while the queue was full: accounted for like a
-                # queued file the stop found (interrupted, never opened).
-                self._results.add(never_opened(job))
-                raise
+            await self._queue_or_report(job)
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
+
+    async def _accounted(self, claim: Awaitable[Job | Skip]) -> Job | Skip:
+        """The claim; a stop in the middle of it lets its one statement end, so that a
+        file claimed is accounted for (interrupted, never opened)."""
+        claiming = asyncio.ensure_future(claim)
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(IngestdError):
+                claimed = await claiming
+                if isinstance(claimed, Job):
+                    self._results.add(never_opened(claimed))
+            raise
+
+    async def _queue_or_report(self, job: Job) -> None:
+        """Queue a claimed file; a stop while the queue is full reports it like a queued
+        file the stop found (interrupted, never opened)."""
+        try:
+            await self._queue.put(job)
+        except asyncio.CancelledError:
+            self._results.add(never_opened(job))
+            raise
 
     async def _claim(
         self,

@@ -121,7 +121,8 @@ async def test_files_in_hand_when_the_workers_are_cancelled_are_reported(
         service.request_stop()
     report = await asyncio.wait_for(run, 60)
     claimed = await asyncio.to_thread(db.val, "SELECT count(*) FROM ingestion_manifest")
-    assert claimed >= 1 and len(report.files) == claimed, report.files
+    rows = await asyncio.to_thread(db.fetch, "SELECT filename, status FROM ingestion_manifest")
+    assert claimed >= 1 and len(report.files) == claimed, (report.files, rows)
     assert {f.status for f in report.files} == {"interrupted"}
     assert all("resumes on the next run" in (f.error or "") for f in report.files)
     assert report.exit_code == 1
