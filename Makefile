@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test test-deep test-pg15 test-fast check lint format bench bench-quick clean wheel wheel-smoke
 
 # The bench extra (the peers make bench measures: ADBC, DuckDB, pgpq) adds ~6 s from PyPI.
-# Every version is the lock's (requirements/dev.txt: all extras, hash-checked; `make lock`).
-$(STAMP): pyproject.toml requirements/dev.txt
+# Every version is the lock's (requirements/dev.txt: all extras, hash-checked; `make lock`),
+# and so is the setuptools that builds the wheel (requirements/build.txt: the venv's own
+# is Python's bundled one, too old for pyproject's license field).
+$(STAMP): pyproject.toml requirements/dev.txt requirements/build.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt -r requirements/build.txt
 	$(BIN)/pip install --quiet --no-deps -e '.[dev,bench]'
 	touch $(STAMP)
 
@@ -67,7 +69,6 @@ format: $(STAMP)
 WHEEL_CMD := pip wheel --no-deps --no-build-isolation -w dist .
 wheel: $(STAMP)
 	rm -rf build dist  # setuptools would pack stale modules left in build/lib
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/build.txt
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(WHEEL_CMD)
 
 ## bench: ingestd against psql \copy, the SQL-only upsert and its peers (ADBC, DuckDB) on generated data (see bench/README.md)
