@@ -17,16 +17,18 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from ingestd.discover import is_ignored
 from ingestd.metrics import Metrics
 from ingestd.names import shown
+from ingestd.storage.base import is_ignored
+from ingestd.storage.local import inbox_problem
+
+__all__ = ["InboxWatcher", "inbox_problem"]  # inbox_problem: storage/local.py
 
 log = logging.getLogger("ingestd.watcher")
 
@@ -36,24 +38,6 @@ RESTART_MAX_S = 30.0
 STEADY_S = 10.0  # a watcher that ran this long before failing starts again at once
 RESCAN_AFTER_START_S = 0.5  # events lost before a new watcher was up are found by a rescan
 _UNDECODABLE = "Unable to decode path"  # watchfiles' Rust core, for a name that is not UTF-8
-
-
-def inbox_problem(inbox: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(device and inode of the inbox, None), or (None, why ingestd cannot use it now)."""
-    try:
-        st = os.stat(inbox)
-    except FileNotFoundError:
-        return None, "it does not exist"
-    except OSError as exc:
-        return None, f"cannot reach it: {exc.strerror}"
-    if not stat.S_ISDIR(st.st_mode):
-        return None, "it is not a directory"
-    try:
-        with os.scandir(inbox):
-            pass
-    except OSError as exc:
-        return None, f"cannot list it: {exc.strerror}"
-    return (st.st_dev, st.st_ino), None
 
 
 class InboxWatcher:

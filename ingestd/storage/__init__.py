@@ -64,8 +64,7 @@ def source_of(entry: Handle | Source) -> Source:
         return BoundSource(_PATHS, entry)
     if hasattr(entry, "open_stream") and hasattr(entry, "open_random"):
         return cast("Source", entry)
-    handle = cast("Handle", entry)
-    return BoundSource(resolve(handle), handle)
+    return BoundSource(resolve(entry), entry)
 
 
 def storage_for(settings: Settings) -> Storage:
