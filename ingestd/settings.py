@@ -16,9 +16,9 @@ from typing import Any, Literal
 from ingestd.exceptions import UsageError
 
 Mode = Literal["upsert", "append", "merge"]
-FileType = Literal["csv", "parquet", "auto"]
+FileType = Literal["csv", "ndjson", "parquet", "auto"]
 MODES: tuple[Mode, ...] = ("upsert", "append", "merge")
-FILE_TYPES: tuple[FileType, ...] = ("csv", "parquet", "auto")
+FILE_TYPES: tuple[FileType, ...] = ("csv", "ndjson", "parquet", "auto")
 DELIMITERS = {",": ",", ";": ";", "|": "|", "\t": "\t", "tab": "\t", "\\t": "\t"}
 
 # Defaults other modules need without a Settings at hand (status, the manifest).
@@ -206,7 +206,9 @@ class Contract:
         metavar="COL:TYPE,...",
     )
     file_type: FileType = key(
-        "auto", "csv, parquet, or auto: by suffix (.csv .csv.gz .tsv .txt .parquet .pq)"
+        "auto",
+        "csv, ndjson, parquet, or auto: by suffix (.csv .tsv .txt .jsonl .ndjson, each also "
+        "with .gz .zst .bz2 .xz .lz4; .parquet .pq)",
     )
     mode: Mode = key("upsert", "upsert, append or merge (merge needs PostgreSQL 15+)")
     csv: CsvOptions = field(default_factory=CsvOptions)

@@ -1,4 +1,4 @@
-"""Readers: yield Arrow record batches of at most chunk-size rows from CSV and Parquet files."""
+"""Readers: yield Arrow record batches of at most chunk-size rows from CSV, NDJSON, Parquet."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from ingestd.read.batches import (
     rebatch,
     skip_rows,
 )
+from ingestd.read.compression import COMPRESSIONS, MAGIC_BYTES, check_compression
 from ingestd.read.csv_reader import open_csv
+from ingestd.read.ndjson_reader import open_ndjson
 from ingestd.read.parquet_reader import open_parquet, pg_type_for
 from ingestd.settings import Contract
 
@@ -26,6 +28,7 @@ __all__ = [
     "CSV_BLOCK_BYTES",
     "CSV_SUFFIXES",
     "DEFAULT_MEMORY_LIMIT_BYTES",
+    "NDJSON_SUFFIXES",
     "PARQUET_SUFFIXES",
     "BatchReader",
     "FileLayout",
@@ -41,7 +44,9 @@ __all__ = [
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+# Text formats, plain or compressed (.csv.zst, .jsonl.gz: see read.compression).
+CSV_SUFFIXES = tuple(f"{b}{c}" for b in (".csv", ".tsv", ".txt") for c in ("", *COMPRESSIONS))
+NDJSON_SUFFIXES = tuple(f"{b}{c}" for b in (".jsonl", ".ndjson") for c in ("", *COMPRESSIONS))
 
 
 def release_memory_promptly() -> None:
@@ -55,25 +60,31 @@ def release_memory_promptly() -> None:
 
 
 def guess_file_type(name: str) -> str:
-    """csv, parquet or unknown, from a file name alone (for metrics labels and routing)."""
+    """csv, ndjson, parquet or unknown, from a file name alone (for metrics labels and routing)."""
     lower = name.lower()
     if lower.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if lower.endswith(NDJSON_SUFFIXES):
+        return "ndjson"
     return "csv" if lower.endswith(CSV_SUFFIXES) else "unknown"
 
 
 def detect_type(path: Path, contract: Contract) -> str:
-    """csv or parquet, from the contract or the file name (and the Parquet magic bytes)."""
+    """csv, ndjson or parquet, from the contract or the file name (and the magic bytes of
+    Parquet and of each compression)."""
     file_type: str = contract.file_type
     if file_type == "auto":
         file_type = guess_file_type(path.name)
         if file_type == "unknown":
             raise FileError(
-                f"cannot tell whether {path.name} is CSV or Parquet from its name: "
-                "use a .csv/.csv.gz/.parquet suffix or set file_type in the contract"
+                f"cannot tell whether {path.name} is CSV, NDJSON or Parquet from its name: "
+                "use a .csv/.csv.zst/.jsonl/.parquet suffix or set file_type in the contract"
             )
     with path.open("rb") as fh:
-        magic = fh.read(4)
+        head = fh.read(MAGIC_BYTES)
+    magic = head[:4]
+    if file_type in ("csv", "ndjson"):
+        check_compression(path.name, head)
     if file_type == "parquet" and magic == b"PARE":
         # An encrypted footer: only the key holder can read even the schema.
         raise FileError(
@@ -87,8 +98,6 @@ def detect_type(path: Path, contract: Contract) -> str:
             f"{path.name} is a Parquet file with a CSV name: rename it to .parquet "
             "or set file_type = parquet in its contract"
         )
-    if file_type == "csv" and magic[:2] == b"\x1f\x8b" and not path.name.lower().endswith(".gz"):
-        raise FileError(f"{path.name} is gzip-compressed: name it {path.name}.gz")
     return file_type
 
 
@@ -104,6 +113,8 @@ def open_reader(
     try:
         if file_type == "parquet":
             return open_parquet(path, contract, limits)
+        if file_type == "ndjson":
+            return open_ndjson(path, contract, limits)
         return open_csv(path, contract, limits)
     except FILE_READ_ERRORS as exc:
         header_rows = 1 if file_type == "csv" and contract.csv.header else 0

@@ -1,9 +1,8 @@
-"""CSV: stream a (possibly gzipped) CSV file as record batches, growing the block for big rows."""
+"""CSV: stream a (maybe compressed) CSV file as record batches, growing the block for big rows."""
 
 from __future__ import annotations
 
 import codecs
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,13 @@ from ingestd.read.batches import (
     skip_rows,
 )
 from ingestd.read.columns import check_header, select_columns
+from ingestd.read.compression import (
+    BrokenStream,
+    Readable,
+    compression_of,
+    counted,
+    open_stream,
+)
 from ingestd.read.quoting import OpenQuotes
 from ingestd.read.raw_csv import RawCsv, raw_csv
 from ingestd.settings import Contract, CsvOptions
@@ -32,10 +38,8 @@ from ingestd.settings import Contract, CsvOptions
 _BOM = b"\xef\xbb\xbf"
 
 
-def _csv_stream(path: Path) -> pa.NativeFile:
-    compression = "gzip" if path.name.lower().endswith(".gz") else None
-    # Opened by its bytes: pyarrow cannot encode a name that is not UTF-8.
-    return pa.input_stream(pa.OSFile(os.fsencode(path)), compression=compression)
+def _csv_stream(path: Path) -> Readable:
+    return open_stream(path)
 
 
 class CsvStream:
@@ -148,7 +152,10 @@ def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
 
 def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     if contract.csv.header:
-        names = _read_header(path, contract, limits)
+        try:
+            names = _read_header(path, contract, limits)
+        except BrokenStream as broken:
+            raise broken.after(0) from None
         check_header(names, path)
     else:
         names = list(contract.headers or ())
@@ -176,9 +183,10 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     batches = _iter_csv(open_with, limits, open_at_end)
     batches = _normalise(batches, columns, missing, contract)
     header_rows = 1 if contract.csv.header else 0
-    batches = rebatch(batches, limits.chunk_size, limits.batch_bytes)
+    batches = counted(rebatch(batches, limits.chunk_size, limits.batch_bytes))
     as_is = not missing and columns == tuple(names)
-    raw = raw_csv(path, contract.csv, as_is, path.name.lower().endswith(".gz"))
+    # A compressed file's bytes are not COPY's: never raw, so never split either.
+    raw = raw_csv(path, contract.csv, as_is, compression_of(path.name) is not None)
     return BatchReader(layout, batches, header_rows, names, raw)
 
 
