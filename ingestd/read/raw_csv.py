@@ -12,13 +12,12 @@ a part of a split file, see split_points.)
 from __future__ import annotations
 
 import codecs
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from ingestd.read.quoting import lenient_row_end, plain_quoting
 from ingestd.settings import CsvOptions
+from ingestd.storage import Handle, Source, open_bytes, open_ranged
 
 # Python codec name -> PostgreSQL encoding name, for COPY's ENCODING option. Not ascii:
 # PostgreSQL has no such encoding, and UTF8 would let bytes past 127 through unnoticed.
@@ -44,7 +43,7 @@ class NotRaw(Exception):
 class RawCsv:
     """Where a file's data rows start, and how COPY must read them."""
 
-    path: Path
+    path: Handle | Source  # the entry: a local path, or a storage's handle or source
     start: int  # byte offset of the first data row (after a BOM and the header)
     delimiter: str
     quote: str
@@ -83,7 +82,7 @@ class RawCsv:
         """The batch, if COPY reads it as the readers do (its quotes checked if `quotes`);
         else raises NotRaw."""
         data = batch.obj  # the read's bytes: searched in place, not copied
-        assert isinstance(data, bytes)  # noqa: S101 - batches are views of os.pread results
+        assert isinstance(data, bytes)  # noqa: S101 - batches are views of read_at results
         end = batch.nbytes
         if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
             raise NotRaw("blank line")
@@ -110,16 +109,16 @@ class RawCsv:
         (quotes counted from `start`, or read as the readers do if `lenient`); raises NotRaw
         on a row over half of max_bytes."""
         quote = self.quote.encode()
-        with self.path.open("rb") as fh:
+        with open_ranged(self.path) as fh:
             position = self.start if start is None else start
-            stop = os.fstat(fh.fileno()).st_size if end is None else end
+            stop = fh.size() if end is None else end
             while position < stop:
                 # Each read starts at a row boundary, so a piece is a view of one read:
                 # the bytes are not copied (the tail after the cut is simply read again).
                 size = target
                 while True:
                     want = min(size, stop - position)
-                    data = os.pread(fh.fileno(), want, position)
+                    data = fh.read_at(want, position)
                     if len(data) < size:  # the end: all of it is the last piece
                         cut: int | None = len(data)
                         break
@@ -175,7 +174,9 @@ def _tally(
     return rows, quotes + data.count(quote, at)
 
 
-def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) -> RawCsv | None:
+def raw_csv(
+    path: Handle | Source, csv: CsvOptions, names_match: bool, compressed: bool
+) -> RawCsv | None:
     """A RawCsv for the file, or None when it must go through Arrow: columns selected or
     reordered, gzip, an encoding COPY cannot be told, no line feeds, or odd quoting."""
     if not names_match or compressed:
@@ -183,7 +184,7 @@ def raw_csv(path: Path, csv: CsvOptions, names_match: bool, compressed: bool) ->
     pg_encoding = PG_ENCODINGS.get(codecs.lookup(csv.encoding).name)
     if pg_encoding is None:
         return None
-    with path.open("rb") as fh:
+    with open_bytes(path) as fh:
         sample = fh.read(_SAMPLE_BYTES)
     # A UTF-8 BOM is skipped whatever the encoding, as the Arrow reader skips it.
     start = len(_BOM) if sample.startswith(_BOM) else 0
@@ -211,7 +212,8 @@ def split_points(raw: RawCsv, parts: int, max_bytes: int = _SCAN_BYTES * 16) -> 
     NotRaw if one is not. The last segment's own reads check the rest.
     """
     quote = raw.quote.encode()
-    size = raw.path.stat().st_size
+    with open_ranged(raw.path) as fh:
+        size = fh.size()
     body = size - raw.start
     wanted = [raw.start + body * i // parts for i in range(1, parts)]
     ends: list[int] = []
@@ -220,7 +222,7 @@ def split_points(raw: RawCsv, parts: int, max_bytes: int = _SCAN_BYTES * 16) -> 
         if not wanted:
             break
         data, length = piece.obj, piece.nbytes
-        assert isinstance(data, bytes)  # noqa: S101 - reads are views of os.pread results
+        assert isinstance(data, bytes)  # noqa: S101 - reads are views of read_at results
         if not plain_quoting(data, length, raw.delimiter, raw.quote):
             raise NotRaw("a quote inside a field, or a lone carriage return")
         while wanted and wanted[0] < position + length:
@@ -249,9 +251,9 @@ def count_rows(raw: RawCsv, end: int) -> int:
     a load starts in the middle of the file. Reads the file up to there."""
     quote = raw.quote.encode()
     rows, quotes, position, line_start = 0, 0, raw.start, True
-    with raw.path.open("rb") as fh:
+    with open_ranged(raw.path) as fh:
         while position < end:
-            block = os.pread(fh.fileno(), min(_SCAN_BYTES, end - position), position)
+            block = fh.read_at(min(_SCAN_BYTES, end - position), position)
             if not block:
                 break
             ended, quotes = _tally(block, quote, 0, quotes, line_start)
