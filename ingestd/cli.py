@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import traceback
+import types
 import typing
 from argparse import SUPPRESS
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from ingestd import __version__
 from ingestd.config import load_config, resolve, unknown_environment
 from ingestd.db.dsn import mask_dsn, password_of
 from ingestd.db.locks import ManifestLockedError
-from ingestd.exceptions import DatabaseUnavailableError, UsageError
+from ingestd.exceptions import DatabaseUnavailableError, IngestdError, UsageError
 from ingestd.logs import bound
 from ingestd.logs import setup as setup_logging
 from ingestd.names import shown, shown_name
@@ -42,6 +43,7 @@ COMMANDS = {
     "status": "the manifest at a glance: counts, recent failures, files in progress",
     "check-config": "validate a config file without touching anything",
     "retry": "move failed files back to the inbox (FILE... or --all-failed)",
+    "backfill": "indexes a --backfill run dropped and not yet rebuilt; --finish rebuilds them",
 }
 
 
@@ -71,10 +73,19 @@ def _add_keys(group: Any, cls: type) -> None:
             )
             group.add_argument(no, dest=f.name, action="store_const", const="false", help=SUPPRESS)
             continue
-        choices = typing.get_args(hints[f.name])
+        choices = _choices(hints[f.name])
         metavar = meta.metavar or ("|".join(choices) if choices else None)
         text = f"{meta.help} ({where}env {env_name(f.name)})"
         group.add_argument(flag, dest=f.name, metavar=metavar, help=_escape(text))
+
+
+def _choices(hint: Any) -> tuple[str, ...]:
+    """The values of a Literal setting, also one that may be None (`Literal[...] | None`)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return tuple(str(v) for v in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(c for arg in typing.get_args(hint) for c in _choices(arg))
+    return ()
 
 
 def _escape(text: str) -> str:
@@ -197,8 +208,44 @@ def _main(args: list[str]) -> int:
     if settings.dry_run:
         from ingestd.dryrun import dry_run
 
-        return dry_run(settings, sys.stdout)
+        code = dry_run(settings, sys.stdout)
+        if settings.backfill:
+            code = max(code, _dry_run_backfill(settings))
+        return code
     return _run(settings, secrets, args)
+
+
+def _dry_run_backfill(settings: Settings) -> int:
+    """--dry-run --backfill: what would be dropped and rebuilt (catalog reads only)."""
+    from ingestd.backfill import describe
+    from ingestd.db.database import Database
+    from ingestd.retry import Backoff
+
+    if not settings.dsn:
+        print("  backfill: the plan needs the database: give --dsn or INGESTD_DSN (a dry "
+              "run does not start the embedded server)")  # fmt: skip
+        return 0
+
+    async def plan() -> list[str]:
+        db = await Database.open(
+            str(settings.dsn), size=1, attempts=0, backoff=Backoff(),
+            connect_timeout_s=settings.connect_timeout_s,
+            statement_timeout_s=settings.statement_timeout_s,
+        )  # fmt: skip
+        try:
+            async with db.connection() as conn:
+                return await describe(conn, settings)
+        finally:
+            await db.close()
+
+    try:
+        lines = asyncio.run(plan())
+    except IngestdError as exc:
+        print(f"ingestd: error: {mask_dsn(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    for line in lines:
+        print(line)
+    return 0
 
 
 def _run(settings: Settings, secrets: tuple[str, ...], args: Sequence[str]) -> int:
@@ -247,6 +294,8 @@ def _event_loop_run(
             print_summary(
                 report.run_id, report.files, report.seconds, sys.stdout, report.unreadable
             )
+            if report.backfill:
+                print(f"  {report.backfill}")
             sys.stdout.flush()
         except OSError as exc:
             # The run is done and its books are right: only the report is lost. Not a bug
@@ -349,6 +398,8 @@ def _command(name: str, argv: list[str]) -> int:
         from ingestd.status import main as status_main
 
         return status_main(argv)
-    from ingestd.commands import check_config, retry
+    from ingestd.commands import backfill, check_config, retry
 
+    if name == "backfill":
+        return backfill(argv)
     return check_config(argv) if name == "check-config" else retry(argv)

@@ -1,17 +1,19 @@
-"""Operator subcommands: `ingestd check-config FILE`, `ingestd retry FILE... | --all-failed`."""
+"""Operator subcommands: `ingestd check-config FILE`, `ingestd retry FILE... | --all-failed`,
+`ingestd backfill [--finish]`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ingestd.config import load_config, resolve, resolve_keys
+from ingestd.config import load_config, resolve, resolve_dsn, resolve_keys
 from ingestd.db.dsn import mask_dsn
-from ingestd.exceptions import UsageError
+from ingestd.exceptions import IngestdError, UsageError
 from ingestd.names import shown_name
 from ingestd.settings import Settings, beside_inbox
 
@@ -162,3 +164,103 @@ def _inside(path: Path, failed: Path) -> Path:
 def _addr(settings: Settings) -> str:
     addr = settings.metrics_addr
     return "off" if addr is None else f"{addr[0]}:{addr[1]}"
+
+
+_BACKFILL_KEYS = (
+    "state_dir", "manifest_schema", "connect_timeout_s", "statement_timeout_s",
+    "backfill_index_jobs", "backfill_maintenance_work_mem_mb",
+)  # fmt: skip
+
+
+def backfill(argv: Sequence[str]) -> int:
+    """List the indexes a backfill dropped and has not rebuilt; --finish rebuilds them
+    (as a killed --backfill run would have) and ANALYZEs their tables."""
+    p = Parser(prog="ingestd backfill", description=backfill.__doc__)
+    p.add_argument("--finish", action="store_true", help="rebuild them now")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    p.add_argument("--dsn", metavar="DSN", help="PostgreSQL URL (env INGESTD_DSN)")
+    p.add_argument("--password-file", metavar="FILE", help="env INGESTD_PASSWORD_FILE")
+    p.add_argument("--state-dir", metavar="DIR", help="embedded server (env INGESTD_STATE_DIR)")
+    p.add_argument("--manifest-schema", metavar="S", help="env INGESTD_MANIFEST_SCHEMA")
+    p.add_argument("--connect-timeout-s", metavar="S", help="env INGESTD_CONNECT_TIMEOUT_S")
+    p.add_argument("--backfill-index-jobs", metavar="N", help="env INGESTD_BACKFILL_INDEX_JOBS")
+    p.add_argument(
+        "--backfill-maintenance-work-mem-mb",
+        metavar="MB",
+        help="env INGESTD_BACKFILL_MAINTENANCE_WORK_MEM_MB",
+    )
+    ns = p.parse_args(argv)
+    from ingestd.logs import setup as setup_logging
+
+    setup_logging("text", "WARNING")
+    try:
+        config = load_config(ns.config) if ns.config else {}
+        got = resolve_keys(_BACKFILL_KEYS, vars(ns), os.environ, config, ns.config)
+        dsn = resolve_dsn(ns.dsn, os.environ, config, ns.config, ns.password_file)
+        lines, left = asyncio.run(_backfill(dsn, got, finish=ns.finish))
+    except IngestdError as exc:
+        reason = str(exc).removesuffix(" (transient; will retry)")
+        print(f"ingestd backfill: error: {mask_dsn(reason)}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 1 if left else 0
+
+
+async def _backfill(
+    dsn: str | None, got: dict[str, object], *, finish: bool
+) -> tuple[list[str], int]:
+    from ingestd import backfill as bf
+    from ingestd.db import indexes
+    from ingestd.db.database import Database
+    from ingestd.embedded import start_embedded
+    from ingestd.retry import Backoff
+
+    handle = None
+    if not dsn:
+        state_dir = Path(str(got["state_dir"]))
+        if not (state_dir / "pgdata").is_dir():
+            raise UsageError(
+                f"no embedded database in {state_dir} (no pgdata folder): give --state-dir "
+                "of the instance, or --dsn / INGESTD_DSN"
+            )
+        dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
+    jobs = int(str(got["backfill_index_jobs"]))
+    settings = Settings(
+        contracts=(),
+        manifest_schema=got["manifest_schema"],  # type: ignore[arg-type]  # resolved above
+        backfill_maintenance_work_mem_mb=int(str(got["backfill_maintenance_work_mem_mb"])),
+    )
+    db = await Database.open(
+        str(dsn), size=jobs + 1, attempts=0, backoff=Backoff(),
+        connect_timeout_s=float(str(got["connect_timeout_s"])),
+        statement_timeout_s=float(str(got["statement_timeout_s"])),
+    )  # fmt: skip
+    try:
+        async with db.connection() as conn:
+            waiting = await indexes.pending(conn, bf.records_table(settings.manifest_schema))
+        if not finish:
+            lines = [f"{len(waiting)} index(es) dropped by a backfill, waiting to be rebuilt"]
+            lines += [
+                f"  {ix.target_label}: {ix.name} (run {ix.run_id}"
+                + (", its backfill is running)" if ix.alive else ")")
+                for ix in waiting
+            ]
+            if waiting:
+                lines.append(f"rebuild them with `{bf.FINISH_HINT}`")
+            return lines, 0
+        out = await bf.finish(db, settings, jobs=jobs)
+    finally:
+        await db.close()
+        del handle
+    lines = [
+        f"rebuilt {len(out.built)} index(es)" + (f": {', '.join(out.built)}" if out.built else "")
+    ]
+    if out.existed:
+        lines.append(f"already there (records cleared): {', '.join(out.existed)}")
+    if out.analyzed:
+        lines.append(f"analyzed {', '.join(out.analyzed)}")
+    if out.running:
+        lines.append(f"{len(out.running)} index(es) belong to a backfill still running: left to it")
+    lines += [f"FAILED {error}" for error in out.errors]
+    return lines, len(out.left)

@@ -268,6 +268,11 @@ def _dsn_with_password(dsn: str | None, password_file: Path | None) -> str | Non
 
 
 def _check_sources(settings: Settings) -> None:
+    if settings.backfill and not settings.once:
+        raise UsageError(
+            "backfill is for --once runs (it drops the targets' secondary indexes while it "
+            "loads): add --once, or take backfill out of the daemon's settings"
+        )
     for f in settings.files:
         if not _looked_at(f, Path.is_file):
             raise UsageError(f"file {f} does not exist or is not a regular file")
@@ -432,6 +437,9 @@ def _contract(layer: Layer, *, where: str) -> Contract:
             (validate_identifier(col, what="column in types"), validate_pg_type(t))
             for col, t in got.get("types", ())
         )
+        if "rescue_column" in got:
+            checking = "rescue_column"
+            validate_identifier(got["rescue_column"], what="rescue column")
     except InvalidIdentifierError as exc:
         raise UsageError(f"{_in(where, origin(checking))}: {exc}") from None
     mode = got.get("mode", default_of(_CONTRACT["mode"][0]))

@@ -59,6 +59,20 @@ class Metrics:
             ["table_name"],
             registry=r,
         )
+        self.schema_changes = Counter(
+            "ingest_schema_changes",
+            "Columns ingestd added to a table (schema_evolution = add or rescue), each also "
+            "a row in ingestion_schema_changes.",
+            ["table_name"],
+            registry=r,
+        )
+        self.rows_rescued = Counter(
+            "ingest_rows_rescued",
+            "Rows loaded with values kept aside in the rescue column (schema_evolution = "
+            "rescue).",
+            ["table_name"],
+            registry=r,
+        )
         self.batch_latency = Histogram(
             "ingest_batch_latency_seconds",
             "COPY + merge + checkpoint of one batch, commit included.",
@@ -129,6 +143,13 @@ class Metrics:
             "ingest_manifest_missing",
             "1 once the manifest or a row of a file in hand disappeared under this process: "
             "it loads nothing more (not ready) until restarted.",
+            registry=r,
+        )
+        self.dead_tuples = Gauge(
+            "ingest_dead_tuples",
+            "Dead tuples of a target (pg_stat_user_tables.n_dead_tup), sampled after each "
+            "file; high after large upserts: a manual VACUUM gives the space back sooner.",
+            ["table_name"],
             registry=r,
         )
         self.precreate()

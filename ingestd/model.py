@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ingestd.metrics import Metrics
     from ingestd.progress import Progress
     from ingestd.settings import Settings
+    from ingestd.upkeep import Upkeep
 
 
 class Outcome(StrEnum):
@@ -113,3 +114,4 @@ class LoadContext:
     progress: Progress | None = None  # --once on a terminal
     # Asks idle workers to help with a split file (False: the queue is full, nobody is idle).
     offer: Callable[[Help], bool] | None = None
+    upkeep: Upkeep | None = None  # dead tuples after each file, ANALYZE after large upserts

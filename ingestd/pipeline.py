@@ -13,10 +13,11 @@ from ingestd.db.connection import Connection
 from ingestd.db.manifest import Committed
 from ingestd.db.merge import check_mode_supported
 from ingestd.db.sql import Target
-from ingestd.db.stage import CopyFormat
+from ingestd.db.stage import CopyFormat, column_types
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
+from ingestd.db.topology import place_target
 from ingestd.discover import identity
-from ingestd.encode import encode_batch
+from ingestd.encode import binary_arrays, encode_batch, encode_binary
 from ingestd.exceptions import FileError, Interrupted
 from ingestd.load import (
     BatchLoader,
@@ -55,6 +56,14 @@ async def process_file(
         check_unchanged(job)
         reader = await open_file(job, ctx.settings)
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
+        # What the target is (partitioned, Citus): the key must fit it; read once per file.
+        target = await place_target(
+            conn,
+            target,
+            contract.mode,
+            contract.create_partitions,
+            ctx.settings.distributed_concurrency,
+        )
         if not session.checked(target, contract.mode):
             await _prepare_target(
                 conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
@@ -77,6 +86,11 @@ async def process_file(
             rows = await _load_in_order(load, reader, committed)
         check_unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
+        if ctx.upkeep is not None:
+            written = rows - committed.rows
+            await ctx.upkeep.after_file(
+                conn, target.qualified, target.label, contract.mode, written
+            )
         return rows
     except FileError as exc:
         # A read error in a file that changed under us is the change, not bad data.
@@ -109,9 +123,13 @@ async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Comm
     # A file's own bytes go as they are when nothing needs changing (a fresh start:
     # a resume finds its place by counting rows, which the Arrow reader does).
     raw = reader.raw if s.raw_csv and not tally.rows else None
+    # Parquet's typed values can go as binary COPY where the target's types take them
+    # exactly (encode.binary_arrays); the rest as CSV text.
+    binary = s.binary_copy and reader.layout.file_type == "parquet"
+    types = await column_types(load.conn, load.target) if binary else ()
     while True:
         try:
-            async for piece in _pieces(reader, raw, tally.rows, load.stage is not None, s):
+            async for piece in _pieces(reader, raw, tally.rows, load.stage is not None, types, s):
                 await load.batch(piece, tally)
             return tally.rows
         except NotRaw as why:
@@ -132,7 +150,12 @@ async def _prepare_target(
 
 
 def _pieces(
-    reader: BatchReader, raw: RawCsv | None, rows_done: int, ordinal: bool, s: Settings
+    reader: BatchReader,
+    raw: RawCsv | None,
+    rows_done: int,
+    ordinal: bool,
+    types: tuple[str | None, ...],
+    s: Settings,
 ) -> AsyncIterator[Piece]:
     """The file's batches, each read (and encoded) in a thread while the one before is in
     the database: raw batches of the file's own bytes, or Arrow batches encoded by ingestd."""
@@ -154,8 +177,14 @@ def _pieces(
             if batch is None:
                 return None
             refuse_nul(batch, next_row)
-            payload = encode_batch(batch, next_row, ordinal=ordinal)
+            arrays = binary_arrays(batch, types) if types else None
+            if arrays is not None:
+                payload = encode_binary(arrays, next_row, ordinal=ordinal)
+                fmt = CopyFormat(ordinal=ordinal, binary_types=types)
+            else:
+                payload = encode_batch(batch, next_row, ordinal=ordinal)
+                fmt = CopyFormat(ordinal=ordinal)
             next_row += batch.num_rows
-            return Piece(payload, CopyFormat(ordinal=ordinal), batch)
+            return Piece(payload, fmt, batch)
 
     return read_ahead(produce)

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ingestd import backfill
 from ingestd.db.connection import Connection, server_version
 from ingestd.db.database import Database
+from ingestd.db.indexes import Target
 from ingestd.db.manifest import Manifest, ManifestGoneError, application_name, new_token
 from ingestd.db.merge import MERGE_MIN_VERSION
 from ingestd.embedded import start_embedded
@@ -28,6 +30,7 @@ from ingestd.read import release_memory_promptly
 from ingestd.retry import Backoff
 from ingestd.scanner import Scanner
 from ingestd.settings import Settings
+from ingestd.upkeep import Upkeep
 from ingestd.worker import Worker, WorkQueue, never_opened
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class RunReport:
     halted: bool = False  # the manifest disappeared under the run
     unreadable: tuple[tuple[str, str], ...] = ()  # inbox folders not listed: name, reason
     stopped: bool = False  # a stop was requested (SIGTERM): files may not have been looked at
+    backfill: str = ""  # indexes a backfill dropped are still to be rebuilt: what to run
 
     @property
     def exit_code(self) -> int:
@@ -59,7 +63,8 @@ class RunReport:
         failed = any(f.status in UNFINISHED for f in self.files)
         # A folder it could not list holds files it never saw, and so may a run stopped
         # before the end: not a complete run either.
-        return 1 if failed or self.halted or self.unreadable or self.stopped else 0
+        unfinished = self.halted or self.unreadable or self.stopped or self.backfill
+        return 1 if failed or unfinished else 0
 
 
 def new_run_id() -> str:
@@ -90,6 +95,8 @@ class Service:
         self._embedded: Any = None  # keeps the embedded server alive for the run
         self.endpoint: Endpoint | None = None
         self._twins = 0  # other live processes seen with our instance id
+        self._backfill_targets: list[Target] = []  # --backfill: ANALYZEd after the rebuild
+        self._backfill_note = ""  # indexes still dropped at the end: the summary says so
 
     def request_stop(self) -> None:
         """First signal: stop discovery; workers finish their batch in hand, then exit.
@@ -146,6 +153,7 @@ class Service:
             self.run_id, files, time.monotonic() - started, self.settings.once,
             halted=self.manifest.broken is not None, stopped=self.stop_requested,
             unreadable=self._scanner.unreadable_folders() if self._scanner else (),
+            backfill=self._backfill_note,
         )  # fmt: skip
 
     def _show_progress(self) -> bool:
@@ -196,7 +204,8 @@ class Service:
         opening = asyncio.ensure_future(
             Database.open(
                 await self._dsn(),
-                size=s.concurrency + 2,  # one per worker, two for claims, leases, health checks
+                # one per worker, two for claims, leases, health checks; or per index rebuilt
+                size=max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2,
                 connect_timeout_s=s.connect_timeout_s,
                 statement_timeout_s=s.statement_timeout_s,
                 attempts=s.max_retries,
@@ -240,6 +249,7 @@ class Service:
             # Typically a missing grant: the message names the privilege and the fix.
             raise UsageError(f"cannot use the manifest {manifest.name}: {exc}") from None
         _check_server(s, version)
+        await self._backfill_begin(db)
         queue: WorkQueue = asyncio.Queue(maxsize=s.effective_queue_size)
         progress = Progress(sys.stderr) if self._show_progress() else None
         ctx = LoadContext(
@@ -250,6 +260,7 @@ class Service:
             server_version=version,
             stopping=self.stopping,
             progress=progress,
+            upkeep=Upkeep(s.analyze_after_rows, self.metrics, version),
             offer=functools.partial(_offer, queue),
         )
         scanner = Scanner(
@@ -289,6 +300,73 @@ class Service:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self._never_opened(queue)
+        await self._backfill_finish(db, progress is not None)
+
+    def _index_jobs(self) -> int:
+        """Rebuilds at once: as configured, within the pool (see _run)."""
+        s = self.settings
+        pool = max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2
+        return min(s.backfill_index_jobs, pool)
+
+    async def _backfill_begin(self, db: Database) -> None:
+        """Daemon: refuse a table in backfill. --once --backfill: record and drop the
+        targets' secondary indexes. Another --once run: rebuild what a killed backfill left."""
+        s = self.settings
+        try:
+            async with db.connection() as conn:
+                if not s.once:
+                    await backfill.refuse_daemon(conn, s)
+                    return
+                if s.backfill:
+                    plans = await backfill.begin(conn, s, self.run_id, self.token)
+                    self._backfill_targets = [p.target for p in plans]
+                    return
+        except UsageError:
+            raise
+        except IngestdError as exc:
+            raise UsageError(
+                f"backfill: cannot prepare the targets: {exc}; indexes already dropped are "
+                f"recorded, and `{backfill.FINISH_HINT}` or the next --once run rebuilds them"
+            ) from None
+        # Loading goes on if one fails (indexes are not needed for correctness); the
+        # summary says what is still dropped.
+        outcome = await backfill.finish(db, s, jobs=self._index_jobs(), token=self.token)
+        self._backfill_note = outcome.message()
+
+    async def _backfill_finish(self, db: Database, at_terminal: bool) -> None:
+        """--once --backfill after the load: rebuild, then ANALYZE; a stop leaves the records."""
+        s = self.settings
+        if not (s.once and s.backfill):
+            return
+        if self.stop_requested or self.manifest.broken is not None:
+            self._backfill_note = (
+                f"backfill: stopped before the indexes were rebuilt; run "
+                f"`{backfill.FINISH_HINT}` (or the --once run again) to rebuild them"
+            )
+            return
+        say = _say if at_terminal else None
+        run = asyncio.ensure_future(
+            backfill.finish(
+                db, s, jobs=self._index_jobs(), token=self.token,
+                analyze=self._backfill_targets, say=say,
+            )
+        )
+        aborted = asyncio.ensure_future(self._abort.wait())  # any signal during the rebuild
+        try:
+            await asyncio.wait({run, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+            if not run.done():
+                run.cancel()
+            await asyncio.gather(run, aborted, return_exceptions=True)
+        if run.cancelled():
+            self.stop_requested = True
+            self._backfill_note = (
+                f"backfill: stopped during the rebuild (the index in hand rolled back); run "
+                f"`{backfill.FINISH_HINT}` to rebuild the rest"
+            )
+            return
+        self._backfill_note = run.result().message()
 
     async def _drive(
         self, scanner: Scanner, queue: WorkQueue, supervised: list[asyncio.Task[None]]
@@ -385,6 +463,10 @@ class Service:
             elif not ok and scanner.db_ok:
                 log.warning("database_unavailable", extra={"error": "health check failed"})
             scanner.db_ok = ok
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _check_server(settings: Settings, version: int) -> None:

@@ -17,6 +17,8 @@ from ingestd.exceptions import UsageError
 
 Mode = Literal["upsert", "append", "merge"]
 FileType = Literal["csv", "ndjson", "parquet", "auto"]
+SchemaEvolution = Literal["fail", "add", "ignore", "rescue"]
+ColumnNames = Literal["strict", "normalize"]
 MODES: tuple[Mode, ...] = ("upsert", "append", "merge")
 FILE_TYPES: tuple[FileType, ...] = ("csv", "ndjson", "parquet", "auto")
 DELIMITERS = {",": ",", ";": ";", "|": "|", "\t": "\t", "tab": "\t", "\\t": "\t"}
@@ -217,11 +219,32 @@ class Contract:
     tolerant_mode: Literal["null", "empty"] = key(
         "null", "what fills a missing column: null or empty"
     )
+    schema_evolution: SchemaEvolution = key(
+        "fail",
+        "a file column the table lacks: fail the file, add it (ALTER TABLE), ignore it, "
+        "or rescue its values into rescue_column",
+    )
+    rescue_column: str = key(
+        "_rescued_data",
+        "jsonb column that holds, per row, what schema_evolution = rescue keeps aside",
+        metavar="COL",
+    )
+    column_names: ColumnNames = key(
+        "strict",
+        "strict: a name that is not an identifier fails the file; normalize: lower-case "
+        "ASCII snake_case",
+    )
     max_bad_rows: BadRows = key(
         help="rows that fail to cast or violate a constraint, set aside to ingestion_rejects "
         "before the file fails: N or a percentage such as 1%",
         factory=BadRows,
         metavar="N|N%",
+    )
+    create_partitions: Literal["day", "month"] | None = key(
+        None,
+        "create missing day or month partitions of a table range-partitioned on one date or "
+        "timestamp column before loading a batch that needs them",
+        shown="off",
     )
 
     def matches(self, relative: PurePosixPath) -> bool:
@@ -289,6 +312,14 @@ class Settings:
         minimum=1,
         maximum=MAX_CONCURRENCY,
         limit="one connection each",
+        metavar="N",
+    )
+    distributed_concurrency: int = key(
+        2,
+        "batches writing one distributed (Citus) table at once, across every instance "
+        "(Citus spreads one COPY over all workers already)",
+        minimum=1,
+        maximum=MAX_CONCURRENCY,
         metavar="N",
     )
     max_retries: int = key(
@@ -398,7 +429,32 @@ class Settings:
         limit="a day",
         metavar="S",
     )
+    poll_s: float = key(
+        5.0,
+        "daemon, object-store inbox: how often the prefix is listed for new objects",
+        minimum=0.1,
+        maximum=DAY_S,
+        limit="a day",
+        metavar="S",
+    )
+    s3_endpoint_url: str | None = key(
+        None,
+        "S3-compatible server to use instead of AWS (also AWS_ENDPOINT_URL); http:// only "
+        "when given explicitly",
+        shown="AWS",
+        metavar="URL",
+    )
+    s3_queue_url: str | None = key(
+        None,
+        "SQS-compatible queue receiving the bucket's object-created events: new keys load "
+        "at once (listings still run)",
+        shown="off",
+        metavar="URL",
+    )
     raw_csv: bool = key(True, "CSV files that need no change go to COPY as their own bytes")
+    binary_copy: bool = key(
+        True, "Parquet batches whose types the target takes exactly go as binary COPY"
+    )
     split_mb: float = key(
         32.0,
         "an append of a raw CSV file at least twice this size is split into segments of "
@@ -418,6 +474,34 @@ class Settings:
     # Append mode, the same bytes under another name: skip (as a duplicate) or load again.
     on_duplicate_content: DuplicateContent = key(
         "skip", "append mode, the same bytes under another name: skip or load again"
+    )
+    backfill: bool = key(
+        False,
+        "--once only: drop the targets' secondary indexes before loading, rebuild them "
+        "and ANALYZE after (needs the tables' owner; see Backfills)",
+    )
+    backfill_index_jobs: int = key(
+        2,
+        "backfill: indexes rebuilt at once, each on its own connection",
+        minimum=1,
+        maximum=64,
+        metavar="N",
+    )
+    backfill_maintenance_work_mem_mb: int = key(
+        512,
+        "backfill: maintenance_work_mem of each session rebuilding an index",
+        minimum=1,
+        maximum=2_097_151,
+        limit="PostgreSQL's limit",
+        metavar="MB",
+    )
+    analyze_after_rows: int = key(
+        1_000_000,
+        "upsert and merge: ANALYZE a target once this many rows were written to it, and "
+        "log its dead tuples (0: never)",
+        minimum=0,
+        maximum=10**15,
+        metavar="N",
     )
 
     def contract_for(self, relative: PurePosixPath) -> Contract | None:
