@@ -14,8 +14,10 @@ from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.errors import BatchError
 from ingestd.db.merge import apply_batch
+from ingestd.db.partitions import create_partitions, name_unrouted_row
 from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat
+from ingestd.db.topology import hold_write_slot
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
@@ -138,6 +140,7 @@ class BatchLoader:
         conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
         try:
             async with conn.atomic():
+                await hold_write_slot(conn, self.target)
                 rows, written = await apply_batch(
                     conn, self.target, self.stage, mode, piece.payload, piece.fmt
                 )
@@ -151,6 +154,10 @@ class BatchLoader:
             # other file (a malformed row is then reported by the reader, with its row).
             before = await tally.rows_before()
             return await self._commit(await self._through_arrow(piece, before), tally)
+        unit = self.job.contract.create_partitions
+        if unit and await create_partitions(conn, self.target, unit, refused, piece.batch):
+            return await self._commit(piece, tally)  # again, now with the partitions it lacked
+        refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
             error = refused.at(await tally.rows_before() + 1)
@@ -162,6 +169,7 @@ class BatchLoader:
         if allowed <= 0:
             raise error from refused.__cause__
         async with conn.atomic():
+            await hold_write_slot(conn, self.target)
             sorting = Sorting(conn, self.target, self.stage, mode, batch, tally.rows + 1)
             written, rejects = await load_sorting_out(sorting, allowed, budget)
             await self.ctx.manifest.record_rejects(

@@ -186,6 +186,19 @@ class BatchError(FileError):
             parts.text(record, column), row=record, sqlstate=sqlstate, error_class=error_class
         )
 
+    def with_record(self, record: int) -> BatchError:
+        """The same error, placed on record `record` of the batch (1-based) by a caller
+        that found the row itself (a staged statement names none)."""
+        placed = BatchError(
+            self._parts,
+            record=record,
+            column=self.column,
+            sqlstate=self.sqlstate,
+            error_class=self.error_class or "",
+        )
+        placed.__cause__ = self.__cause__
+        return placed
+
     def at(self, first_row: int) -> FileError:
         """The same error with its row numbered in the file (`first_row`: the file row of
         the batch's first record)."""

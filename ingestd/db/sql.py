@@ -36,6 +36,11 @@ class Target:
     equal_nulls: tuple[str, ...] = ()
     # Key columns GENERATED ALWAYS AS IDENTITY: an UPDATE may not set them.
     identity_key: frozenset[str] = frozenset()
+    # From topology.describe_target, once per file: a Citus table refuses MERGE from a
+    # coordinator temp table, so merge mode writes INSERT ... ON CONFLICT there; a
+    # distributed table takes at most `write_slots` loads at once (0: no cap).
+    merge_as_upsert: bool = False
+    write_slots: int = 0
 
     @property
     def qualified(self) -> str:

@@ -1,0 +1,169 @@
+"""Rows a partitioned target has no partition for: name the row, or create day or month partitions.
+
+PostgreSQL refuses such a row with SQLSTATE 23514 and the key in the DETAIL ("Partition
+key of the failing row contains (day) = (2024-01-05)."). COPY names its line; the staged
+modes' INSERT ... SELECT does not, so the row is found again in the batch by the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestd.db import sql
+from ingestd.db.connection import Connection
+from ingestd.db.errors import BatchError
+from ingestd.db.sql import Target
+from ingestd.db.topology import describe_target
+from ingestd.exceptions import FileError
+from ingestd.identifiers import quote_ident, quote_qualified
+
+log = logging.getLogger(__name__)
+
+Unit = Literal["day", "month"]
+NO_PARTITION_STATE = "23514"  # check_violation: also what a row without a partition raises
+_NO_PARTITION = re.compile(
+    r"no partition of relation .* found for row .*Partition key of the failing row "
+    r"contains \((?P<cols>[^()]*)\) = \((?P<value>.*)\)\.?\)"
+)
+_SUFFIX = {"day": "YYYYMMDD", "month": "YYYYMM"}
+
+
+def unrouted(error: FileError) -> tuple[str, str] | None:
+    """(column, value as PostgreSQL prints it) of a row refused for having no partition,
+    when the table is partitioned by one column; None for any other error."""
+    if error.sqlstate != NO_PARTITION_STATE:
+        return None
+    match = _NO_PARTITION.search(str(error))
+    if match is None or "," in match.group("cols"):
+        return None
+    return match.group("cols").strip().strip('"'), match.group("value")
+
+
+def _typed(target: Target, column: str) -> str:
+    # A text value cast to the column's own type through the table's row type: the cast
+    # COPY makes, without spelling a type name in SQL.
+    return (
+        f"(json_populate_record(NULL::{target.qualified}, json_build_object($1::text, x)))"
+        f".{quote_ident(column)}"
+    )
+
+
+def _texts(batch: pa.RecordBatch, column: str) -> list[str | None] | None:
+    index = batch.schema.get_field_index(column)
+    if index < 0:
+        return None
+    try:
+        values = pc.cast(batch.column(index), pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # a type Arrow cannot print: the row stays unnamed
+    return list(values.to_pylist())
+
+
+async def name_unrouted_row(
+    conn: Connection, target: Target, batch: pa.RecordBatch | None, error: FileError
+) -> FileError:
+    """The error of a staged batch refused for a row without a partition, with the row
+    (counted from the batch's first) found by its key value; any other error as it is.
+    Runs after the batch's transaction was rolled back."""
+    found = unrouted(error)
+    if found is None or batch is None or not isinstance(error, BatchError):
+        return error
+    if error.record is not None:
+        return error
+    column, value = found
+    texts = _texts(batch, column) if column in target.columns else None
+    if texts is None:
+        return error
+    query = (
+        f"SELECT i FROM unnest($2::text[]) WITH ORDINALITY AS u(x, i) "
+        f"WHERE {_typed(target, column)}::text IS NOT DISTINCT FROM $3 "
+        f"OR ($3 = 'null' AND x IS NULL) ORDER BY i LIMIT 1"
+    )
+    record = await conn.fetchval(query, column, texts, value)
+    return error if record is None else error.with_record(int(record))
+
+
+async def create_partitions(
+    conn: Connection,
+    target: Target,
+    unit: Unit,
+    error: FileError,
+    batch: pa.RecordBatch | None,
+) -> int:
+    """After a batch refused for a row without a partition: create the day or month
+    partitions its rows need (every bucket of the batch's partition column, at least the
+    refused row's), in a transaction of their own under the table-creation lock. Returns
+    how many were created (0: nothing more can be done; the error stands).
+
+    A bucket already covered by a partition named otherwise is left to it (PostgreSQL
+    refuses the overlap); a partition is named TABLE_pYYYYMMDD or TABLE_pYYYYMM in the
+    parent's schema, its bounds in the session's TimeZone for timestamptz.
+    """
+    found = unrouted(error)
+    if found is None:
+        return 0
+    column, value = found
+    texts: list[str | None] = [value]
+    if batch is not None:
+        texts += _texts(batch, column) or []
+    topology = await describe_target(conn, target)
+    if topology.partition_key != (column,):
+        return 0
+    created = 0
+    async with conn.atomic():
+        await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
+        schema = await conn.fetchval(_PARENT_SCHEMA, target.qualified)
+        buckets = await conn.fetch(_buckets(target, column), column, texts, unit, _SUFFIX[unit])
+        for bucket in buckets:
+            created += await _create_one(conn, target, schema, bucket)
+    if created:
+        log.info(
+            "partitions_created",
+            extra={"table": target.label, "partitions": created, "unit": unit},
+        )
+    return created
+
+
+_PARENT_SCHEMA = (
+    "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.oid = to_regclass($1)"
+)
+_CREATE = (
+    "SELECT format('CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', "
+    "$1::text, $2::text, $3::text, $4::text)"
+)
+
+
+def _buckets(target: Target, column: str) -> str:
+    # $1 column, $2 the values (text), $3 day|month, $4 the name suffix's to_char format.
+    return f"""
+WITH v AS (SELECT {_typed(target, column)} AS x FROM unnest($2::text[]) AS u(x)),
+b AS (SELECT DISTINCT date_trunc($3::text, x) AS lo FROM v WHERE x IS NOT NULL AND isfinite(x))
+SELECT to_char(lo, $4::text) AS suffix, lo::text AS lo,
+       (lo + ('1 ' || $3::text)::interval)::text AS hi
+FROM b ORDER BY b.lo
+"""
+
+
+async def _create_one(conn: Connection, target: Target, schema: str, bucket: asyncpg.Record) -> int:
+    suffix = str(bucket["suffix"])
+    if not suffix.isdigit():
+        return 0
+    name = quote_qualified(schema, f"{target.table[:50]}_p{suffix}")
+    if await conn.fetchval(sql.TABLE_EXISTS, name):
+        return 0
+    statement = await conn.fetchval(_CREATE, name, target.qualified, bucket["lo"], bucket["hi"])
+    try:
+        async with conn.atomic():  # a savepoint: an overlap leaves the bucket to its owner
+            await conn.execute(statement)
+    except FileError as exc:
+        if exc.sqlstate != "42P17":  # invalid_object_definition: would overlap
+            raise
+        return 0
+    return 1
