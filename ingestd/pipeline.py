@@ -16,7 +16,6 @@ from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat, column_types
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
 from ingestd.db.topology import place_target
-from ingestd.db.topology import place_target
 from ingestd.discover import identity
 from ingestd.encode import binary_arrays, encode_batch, encode_binary
 from ingestd.exceptions import FileError, Interrupted
