@@ -1,9 +1,15 @@
-"""Arrow record batch -> CSV bytes for COPY, so PostgreSQL does the per-row parsing."""
+"""Arrow record batch -> COPY bytes: CSV text PostgreSQL parses, or (where the target's
+types take the batch's values exactly) PostgreSQL's binary COPY format, written by pgpq."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pgpq import ArrowToPostgresBinaryEncoder
+
+from ingestd.read.values import converter_for
 
 _WRITE = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="needed")
 
@@ -16,16 +22,113 @@ def encode_batch(batch: pa.RecordBatch, first_row: int, *, ordinal: bool = True)
     PostgreSQL's CSV COPY tells '' (quoted) from NULL (empty, unquoted). The bytes stay
     in Arrow's buffer: COPY reads them from there, no copy is made.
     """
+    batch = _text_form(batch)
     if ordinal:
-        rows = pa.array(range(first_row, first_row + batch.num_rows), pa.int64())
-        batch = batch.append_column("_ingestd_row", rows)
+        batch = batch.append_column("_ingestd_row", _ordinals(first_row, batch.num_rows))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(batch, sink, _WRITE)
     return memoryview(sink.getvalue())
 
 
+def _ordinals(first_row: int, rows: int) -> pa.Array:
+    return pa.array(range(first_row, first_row + rows), pa.int64())
+
+
+def _text_form(batch: pa.RecordBatch) -> pa.RecordBatch:
+    # Decimals and bytes stay typed in a batch (binary COPY sends them as they are); as
+    # CSV they take the text PostgreSQL reads back as the same value (see read.values).
+    arrays = []
+    for field, array in zip(batch.schema, batch.columns, strict=True):
+        if pa.types.is_decimal(field.type) or _is_bytes(field.type):
+            array = converter_for(field.type, field.name)[0](array)
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or t == pa.binary_view()
+    )
+
+
+# The target column types (format_type without a typmod) that binary COPY can fill from
+# Arrow without changing a value: each with the Arrow type its binary form is written
+# from, and the Arrow types that convert to that one exactly (integers only widen). Any
+# other pair goes as CSV text, which PostgreSQL reads as it reads any file's text. A
+# typmod (numeric(18,2), varchar(10)) is applied by the type's receive function just as
+# by its input function: rounded or refused alike.
+_I8, _I16, _I32, _I64 = pa.int8(), pa.int16(), pa.int32(), pa.int64()
+_U8, _U16, _U32 = pa.uint8(), pa.uint16(), pa.uint32()
+_TEXT = (pa.string(), pa.large_string())
+_BINARY: dict[str, tuple[pa.DataType, tuple[pa.DataType, ...]]] = {
+    "smallint": (_I16, (_I8, _I16, _U8)),
+    "integer": (_I32, (_I8, _I16, _I32, _U8, _U16)),
+    "bigint": (_I64, (_I8, _I16, _I32, _I64, _U8, _U16, _U32)),
+    "real": (pa.float32(), (pa.float32(),)),
+    "double precision": (pa.float64(), (pa.float64(),)),
+    "boolean": (pa.bool_(), (pa.bool_(),)),
+    "text": (pa.string(), _TEXT),
+    "character varying": (pa.string(), _TEXT),
+    "character": (pa.string(), _TEXT),
+    "bytea": (pa.binary(), (pa.binary(), pa.large_binary(), pa.binary_view())),
+    "date": (pa.date32(), (pa.date32(),)),
+    "time without time zone": (pa.time64("us"), (pa.time64("us"),)),
+    "timestamp without time zone": (pa.timestamp("us"), (pa.timestamp("us"),)),
+    # ingestd's readers give every aware timestamp in UTC (read.values).
+    "timestamp with time zone": (pa.timestamp("us", "UTC"), (pa.timestamp("us", "UTC"),)),
+    "numeric": (pa.decimal128(38, 0), ()),  # any decimal128 of scale >= 0, below
+}
+
+
+def binary_arrays(batch: pa.RecordBatch, pg_types: Sequence[str | None]) -> list[pa.Array] | None:
+    """The batch's columns as binary COPY must carry them into columns of `pg_types`, or
+    None if one of them cannot go exactly (then the batch goes as CSV text)."""
+    arrays = []
+    for array, pg_type in zip(batch.columns, pg_types, strict=True):
+        spec = _BINARY.get(pg_type or "")
+        if spec is None:
+            return None
+        out, takes = spec
+        if array.null_count == len(array):
+            arrays.append(pa.nulls(len(array), out))  # a column of NULLs fits any type
+        elif (carried := _carried(array, pg_type or "", out, takes)) is not None:
+            arrays.append(carried)
+        else:
+            return None
+    return arrays
+
+
+def _carried(
+    array: pa.Array, pg_type: str, out: pa.DataType, takes: tuple[pa.DataType, ...]
+) -> pa.Array | None:
+    t = array.type
+    if pg_type == "numeric":
+        return array if pa.types.is_decimal128(t) and t.scale >= 0 else None
+    if not (t in takes or (pg_type == "bytea" and pa.types.is_fixed_size_binary(t))):
+        return None
+    if t == out or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        return array  # pgpq writes large strings and bytes as text and bytea too
+    return array.cast(out)
+
+
+def encode_binary(arrays: list[pa.Array], first_row: int, *, ordinal: bool) -> memoryview:
+    """One complete binary COPY stream (header, rows, trailer) of `arrays` (binary_arrays'),
+    with the file row numbers as a last column when `ordinal`."""
+    if ordinal:
+        arrays = [*arrays, _ordinals(first_row, len(arrays[0]) if arrays else 0)]
+    batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+    # A fresh encoder per batch: pgpq buffers small batches until finish().
+    encoder = ArrowToPostgresBinaryEncoder(batch.schema)
+    parts = (encoder.write_header(), encoder.write_batch(batch), encoder.finish())
+    return memoryview(b"".join(parts))
+
+
 def raw_rows(batch: pa.RecordBatch) -> list[str]:
     """Each row of `batch` as one CSV line (for ingestion_rejects.raw)."""
+    batch = _text_form(batch)
     sink = pa.BufferOutputStream()
     pacsv.write_csv(batch, sink, _WRITE)
     text: str = sink.getvalue().to_pybytes().decode("utf-8", errors="replace")

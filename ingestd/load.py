@@ -16,7 +16,7 @@ from ingestd.db.errors import BatchError
 from ingestd.db.merge import apply_batch
 from ingestd.db.partitions import create_partitions, name_unrouted_row
 from ingestd.db.sql import Target
-from ingestd.db.stage import CopyFormat
+from ingestd.db.stage import CopyFormat, TypesMovedError
 from ingestd.db.topology import hold_write_slot
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
@@ -72,6 +72,10 @@ class Span:
     end: int
 
 
+def _via(fmt: CopyFormat) -> str:
+    return "binary" if fmt.binary_types else "arrow"
+
+
 def raw_copy_format(raw: RawCsv) -> CopyFormat:
     """How COPY must read a file's own bytes: its dialect and encoding, no row ordinal."""
     return CopyFormat(False, raw.delimiter, raw.quote, raw.pg_encoding)
@@ -110,7 +114,7 @@ class BatchLoader:
         rows, written, set_aside = await self._commit(piece, tally)
         extra: dict[str, object] = {
             "batch_idx": tally.batches,
-            "via": "copy" if piece.raw is not None else "arrow",
+            "via": "copy" if piece.raw is not None else _via(piece.fmt),
             "rows": rows,
             "rows_written": written,
             "rows_committed": tally.rows + rows,
@@ -148,6 +152,14 @@ class BatchLoader:
             return rows, written, 0
         except FileError as exc:
             refused = exc
+        except TypesMovedError:
+            refused = None
+        if piece.fmt.binary_types and piece.batch is not None:
+            # Binary COPY is only a faster spelling: refused (or the types moved), the
+            # batch goes again as CSV text, so what it means and what a refusal says
+            # (row, column, rejects) are the text path's own.
+            return await self._commit(await self._as_text(piece, tally), tally)
+        assert refused is not None  # noqa: S101 - only binary pieces meet moved types
         if piece.raw is not None:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
@@ -194,6 +206,13 @@ class BatchLoader:
             await manifest.checkpoint_segment(
                 self.conn, claim_id, span.segment, span.start, span.end, rows
             )
+
+    async def _as_text(self, piece: Piece, tally: Tally) -> Piece:
+        batch = piece.batch
+        assert batch is not None  # noqa: S101 - binary pieces carry their batch
+        first, ordinal = await tally.rows_before() + 1, self.stage is not None
+        payload = await asyncio.to_thread(encode_batch, batch, first, ordinal=ordinal)
+        return Piece(payload, CopyFormat(ordinal=ordinal), batch, span=piece.span)
 
     async def _through_arrow(self, piece: Piece, before: int) -> Piece:
         """A raw piece parsed and encoded by ingestd, in a thread: the loop only waits."""

@@ -61,9 +61,20 @@ class Connection:
         delimiter: str,
         quote: str,
         encoding: str | None,
+        binary: bool = False,
     ) -> str:
-        """COPY a CSV payload into a table; a refused row comes out as a BatchError, its row
-        counted from the payload's first record."""
+        """COPY a CSV payload (or a binary COPY stream) into a table; a refused row comes
+        out as a BatchError, its row counted from the payload's first record."""
+        if binary:
+            # Binary COPY numbers its rows as lines: no payload to read them back from.
+            with driver_errors():
+                return await self.raw.copy_to_table(
+                    table,
+                    schema_name=schema,
+                    source=_pieces(payload),
+                    columns=columns,
+                    format="binary",
+                )
         with driver_errors(payload=payload, quote=quote):
             return await self.raw.copy_to_table(
                 table,

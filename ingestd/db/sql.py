@@ -195,6 +195,17 @@ def create_stage(target: Target, stage: str) -> list[str]:
     ]
 
 
+# The types of a table's columns, in the order named ($2), without typmods; NULL for a
+# column the table lacks. $1: the table's quoted name.
+COLUMN_TYPES = """
+SELECT array_agg(format_type(a.atttypid, NULL) ORDER BY c.ord)
+FROM unnest($2::text[]) WITH ORDINALITY AS c(name, ord)
+LEFT JOIN pg_attribute AS a
+    ON a.attrelid = to_regclass($1) AND a.attname = c.name AND a.attnum > 0
+    AND NOT a.attisdropped
+"""
+
+
 def stage_columns(target: Target) -> list[str]:
     """Column list the COPY payload is laid out in."""
     return [*target.columns, ORDINAL]

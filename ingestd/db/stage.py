@@ -19,6 +19,23 @@ class CopyFormat:
     delimiter: str = ","
     quote: str = '"'
     encoding: str | None = None  # PostgreSQL's name; None: UTF8, what ingestd writes
+    # Binary COPY, encoded for columns of these types (column_types'); () for CSV.
+    binary_types: tuple[str | None, ...] = ()
+
+
+class TypesMovedError(Exception):
+    """A binary payload met column types other than those it was encoded for: the COPY is
+    rolled back and the batch goes again as CSV text (never garbage in a column)."""
+
+
+async def column_types(conn: Connection, target: Target) -> tuple[str | None, ...]:
+    """The target's types of the file's columns, as binary COPY must match them."""
+    return await _types(conn, target.qualified, list(target.columns))
+
+
+async def _types(conn: Connection, table: str, columns: list[str]) -> tuple[str | None, ...]:
+    types = await conn.fetchval(sql.COLUMN_TYPES, table, columns)
+    return tuple(types or ())
 
 
 async def copy_batch(
@@ -27,7 +44,9 @@ async def copy_batch(
     """COPY a payload into the stage table (columns in target order; the row ordinal comes
     from the payload, or from the stage's sequence in file order). Returns the rows."""
     columns = sql.stage_columns(target) if fmt.ordinal else list(target.columns)
-    return await _copy(conn, stage, None, columns, payload, fmt)
+    rows = await _copy(conn, stage, None, columns, payload, fmt)
+    await _check_types(conn, f"pg_temp.{quote_ident(stage)}", target, fmt)
+    return rows
 
 
 async def copy_into_target(
@@ -35,7 +54,17 @@ async def copy_into_target(
 ) -> int:
     """COPY a payload straight into the target: append needs no stage, and the rows are
     written once. Returns the rows written."""
-    return await _copy(conn, target.table, target.schema, list(target.columns), payload, fmt)
+    rows = await _copy(conn, target.table, target.schema, list(target.columns), payload, fmt)
+    await _check_types(conn, target.qualified, target, fmt)
+    return rows
+
+
+async def _check_types(conn: Connection, table: str, target: Target, fmt: CopyFormat) -> None:
+    # Read after the COPY, under the lock it holds until commit: the types it met were
+    # these (an ALTER TABLE waits for the lock), so a match proves every value landed
+    # as encoded.
+    if fmt.binary_types and await _types(conn, table, list(target.columns)) != fmt.binary_types:
+        raise TypesMovedError(f"the column types of {target.label} changed")
 
 
 async def _copy(
@@ -54,6 +83,7 @@ async def _copy(
         delimiter=fmt.delimiter,
         quote=fmt.quote,
         encoding=fmt.encoding,
+        binary=bool(fmt.binary_types),
     )
     return int(status.rsplit(" ", 1)[-1])
 

@@ -176,13 +176,9 @@ def _normalise(
 
 
 def _copyable(array: pa.Array) -> pa.Array:
-    # Binary goes as PostgreSQL's hex bytea text; dictionaries as their values.
+    # Dictionaries go as their values; bytes stay bytes (encode writes them for COPY).
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
-    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
-        return pa.array(
-            [None if v is None else "\\x" + v.hex() for v in array.to_pylist()], pa.string()
-        )
     return array
 
 

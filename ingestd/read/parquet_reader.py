@@ -129,7 +129,25 @@ def _plan(
     as_text = declared is not None and declared.split("(")[0].strip() not in _BYTES_TYPES
     as_text = as_text or _logical_type(pf, source) == "ENUM"  # ENUM is UTF-8 by definition
     convert, checked = converter_for(arrow_type, column, decode_binary=as_text)
+    if _typed(arrow_type) and not as_text:
+        # Decimals and bytes stay typed: binary COPY carries them as they are, and
+        # encode writes their text only when the batch goes as CSV.
+        convert = _same
     return _Column(column, arrow_type, pg_type, convert, checked, source)
+
+
+def _typed(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_decimal(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or t == pa.binary_view()
+    )
+
+
+def _same(array: pa.Array) -> pa.Array:
+    return array
 
 
 def _leaf(pf: pq.ParquetFile, column: str) -> int | None:
