@@ -498,13 +498,22 @@ def ingestd_rerun_csv(b: Bench) -> Measurement:
 
 def ingestd_parquet(b: Bench) -> Measurement:
     """ingestd --preserve-types --mode append of the Parquet file (ingestd creates the table)."""
+    return _ingestd_parquet(b, "ingestd_parquet")
+
+
+def ingestd_parquet_text(b: Bench) -> Measurement:
+    """The same with binary COPY off: every batch as CSV text (the path before pgpq)."""
+    return _ingestd_parquet(b, "ingestd_parquet_text", "--binary-copy", "false")
+
+
+def _ingestd_parquet(b: Bench, case: str, *extra: str) -> Measurement:
     b.srv.execute(f"DROP TABLE IF EXISTS {PARQUET_TARGET}")
     _fresh(b)
     args = _ingestd(
         b, "--table", PARQUET_TARGET, "--pk", data.PK, "--mode", "append", "--preserve-types",
-        "--file-type", "parquet", "--files", str(b.files.parquet),
+        "--file-type", "parquet", "--files", str(b.files.parquet), *extra,
     )  # fmt: skip
-    m = _measured(b, "ingestd_parquet", args, b.sizes.rows, _size(b.files.parquet))
+    m = _measured(b, case, args, b.sizes.rows, _size(b.files.parquet))
     _expect_rows(b, PARQUET_TARGET, b.sizes.rows, m.case)
     types = b.srv.value(
         "SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) "
@@ -765,6 +774,7 @@ CASES: dict[str, Case] = {
     "ingestd_upsert_csv": ingestd_upsert_csv,
     "ingestd_rerun_csv": ingestd_rerun_csv,
     "ingestd_parquet": ingestd_parquet,
+    "ingestd_parquet_text": ingestd_parquet_text,
     "ingestd_concurrency2": ingestd_concurrency2,
     "naive_tuples": naive_tuples,
     "small_files": small_files,
