@@ -98,7 +98,7 @@ def example_lines() -> dict[str, tuple[str, bool]]:
     text = (REPO / "config" / "ingestd.example.toml").read_text()
     found: dict[str, tuple[str, bool]] = {}
     for line in text.split("\n[", 1)[0].splitlines():
-        match = re.match(r"^(#\s*)?([a-z_]+)\s*=\s*(.+?)(\s+#.*)?$", line)
+        match = re.match(r"^(#\s*)?([a-z0-9_]+)\s*=\s*(.+?)(\s+#.*)?$", line)
         if match:
             found[match.group(2)] = (match.group(3), bool(match.group(1)))
     return found
