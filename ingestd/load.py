@@ -15,6 +15,7 @@ from ingestd.db.connection import Connection
 from ingestd.db.errors import BatchError
 from ingestd.db.merge import apply_batch
 from ingestd.db.partitions import create_partitions, name_unrouted_row
+from ingestd.db.schema import Evolution
 from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat, TypesMovedError
 from ingestd.db.topology import hold_write_slot
@@ -104,6 +105,7 @@ class BatchLoader:
     stage: str | None
     worker_id: str
     file_type: str
+    drift: Evolution | None = None  # schema evolution: columns to add, rescue
 
     async def batch(self, piece: Piece, tally: Tally) -> None:
         """One batch, start to commit; advances `tally`."""
@@ -145,10 +147,14 @@ class BatchLoader:
         try:
             async with conn.atomic():
                 await hold_write_slot(conn, self.target)
-                rows, written = await apply_batch(
+                apply = apply_batch if self.drift is None else self.drift.apply
+                rows, written = await apply(
                     conn, self.target, self.stage, mode, piece.payload, piece.fmt
                 )
                 await self._checkpoint(piece, tally, rows)
+            if self.drift is not None:
+                m = self.ctx.metrics  # committed: log and count its changes
+                self.drift.settle(m.schema_changes, m.rows_rescued)
             return rows, written, 0
         except FileError as exc:
             refused = exc
@@ -175,7 +181,8 @@ class BatchLoader:
             error = refused.at(await tally.rows_before() + 1)
         batch = piece.batch
         budget = self.job.contract.max_bad_rows
-        if batch is None or not is_bad_data(error) or piece.span is not None:
+        sortable = self.drift is None or self.drift.sortable
+        if batch is None or not is_bad_data(error) or piece.span is not None or not sortable:
             raise error from refused.__cause__
         allowed = budget.allowed(tally.rows + batch.num_rows) - tally.rejected
         if allowed <= 0:

@@ -12,6 +12,7 @@ from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Committed
 from ingestd.db.merge import check_mode_supported
+from ingestd.db.schema import Audit, Evolution, evolution_for
 from ingestd.db.sql import Target
 from ingestd.db.stage import CopyFormat, column_types
 from ingestd.db.target import SessionState, ensure_table_from_headers, has_unique_key
@@ -30,6 +31,7 @@ from ingestd.load import (
 )
 from ingestd.model import LoadContext, ManifestStatus
 from ingestd.read import BatchReader, open_reader, skip_rows
+from ingestd.read.columns import narrowed
 from ingestd.read.raw_csv import NotRaw, RawCsv
 from ingestd.read.text import refuse_nul
 from ingestd.settings import Mode, Settings
@@ -56,6 +58,10 @@ async def process_file(
         check_unchanged(job)
         reader = await open_file(job, ctx.settings)
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
+        drift = await _evolution(conn, job, ctx, reader, target)
+        types = reader.layout.pg_types
+        if drift is not None:  # schema evolution: the columns the table gets, through Arrow
+            reader, target, types = narrowed(reader, drift.plan.file_columns), *drift.shape
         # What the target is (partitioned, Citus): the key must fit it; read once per file.
         target = await place_target(
             conn,
@@ -65,11 +71,15 @@ async def process_file(
             ctx.settings.distributed_concurrency,
         )
         if not session.checked(target, contract.mode):
-            await _prepare_target(
-                conn, target, reader.layout.pg_types, contract.mode, ctx.server_version
-            )
+            pending = drift.adds if drift is not None else ()
+            await _prepare_target(conn, target, types, contract.mode, ctx.server_version, pending)
             session.mark_checked(target, contract.mode)
-        stage = None if contract.mode == "append" else await session.stage(conn, target)
+        # A stage of columns still to add is made by the batch that adds them.
+        stage = (
+            None
+            if contract.mode == "append"
+            else await session.stage(conn, target, create=drift is None or not drift.adds)
+        )
         # A first attempt knows its progress from the claim; a retry asks the manifest,
         # the only truth after a commit whose reply was lost.
         if committed is None:
@@ -82,7 +92,9 @@ async def process_file(
             # A large file cut into segments that idle workers load alongside this one.
             rows = await load_split(conn, job, ctx, target, reader.raw, committed, worker_id)
         else:
-            load = BatchLoader(conn, job, ctx, target, stage, worker_id, reader.layout.file_type)
+            load = BatchLoader(
+                conn, job, ctx, target, stage, worker_id, reader.layout.file_type, drift
+            )
             rows = await _load_in_order(load, reader, committed)
         check_unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
@@ -125,7 +137,7 @@ async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Comm
     raw = reader.raw if s.raw_csv and not tally.rows else None
     # Parquet's typed values can go as binary COPY where the target's types take them
     # exactly (encode.binary_arrays); the rest as CSV text.
-    binary = s.binary_copy and reader.layout.file_type == "parquet"
+    binary = s.binary_copy and reader.layout.file_type == "parquet" and load.drift is None
     types = await column_types(load.conn, load.target) if binary else ()
     while True:
         try:
@@ -137,11 +149,29 @@ async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Comm
             raw = None  # the rest through Arrow, after the rows committed so far
 
 
+async def _evolution(
+    conn: Connection, job: Job, ctx: LoadContext, reader: BatchReader, target: Target
+) -> Evolution | None:
+    """The file's schema drift under its contract's schema_evolution (None: none)."""
+    layout = reader.layout
+    manifest_schema = ctx.manifest.table_ref[0]
+    audit = Audit(manifest_schema, job.version.filename, job.claim.manifest_id, ctx.run_id)
+    typed = job.contract.preserve_types and layout.file_type in ("parquet", "ndjson")
+    return await evolution_for(
+        conn, job.contract, target, layout.pg_types, audit, ctx.server_version, typed
+    )
+
+
 async def _prepare_target(
-    conn: Connection, target: Target, pg_types: tuple[str, ...], mode: Mode, server_version: int
+    conn: Connection,
+    target: Target,
+    pg_types: tuple[str, ...],
+    mode: Mode,
+    server_version: int,
+    pending: tuple[str, ...] = (),
 ) -> None:
     check_mode_supported(mode, server_version)
-    await ensure_table_from_headers(conn, target, pg_types)
+    await ensure_table_from_headers(conn, target, pg_types, pending)
     if mode == "upsert" and not await has_unique_key(conn, target):
         raise FileError(
             f"table {target.label} has no primary key or unique index on "

@@ -205,6 +205,7 @@ class Manifest:
                 await conn.execute(sql.manifest_add_status_check(self._schema, self._table))
             rejects_existed = await conn.fetchval(sql.TABLE_EXISTS, self._rejects)
             await conn.execute(sql.create_rejects(self._schema))
+            await conn.execute(sql.create_schema_changes(self._schema))
             await self._list_self(conn, fresh=not rejects_existed)
         return not existed
 

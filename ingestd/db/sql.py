@@ -738,3 +738,145 @@ def truncate_stage(stage: str) -> str:
 
 
 SERVER_VERSION = "SELECT current_setting('server_version_num')::int"
+
+
+# --- schema evolution (db/schema.py) --------------------------------------------------------
+
+
+SCHEMA_CHANGES_TABLE = "ingestion_schema_changes"
+PG_INPUT_IS_VALID_VERSION = 160000  # pg_input_is_valid(text, type) arrived in PostgreSQL 16
+
+
+def create_schema_changes(schema: str | None) -> str:
+    """The table of the schema changes ingestd made, created beside the manifest."""
+    return f"""CREATE TABLE IF NOT EXISTS {quote_qualified(schema, SCHEMA_CHANGES_TABLE)} (
+        id           bigserial   PRIMARY KEY,
+        table_name   text        NOT NULL,
+        column_name  text        NOT NULL,
+        column_type  text        NOT NULL,
+        change       text        NOT NULL,
+        filename     text        NOT NULL,
+        manifest_id  bigint,
+        run_id       text        NOT NULL,
+        changed_at   timestamptz NOT NULL DEFAULT now())"""
+
+
+def insert_schema_changes(schema: str | None) -> str:
+    """Record columns added: $1 table, $2 file, $3 manifest id, $4 run, then arrays
+    $5 columns and $6 their types."""
+    return (
+        f"INSERT INTO {quote_qualified(schema, SCHEMA_CHANGES_TABLE)} "
+        "(table_name, column_name, column_type, change, filename, manifest_id, run_id) "
+        "SELECT $1, c.name, c.type, 'add_column', $2, $3, $4 "
+        "FROM unnest($5::text[], $6::text[]) AS c(name, type)"
+    )
+
+
+def add_column(target: Target, column: str, pg_type: str) -> str:
+    """ALTER TABLE ... ADD COLUMN IF NOT EXISTS: another instance may have added it since
+    we looked (ingestd's lock serialises ingestd; an operator's ALTER does not take it).
+    Also the statement a message offers an operator."""
+    return (
+        f"ALTER TABLE {target.qualified} ADD COLUMN IF NOT EXISTS {quote_ident(column)} "
+        f"{validate_pg_type(pg_type)}"
+    )
+
+
+def cast_function(server_version: int) -> str:
+    """pg_temp.ingestd_cast(value, sample, type): `value` read as the type of `sample` (a
+    NULL of the column's own type, so no type name is spelled in SQL text), or NULL if it
+    does not cast. In pg_temp: one per session, nothing to own, no CREATE on any schema."""
+    head = (
+        "CREATE FUNCTION pg_temp.ingestd_cast(value text, INOUT sample anyelement, "
+        "typname text) LANGUAGE plpgsql AS $body$ BEGIN "
+    )
+    if server_version >= PG_INPUT_IS_VALID_VERSION:
+        # No subtransaction per value: the input function's soft errors, typmod included.
+        return head + (
+            "IF value IS NULL OR NOT pg_input_is_valid(value, typname) THEN sample := NULL; "
+            "ELSE sample := value; END IF; END $body$"
+        )
+    # PostgreSQL 15: the cast tried in an exception block. A type with a modifier is cast
+    # by its name; varchar(n), char(n) and bit(n) casts cut what COPY refuses: compared.
+    return head + (
+        "IF value IS NULL THEN sample := NULL; RETURN; END IF; "
+        "BEGIN "
+        "IF typname = format_type(pg_typeof(sample), NULL) THEN sample := value; "
+        "ELSE EXECUTE 'SELECT $1::' || typname INTO sample USING value; "
+        "IF pg_typeof(sample) IN ('character varying'::regtype, 'character'::regtype, "
+        "'bit'::regtype, 'bit varying'::regtype) "
+        "AND rtrim(sample::text) IS DISTINCT FROM rtrim(value) THEN sample := NULL; END IF; "
+        "END IF; "
+        "EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN sample := NULL; "
+        "END; END $body$"
+    )
+
+
+HAS_CAST_FUNCTION = "SELECT to_regprocedure('pg_temp.ingestd_cast(text,anyelement,text)')"
+
+
+def text_stage_name(target: Target, columns: Sequence[str]) -> str:
+    """Deterministic name of the all-text stage rescue COPYs into (safe: hex digest)."""
+    key = "\x1f".join(("rescue", target.label, *columns)).encode()
+    return "ingestd_rescue_" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def create_text_stage(stage: str, columns: Sequence[str]) -> str:
+    """A temp table of the file's columns, all text, plus the row ordinal."""
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} "
+        f"({', '.join(f'{quote_ident(c)} text' for c in columns)}, {_ORDINAL} bigint) "
+        "ON COMMIT DELETE ROWS"
+    )
+
+
+def rescue_select(
+    target: Target,
+    text_stage: str,
+    rescued: Sequence[str],
+    typed: Sequence[tuple[str, bool]],
+    ordinal: bool,
+) -> str:
+    """SELECT of the target's columns from the text stage: `typed` (column, cast?) in
+    order, each cast one read through pg_temp.ingestd_cast (NULL when it does not cast);
+    then the rescue column: the `rescued` columns and the text of values that did not
+    cast, as one jsonb object (NULL when empty); then the ordinal if `ordinal`.
+    Parameters: $1 the rescue keys (`rescued`, then the cast columns, in order), then one
+    type name per cast column."""
+    casts: list[str] = []
+    values: list[str] = []
+    texts = [f"c.{quote_ident(c)}" for c in rescued]
+    for i, (column, cast) in enumerate(typed):
+        name = quote_ident(column)
+        if not cast:
+            values.append(f"c.{name}")
+            continue
+        alias = f'"ingestd c{i}"'  # outside the identifier grammar: no file column clashes
+        casts.append(f"pg_temp.ingestd_cast(s.{name}, d.{name}, ${len(casts) + 2}) AS {alias}")
+        values.append(f"c.{alias}")
+        texts.append(f"CASE WHEN c.{name} IS NOT NULL AND c.{alias} IS NULL THEN c.{name} END")
+    if texts:
+        values.append(
+            f"NULLIF(jsonb_strip_nulls(jsonb_object($1::text[], ARRAY[{', '.join(texts)}]"
+            "::text[])), '{}'::jsonb)"
+        )
+    else:
+        values.append("NULL::jsonb")
+    if ordinal:
+        values.append(f"c.{_ORDINAL}")
+    inner = ", ".join([*casts, "s.*"])
+    # OFFSET 0 keeps the subquery whole: each value is cast once, not once per mention.
+    return (
+        f"SELECT {', '.join(values)} FROM (SELECT {inner} FROM {quote_ident(text_stage)} AS s "
+        f"LEFT JOIN {target.qualified} AS d ON false OFFSET 0) AS c"
+    )
+
+
+def rescue_insert(into: str, columns: Sequence[str], select: str, rescue: str) -> str:
+    """INSERT the rescue SELECT into `into` (a quoted table): rows, and of them rescued."""
+    cols = ", ".join(_ORDINAL if c == ORDINAL else quote_ident(c) for c in columns)
+    return (
+        f"WITH moved AS (INSERT INTO {into} ({cols}) {select} "
+        f"RETURNING {quote_ident(rescue)} IS NOT NULL AS rescued) "
+        "SELECT count(*) AS rows, count(*) FILTER (WHERE rescued) AS rescued FROM moved"
+    )

@@ -10,9 +10,10 @@ from ingestd.exceptions import FileError
 
 
 async def ensure_table_from_headers(
-    conn: Connection, target: Target, pg_types: tuple[str, ...]
+    conn: Connection, target: Target, pg_types: tuple[str, ...], pending: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """Create the target if missing; return its column types. Fails if the file does not fit."""
+    """Create the target if missing; return its column types. Fails if the file does not fit
+    (`pending`: columns schema evolution adds in the first batch, not missing)."""
     columns = await _columns(conn, target)
     if not columns:
         async with conn.atomic():
@@ -20,12 +21,13 @@ async def ensure_table_from_headers(
             await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
             await conn.execute(sql.create_table(target, pg_types))
         columns = await _columns(conn, target)
-    extra = [c for c in target.columns if c not in columns]
+    extra = [c for c in target.columns if c not in columns and c not in pending]
     if extra:
         raise FileError(
             f"table {target.label} has no column(s) {', '.join(extra)} that the file brings "
-            f"(table has: {', '.join(columns)}); add them with ALTER TABLE, or select the "
-            "file's columns with --headers"
+            f"(table has: {', '.join(columns)}); add them with ALTER TABLE, select the "
+            "file's columns with --headers, or let ingestd handle them with "
+            "--schema-evolution add|ignore|rescue"
         )
     generated = await _generated(conn, target)
     if generated:
@@ -61,13 +63,15 @@ class SessionState:
         self._made: set[str] = set()
         self._checked: set[tuple[str, tuple[str, ...], str]] = set()
 
-    async def stage(self, conn: Connection, target: Target) -> str:
+    async def stage(self, conn: Connection, target: Target, create: bool = True) -> str:
         """Name of this connection's stage table for the target layout, created on first use.
 
-        Each batch checks it still fits the target (stage.follow_target).
+        Each batch checks it still fits the target (stage.follow_target), and makes it if
+        it is not there: `create` False leaves it to the first batch (the columns it needs
+        are added in that batch's transaction).
         """
         name = sql.stage_name(target)
-        if name not in self._made:
+        if create and name not in self._made:
             await create_stage(conn, target, name)
             self._made.add(name)
         return name

@@ -21,7 +21,7 @@ from ingestd.read.batches import (
     rebatch,
     skip_rows,
 )
-from ingestd.read.columns import check_header, select_columns
+from ingestd.read.columns import load_names, normalize_names, renamed, select_columns
 from ingestd.read.compression import (
     BrokenStream,
     Readable,
@@ -153,14 +153,15 @@ def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
 def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     if contract.csv.header:
         try:
-            names = _read_header(path, contract, limits)
+            file_names = _read_header(path, contract, limits)
         except BrokenStream as broken:
             raise broken.after(0) from None
-        check_header(names, path)
+        names = load_names(file_names, path, contract)  # checked, or normalized
     else:
-        names = list(contract.headers or ())
+        names = file_names = list(contract.headers or ())
     columns, missing = select_columns(names, contract)
-    convert = _convert(names, [c for c in columns if c not in missing])
+    source = dict(zip(names, file_names, strict=True))
+    convert = _convert(file_names, [source[c] for c in columns if c not in missing])
 
     def open_with(block: int) -> pacsv.CSVStreamingReader:
         read, parse = _csv_options(contract, block)
@@ -176,11 +177,14 @@ def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
 
     def open_at_end(last: pa.RecordBatch) -> bool:
         # The file's last column, if loaded, rules most files out at once.
-        if names[-1] in last.schema.names and not _may_be_open(last.column(names[-1])):
+        end = file_names[-1]
+        if end in last.schema.names and not _may_be_open(last.column(end)):
             return False
         return _open_at_end(path, contract)
 
     batches = _iter_csv(open_with, limits, open_at_end)
+    if names != file_names:
+        batches = renamed(batches, dict(zip(file_names, names, strict=True)))
     batches = _normalise(batches, columns, missing, contract)
     header_rows = 1 if contract.csv.header else 0
     batches = counted(rebatch(batches, limits.chunk_size, limits.batch_bytes))
@@ -211,6 +215,8 @@ def parse_segment(
         with raw.path.open("rb") as fh:  # the header row names the columns
             header = fh.read(raw.start)
         names = _read_names(header, contract)
+        if contract.column_names == "normalize":
+            names = normalize_names(names)
     read = pacsv.ReadOptions(use_threads=False, column_names=names, encoding=contract.csv.encoding)
     parse = pacsv.ParseOptions(
         delimiter=contract.csv.delimiter, quote_char=contract.csv.quote, newlines_in_values=True

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from ingestd.exceptions import FileError
 from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
-from ingestd.read.columns import check_header, select_columns
+from ingestd.read.columns import load_names, select_columns
 from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of, range_only
 from ingestd.settings import Contract
 
@@ -47,7 +47,9 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     schema = pf.schema_arrow
     # Named by the user (--no-header), the file's own names need only be distinct.
     loaded = contract.headers if contract.csv.header else ()
-    check_header(list(schema.names), path, "parquet", loaded)
+    named = load_names(list(schema.names), path, contract, "parquet", loaded)
+    if contract.csv.header and named != list(schema.names):  # column_names = normalize
+        source = dict(zip(named, schema.names, strict=True))
     source = _source_names(list(schema.names), contract)
     names = list(source)
     columns, missing = select_columns(names, contract)
