@@ -156,6 +156,14 @@ class Service:
             backfill=self._backfill_note,
         )  # fmt: skip
 
+    def _progress(self) -> Progress | None:
+        """--once: a line redrawn at a terminal, else a `progress` log line now and then."""
+        if not self.settings.once:
+            return None
+        if self._show_progress():
+            return Progress(sys.stderr)
+        return Progress(sys.stderr, tty=False)
+
     def _show_progress(self) -> bool:
         """A progress line for --once at a terminal; the info log lines would garble it,
         so the terminal then shows warnings and errors only."""
@@ -251,7 +259,7 @@ class Service:
         _check_server(s, version)
         await self._backfill_begin(db)
         queue: WorkQueue = asyncio.Queue(maxsize=s.effective_queue_size)
-        progress = Progress(sys.stderr) if self._show_progress() else None
+        progress = self._progress()
         ctx = LoadContext(
             settings=s,
             manifest=manifest,
@@ -300,7 +308,7 @@ class Service:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self._never_opened(queue)
-        await self._backfill_finish(db, progress is not None)
+        await self._backfill_finish(db, progress is not None and sys.stderr.isatty())
 
     def _index_jobs(self) -> int:
         """Rebuilds at once: as configured, within the pool (see _run)."""
