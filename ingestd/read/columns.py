@@ -1,11 +1,88 @@
-"""Columns: check a file's header and choose the columns to load, for CSV and Parquet alike."""
+"""Columns: check (or normalize) a file's column names and choose the columns to load, for
+every format alike."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+
 from ingestd.exceptions import FileError
-from ingestd.identifiers import InvalidIdentifierError, validate_identifier
+from ingestd.identifiers import MAX_IDENT_BYTES, InvalidIdentifierError, validate_identifier
+from ingestd.read.batches import BatchReader, FileLayout
 from ingestd.settings import Contract
 from ingestd.storage import Openable
+
+_OTHER = re.compile(r"[^a-z0-9]+")
+
+
+def normalize_name(name: str) -> str:
+    """One column name as lower-case ASCII snake_case: accents dropped (Unicode
+    decomposition), every run of other characters one `_` (none at either end), a leading
+    digit prefixed with `_`, cut to 63 bytes. Always a valid identifier; idempotent."""
+    ascii_only = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    snake = _OTHER.sub("_", ascii_only.lower()).strip("_")
+    if not snake or snake[0].isdigit():
+        snake = "_" + snake
+    return _cut(snake, MAX_IDENT_BYTES)
+
+
+def _cut(name: str, size: int) -> str:
+    # ASCII: a character is a byte. A cut that ends in `_` loses it (idempotence).
+    cut = name[:size]
+    return cut.rstrip("_") or cut
+
+
+def normalize_names(names: Sequence[str]) -> list[str]:
+    """Every name normalized; a name already taken gets `_2`, `_3`... in file order (the
+    base cut so that the whole stays within 63 bytes)."""
+    taken: set[str] = set()
+    out: list[str] = []
+    for name in names:
+        base = candidate = normalize_name(name)
+        n = 1
+        while candidate in taken:
+            n += 1
+            suffix = f"_{n}"
+            candidate = _cut(base, MAX_IDENT_BYTES - len(suffix)) + suffix
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def load_names(
+    names: list[str],
+    path: Openable,
+    contract: Contract,
+    file_type: str = "csv",
+    loaded: tuple[str, ...] | None = None,
+) -> list[str]:
+    """The names a file's columns load under, in file order: the file's own, checked as
+    check_header does (column_names = strict), or normalized. Every reader's names go
+    through here."""
+    if contract.column_names == "strict":
+        check_header(names, path, file_type, loaded)
+        return list(names)
+    _check_distinct(names, path, file_type)
+    return normalize_names(names)
+
+
+def renamed(batches: Iterator[pa.RecordBatch], to: dict[str, str]) -> Iterator[pa.RecordBatch]:
+    """Batches read under a file's own names, under the names they load as."""
+    for batch in batches:
+        yield batch.rename_columns([to.get(n, n) for n in batch.schema.names])
+
+
+def _check_distinct(names: list[str], path: Openable, file_type: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            if file_type == "csv":
+                raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
+            raise FileError(f"{path.name}: the file has two columns named {name!r}")
+        seen.add(name)
 
 
 def check_header(
@@ -16,13 +93,8 @@ def check_header(
     A CSV header is checked whole. A Parquet file's names are its schema: only the
     columns that will be loaded (`loaded`, when the contract picks them) must be valid.
     """
-    seen: set[str] = set()
+    _check_distinct(names, path, file_type)
     for name in names:
-        if name in seen:
-            if file_type == "csv":
-                raise FileError(f"{path.name}: header names column {name!r} twice", row=1)
-            raise FileError(f"{path.name}: the file has two columns named {name!r}")
-        seen.add(name)
         if loaded is not None and name not in loaded:
             continue
         try:
@@ -33,16 +105,17 @@ def check_header(
 
 
 def _rename_advice(file_type: str) -> str:
+    normalize = "; or let ingestd name it with --column-names normalize"
     if file_type == "parquet":
         return (
             "Rename the column where the file is written, name every column yourself in "
             "file order with --no-header --headers a,b,c, or load only the other columns "
-            "with --headers a,b"
+            "with --headers a,b" + normalize
         )
     # --no-header alone would load the header line as a data row.
     return (
         "Rename the column in the file's header, or remove the header line and name the "
-        "columns yourself with --no-header --headers a,b,c"
+        "columns yourself with --no-header --headers a,b,c" + normalize
     )
 
 
@@ -63,3 +136,17 @@ def select_columns(names: list[str], contract: Contract) -> tuple[tuple[str, ...
     if absent_pk:
         raise FileError(f"file has no primary key column {', '.join(absent_pk)}")
     return columns, missing
+
+
+def narrowed(reader: BatchReader, columns: tuple[str, ...]) -> BatchReader:
+    """The reader's batches holding only `columns` (schema_evolution = ignore drops the
+    others), always through Arrow: a file's own bytes hold every column."""
+    layout = reader.layout
+    types = dict(zip(layout.columns, layout.pg_types, strict=True))
+    kept = FileLayout(layout.file_type, columns, tuple(types[c] for c in columns))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            yield batch if batch.schema.names == list(columns) else batch.select(list(columns))
+
+    return BatchReader(kept, batches())

@@ -3,18 +3,19 @@ and give PostgreSQL each value in a form it reads back as the same value (or ref
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingestd.exceptions import FileError
 from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
-from ingestd.read.columns import check_header, select_columns
+from ingestd.read.columns import load_names, select_columns
 from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of, range_only
 from ingestd.settings import Contract
-from ingestd.storage import Openable, open_ranged
 
 __all__ = ["open_parquet", "pg_type_for"]
 
@@ -38,7 +39,7 @@ class _Column:
     label: str = ""  # the type named in messages, when not the Arrow type
 
 
-def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchReader:
+def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     """Open a Parquet file; every type and value is checked before the first batch goes out."""
     # INT96 (Spark, Hive, Impala) is read as microseconds: nanoseconds overflow past 2262,
     # and PostgreSQL keeps microseconds. Checksums, where the writer wrote them, are verified.
@@ -46,7 +47,9 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
     schema = pf.schema_arrow
     # Named by the user (--no-header), the file's own names need only be distinct.
     loaded = contract.headers if contract.csv.header else ()
-    check_header(list(schema.names), path, "parquet", loaded)
+    named = load_names(list(schema.names), path, contract, "parquet", loaded)
+    if contract.csv.header and named != list(schema.names):  # column_names = normalize
+        source = dict(zip(named, schema.names, strict=True))
     source = _source_names(list(schema.names), contract)
     names = list(source)
     columns, missing = select_columns(names, contract)
@@ -75,17 +78,15 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
     return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
 
 
-def _open(path: Openable, int96_unit: str) -> pq.ParquetFile:
+def _open(path: Path, int96_unit: str) -> pq.ParquetFile:
     return pq.ParquetFile(
-        open_ranged(path),  # from its storage: ranged reads for the footer and row groups
+        pa.OSFile(os.fsencode(path)),  # by its bytes: pyarrow cannot encode a non-UTF-8 name
         coerce_int96_timestamp_unit=int96_unit,
         page_checksum_verification=True,
     )
 
 
-def _check_int96(
-    path: Openable, pf: pq.ParquetFile, columns: list[_Column], chunk_size: int
-) -> None:
+def _check_int96(path: Path, pf: pq.ParquetFile, columns: list[_Column], chunk_size: int) -> None:
     """Refuse INT96 values outside years 1 to 9999, judged from a reading in seconds.
 
     pyarrow's microsecond reading of INT96 wraps around silently past +-292,000 years
@@ -130,7 +131,25 @@ def _plan(
     as_text = declared is not None and declared.split("(")[0].strip() not in _BYTES_TYPES
     as_text = as_text or _logical_type(pf, source) == "ENUM"  # ENUM is UTF-8 by definition
     convert, checked = converter_for(arrow_type, column, decode_binary=as_text)
+    if _typed(arrow_type) and not as_text:
+        # Decimals and bytes stay typed: binary COPY carries them as they are, and
+        # encode writes their text only when the batch goes as CSV.
+        convert = _same
     return _Column(column, arrow_type, pg_type, convert, checked, source)
+
+
+def _typed(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_decimal(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or t == pa.binary_view()
+    )
+
+
+def _same(array: pa.Array) -> pa.Array:
+    return array
 
 
 def _leaf(pf: pq.ParquetFile, column: str) -> int | None:
