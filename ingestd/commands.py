@@ -96,14 +96,19 @@ def _directories(ns: argparse.Namespace) -> tuple[Path, Path]:
     config = load_config(ns.config) if ns.config else {}
     flags = {"inbox": ns.inbox, "failed_dir": ns.failed_dir}
     got = resolve_keys(("inbox", "failed_dir"), flags, os.environ, config, ns.config)
-    inbox: Path | None = got["inbox"]
+    inbox: Path | str | None = got["inbox"]
     if inbox is None:
         raise UsageError("no inbox: give --inbox, INGESTD_INBOX or --config")
+    if isinstance(inbox, str):
+        raise UsageError(
+            f"ingestd retry moves files between local folders; for {inbox}, copy the objects "
+            "from failed/ back under the inbox prefix (they load as new versions)"
+        )
     if not _real(inbox).is_dir():
         # Moving the files into a folder made here (a typo) hides them where nobody looks.
         raise UsageError(f"inbox {inbox} does not exist or is not a directory: check --inbox")
     failed_dir = beside_inbox(got["failed_dir"], inbox, "failed")
-    assert failed_dir is not None  # noqa: S101 - there is an inbox
+    assert isinstance(failed_dir, Path)  # noqa: S101 - a local inbox has a local failed/
     inbox_real, failed_real = _real(inbox), _real(failed_dir)
     if failed_real.is_relative_to(inbox_real) or inbox_real.is_relative_to(failed_real):
         raise UsageError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import stat
 import tomllib
 import typing
@@ -279,7 +280,8 @@ def _check_sources(settings: Settings) -> None:
     inbox = settings.inbox
     if not settings.files and inbox is None:
         raise UsageError("nothing to do: give --inbox DIR (or inbox in the config) or --files")
-    if not settings.files and inbox is not None and not _looked_at(inbox, Path.is_dir):
+    # An object-store inbox is checked by listing it, at start (storage.problem()).
+    if not settings.files and isinstance(inbox, Path) and not _looked_at(inbox, Path.is_dir):
         if settings.once or _looked_at(inbox, Path.exists):  # the daemon waits for one
             raise UsageError(f"inbox {inbox} does not exist or is not a directory")
 
@@ -302,9 +304,18 @@ def check_no_loop(settings: Settings) -> None:
     inbox = settings.inbox
     if inbox is None or settings.files or settings.keep_files:
         return  # nothing is moved anywhere
+    areas = (("done_dir", settings.done_path), ("failed_dir", settings.failed_path))
+    for key, folder in areas:
+        if folder is not None and isinstance(folder, str) != isinstance(inbox, str):
+            raise UsageError(
+                f"{key} {folder} and the inbox {inbox} must both be local folders or both "
+                "s3:// locations (files move within one storage)"
+            )
+    if isinstance(inbox, str):
+        return  # an object store skips done/ and failed/ prefixes inside the inbox itself
     inbox_real = _looked_at(inbox, Path.resolve)
-    for key, folder in (("done_dir", settings.done_path), ("failed_dir", settings.failed_path)):
-        if folder is None:
+    for key, folder in areas:
+        if folder is None or isinstance(folder, str):
             continue
         real = _looked_at(folder, Path.resolve)
         if real == inbox_real:
@@ -620,6 +631,21 @@ def _choice(given: Given, allowed: tuple[Any, ...]) -> Any:
     return value
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _location(given: Given) -> Path | str:
+    """A local folder (a Path), or an object-store URL kept as written (`s3://b/prefix/`:
+    a Path would fold its `//`)."""
+    text = _str(given)
+    if not _URL.match(text):
+        return _path(given)
+    scheme = text.partition("://")[0].lower()
+    if scheme != "s3" or not text[5:].strip("/") or text != text.strip():
+        raise _wrong(given, "a folder or s3://BUCKET/PREFIX/ (S3 and S3-compatible stores)")
+    return f"s3://{text[5:].strip('/')}/"
+
+
 def _path(given: Given) -> Path:
     text = _str(given)
     if not text or "\0" in text:  # the file system cannot name it
@@ -738,6 +764,9 @@ def _instance_id(given: Given) -> str:
 
 
 _SPECIAL: dict[str, Callable[[Given], Any]] = {
+    "inbox": _location,
+    "done_dir": _location,
+    "failed_dir": _location,
     "dsn": _dsn,
     "metrics_addr": _metrics_addr,
     "log_level": _log_level,

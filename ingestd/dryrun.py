@@ -11,19 +11,31 @@ from ingestd.exceptions import FileError
 from ingestd.names import shown_name
 from ingestd.read import open_reader
 from ingestd.settings import Settings
+from ingestd.storage import Handle, storage_for
 
 
 def dry_run(settings: Settings, out: TextIO) -> int:
     """Print, per file: contract, mode, rows, columns and the DDL of a missing target."""
-    paths: list[Path] = (
-        list(settings.files) or list(scan(settings.inbox))
-        if settings.inbox
+    inbox = settings.inbox
+    # An object-store inbox is listed through its storage (the same names the daemon uses).
+    storage = storage_for(settings) if isinstance(inbox, str) and not settings.files else None
+    paths: list[Handle] = (
+        list(storage.entries())
+        if storage is not None
+        else list(settings.files) or list(scan(inbox))
+        if isinstance(inbox, Path)
         else list(settings.files)
     )
     failed = 0
     print(f"dry run: {len(paths)} file(s); nothing is written to the database or moved", file=out)
     for path in paths:
-        name = relative_name(path, None if settings.files else settings.inbox)
+        if storage is not None:
+            name = storage.name_of(path)
+        else:
+            assert isinstance(path, Path)  # noqa: S101 - a local listing or --files
+            name = relative_name(
+                path, inbox if isinstance(inbox, Path) and not settings.files else None
+            )
         contract = settings.contract_for(name)
         if contract is None:
             print(f"  FAIL {shown_name(str(name))}: no contract matches", file=out)

@@ -265,7 +265,7 @@ class Scanner:
 
     def _archive_dirs(self) -> tuple[Path, ...]:
         s = self.settings
-        return tuple(p for p in (s.done_path, s.failed_path) if p is not None)
+        return tuple(p for p in (s.done_path, s.failed_path) if isinstance(p, Path))
 
     async def _try_offer(self, path: Path) -> bool:
         """Offer a file; False if the database could not be reached or the manifest is

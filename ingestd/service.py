@@ -204,7 +204,7 @@ class Service:
 
     async def _run(self) -> None:
         s = self.settings
-        if not s.once and s.inbox is not None:
+        if not s.once and s.inbox is not None and not isinstance(s.inbox, str):
             # One that cannot be made (a parent not writable, not mounted yet) is waited for:
             # the watcher says inbox_missing and the daemon is not ready until it exists.
             with contextlib.suppress(OSError):

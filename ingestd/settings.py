@@ -269,7 +269,9 @@ class Settings:
     # Keys set by a flag, INGESTD_* or the config file (metrics_addr: by a flag or INGESTD_*
     # only, see config.resolve).
     given: frozenset[str] = frozenset()
-    inbox: Path | None = key(None, "directory to watch (daemon) or drain (--once)", metavar="DIR")
+    inbox: Path | str | None = key(
+        None, "directory to watch (daemon) or drain (--once), or s3://BUCKET/PREFIX/", metavar="DIR"
+    )
     once: bool = key(False, "process what is there, then exit", file=False)
     dry_run: bool = key(
         False,
@@ -288,13 +290,13 @@ class Settings:
     state_dir: Path = key(
         Path(DEFAULT_STATE_DIR), "where the embedded PostgreSQL keeps its data", metavar="DIR"
     )
-    done_dir: Path | None = key(
+    done_dir: Path | str | None = key(
         None,
         "where loaded files go (dated subfolders); not inside the inbox",
         shown="done/ beside the inbox",
         metavar="DIR",
     )
-    failed_dir: Path | None = key(
+    failed_dir: Path | str | None = key(
         None,
         "where failed files and their .error.json go; not inside the inbox",
         shown="failed/ beside the inbox",
@@ -518,12 +520,12 @@ class Settings:
         return int(self.split_mb * (1 << 20))
 
     @property
-    def done_path(self) -> Path | None:
+    def done_path(self) -> Path | str | None:
         """Where loaded files go: done_dir, else done/ beside the inbox (None: not moved)."""
         return beside_inbox(self.done_dir, self.inbox, "done")
 
     @property
-    def failed_path(self) -> Path | None:
+    def failed_path(self) -> Path | str | None:
         """Where failed files go: failed_dir, else failed/ beside the inbox."""
         return beside_inbox(self.failed_dir, self.inbox, "failed")
 
@@ -554,8 +556,14 @@ def reloaded(old: Settings, new: Settings) -> tuple[Settings, tuple[str, ...]]:
     return applied, restart
 
 
-def beside_inbox(configured: Path | None, inbox: Path | None, kind: str) -> Path | None:
-    """A done/ or failed/ directory: as configured, else `kind` beside the inbox."""
+def beside_inbox(
+    configured: Path | str | None, inbox: Path | str | None, kind: str
+) -> Path | str | None:
+    """A done/ or failed/ directory: as configured, else `kind` beside the inbox (an
+    object-store inbox `s3://b/landing/inbox/`: `s3://b/landing/done/`)."""
     if configured is not None or inbox is None:
         return configured
+    if isinstance(inbox, str):
+        head, _, _ = inbox.rstrip("/").rpartition("/")
+        return f"{head}/{kind}/" if not head.endswith(":/") else f"{inbox.rstrip('/')}/{kind}/"
     return inbox.parent / kind

@@ -18,6 +18,7 @@ from tests.fault.proxy import Proxy
 from tests.helpers import unix_socket
 from tests.helpers import write as write  # tests import it from here too
 from tests.pg import Db, fresh_database, server
+from tests.s3server import S3Server, session_server
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,12 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Admin DSN of the session's server (embedded unless INGESTD_TEST_DSN is set)."""
     with server(tmp_path_factory.mktemp("pg")) as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session")
+def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS S3 server per session (skips when `weed` cannot run here)."""
+    yield from session_server(tmp_path_factory.mktemp("s3"))
 
 
 @pytest.fixture

@@ -174,6 +174,55 @@ class S3Server:
             proc.wait(10)
 
 
+class Bucket:
+    """A bucket of the test server, as a test fills and inspects it (through obstore, the
+    client ingestd itself uses, so what ingestd sees is what the test wrote)."""
+
+    def __init__(self, server: S3Server, name: str):
+        from obstore.store import S3Store
+
+        server.create_bucket(name)
+        self.name = name
+        self.server = server
+        self.store = S3Store(
+            name,
+            config={"endpoint": server.endpoint, "access_key_id": ACCESS_KEY,
+                    "secret_access_key": SECRET_KEY, "region": REGION},
+            client_options={"allow_http": True},
+        )  # fmt: skip
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.name}/{prefix}"
+
+    def put(self, key: str, data: bytes | str) -> None:
+        import obstore
+
+        obstore.put(self.store, key, data.encode() if isinstance(data, str) else data)
+
+    def get(self, key: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self.store, key).bytes())
+
+    def keys(self, prefix: str = "") -> list[str]:
+        import obstore
+
+        return sorted(m["path"] for page in obstore.list(self.store, prefix) for m in page)
+
+    def delete(self, key: str) -> None:
+        import obstore
+
+        obstore.delete(self.store, key)
+
+
+_BUCKETS = iter(range(1, 1_000_000))
+
+
+def new_bucket(server: S3Server) -> Bucket:
+    """A fresh bucket with a name no other test of this session uses."""
+    return Bucket(server, f"t{os.getpid()}-{next(_BUCKETS)}")
+
+
 @atexit.register
 def _stop_all() -> None:
     for server in _STARTED:

@@ -127,14 +127,17 @@ class S3Storage:
             return f"bucket {self.bucket} does not exist (create it, or fix inbox)"
         except PermissionError as error:
             return (
-                f"{error.strerror}: check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
+                f"{self._reason(error)}: check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
                 f"the instance role) and s3:ListBucket on {self.bucket}"
             )
-        except StorageUnavailableError as error:
-            return str(error)
-        except OSError as error:
-            return str(error.strerror or error)
+        except (StorageUnavailableError, OSError) as error:
+            return self._reason(error)
         return None
+
+    def _reason(self, error: Exception) -> str:
+        # The caller names the inbox already: say only what is wrong with it.
+        text = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        return text.replace(f"{self.inbox}: ", "")
 
     def _skipped_prefixes(self) -> tuple[str, ...]:
         # done/ and failed/ inside the inbox prefix are never listed as new work.

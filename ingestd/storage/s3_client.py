@@ -192,7 +192,9 @@ class Ranges(io.RawIOBase):
 
 
 # Building a client reads the environment and files: once per process and location.
-_STORES: dict[tuple[str, str | None], S3Store] = {}
+_STORES: dict[tuple[str | None, ...], S3Store] = {}
+_CREDENTIAL_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                         "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION")  # fmt: skip
 _LOCK = threading.Lock()
 
 
@@ -226,7 +228,10 @@ def store_for(bucket: str, endpoint: str | None) -> S3Store:
     """The client for a bucket (one per process): AWS_* variables, the profile's keys,
     web identity or the instance role, as the AWS tools find them."""
     with _LOCK:
-        cached = _STORES.get((bucket, endpoint))
+        # Keyed by the credentials' variables too: a process that changes them (a test)
+        # gets a client that uses the new ones.
+        key = (bucket, endpoint, *(os.environ.get(v) for v in _CREDENTIAL_VARIABLES))
+        cached = _STORES.get(key)
         if cached is not None:
             return cached
         config: dict[str, Any] = dict(_profile_config())
@@ -248,5 +253,5 @@ def store_for(bucket: str, endpoint: str | None) -> S3Store:
             store = S3Store(bucket, config=config, client_options=client, retry_config=retry)  # type: ignore[arg-type]
         except BaseError as error:
             raise UsageError(str(translate(error, f"s3://{bucket}/ configuration"))) from None
-        _STORES[(bucket, endpoint)] = store
+        _STORES[key] = store
         return store
