@@ -357,7 +357,7 @@ def test_daemon_may_wait_for_an_inbox_to_appear(tmp_path: Path) -> None:
         ({"metrics_addr": "nowhere"}, "metrics address 'nowhere'"),
         ({"header": False}, "files without a header row need --headers"),
         ({"tolerant_mode": "zero"}, "--tolerant-mode must be one of null, empty"),
-        ({"file_type": "xlsx"}, "--file-type must be one of csv, parquet, auto"),
+        ({"file_type": "xlsx"}, "--file-type must be one of csv, ndjson, parquet, auto"),
         ({"log_level": "loud"}, "--log-level must be one of DEBUG, INFO"),
         ({"manifest_table": "my-manifest"}, "manifest table"),
         ({"pattern": "../outside/*.csv"}, "must be a relative glob inside the inbox"),
