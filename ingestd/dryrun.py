@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+import pyarrow.parquet as pq
+
+from ingestd.db.database import Database
+from ingestd.db.schema import plan
 from ingestd.db.sql import Target, create_table
+from ingestd.db.target import table_columns
 from ingestd.discover import relative_name, scan
-from ingestd.exceptions import FileError
+from ingestd.exceptions import FileError, IngestdError
 from ingestd.names import shown_name
-from ingestd.read import open_reader
-from ingestd.settings import Settings
+from ingestd.read import BatchReader, Limits, open_reader
+from ingestd.read.columns import normalize_names
+from ingestd.read.csv_reader import read_header
+from ingestd.retry import Backoff
+from ingestd.settings import Contract, Settings
 from ingestd.storage import Handle, storage_for
 
 
@@ -27,6 +37,7 @@ def dry_run(settings: Settings, out: TextIO) -> int:
         else list(settings.files)
     )
     failed = 0
+    tables = _table_columns(settings)
     print(f"dry run: {len(paths)} file(s); nothing is written to the database or moved", file=out)
     for path in paths:
         if storage is not None:
@@ -51,8 +62,98 @@ def dry_run(settings: Settings, out: TextIO) -> int:
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
         print(
             f"  ok   {shown_name(str(name))} -> {target.label} ({contract.mode}): {rows:,} rows, "
-            f"columns {', '.join(reader.layout.columns)}\n"
+            f"columns {', '.join(reader.layout.columns)}",
+            file=out,
+        )
+        for line in _drift_lines(path, contract, reader, tables):
+            print(f"       {line}", file=out)
+        print(
             f"       if the table is missing: {create_table(target, reader.layout.pg_types)}",
             file=out,
         )
     return 1 if failed else 0
+
+
+Tables = dict[tuple[str | None, str], dict[str, str]] | str
+
+
+def _table_columns(settings: Settings) -> Tables:
+    """The columns of the tables whose contracts evolve their schema, read (never written)
+    when a DSN is given; else, or if the database cannot be read, why not."""
+    wanted = {(c.schema, c.table) for c in settings.contracts if c.schema_evolution != "fail"}
+    if not wanted:
+        return {}
+    if not settings.dsn:
+        return "without --dsn the table's columns are unknown"
+
+    async def read() -> Tables:
+        db = await Database.open(
+            settings.dsn or "",
+            size=1,
+            connect_timeout_s=settings.connect_timeout_s,
+            statement_timeout_s=settings.statement_timeout_s,
+            attempts=0,
+            backoff=Backoff(),
+        )
+        try:
+            async with db.connection() as conn:
+                return {key: await table_columns(conn, *key) for key in sorted(wanted, key=str)}
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(read())
+    except IngestdError as exc:
+        return f"the table's columns could not be read ({exc})"
+
+
+def _drift_lines(
+    path: Handle, contract: Contract, reader: BatchReader, tables: Tables
+) -> Iterator[str]:
+    """What column_names and schema_evolution would do to this file, one line each."""
+    layout = reader.layout
+    if contract.column_names == "normalize":
+        mapping = _renames(path, contract, layout.file_type)
+        yield "names normalized: " + (
+            ", ".join(f"{before!r} -> {after}" for before, after in mapping) or "none changed"
+        )
+    mode = contract.schema_evolution
+    if mode == "fail":
+        return
+    if isinstance(tables, str):
+        yield f"schema_evolution = {mode}: {tables}"
+        return
+    table = tables.get((contract.schema, contract.table), {})
+    if not table:
+        yield f"schema_evolution = {mode}: the table is missing and would be created"
+        return
+    typed = contract.preserve_types and layout.file_type in ("parquet", "ndjson")
+    try:
+        drift = plan(contract, layout.columns, layout.pg_types, table, typed)
+    except FileError as exc:
+        yield f"schema_evolution = {mode}: the file would fail: {exc}"
+        return
+    types = dict(zip(drift.columns, drift.types, strict=True))
+    if drift.adds:
+        added = ", ".join(f"{c} {types[c]}" for c in drift.adds)
+        yield f"schema_evolution = {mode}: would add column(s) {added}"
+    if drift.dropped:
+        yield f"schema_evolution = ignore: would drop column(s) {', '.join(drift.dropped)}"
+    if drift.rescued:
+        yield (
+            f"schema_evolution = rescue: column(s) {', '.join(drift.rescued)} would go into "
+            f"{drift.rescue}"
+        )
+    if not (drift.adds or drift.dropped or drift.rescued):
+        yield f"schema_evolution = {mode}: the table has every column of the file"
+
+
+def _renames(path: Handle, contract: Contract, file_type: str) -> list[tuple[str, str]]:
+    """The file's own names that normalization changes, with what they become."""
+    if file_type == "parquet" and isinstance(path, Path):
+        names = list(pq.read_schema(path).names)
+    elif file_type == "csv" and contract.csv.header:
+        names = read_header(path, contract, Limits(1))
+    else:
+        return []
+    return [(b, a) for b, a in zip(names, normalize_names(names), strict=True) if b != a]

@@ -46,7 +46,12 @@ async def has_unique_key(conn: Connection, target: Target) -> bool:
 
 
 async def _columns(conn: Connection, target: Target) -> dict[str, str]:
-    rows = await conn.fetch(sql.TABLE_COLUMNS, target.schema, target.table)
+    return await table_columns(conn, target.schema, target.table)
+
+
+async def table_columns(conn: Connection, schema: str | None, table: str) -> dict[str, str]:
+    """A table's columns and their types, in table order (empty: no such table)."""
+    rows = await conn.fetch(sql.TABLE_COLUMNS, schema, table)
     return {r["name"]: r["type"] for r in rows}
 
 

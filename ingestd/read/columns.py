@@ -46,7 +46,8 @@ def normalize_names(names: Sequence[str]) -> list[str]:
         while candidate in taken:
             n += 1
             suffix = f"_{n}"
-            candidate = _cut(base, MAX_IDENT_BYTES - len(suffix)) + suffix
+            stem = _cut(base, MAX_IDENT_BYTES - len(suffix))
+            candidate = (stem if stem != "_" else "") + suffix  # _2, not __2: idempotent
         taken.add(candidate)
         out.append(candidate)
     return out

@@ -129,7 +129,13 @@ def row_too_large(limits: Limits, rows_before: int) -> FileError:
     )
 
 
-def _read_header(path: Path, contract: Contract, limits: Limits) -> list[str]:
+def read_header(path: Openable, contract: Contract, limits: Limits) -> list[str]:
+    """The header row's names as the file spells them (--dry-run shows what normalizing
+    makes of them)."""
+    return _read_header(path, contract, limits)
+
+
+def _read_header(path: Openable, contract: Contract, limits: Limits) -> list[str]:
     block = CSV_BLOCK_BYTES
     while True:
         read, parse = _csv_options(contract, block)

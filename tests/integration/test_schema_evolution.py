@@ -14,8 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write
+from tests.daemon import wait_for
 from tests.helpers import log_events
+from tests.integration.test_least_privilege import make_loader, role, run_roles_sql
 from tests.pg import Db
+
+__all__ = ["role"]  # the fixture, shared with test_least_privilege
 
 FIRST = "id,name\n1,alpha\n2,beta\n"
 # The second delivery brings two columns the table lacks.
@@ -225,3 +229,89 @@ def test_eight_files_bring_the_same_new_column_at_once(cli, db: Db, tmp_path: Pa
     assert db.val("SELECT count(DISTINCT id) FROM t") == 10
     assert [c["column_name"] for c in changes(db)] == ["city"]  # added once, recorded once
     assert len(log_events(result.err, "schema_changed")) == 1
+
+
+def test_add_without_ownership_fails_the_file_saying_so(
+    dsn: str, db: Db, role: str, tmp_path: Path
+) -> None:
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    run_roles_sql(dsn, role=role, tables="t")
+    loader = make_loader(dsn, role, tmp_path)
+    args = ("--table", "t", "--pk", "id")
+    result = loader("a.csv", "id,v,city\n1,a,Recife\n", *args, "--schema-evolution", "add")
+    assert result.code == 1
+    [m] = db.manifest()
+    assert m["status"] == "failed"
+    assert "ADD COLUMN needs the table's ownership" in m["notes"]
+    assert 'ALTER TABLE "t" ADD COLUMN IF NOT EXISTS "city" text' in m["notes"]
+    assert db.columns("t") == {"id": "integer", "v": "text"}
+    assert db.val("SELECT count(*) FROM t") == 0
+    # The same role can load it when the column is dropped instead.
+    kept = loader("b.csv", "id,v,city\n2,b,Natal\n", *args, "--schema-evolution", "ignore")
+    assert kept.code == 0, kept.out + kept.err
+    assert db.fetch("SELECT id, v FROM t") == [{"id": 2, "v": "b"}]
+
+
+def test_cnpj_style_latin1_header_loads_by_normalized_names(cli, db: Db, tmp_path: Path) -> None:
+    text = "Razão Social;CNPJ Básico;Nome Fantasia\nACME LTDA;12345678;Acme\nJOSÉ ME;87654321;\n"
+    path = tmp_path / "files" / "empresas.csv"
+    path.parent.mkdir()
+    path.write_bytes(text.encode("latin-1"))
+    result = cli(
+        "--files", path, "--table", "empresas", "--pk", "cnpj_basico", "--delimiter", ";",
+        "--encoding", "latin-1", "--column-names", "normalize",
+        "--types", "cnpj_basico:bigint",
+    )  # fmt: skip
+    assert result.code == 0, result.out
+    assert db.columns("empresas") == {
+        "razao_social": "text",
+        "cnpj_basico": "bigint",
+        "nome_fantasia": "text",
+    }
+    assert db.fetch("SELECT * FROM empresas ORDER BY cnpj_basico") == [
+        {"razao_social": "ACME LTDA", "cnpj_basico": 12345678, "nome_fantasia": "Acme"},
+        {"razao_social": "JOSÉ ME", "cnpj_basico": 87654321, "nome_fantasia": None},
+    ]
+
+
+def test_dry_run_shows_the_mapping_and_the_columns_it_would_add(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    assert load(cli, tmp_path, "a.csv", FIRST, "--pk", "id").code == 0
+    path = write(tmp_path / "files" / "b.csv", "Id,Name,Cidade Natal\n3,c,Recife\n")
+    result = cli(
+        "--dry-run", "--files", path, "--table", "t", "--pk", "id",
+        "--column-names", "normalize", "--schema-evolution", "add",
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    assert "'Cidade Natal' -> cidade_natal" in result.out
+    assert "would add column(s) cidade_natal text" in result.out
+    assert db.columns("t") == {"id": "text", "name": "text"}  # nothing written
+
+
+DAEMON = """
+inbox = "inbox"
+settle_s = 0.2
+
+[[contracts]]
+name = "t"
+pattern = "*.csv"
+table = "t"
+pk = ["id"]
+schema_evolution = "rescue"
+"""
+
+
+def test_metrics_count_changes_and_rescued_rows(daemons, db: Db, tmp_path: Path) -> None:
+    db.execute("CREATE TABLE t (id text PRIMARY KEY, name text)")
+    daemon = daemons(DAEMON)
+    write(tmp_path / "inbox" / "b.csv", SECOND)
+    wait_for(lambda: db.val("SELECT count(*) FROM t") == 2, what="b.csv loaded")
+    wait_for(
+        lambda: daemon.metric("ingest_rows_rescued_total", table_name="t") == 2,
+        what="rows rescued counted",
+    )
+    assert daemon.metric("ingest_schema_changes_total", table_name="t") == 1  # _rescued_data
+    [event] = daemon.events("schema_changed")
+    assert (event["table"], event["column"], event["type"]) == ("t", "_rescued_data", "jsonb")
+    assert event["file"] == "b.csv" and event["run_id"]
