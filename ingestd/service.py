@@ -10,15 +10,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ingestd import backfill
+from ingestd.db.capacity import server_limits
 from ingestd.db.connection import Connection, server_version
 from ingestd.db.database import Database
 from ingestd.db.indexes import Target
 from ingestd.db.manifest import Manifest, ManifestGoneError, application_name, new_token
 from ingestd.db.merge import MERGE_MIN_VERSION
+from ingestd.defaults import choose, client_cores, server_is_local
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
 from ingestd.exceptions import FileError, IngestdError, RetryableError, UsageError
@@ -209,19 +211,7 @@ class Service:
             # the watcher says inbox_missing and the daemon is not ready until it exists.
             with contextlib.suppress(OSError):
                 s.inbox.mkdir(parents=True, exist_ok=True)
-        opening = asyncio.ensure_future(
-            Database.open(
-                await self._dsn(),
-                # one per worker, two for claims, leases, health checks; or per index rebuilt
-                size=max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2,
-                connect_timeout_s=s.connect_timeout_s,
-                statement_timeout_s=s.statement_timeout_s,
-                attempts=s.max_retries,
-                backoff=self._backoff,
-                lock_timeout_s=s.lock_timeout_s,
-                application_name=application_name(self.token, s.instance_id),
-            )
-        )
+        opening = asyncio.ensure_future(self._open(await self._dsn()))
         # The one stop also ends the wait for an unreachable server at start-up: its
         # retries may take far longer than shutdown_grace_s (systemd would SIGKILL).
         stopped = asyncio.ensure_future(self.stopping.wait())
@@ -240,6 +230,45 @@ class Service:
             await self._serve(db)
         finally:
             await db.close(timeout_s=10)
+
+    async def _open(self, dsn: str) -> Database:
+        """The pool, once the concurrency is known (chosen from the machine and the server
+        when the user set none: a first connection asks the server for its limits)."""
+        s = self.settings
+        if "concurrency" not in s.given:
+            probe = await self._connect(dsn, size=1)
+            try:
+                async with probe.connection() as conn:
+                    max_connections, reserved = await server_limits(conn)
+            finally:
+                await probe.close()
+            local = server_is_local(dsn)
+            chosen = choose(client_cores(), "server (same host)" if local else "client",
+                            max_connections, reserved)  # fmt: skip
+            self.settings = s = replace(s, concurrency=chosen.concurrency)
+            log.info(
+                "defaults_chosen",
+                extra={"concurrency": chosen.concurrency, "pool_size": chosen.pool_size,
+                       "cores": chosen.cores, "cores_of": chosen.cores_of,
+                       "max_connections": max_connections, "reason": chosen.reason},
+            )  # fmt: skip
+        # one per worker, two for claims, leases, health checks; or one per index rebuilt
+        return await self._connect(
+            dsn, size=max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2
+        )
+
+    async def _connect(self, dsn: str, *, size: int) -> Database:
+        s = self.settings
+        return await Database.open(
+            dsn,
+            size=size,
+            connect_timeout_s=s.connect_timeout_s,
+            statement_timeout_s=s.statement_timeout_s,
+            attempts=s.max_retries,
+            backoff=self._backoff,
+            lock_timeout_s=s.lock_timeout_s,
+            application_name=application_name(self.token, s.instance_id),
+        )
 
     async def _serve(self, db: Database) -> None:
         s = self.settings

@@ -364,3 +364,4 @@ async def dead_tuples(
     await flush_stats(conn, server_version)
     row = await conn.fetchrow(DEAD_TUPLES, qualified)
     return None if row is None else (int(row["n_dead_tup"]), int(row["n_live_tup"]))
+

@@ -228,3 +228,20 @@ def test_dead_tuples_metric_and_analyze_after_large_upserts(
     [analyzed] = [e for e in log_events(r.err) if e.get("event") == "target_analyzed"]
     assert analyzed["table"] == "t" and analyzed["rows_written"] == 300
     assert analyzed["dead_tuples"] >= 300  # every row updated once
+
+
+def test_a_run_without_concurrency_chooses_it_from_cores_and_slots_and_says_why(
+    cli: Cli, db: Db, tmp_path: Path
+) -> None:
+    from ingestd.defaults import client_cores
+
+    f = write(tmp_path / "in" / "t.csv", data(10))
+    r = cli("--files", f, "--table", "t", "--pk", "id")
+    assert r.code == 0, r.err
+    [chosen] = [e for e in log_events(r.err) if e.get("event") == "defaults_chosen"]
+    slots = int(db.val("SHOW max_connections")) - int(db.val("SHOW superuser_reserved_connections"))
+    slots -= int(db.val("SELECT coalesce(current_setting('reserved_connections', true), '0')"))
+    assert chosen["concurrency"] == max(1, min(client_cores(), slots // 2))
+    assert chosen["pool_size"] == chosen["concurrency"] + 2 and chosen["reason"]
+    given = cli("--files", f, "--table", "t", "--pk", "id", "--concurrency", "3")
+    assert not [e for e in log_events(given.err) if e.get("event") == "defaults_chosen"]

@@ -1,0 +1,55 @@
+"""Defaults from the machine and the server when the user sets none: concurrency about
+min(cores, max_connections / 2), a pool of concurrency + 2 (the original design's rule)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
+POOL_EXTRA = 2  # claims, leases and health checks beside one connection per worker
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A concurrency chosen for this run, and why (the defaults_chosen log line)."""
+
+    concurrency: int
+    pool_size: int
+    cores: int
+    cores_of: str  # "server (same host)" or "client"
+    max_connections: int | None
+    reason: str
+
+
+def client_cores() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def server_is_local(dsn: str) -> bool:
+    """True when the server runs on this machine (a Unix socket, or a loopback address):
+    then this machine's cores are the server's."""
+    parts = urlsplit(dsn)
+    hosts = parse_qs(parts.query).get("host", [])
+    host = hosts[0] if hosts else (parts.hostname or "")
+    return host.startswith("/") or host in LOCAL_HOSTS
+
+
+def choose(cores: int, cores_of: str, max_connections: int | None, reserved: int = 0) -> Chosen:
+    """concurrency = min(cores, free connection slots / 2), at least 1."""
+    concurrency = max(1, cores)
+    reason = f"{cores} cores ({cores_of})"
+    if max_connections is not None:
+        half = max(1, (max_connections - reserved) // 2)
+        if half < concurrency:
+            concurrency = half
+            reason = (
+                f"half the server's {max_connections - reserved} connection slots "
+                f"(fewer than the {cores} cores, {cores_of})"
+            )
+    return Chosen(concurrency, concurrency + POOL_EXTRA, cores, cores_of, max_connections, reason)
