@@ -203,6 +203,11 @@ class S3Storage:
             return PurePosixPath(key[len(self.inbox.prefix) :])
         return PurePosixPath(key)
 
+    def listed_identity(self, handle: Handle) -> Version:
+        """The version the listing saw (no request): what identity() returned then."""
+        h = _handle(handle)
+        return (h.size, h.etag, h.version)
+
     def identity(self, handle: Handle) -> Version | None:
         h = _handle(handle)
         try:
