@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-deep test-pg15 test-fast check lint format bench bench-quick clean wheel wheel-smoke
+.PHONY: demo test test-deep test-pg15 test-citus test-fast check lint format bench bench-quick clean wheel wheel-smoke
 
 # The bench extra (the peers make bench measures: ADBC, DuckDB, pgpq) adds ~6 s from PyPI.
 # Every version is the lock's (requirements/dev.txt: all extras, hash-checked; `make lock`),
@@ -30,6 +30,14 @@ test: $(STAMP)
 ## test-pg15: the integration tests against Debian's PostgreSQL 15 (a second server version)
 test-pg15: $(STAMP)
 	tests/other_server.sh 15
+
+## test-citus: integration and exactly-once fault tests against a Citus coordinator and two
+## workers on loopback; builds Citus once from the vendored source (cached in build/citus)
+# tests/citus/build.sh installs Debian's PostgreSQL 15 build packages with apt when missing.
+CITUS_VENDOR ?= $(CURDIR)/../shared/vendor/citus
+test-citus: $(STAMP)
+	bindir="$$(tests/citus/build.sh $(CITUS_VENDOR))" && INGESTD_CITUS_BIN="$$bindir" \
+	    $(BIN)/pytest -q -p no:cacheprovider $(if $(BASETEMP),--basetemp=$(BASETEMP)) tests/citus
 
 ## test-deep: the differential CSV test (every path reads every byte alike) with many examples
 test-deep: $(STAMP)
@@ -68,7 +76,7 @@ format: $(STAMP)
 # No build isolation: the locked setuptools (requirements/build.txt) builds the wheel.
 WHEEL_CMD := pip wheel --no-deps --no-build-isolation -w dist .
 wheel: $(STAMP)
-	rm -rf build dist  # setuptools would pack stale modules left in build/lib
+	rm -rf build/lib build/bdist.* dist  # stale modules in build/lib would be packed; build/citus is a cache
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(WHEEL_CMD)
 
 ## bench: ingestd against psql \copy, the SQL-only upsert and its peers (ADBC, DuckDB) on generated data (see bench/README.md)

@@ -48,6 +48,11 @@ def check_config(argv: Sequence[str]) -> int:
     """Validate a config file without touching anything: 0 if usable, 2 with the reason."""
     p = Parser(prog="ingestd check-config", description=check_config.__doc__)
     p.add_argument("config", type=Path)
+    p.add_argument(
+        "--dsn",
+        help="also read each contract's target in this database (catalog reads only): what "
+        "it is (plain, partitioned, distributed, reference, missing) and whether the key fits",
+    )
     ns = p.parse_args(argv)
     try:
         settings = resolve({}, config=load_config(ns.config), config_path=ns.config)
@@ -64,7 +69,44 @@ def check_config(argv: Sequence[str]) -> int:
         target = f"{c.schema}.{c.table}" if c.schema else c.table
         key = ",".join(c.pk) or "no key"
         print(f"  contract {c.name}: {c.pattern} -> {target} ({c.mode}, {key}, {c.file_type})")
-    return 0
+    if ns.dsn is None:
+        return 0
+    try:
+        lines, fits = asyncio.run(_targets(ns.dsn, settings))
+    except IngestdError as exc:
+        print(f"ingestd check-config: error: {mask_dsn(str(exc))}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0 if fits else 1
+
+
+async def _targets(dsn: str, settings: Settings) -> tuple[list[str], bool]:
+    """Per contract, what its target is and whether its key fits: (lines, all fit)."""
+    from ingestd.db.database import Database
+    from ingestd.db.sql import Target
+    from ingestd.db.topology import fit
+    from ingestd.retry import Backoff
+
+    db = await Database.open(
+        dsn, size=1, attempts=0, backoff=Backoff(),
+        connect_timeout_s=settings.connect_timeout_s,
+        statement_timeout_s=settings.statement_timeout_s,
+    )  # fmt: skip
+    lines, fits = ["  targets:"], True
+    try:
+        async with db.connection() as conn:
+            for c in settings.contracts:
+                target = Target(c.schema, c.table, (), c.pk)
+                topology, problem = await fit(conn, target, c.mode, c.create_partitions)
+                key = f"key ({', '.join(c.pk)})" if c.pk else "no key"
+                verdict = "fits" if problem is None else f"does not fit: {problem}"
+                lines.append(
+                    f"  {c.name}: table {target.label} is {topology.describe()}; {key} {verdict}"
+                )
+                fits = fits and problem is None
+    finally:
+        await db.close()
+    return lines, fits
 
 
 def retry(argv: Sequence[str]) -> int:

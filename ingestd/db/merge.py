@@ -35,7 +35,7 @@ async def apply_batch(
 
 async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) -> int:
     """Apply the staged rows to the target (upsert or MERGE); returns the rows written."""
-    if mode == "upsert" or target.merge_as_upsert:  # Citus: see topology.Topology.shape
+    if mode == "upsert" or target.citus:  # Citus takes no MERGE from a temp table
         statement = sql.upsert(target, stage)
     else:
         statement = sql.merge(target, stage)

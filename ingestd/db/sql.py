@@ -36,10 +36,11 @@ class Target:
     equal_nulls: tuple[str, ...] = ()
     # Key columns GENERATED ALWAYS AS IDENTITY: an UPDATE may not set them.
     identity_key: frozenset[str] = frozenset()
-    # From topology.describe_target, once per file: a Citus table refuses MERGE from a
-    # coordinator temp table, so merge mode writes INSERT ... ON CONFLICT there; a
-    # distributed table takes at most `write_slots` loads at once (0: no cap).
-    merge_as_upsert: bool = False
+    # From topology.describe_target, once per file: a Citus table (distributed or
+    # reference) refuses MERGE from a coordinator temp table, so merge mode writes INSERT
+    # ... ON CONFLICT there; a distributed table takes at most `write_slots` loads at once
+    # (0: no cap).
+    citus: bool = False
     write_slots: int = 0
 
     @property
@@ -117,6 +118,12 @@ _HAS_EQUALITY = f"""
                    AND k.castcontext = 'i' AND EXISTS ({_EQUALITY_CLASS}k.casttarget))))"""
 
 
+def _held(target: Target) -> str:
+    # Citus plans a query naming a distributed table as a distributed one, and refuses this
+    # recursive CTE there: its shell table's definition is guarded by Citus' own DDL locks.
+    return "" if target.citus else f" LEFT JOIN {target.qualified} AS held ON false"
+
+
 def follow_target(target: Target) -> str:
     """What the staged merge needs to know of the target, read afresh before each batch.
 
@@ -164,7 +171,7 @@ SELECT
     ARRAY(SELECT col FROM file_col WHERE attidentity = 'a' AND col = ANY ($3::text[]))
         AS identity_key,
     coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct
-FROM (SELECT) AS one LEFT JOIN {target.qualified} AS held ON false
+FROM (SELECT) AS one{_held(target)}
 """
 
 

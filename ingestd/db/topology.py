@@ -79,6 +79,8 @@ class Topology:
 
     def describe(self) -> str:
         """One phrase: `partitioned by range (day)`, `distributed by tenant_id`."""
+        if self.kind is Kind.MISSING:
+            return "missing (ingestd creates it, a plain table, on the first file)"
         parts = [self.kind.value]
         if self.kind is Kind.DISTRIBUTED and self.distribution_column:
             parts.append(f"by {self.distribution_column}")
@@ -135,7 +137,7 @@ class Topology:
         if not self.citus:
             return target
         slots = write_slots if self.kind is Kind.DISTRIBUTED else 0
-        return replace(target, merge_as_upsert=True, write_slots=slots)
+        return replace(target, citus=True, write_slots=slots)
 
 
 async def describe_target(conn: Connection, target: Target) -> Topology:
@@ -195,6 +197,35 @@ async def place_target(
     """Check, once per file, that the contract fits what the target is (one message that
     says what to change), and return the target shaped for it (Topology.shape)."""
     topology = await describe_target(conn, target)
+    problem = await _problem(conn, topology, target, mode, create_partitions)
+    if problem is not None:
+        raise FileError(problem)
+    return topology.shape(target, write_slots)
+
+
+async def fit(
+    conn: Connection, target: Target, mode: Mode, create_partitions: str | None
+) -> tuple[Topology, str | None]:
+    """What the target is and why the contract does not fit it (None: it fits), read only:
+    for `ingestd check-config --dsn`."""
+    topology = await describe_target(conn, target)
+    problem = await _problem(conn, topology, target, mode, create_partitions)
+    if problem is None and mode == "upsert" and topology.kind is not Kind.MISSING:
+        if not await has_unique_key(conn, target):
+            problem = (
+                f"table {target.label} has no primary key or unique index on "
+                f"({', '.join(target.pk)}), which upsert needs"
+            )
+    return topology, problem
+
+
+async def _problem(
+    conn: Connection,
+    topology: Topology,
+    target: Target,
+    mode: Mode,
+    create_partitions: str | None,
+) -> str | None:
     problem = topology.key_problem(target.label, target.pk, mode)
     if problem is None and create_partitions is not None and topology.kind is not Kind.MISSING:
         problem = topology.creation_problem(target.label)
@@ -205,6 +236,4 @@ async def place_target(
                 "no MERGE from ingestd's stage, so --mode merge writes INSERT ... ON CONFLICT "
                 f"there: it needs a primary key or unique index on ({', '.join(target.pk)})"
             )
-    if problem is not None:
-        raise FileError(problem)
-    return topology.shape(target, write_slots)
+    return problem
