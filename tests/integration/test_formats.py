@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -259,3 +260,29 @@ def test_an_ndjson_value_postgres_refuses_is_set_aside_under_max_bad_rows(
     assert result.code == 0, result.err
     assert db.fetch("SELECT id FROM r ORDER BY id") == [{"id": 1}, {"id": 3}]
     assert db.val("SELECT count(*) FROM ingestion_rejects") == 1
+
+
+def test_a_nul_in_an_ndjson_string_fails_naming_its_row(cli, db: Db, tmp_path: Path) -> None:
+    f = tmp_path / "nul.jsonl"
+    f.write_bytes(b'{"id": 1, "v": "a"}\n{"id": 2, "v": "x\\u0000y"}\n')
+    result = cli("--files", f, "--table", "nul", "--mode", "append")
+    assert result.code == 1
+    [m] = db.manifest()
+    assert "0x00 (row 2, column v)" in m["notes"], m["notes"]
+
+
+def test_a_compressed_file_whose_name_is_not_utf8_loads(cli, db: Db, tmp_path: Path) -> None:
+    f = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.csv.zst"))
+    f.write_bytes(compress(b"id\n1\n2\n", "zst"))
+    result = cli("--files", f, "--table", "t", "--mode", "append")
+    assert result.code == 0, result.err
+    assert db.val("SELECT count(*) FROM t") == 2
+
+
+def test_dry_run_reads_compressed_csv_and_ndjson(cli, db: Db, tmp_path: Path) -> None:
+    (tmp_path / "a.csv.bz2").write_bytes(compress(b"id\n1\n2\n", "bz2"))
+    (tmp_path / "b.ndjson.xz").write_bytes(compress(b'{"id": 1}\n', "xz"))
+    result = cli("--inbox", tmp_path, "--once", "--dry-run", "--table", "t", "--mode", "append")
+    assert result.code == 0, result.out + result.err
+    assert "a.csv.bz2 -> t (append): 2 rows" in result.out, result.out
+    assert "b.ndjson.xz -> t (append): 1 rows" in result.out, result.out
