@@ -246,3 +246,23 @@ def test_a_row_in_the_manifest_and_its_rows_commit_together(
     assert not cdb.val(
         "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE '%manifest%'"
     )
+
+
+@pytest.mark.parametrize("mode", ["upsert", "merge"])
+def test_a_date_in_the_key_of_a_distributed_table(
+    cli: Callable[..., CliResult], cdb: Db, tmp_path: Path, mode: str
+) -> None:
+    """Citus takes only IMMUTABLE functions in ON CONFLICT's WHERE: no date::text there."""
+    cdb.execute(
+        "CREATE TABLE d (tenant_id int, day date, at timestamptz, v text, "
+        "PRIMARY KEY (tenant_id, day))"
+    )
+    cdb.execute("SELECT create_distributed_table('d', 'tenant_id')")
+    args = ("--table", "d", "--pk", "tenant_id,day", "--mode", mode)
+    f = write(tmp_path / "a.csv", "tenant_id,day,at,v\n1,2024-01-01,2024-01-01 10:00+00,a\n")
+    assert cli("--once", "--files", f, *args).code == 0
+    g = write(tmp_path / "b.csv", "tenant_id,day,at,v\n1,2024-01-01,2024-01-02 10:00+00,b\n")
+    assert cli("--once", "--files", g, *args).code == 0
+    assert [(r["v"], str(r["at"])) for r in cdb.fetch("SELECT v, at FROM d")] == [
+        ("b", "2024-01-02 10:00:00+00:00")
+    ]
