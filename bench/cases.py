@@ -559,11 +559,25 @@ def naive_tuples(b: Bench) -> Measurement:
 
 def small_files(b: Bench) -> Measurement:
     """Many small files in one --once run of the inbox, default concurrency and mode."""
+    return _small_files(b, "small_files")
+
+
+def small_files_c2(b: Bench) -> Measurement:
+    """The same at --concurrency 2 (what a default from the machine gives on 2 cores)."""
+    return _small_files(b, "small_files_c2", "--concurrency", "2")
+
+
+def small_files_c1(b: Bench) -> Measurement:
+    """The same at --concurrency 1."""
+    return _small_files(b, "small_files_c1", "--concurrency", "1")
+
+
+def _small_files(b: Bench, case: str, *extra: str) -> Measurement:
     _fresh(b, SMALL_TARGET)
     paths = sorted(b.files.small_dir.glob("*.csv"))
     args = _ingestd(b, *_csv_contract(SMALL_TARGET, "upsert"), "--once", "--inbox",
-                    str(b.files.small_dir), "--keep-files")  # fmt: skip
-    m = _measured(b, "small_files", args, len(paths) * b.sizes.small_rows, _size(*paths))
+                    str(b.files.small_dir), "--keep-files", *extra)  # fmt: skip
+    m = _measured(b, case, args, len(paths) * b.sizes.small_rows, _size(*paths))
     _expect_rows(b, SMALL_TARGET, len(paths) * b.sizes.small_rows, m.case)
     span = b.srv.value(
         f"SELECT extract(epoch FROM max(processed_at) - min(started_at)) FROM {MANIFEST} "
@@ -778,6 +792,8 @@ CASES: dict[str, Case] = {
     "ingestd_concurrency2": ingestd_concurrency2,
     "naive_tuples": naive_tuples,
     "small_files": small_files,
+    "small_files_c2": small_files_c2,
+    "small_files_c1": small_files_c1,
     "daemon_latency": daemon_latency,
     "memory_big": memory_big,
     "instances_1": instances_1,
@@ -791,3 +807,8 @@ CASES: dict[str, Case] = {
 # bench/probe_binary.py's cases: run only when named in --only.
 PROBES = {"pgpq_parquet", "pgpq_parquet_2conn", "pgpq_csv_text", "pgpq_csv_text_2conn"}
 ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a speed number)
+
+# Issue 17's formats: bench/formats.py uses this module's helpers, so it is imported last.
+from bench.formats import FORMAT_CASES  # noqa: E402
+
+CASES.update(FORMAT_CASES)

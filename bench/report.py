@@ -43,6 +43,8 @@ LABEL = {
     "ingestd_upsert_csv": "**ingestd upsert, half of the keys exist**",
     "ingestd_rerun_csv": "ingestd re-run of the unchanged file (`--no-resume`)",
     "small_files": "ingestd `--once`, many small files, defaults",
+    "small_files_c2": "ingestd `--once`, many small files, `--concurrency 2`",
+    "small_files_c1": "ingestd `--once`, many small files, `--concurrency 1`",
     "daemon_latency": "ingestd daemon, files renamed in one by one",
     "instances_1": "1 daemon on the small-file inbox",
     "instances_2": "2 daemons share the small-file inbox",

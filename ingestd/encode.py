@@ -120,10 +120,17 @@ def encode_binary(arrays: list[pa.Array], first_row: int, *, ordinal: bool) -> m
     if ordinal:
         arrays = [*arrays, _ordinals(first_row, len(arrays[0]) if arrays else 0)]
     batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-    # A fresh encoder per batch: pgpq buffers small batches until finish().
+    # A fresh encoder per batch: pgpq buffers small batches until finish(). Slices keep
+    # its own buffer small (it grows by doubling while a batch is written).
     encoder = ArrowToPostgresBinaryEncoder(batch.schema)
-    parts = (encoder.write_header(), encoder.write_batch(batch), encoder.finish())
+    parts = [encoder.write_header()]
+    for start in range(0, batch.num_rows, _ENCODE_ROWS):
+        parts.append(encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
+    parts.append(encoder.finish())
     return memoryview(b"".join(parts))
+
+
+_ENCODE_ROWS = 8192
 
 
 def raw_rows(batch: pa.RecordBatch) -> list[str]:
