@@ -213,3 +213,38 @@ def test_kill_9_while_creating_partitions_then_resume_loads_every_row_once(
     [m] = db.manifest()
     assert (m["status"], m["rows"]) == ("success", TOTAL)
     assert db.val("SELECT count(*) FROM pg_inherits WHERE inhparent = 't'::regclass") == 10
+
+
+def test_check_config_reports_each_target_and_whether_its_key_fits(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    from tests.conftest import run_cli
+
+    db.execute(BY_DAY)
+    db.execute("CREATE TABLE p (id int PRIMARY KEY, v text); CREATE TABLE nokey (id int)")
+    (tmp_path / "inbox").mkdir()
+    config = write(
+        tmp_path / "ingestd.toml",
+        f'inbox = "{tmp_path / "inbox"}"\n'
+        '[[contracts]]\nname = "days"\npattern = "d*"\ntable = "t"\npk = ["id", "day"]\n'
+        'create_partitions = "day"\n'
+        '[[contracts]]\nname = "days_bad"\npattern = "x*"\ntable = "t"\npk = ["id"]\n'
+        '[[contracts]]\nname = "plain"\npattern = "p*"\ntable = "p"\npk = ["id"]\n'
+        '[[contracts]]\nname = "nokey"\npattern = "n*"\ntable = "nokey"\npk = ["id"]\n'
+        '[[contracts]]\nname = "new"\npattern = "w*"\ntable = "brand_new"\npk = ["id"]\n',
+    )
+    result = run_cli(["check-config", config, "--dsn", dsn])
+    lines = result.out.splitlines()
+    assert lines[lines.index("  targets:") + 1 :] == [
+        "  days: table t is partitioned by range (day); key (id, day) fits",
+        "  days_bad: table t is partitioned by range (day); key (id) does not fit: table t is "
+        "partitioned by (day): the key (id) of --mode upsert must include day; add it to --pk "
+        "(and to the table's primary key), or use --mode append",
+        "  plain: table p is plain; key (id) fits",
+        "  nokey: table nokey is plain; key (id) does not fit: table nokey has no primary key "
+        "or unique index on (id), which upsert needs",
+        "  new: table brand_new is missing (ingestd creates it, a plain table, on the first "
+        "file); key (id) fits",
+    ]
+    assert result.code == 1
+    assert db.val("SELECT to_regclass('brand_new')") is None  # nothing was touched
