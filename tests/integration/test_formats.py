@@ -286,3 +286,18 @@ def test_dry_run_reads_compressed_csv_and_ndjson(cli, db: Db, tmp_path: Path) ->
     assert result.code == 0, result.out + result.err
     assert "a.csv.bz2 -> t (append): 2 rows" in result.out, result.out
     assert "b.ndjson.xz -> t (append): 1 rows" in result.out, result.out
+
+
+def test_a_compressed_file_is_never_split(cli, db: Db, tmp_path: Path) -> None:
+    """The same rows and flags split as plain CSV (byte ranges of the file), not as .zst."""
+    body = _big_csv(100_000)
+    for name, data in (("p.csv", body), ("s.csv.zst", compress(body, "zst"))):
+        f = tmp_path / name
+        f.write_bytes(data)
+        table = name.split(".")[0]
+        result = cli("--files", f, "--table", table, "--mode", "append", "--concurrency", 3,
+                     "--split-mb", "0.01", "--chunk-size", 20_000)  # fmt: skip
+        assert result.code == 0, result.err
+        assert bool(log_events(result.err, "file_split")) == (name == "p.csv")
+        count = f"SELECT count(*) FROM {table}"
+        assert db.val(count) == db.val(f"SELECT count(DISTINCT id) FROM {table}") == 100_000
