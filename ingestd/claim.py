@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -15,20 +11,20 @@ from ingestd.db.manifest import Claim, FileVersion, Manifest
 from ingestd.model import ManifestStatus
 from ingestd.names import manifest_name
 from ingestd.settings import Contract
-
-_HASH_PIECE_BYTES = 1 << 20
+from ingestd.storage import Handle, Version, resolve
+from ingestd.storage.local import open_regular, sha256_of
 
 
 @dataclass(frozen=True)
 class Job:
     """A claimed file waiting for a worker."""
 
-    path: Path
+    path: Handle  # a local file's Path, or a store's handle (ingestd.storage)
     name: PurePosixPath
     contract: Contract
     version: FileVersion
     claim: Claim
-    identity: tuple[int, int]
+    identity: Version
 
 
 @dataclass(frozen=True)
@@ -41,25 +37,20 @@ class Skip:
 
 
 def sha256_file(path: Path) -> tuple[bytes, int]:
-    """Streaming sha256 and size of a file (blocking: run it in a thread)."""
-    digest = hashlib.sha256()
-    size = 0
-    # Never follow a symlink swapped in after discovery, never block on a FIFO.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    with os.fdopen(fd, "rb") as fh:
-        while piece := fh.read(_HASH_PIECE_BYTES):
-            digest.update(piece)
-            size += len(piece)
-    return digest.digest(), size
+    """Streaming sha256 and size of a local file (blocking: run it in a thread). Never
+    follows a symlink swapped in after discovery, never blocks on a FIFO."""
+    return sha256_of(open_regular(path))
 
 
-async def file_version(path: Path, name: PurePosixPath) -> FileVersion:
-    """Checksum a file without blocking the event loop; the version carries the name's
+def sha256_entry(handle: Handle) -> tuple[bytes, int]:
+    """Streaming sha256 and size of an entry's bytes, from its storage (blocking)."""
+    return sha256_of(resolve(handle).open_stream(handle))
+
+
+async def file_version(path: Handle, name: PurePosixPath) -> FileVersion:
+    """Checksum an entry without blocking the event loop; the version carries the name's
     manifest form (names.manifest_name), which a text column can hold."""
-    checksum, size = await asyncio.to_thread(sha256_file, path)
+    checksum, size = await asyncio.to_thread(sha256_entry, path)
     return FileVersion(manifest_name(str(name)), checksum, size)
 
 
@@ -67,11 +58,11 @@ async def claim_file(
     conn: Connection,
     manifest: Manifest,
     *,
-    path: Path,
+    path: Handle,
     name: PurePosixPath,
     contract: Contract,
     version: FileVersion,
-    identity: tuple[int, int],
+    identity: Version,
     run_id: str,
     resume: bool,
 ) -> Job | Skip:

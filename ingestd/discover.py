@@ -5,8 +5,12 @@ The listing belongs to the storage (ingestd/storage/); these names stay importab
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ingestd.storage import Handle, Version, resolve
+from ingestd.storage import local as _local
 from ingestd.storage.base import IGNORED_SUFFIXES, is_ignored
-from ingestd.storage.local import identity, relative_name, scan
+from ingestd.storage.local import relative_name, scan
 from ingestd.storage.local_settle import Settler, being_written
 
 __all__ = [
@@ -18,3 +22,11 @@ __all__ = [
     "relative_name",
     "scan",
 ]
+
+
+def identity(handle: Handle) -> Version | None:
+    """An entry's version now ((size, mtime_ns) of a regular local file), or None if it is
+    gone or not a regular entry; a store's handle asks its store."""
+    if isinstance(handle, Path):
+        return _local.identity(handle)
+    return resolve(handle).identity(handle)

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path, PurePosixPath
 
 from ingestd import archive
@@ -14,7 +15,7 @@ from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
-from ingestd.discover import Settler, identity, relative_name, scan
+from ingestd.discover import Settler, identity, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
@@ -24,10 +25,15 @@ from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
-from ingestd.watcher import InboxWatcher, inbox_problem
+from ingestd.storage import Handle, Storage, Version, storage_for
+from ingestd.storage.base import size_of
+from ingestd.watcher import InboxWatcher
 from ingestd.worker import WorkQueue, never_opened
 
 log = logging.getLogger(__name__)
+
+POLL_S = 5.0  # a store listed whole (complete once listed): how often, without poll_s
+_LIST_CHUNK = 1000  # entries a store lists per trip to a thread
 
 
 class Scanner:
@@ -45,6 +51,8 @@ class Scanner:
         backoff: Backoff,
     ):
         self.settings = settings  # replaced on SIGHUP
+        self._storage: Storage = storage_for(settings)  # the inbox is restart-only
+        self._store_ok: bool | None = None  # a listed store: the last listing's outcome
         self._db = db
         self._backoff = backoff
         self.db_ok = True
@@ -55,9 +63,9 @@ class Scanner:
         self._run_id = run_id
         self.waiting: dict[str, float] = {}  # name -> when first seen (monotonic)
         self.in_hand: set[str] = set()  # queued or being loaded: never offered twice
-        self._refused: set[Path] = set()  # logged once, not at every rescan
+        self._refused: set[Handle] = set()  # logged once, not at every rescan
         self._offering: set[str] = set()  # between settled and queued (or finished)
-        self._unreadable: dict[Path, str] = {}  # inbox folders that cannot be listed: why
+        self._unreadable: dict[Handle, str] = {}  # inbox folders that cannot be listed: why
         self._watcher: InboxWatcher | None = None
         self._lock_wait: str | None = None  # the last offer waited out a lock on the manifest
         self.progress: Progress | None = None
@@ -69,6 +77,8 @@ class Scanner:
     @property
     def inbox_ok(self) -> bool:
         """False while the daemon's inbox is missing or cannot be listed (not ready)."""
+        if self._store_ok is not None:
+            return self._store_ok
         return self._watcher is None or self._watcher.ok
 
     def oldest_waiting(self) -> float | None:
@@ -83,26 +93,26 @@ class Scanner:
         if result.archive is not None:
             self.archives.add(result.archive)
 
-    def candidates(self) -> Iterable[Path]:
-        """Explicit --files, or every eligible file in the inbox (done/failed excluded)."""
+    def candidates(self) -> Iterable[Handle]:
+        """Explicit --files, or every eligible entry in the inbox (done/failed excluded)."""
         s = self.settings
         if s.files:
             return s.files
         assert s.inbox is not None  # noqa: S101 - settings guarantee one source
-        return self._scan_inbox(s.inbox)
+        return self._scan_inbox()
 
-    def _scan_inbox(self, inbox: Path) -> Iterator[Path]:
+    def _scan_inbox(self) -> Iterator[Handle]:
         # One full pass also tells which folders could not be listed, and which can again.
-        seen: set[Path] = set()
+        seen: set[Handle] = set()
 
-        def unreadable(folder: Path, reason: str) -> None:
+        def unreadable(folder: Handle, reason: str) -> None:
             seen.add(folder)
             self._unreadable_folder(folder, reason)
 
-        yield from scan(inbox, self._archive_dirs(), self._refuse, unreadable)
+        yield from self._storage.entries(self._refuse, unreadable)
         for folder in set(self._unreadable) - seen:
             del self._unreadable[folder]
-            if folder.is_dir():
+            if not isinstance(folder, Path) or folder.is_dir():
                 log.info("folder_readable", extra={"folder": str(folder)})
                 if self._watcher is not None:
                     self._watcher.restart()  # it skipped the folder: watch it from now on
@@ -134,12 +144,12 @@ class Scanner:
     def unreadable_folders(self) -> tuple[tuple[str, str], ...]:
         """The inbox folders the last pass could not list (name in the inbox, reason)."""
         found = [
-            (str(relative_name(folder, self.settings.inbox)), reason)
+            (str(self._storage.name_of(folder)), reason)
             for folder, reason in self._unreadable.items()
         ]
         return tuple(sorted(found))
 
-    def _unreadable_folder(self, folder: Path, reason: str) -> None:
+    def _unreadable_folder(self, folder: Handle, reason: str) -> None:
         if self._unreadable.get(folder) != reason:
             self._unreadable[folder] = reason
             self._metrics.unreadable_folders.set(len(self._unreadable))
@@ -153,7 +163,7 @@ class Scanner:
                 },
             )
 
-    def _refuse(self, path: Path, reason: str) -> None:
+    def _refuse(self, path: Handle, reason: str) -> None:
         if path not in self._refused:
             self._refused.add(path)
             log.warning("file_ignored", extra={"file": str(path), "reason": reason})
@@ -162,10 +172,10 @@ class Scanner:
         """Offer every candidate present now (--once); gives up if the database stays away."""
         inbox = self.settings.inbox
         if not self.settings.files and inbox is not None:
-            problem = inbox_problem(inbox)[1]
+            problem = await asyncio.to_thread(self._storage.problem)
             if problem is not None:
-                raise UsageError(f"cannot use the inbox {inbox}: {problem}")
-        for path in self.candidates():
+                raise UsageError(f"cannot use the inbox {self._storage.describe()}: {problem}")
+        async for path in self._listed():
             failures = 0
             while not await self._try_offer(path):
                 failures += 1
@@ -189,6 +199,9 @@ class Scanner:
         (then a rescan finds what it missed), and a missing inbox only makes it wait."""
         inbox = self.settings.inbox
         assert inbox is not None  # noqa: S101 - the daemon always has an inbox
+        if not self._storage.settles or not isinstance(inbox, Path):
+            await self._poll(stopping)
+            return
         settler = Settler(
             self.settings.settle_s, on_gone=self._gone, on_unreadable=self._unreadable_folder
         )
@@ -236,16 +249,80 @@ class Scanner:
                 await monitor
             await watcher.close()
 
-    def _rescan(self, settler: Settler) -> None:
-        present = {self._note(settler, path) for path in self.candidates()}
+    async def _listed(self) -> AsyncIterator[Handle]:
+        """The candidates; a store that lists over the network is listed in a thread, a
+        chunk at a time (a local folder is listed here, as its watcher's events are)."""
+        candidates = iter(self.candidates())
+        if self._storage.settles or self.settings.files:
+            for handle in candidates:
+                yield handle
+            return
+        while chunk := await asyncio.to_thread(lambda: list(islice(candidates, _LIST_CHUNK))):
+            for handle in chunk:
+                yield handle
+
+    async def _poll(self, stopping: asyncio.Event) -> None:
+        """Discovery in a store whose entries are complete once listed: list it every
+        poll_s and offer what is not in hand; not ready while it cannot be listed."""
+        poll_s = float(getattr(self.settings, "poll_s", POLL_S))
+        failures = 0
+        while not stopping.is_set():
+            await self.archives.retry_due(self._check_row)
+            present: set[str] = set()
+            try:
+                async for handle in self._listed():
+                    if stopping.is_set():
+                        break
+                    key = self._key(handle)
+                    present.add(key)
+                    if key in self.in_hand or self.archives.holds(key, identity(handle)):
+                        continue
+                    self.waiting.setdefault(key, time.monotonic())
+                    if await self._try_offer(handle):
+                        failures = 0
+                        continue
+                    failures += 1  # the database away: wait, then list again
+                    await _sleep_or_stop(stopping, self._backoff.delay(min(failures, 5) - 1))
+                    break
+                else:
+                    self._forget_absent(present)
+            except (RetryableError, OSError) as exc:  # the store away: not ready meanwhile
+                self._store_unreachable(exc)
+            else:
+                self._store_back()
+            await _sleep_or_stop(stopping, poll_s)
+
+    def _store_unreachable(self, exc: BaseException) -> None:
+        if self._store_ok is not False:
+            log.warning(
+                "inbox_missing",
+                extra={
+                    "inbox": self._storage.describe(),
+                    "reason": str(exc),
+                    "action": "not ready until the inbox can be listed; nothing loads meanwhile",
+                },
+            )
+        self._store_ok = False
+
+    def _store_back(self) -> None:
+        if self._store_ok is False:
+            log.info("inbox_back", extra={"inbox": self._storage.describe()})
+        self._store_ok = True
+
+    def _forget_absent(self, present: set[str]) -> None:
         # A file seen once and gone since (taken by another instance, renamed by its
         # uploader) waits no more, whichever way it left.
         for key in list(self.waiting):
             if key not in present and key not in self.in_hand and key not in self._offering:
                 del self.waiting[key]
 
-    def _note(self, settler: Settler, path: Path) -> str:
-        name = str(relative_name(path, self.settings.inbox))
+    def _rescan(self, settler: Settler) -> None:
+        present = {self._note(settler, path) for path in self.candidates()}
+        self._forget_absent(present)
+
+    def _note(self, settler: Settler, path: Handle) -> str:
+        name = self._key(path)
+        assert isinstance(path, Path)  # noqa: S101 - only a local inbox settles
         if path.is_dir() and not path.is_symlink():
             # A folder moved in whole: each of its files waits from now, and is counted so.
             for child in scan(path, self._archive_dirs(), self._refuse, self._unreadable_folder):
@@ -257,9 +334,9 @@ class Scanner:
                 self.waiting.setdefault(name, time.monotonic())
         return name
 
-    def _gone(self, path: Path) -> None:
+    def _gone(self, path: Handle) -> None:
         """The settler lost sight of a file before offering it: it waits no more."""
-        name = str(relative_name(path, self.settings.inbox))
+        name = self._key(path)
         if name not in self.in_hand and name not in self._offering:
             self.waiting.pop(name, None)
 
@@ -267,7 +344,7 @@ class Scanner:
         s = self.settings
         return tuple(p for p in (s.done_path, s.failed_path) if isinstance(p, Path))
 
-    async def _try_offer(self, path: Path) -> bool:
+    async def _try_offer(self, path: Handle) -> bool:
         """Offer a file; False if the database could not be reached or the manifest is
         locked (the file waits)."""
         try:
@@ -299,10 +376,10 @@ class Scanner:
         self._lock_wait = None
         return True
 
-    def _key(self, path: Path) -> str:
-        return str(relative_name(path, None if self.settings.files else self.settings.inbox))
+    def _key(self, path: Handle) -> str:
+        return str(self._storage.name_of(path))
 
-    def _internal_error(self, path: Path, exc: Exception) -> None:
+    def _internal_error(self, path: Handle, exc: Exception) -> None:
         """A bug met while offering a file: one internal_error line with the traceback,
         counted; the file stays in the inbox (pending if claimed) for the next rescan, and
         --once exits 1 (it did not load)."""
@@ -323,11 +400,11 @@ class Scanner:
             log.warning("database_unavailable", extra={"error": str(exc)})
         self.db_ok = False
 
-    async def offer(self, path: Path) -> None:
+    async def offer(self, path: Handle) -> None:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
         if self._manifest.broken is not None:
             return  # the manifest disappeared: loading would load rows twice (manifest.halt)
-        key = str(relative_name(path, None if self.settings.files else self.settings.inbox))
+        key = self._key(path)
         if key in self._offering:
             return
         self._offering.add(key)
@@ -336,9 +413,9 @@ class Scanner:
         finally:
             self._offering.discard(key)
 
-    async def _offer(self, path: Path) -> None:
+    async def _offer(self, path: Handle) -> None:
         s = self.settings
-        name = relative_name(path, None if s.files else s.inbox)
+        name = self._storage.name_of(path)
         key = str(name)
         if not s.files and name.is_absolute():
             # Resolves outside the inbox: reached through a symlinked folder. Never read it.
@@ -367,7 +444,7 @@ class Scanner:
                 return
             except OSError as exc:
                 table = contract.table if contract else ""
-                unread = FileVersion(manifest_name(key), b"", before[0])
+                unread = FileVersion(manifest_name(key), b"", size_of(before))
                 reason = f"cannot read file: {exc.strerror}"
                 await self._fail_early(path, name, unread, table, reason)
                 return
@@ -412,11 +489,11 @@ class Scanner:
 
     async def _claim(
         self,
-        path: Path,
+        path: Handle,
         name: PurePosixPath,
         contract: Contract,
         version: FileVersion,
-        before: tuple[int, int],
+        before: Version,
     ) -> Job | Skip:
         try:
             async with self._db.connection() as conn:
@@ -437,7 +514,7 @@ class Scanner:
             ref = self._manifest.table_ref
             raise await manifest_locked(self._db, ref, self.settings.lock_timeout_s) from exc
 
-    async def _skipped(self, path: Path, name: PurePosixPath, table: str, skip: Skip) -> None:
+    async def _skipped(self, path: Handle, name: PurePosixPath, table: str, skip: Skip) -> None:
         key = str(name)
         self.waiting.pop(key, None)
         if not skip.loaded:
@@ -455,13 +532,13 @@ class Scanner:
         if not skip.held_elsewhere:  # the instance that loaded it moves it itself
             await self._archive_skipped(path, name)
 
-    async def _archive_skipped(self, path: Path, name: PurePosixPath) -> None:
+    async def _archive_skipped(self, path: Handle, name: PurePosixPath) -> None:
         # A file already loaded (a re-drop of the same bytes) leaves the inbox like a loaded one.
         done = self.settings.done_path
         if not self.settings.keep_files and done is not None:
             await self.archives.move(archive.Pending(path, name, "done", done))
 
-    async def _unroutable(self, path: Path, name: PurePosixPath, version: FileVersion) -> None:
+    async def _unroutable(self, path: Handle, name: PurePosixPath, version: FileVersion) -> None:
         patterns = ", ".join(c.pattern for c in self.settings.contracts)
         reason = (
             f"no contract matches {version.filename} (patterns: {patterns}); "
@@ -470,7 +547,7 @@ class Scanner:
         await self._fail_early(path, name, version, "", reason)
 
     async def _fail_early(
-        self, path: Path, name: PurePosixPath, version: FileVersion, table: str, reason: str
+        self, path: Handle, name: PurePosixPath, version: FileVersion, table: str, reason: str
     ) -> None:
         """A file that fails before it can be claimed: recorded in the manifest all the same
         (an unreadable file with an empty checksum), then moved to failed/ under its own

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -25,6 +24,7 @@ from ingestd.read.csv_reader import open_csv
 from ingestd.read.ndjson_reader import open_ndjson
 from ingestd.read.parquet_reader import open_parquet, pg_type_for
 from ingestd.settings import Contract
+from ingestd.storage import Openable, open_bytes
 
 __all__ = [
     "CSV_BLOCK_BYTES",
@@ -76,7 +76,7 @@ def guess_file_type(name: str) -> str:
     return "csv" if lower.endswith(CSV_SUFFIXES) else "unknown"
 
 
-def detect_type(path: Path, contract: Contract) -> str:
+def detect_type(path: Openable, contract: Contract) -> str:
     """csv, ndjson or parquet, from the contract or the file name (and the magic bytes of
     Parquet and of each compression)."""
     file_type: str = contract.file_type
@@ -87,7 +87,7 @@ def detect_type(path: Path, contract: Contract) -> str:
                 f"cannot tell whether {path.name} is CSV, NDJSON or Parquet from its name: "
                 "use a .csv/.csv.zst/.jsonl/.parquet suffix or set file_type in the contract"
             )
-    with path.open("rb") as fh:
+    with open_bytes(path) as fh:
         head = fh.read(MAGIC_BYTES)
     magic = head[:4]
     if file_type in ("csv", "ndjson"):
@@ -109,7 +109,7 @@ def detect_type(path: Path, contract: Contract) -> str:
 
 
 def open_reader(
-    path: Path,
+    path: Openable,
     contract: Contract,
     chunk_size: int,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -32,13 +31,14 @@ from ingestd.read.compression import (
 from ingestd.read.quoting import OpenQuotes
 from ingestd.read.raw_csv import RawCsv, raw_csv
 from ingestd.settings import Contract, CsvOptions
+from ingestd.storage import Openable, open_bytes
 
 # --- CSV ----------------------------------------------------------------------------------
 
 _BOM = b"\xef\xbb\xbf"
 
 
-def _csv_stream(path: Path) -> Readable:
+def _csv_stream(path: Openable) -> Readable:
     return open_stream(path)
 
 
@@ -47,7 +47,7 @@ class CsvStream:
     encoding (the raw path drops it too), any other encoding decoded here, the last line
     ended; with `scan`, every byte followed by OpenQuotes."""
 
-    def __init__(self, path: Path, csv: CsvOptions, scan: bool = False):
+    def __init__(self, path: Openable, csv: CsvOptions, scan: bool = False):
         self._source = _csv_stream(path)
         self._scan = scan
         utf8 = codecs.lookup(csv.encoding).name == "utf-8"
@@ -156,7 +156,7 @@ def _read_header(path: Openable, contract: Contract, limits: Limits) -> list[str
             block *= 2
 
 
-def open_csv(path: Path, contract: Contract, limits: Limits) -> BatchReader:
+def open_csv(path: Openable, contract: Contract, limits: Limits) -> BatchReader:
     if contract.csv.header:
         try:
             file_names = _read_header(path, contract, limits)
@@ -218,7 +218,7 @@ def parse_segment(
     batch, read with the file's dialect; errors name rows of the whole file."""
     names = list(contract.headers) if not contract.csv.header and contract.headers else None
     if names is None:
-        with raw.path.open("rb") as fh:  # the header row names the columns
+        with open_bytes(raw.path) as fh:  # the header row names the columns
             header = fh.read(raw.start)
         names = _read_names(header, contract)
         if contract.column_names == "normalize":
@@ -266,7 +266,7 @@ def _may_be_open(last_column: pa.Array | pa.ChunkedArray) -> bool:
     return isinstance(value, str) and value.endswith(("\n", "\r"))
 
 
-def _open_at_end(path: Path, contract: Contract) -> bool:
+def _open_at_end(path: Openable, contract: Contract) -> bool:
     stream = CsvStream(path, contract.csv, scan=True)
     while stream.read(CSV_BLOCK_BYTES):
         pass

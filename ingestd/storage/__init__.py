@@ -21,22 +21,30 @@ from ingestd.storage.base import (
 from ingestd.storage.local import LocalStorage
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ingestd.settings import Settings
 
 __all__ = [
     "BoundSource",
     "Handle",
     "LocalStorage",
+    "Openable",
     "Source",
     "Storage",
     "StorageUnavailableError",
     "StoreHandle",
     "Version",
     "is_url",
+    "open_bytes",
+    "open_ranged",
     "resolve",
     "source_of",
     "storage_for",
 ]
+
+# Whatever a reader can open: a local path, a store's handle, or a source (a zip member).
+Openable = Handle | Source
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Paths have no area: what they are asked (open, identity) needs none. Their moves go to
@@ -67,6 +75,16 @@ def source_of(entry: Handle | Source) -> Source:
     return BoundSource(resolve(entry), entry)
 
 
+def open_bytes(entry: Handle | Source) -> pa.NativeFile:
+    """A new sequential stream of an entry (a local path, a store's handle, a source)."""
+    return source_of(entry).open_stream()
+
+
+def open_ranged(entry: Handle | Source) -> pa.NativeFile:
+    """A new random-access file of an entry: size(), seek(), read_at()."""
+    return source_of(entry).open_random()
+
+
 def storage_for(settings: Settings) -> Storage:
     """The landing area the settings name: the inbox (with done/ and failed/) as a local
     folder, or an object store for a URL (ingestd.storage.s3). --files alone: local."""
@@ -75,7 +93,8 @@ def storage_for(settings: Settings) -> Storage:
         return _object_store(settings)
     done, failed = settings.done_path, settings.failed_path
     return LocalStorage(
-        settings.inbox if isinstance(inbox, Path) else None,
+        # --files: each file's manifest name is its absolute path, inbox or not.
+        inbox if isinstance(inbox, Path) and not settings.files else None,
         done if isinstance(done, Path) else None,
         failed if isinstance(failed, Path) else None,
     )

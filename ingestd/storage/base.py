@@ -40,6 +40,14 @@ def is_ignored(name: str) -> bool:
 Version = tuple[Hashable, ...]
 
 
+def size_of(version: Version) -> int:
+    """The size in bytes a version holds (its first item)."""
+    size = version[0]
+    if not isinstance(size, int):
+        raise TypeError(f"a version starts with its size, not {size!r}")
+    return size
+
+
 class StorageUnavailableError(RetryableError):
     """The store could not be reached or refused for now (5xx, throttling, a reset):
     retried with backoff, never blamed on the file."""
@@ -107,9 +115,9 @@ class Storage(Protocol):
         on_refused: Callable[[Handle, str], None] | None = None,
         on_unreadable: Callable[[Handle, str], None] | None = None,
     ) -> Iterator[Handle]:
-        """Every candidate entry under the inbox, in name order: not the done/ and failed/
-        areas, no ignored names (discover.is_ignored: dot-names, *.tmp, *.part, *.partial,
-        sidecars), no folder placeholders. Entries it will not read are told to
+        """Every candidate entry under the inbox (name order within a folder): not the
+        done/ and failed/ areas, no ignored names (is_ignored: dot-names, *.tmp, *.part,
+        *.partial, sidecars), no folder placeholders. Entries it will not read are told to
         `on_refused` (a symlink, a FIFO), parts of the inbox it cannot list to
         `on_unreadable`, with the reason; neither stops the listing."""
         ...
