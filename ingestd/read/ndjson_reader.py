@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +25,7 @@ from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, re
 from ingestd.read.columns import select_columns
 from ingestd.read.compression import BrokenStream, counted, open_stream
 from ingestd.settings import Contract
+from ingestd.storage import Openable
 
 __all__ = ["open_ndjson"]
 
@@ -41,7 +41,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Openable, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of every line that is not blank, the stream read in pieces."""
     stream = open_stream(path)
     pending: list[bytes] = []
@@ -156,7 +156,7 @@ class _Survey:
                 seen.add(_kind(value))
 
 
-def _survey(path: Path, limits: Limits, wanted: set[str] | None) -> _Survey:
+def _survey(path: Openable, limits: Limits, wanted: set[str] | None) -> _Survey:
     survey = _Survey()
     for number, line in _lines(path, limits.max_block_bytes):
         row = _parse(line, number)
@@ -188,7 +188,7 @@ def _text(value: Any, as_json: bool) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _check_names(names: list[str], path: Path) -> None:
+def _check_names(names: list[str], path: Openable) -> None:
     for name in names:
         try:
             validate_identifier(name, what="key")
@@ -199,7 +199,7 @@ def _check_names(names: list[str], path: Path) -> None:
             ) from None
 
 
-def open_ndjson(path: Path, contract: Contract, limits: Limits) -> BatchReader:
+def open_ndjson(path: Openable, contract: Contract, limits: Limits) -> BatchReader:
     """Open an NDJSON file: one pass learns its keys and checks every line, the batches
     come from a second."""
     wanted = set(contract.headers) if contract.headers is not None else None
@@ -229,7 +229,7 @@ def open_ndjson(path: Path, contract: Contract, limits: Limits) -> BatchReader:
 
 
 def _batches(
-    path: Path, columns: list[str], as_json: set[str], limits: Limits
+    path: Openable, columns: list[str], as_json: set[str], limits: Limits
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of text columns, cut by rows and by the bytes of JSON read: Python
     objects take several times the bytes of their text."""

@@ -3,10 +3,8 @@ and give PostgreSQL each value in a form it reads back as the same value (or ref
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +14,7 @@ from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, re
 from ingestd.read.columns import load_names, select_columns
 from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of, range_only
 from ingestd.settings import Contract
+from ingestd.storage import Openable, open_ranged
 
 __all__ = ["open_parquet", "pg_type_for"]
 
@@ -39,7 +38,7 @@ class _Column:
     label: str = ""  # the type named in messages, when not the Arrow type
 
 
-def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
+def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchReader:
     """Open a Parquet file; every type and value is checked before the first batch goes out."""
     # INT96 (Spark, Hive, Impala) is read as microseconds: nanoseconds overflow past 2262,
     # and PostgreSQL keeps microseconds. Checksums, where the writer wrote them, are verified.
@@ -78,15 +77,17 @@ def open_parquet(path: Path, contract: Contract, limits: Limits) -> BatchReader:
     return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
 
 
-def _open(path: Path, int96_unit: str) -> pq.ParquetFile:
+def _open(path: Openable, int96_unit: str) -> pq.ParquetFile:
     return pq.ParquetFile(
-        pa.OSFile(os.fsencode(path)),  # by its bytes: pyarrow cannot encode a non-UTF-8 name
+        open_ranged(path),  # from its storage: ranged reads for the footer and row groups
         coerce_int96_timestamp_unit=int96_unit,
         page_checksum_verification=True,
     )
 
 
-def _check_int96(path: Path, pf: pq.ParquetFile, columns: list[_Column], chunk_size: int) -> None:
+def _check_int96(
+    path: Openable, pf: pq.ParquetFile, columns: list[_Column], chunk_size: int
+) -> None:
     """Refuse INT96 values outside years 1 to 9999, judged from a reading in seconds.
 
     pyarrow's microsecond reading of INT96 wraps around silently past +-292,000 years
