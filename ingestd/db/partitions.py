@@ -85,7 +85,10 @@ async def name_unrouted_row(
         f"WHERE {_typed(target, column)}::text IS NOT DISTINCT FROM $3 "
         f"OR ($3 = 'null' AND x IS NULL) ORDER BY i LIMIT 1"
     )
-    record = await conn.fetchval(query, column, texts, value)
+    try:
+        record = await conn.fetchval(query, column, texts, value)
+    except FileError:  # the row is a courtesy; the refusal is the news
+        return error
     return error if record is None else error.with_record(int(record))
 
 
@@ -119,9 +122,12 @@ async def create_partitions(
     async with conn.atomic():
         await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
         schema = await conn.fetchval(_PARENT_SCHEMA, target.qualified)
-        buckets = await conn.fetch(_buckets(target, column), column, texts, unit, _SUFFIX[unit])
-        for bucket in buckets:
-            created += await _create_one(conn, target, schema, bucket)
+        query = _buckets(target, column)
+        refused = {
+            r["suffix"] for r in await conn.fetch(query, column, [value], unit, _SUFFIX[unit])
+        }
+        for bucket in await conn.fetch(query, column, texts, unit, _SUFFIX[unit]):
+            created += await _create_one(conn, target, schema, bucket, bucket["suffix"] in refused)
     if created:
         log.info(
             "partitions_created",
@@ -133,6 +139,10 @@ async def create_partitions(
 _PARENT_SCHEMA = (
     "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.oid = to_regclass($1)"
+)
+_PARTITION_OF = (
+    "SELECT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass($1) "
+    "AND inhparent = to_regclass($2))"
 )
 _CREATE = (
     "SELECT format('CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', "
@@ -151,13 +161,18 @@ FROM b ORDER BY b.lo
 """
 
 
-async def _create_one(conn: Connection, target: Target, schema: str, bucket: asyncpg.Record) -> int:
+async def _create_one(
+    conn: Connection, target: Target, schema: str, bucket: asyncpg.Record, refused: bool
+) -> int:
     suffix = str(bucket["suffix"])
     if not suffix.isdigit():
         return 0
     name = quote_qualified(schema, f"{target.table[:50]}_p{suffix}")
     if await conn.fetchval(sql.TABLE_EXISTS, name):
-        return 0
+        # The refused row's partition, made by another worker while this batch waited for
+        # the lock: the batch may go again. Any other table of that name is left alone
+        # (the row's error stands).
+        return int(refused and bool(await conn.fetchval(_PARTITION_OF, name, target.qualified)))
     statement = await conn.fetchval(_CREATE, name, target.qualified, bucket["lo"], bucket["hi"])
     try:
         async with conn.atomic():  # a savepoint: an overlap leaves the bucket to its owner

@@ -123,7 +123,7 @@ class Topology:
             and self.partition_types[0] in _TIME_TYPES
         ):
             return None
-        shape = self.describe() if self.kind is not Kind.MISSING else "not made yet"
+        shape = self.describe() if self.kind is not Kind.MISSING else "missing"
         return (
             "create_partitions needs a table range-partitioned on one date or timestamp "
             f"column, and {label} is {shape}: create the table (and its partitions) "
@@ -227,7 +227,7 @@ async def _problem(
     create_partitions: str | None,
 ) -> str | None:
     problem = topology.key_problem(target.label, target.pk, mode)
-    if problem is None and create_partitions is not None and topology.kind is not Kind.MISSING:
+    if problem is None and create_partitions is not None:
         problem = topology.creation_problem(target.label)
     if problem is None and topology.citus and mode == "merge":
         if not await has_unique_key(conn, target):

@@ -248,3 +248,54 @@ def test_check_config_reports_each_target_and_whether_its_key_fits(
     ]
     assert result.code == 1
     assert db.val("SELECT to_regclass('brand_new')") is None  # nothing was touched
+
+
+def test_a_row_no_partition_can_be_made_for_fails_naming_it(
+    cli: Any, db: Db, tmp_path: Path
+) -> None:
+    """'infinity' has no day: the other rows' partitions are made, that row fails the file."""
+    db.execute(BY_DAY)
+    f = write(tmp_path / "a.csv", "id,day,v\n1,2024-01-01,a\n2,2024-01-07,b\n3,infinity,c\n")
+    result = cli(
+        "--once", "--files", f, "--table", "t", "--pk", "id,day", "--mode", "upsert",
+        "--create-partitions", "day",
+    )  # fmt: skip
+    assert result.code == 1
+    assert _failure(result) == (
+        'no partition of relation "t" found for row (row 3; Partition key of the failing row '
+        "contains (day) = (infinity).)"
+    )
+    assert db.val("SELECT count(*) FROM t") == 0
+    assert db.val("SELECT to_regclass('t_p20240107')::text") == "t_p20240107"
+
+
+def test_create_partitions_on_a_missing_table_is_refused_up_front(
+    cli: Any, db: Db, tmp_path: Path
+) -> None:
+    f = write(tmp_path / "a.csv", "id,day\n1,2024-01-01\n")
+    result = cli("--once", "--files", f, "--table", "t", "--pk", "id", "--create-partitions", "day")
+    assert result.code == 1
+    assert _failure(result).startswith(
+        "create_partitions needs a table range-partitioned on one date or timestamp column, "
+        "and t is missing"
+    )
+    assert db.val("SELECT to_regclass('t')") is None
+
+
+def test_workers_needing_the_same_new_partitions_at_once_all_load(
+    cli: Any, db: Db, tmp_path: Path
+) -> None:
+    db.execute(
+        "CREATE TABLE t (id int, day date, v text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day)"
+    )
+    inbox = tmp_path / "inbox"
+    for n in range(4):
+        rows = "".join(f"{n * 1000 + i},2024-02-{1 + i % 9:02d},x\n" for i in range(1000))
+        write(inbox / f"f{n}.csv", "id,day,v\n" + rows)
+    result = cli(
+        "--once", "--inbox", inbox, "--table", "t", "--pk", "id,day", "--mode", "upsert",
+        "--concurrency", "4", "--chunk-size", "200", "--create-partitions", "day",
+    )  # fmt: skip
+    assert result.code == 0, result.err[-2000:]
+    assert db.val("SELECT count(DISTINCT id) FROM t") == 4000
+    assert db.val("SELECT count(*) FROM pg_inherits WHERE inhparent = 't'::regclass") == 9
