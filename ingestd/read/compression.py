@@ -4,14 +4,13 @@ as a stream (never to disk, never whole in memory); a broken stream is a FileErr
 from __future__ import annotations
 
 import lzma
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 
 from ingestd.exceptions import FileError
+from ingestd.storage import Openable, open_bytes
 
 # Suffix after .csv/.tsv/.txt/.jsonl/.ndjson -> codec. pyarrow streams gzip, zstd, bz2 and
 # LZ4 frames in C++ (no GIL); xz goes through the standard library's lzma.
@@ -35,6 +34,7 @@ _BZ2_BLOCK = b"1AY&SY"
 MAGIC_BYTES = 10  # enough of a file's start for sniff()
 _TRUNCATED = ("Truncated", "ended before the end-of-stream")
 _CODEC_WORDS = ("compress", "inflate")
+_XZ_READ = 1 << 16
 
 
 class Readable(Protocol):
@@ -122,10 +122,10 @@ class Decompressed:
     Errors from the file system itself (EIO, the file gone) stay OSErrors: reading, not
     the stream, failed."""
 
-    def __init__(self, source: BinaryIO | pa.NativeFile, codec: str):
+    def __init__(self, source: pa.NativeFile, codec: str):
         self.codec = codec
-        self._source: lzma.LZMAFile | pa.NativeFile = (
-            lzma.LZMAFile(source) if codec == "xz" else pa.input_stream(source, compression=codec)
+        self._source: _Xz | pa.NativeFile = (
+            _Xz(source) if codec == "xz" else pa.input_stream(source, compression=codec)
         )
 
     @property
@@ -150,15 +150,49 @@ class Decompressed:
         self._source.close()
 
 
-def open_stream(path: Path) -> Readable:
-    """The file's bytes, decompressed when its name says so; opened by its bytes, since
-    pyarrow cannot encode a name that is not UTF-8."""
-    codec = compression_of(path.name)
-    if codec is not None and not path.stat().st_size:
-        codec = None  # empty: no rows, as a plain empty file (lzma would call it truncated)
-    if codec == "xz":
-        return Decompressed(open(os.fsencode(path), "rb"), codec)
-    source = pa.OSFile(os.fsencode(path))
+class _Xz:
+    """xz streams (one after another, as `cat a.xz b.xz` makes them) through the standard
+    library's lzma; an empty file is an empty stream, as for the other codecs."""
+
+    def __init__(self, source: pa.NativeFile):
+        self._source = source
+        self._decompressor = lzma.LZMADecompressor()
+        self._input = b""
+        self._in_stream = False  # input fed since the last stream ended
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._source.closed)
+
+    def read(self, size: int = -1) -> bytes:
+        want = size if size > 0 else _XZ_READ
+        while True:
+            if self._decompressor.eof:  # what follows a stream is the next one, or nothing
+                self._input = self._decompressor.unused_data + self._input
+                self._decompressor = lzma.LZMADecompressor()
+                self._in_stream = False
+            if self._decompressor.needs_input and not self._input:
+                self._input = self._source.read(_XZ_READ)
+                if not self._input:
+                    if self._in_stream:
+                        raise EOFError(
+                            "Compressed file ended before the end-of-stream marker was reached"
+                        )
+                    return b""
+            self._in_stream = True
+            data: bytes = self._decompressor.decompress(self._input, max_length=want)
+            self._input = b""
+            if data:
+                return data
+
+    def close(self) -> None:
+        self._source.close()
+
+
+def open_stream(entry: Openable) -> Readable:
+    """The entry's bytes, decompressed when its name says so."""
+    codec = compression_of(entry.name)
+    source = open_bytes(entry)
     return source if codec is None else Decompressed(source, codec)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +21,7 @@ import pyarrow as pa
 from ingestd.exceptions import FileError
 from ingestd.identifiers import InvalidIdentifierError, validate_identifier
 from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
-from ingestd.read.columns import select_columns
+from ingestd.read.columns import load_names, renamed, select_columns
 from ingestd.read.compression import BrokenStream, counted, open_stream
 from ingestd.settings import Contract
 from ingestd.storage import Openable
@@ -34,6 +33,13 @@ _BOM = b"\xef\xbb\xbf"
 _MAX_COLUMNS = 1600  # PostgreSQL's limit on a table's columns
 _INT64 = range(-(1 << 63), 1 << 63)
 _JSON_TYPES = ("json", "jsonb")
+
+
+class _Number(str):
+    """A JSON number with a fraction or exponent, kept as written (1.50 stays 1.50; a
+    float would print 1.5, and lose digits past 17)."""
+
+    __slots__ = ()
 
 
 def _refuse_constant(name: str) -> Any:
@@ -88,7 +94,7 @@ def _parse(line: bytes, number: int) -> dict[str, Any]:
             row=number,
         ) from None
     try:
-        value = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_float=_Number, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise FileError(
             f"line {number} is not valid JSON: {exc.msg} at character {exc.pos + 1}: "
@@ -108,16 +114,20 @@ def _parse(line: bytes, number: int) -> dict[str, Any]:
     return value
 
 
+# What each type json.loads makes holds, for a table ingestd creates (int: see _kind).
+_KINDS: dict[type, str] = {
+    str: "text",
+    _Number: "double precision",
+    bool: "boolean",
+    dict: "jsonb",
+    list: "jsonb",
+}
+
+
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
+    if type(value) is int:
         return "bigint" if value in _INT64 else "numeric"
-    if isinstance(value, Decimal):
-        return "double precision"
-    if isinstance(value, (dict, list)):
-        return "jsonb"
-    return "text"
+    return _KINDS[type(value)]
 
 
 def _column_type(kinds: set[str], typed: bool) -> str:
@@ -165,27 +175,30 @@ def _survey(path: Openable, limits: Limits, wanted: set[str] | None) -> _Survey:
 
 
 def _dump(value: Any) -> str:
-    """JSON text of a value, numbers as written (Decimal keeps their digits)."""
+    """JSON text of a value, numbers with a fraction as written."""
     if isinstance(value, dict):
         items = (f"{json.dumps(k, ensure_ascii=False)}: {_dump(v)}" for k, v in value.items())
         return "{" + ", ".join(items) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_dump(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        return str(value)
+    if type(value) is _Number:
+        return str.__str__(value)
     return json.dumps(value, ensure_ascii=False)  # str, int, bool, None
 
 
 def _text(value: Any, as_json: bool) -> str | None:
     """A value as the text PostgreSQL reads into its column: JSON text for json and jsonb
     columns and for nested values, else the value itself (true/false, digits as written)."""
+    kind = type(value)
+    if kind is str and not as_json:
+        return value  # type: ignore[no-any-return]  # the common case first
     if value is None:
         return None
-    if as_json or isinstance(value, (dict, list)):
+    if as_json or kind is dict or kind is list:
         return _dump(value)
-    if isinstance(value, bool):
+    if kind is bool:
         return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
+    return str.__str__(value) if kind is _Number else str(value)
 
 
 def _check_names(names: list[str], path: Openable) -> None:
@@ -203,6 +216,8 @@ def open_ndjson(path: Openable, contract: Contract, limits: Limits) -> BatchRead
     """Open an NDJSON file: one pass learns its keys and checks every line, the batches
     come from a second."""
     wanted = set(contract.headers) if contract.headers is not None else None
+    if contract.column_names == "normalize":
+        wanted = None  # headers name normalized keys: every key is surveyed
     try:
         survey = _survey(path, limits, wanted)
     except BrokenStream as broken:
@@ -210,6 +225,10 @@ def open_ndjson(path: Openable, contract: Contract, limits: Limits) -> BatchRead
     names = list(survey.kinds)
     if not names and wanted is None:
         raise FileError("the file is empty (no JSON object with a key in it)")
+    keys = names
+    names = load_names(keys, path, contract, "ndjson", ()) if keys else keys
+    source = dict(zip(names, keys, strict=True))  # load name -> the file's key
+    survey.kinds = {n: survey.kinds[source[n]] for n in names}
     columns, missing = select_columns(names, contract)
     _check_names([c for c in columns if c not in missing], path)
     types = dict(contract.types)
@@ -222,7 +241,9 @@ def open_ndjson(path: Openable, contract: Contract, limits: Limits) -> BatchRead
     present = [c for c in columns if c not in missing]
     if not present:
         raise FileError(f"no line of the file has any of the keys {', '.join(columns)}")
-    batches = _batches(path, present, as_json, limits)
+    batches = _batches(path, [source[c] for c in present], {source[c] for c in as_json}, limits)
+    if names != keys:
+        batches = renamed(batches, {k: n for n, k in source.items()})
     batches = _normalise(batches, columns, missing, contract)
     batches = counted(rebatch(batches, limits.chunk_size, limits.batch_bytes))
     return BatchReader(layout, batches, 0, columns)
@@ -238,8 +259,12 @@ def _batches(
     rows = size = 0
     for number, line in _lines(path, limits.max_block_bytes):
         row = _parse(line, number)
-        for c in columns:
-            values[c].append(_text(row.get(c), c in as_json))
+        for c, column in values.items():
+            value = row.get(c)
+            # Strings are most values: appended as they are, without a call.
+            column.append(
+                value if type(value) is str and c not in as_json else _text(value, c in as_json)
+            )
         rows += 1
         size += len(line)
         if rows >= limits.chunk_size or size >= budget:
