@@ -841,12 +841,12 @@ def create_text_stage(stage: str, columns: Sequence[str]) -> str:
 
 def rescue_select(
     target: Target,
-    text_stage: str,
+    stage: str,
     rescued: Sequence[str],
     typed: Sequence[tuple[str, bool]],
     ordinal: bool,
 ) -> str:
-    """SELECT of the target's columns from the text stage: `typed` (column, cast?) in
+    """SELECT of the target's columns from the text stage `stage`: `typed` (column, cast?) in
     order, each cast one read through pg_temp.ingestd_cast (NULL when it does not cast);
     then the rescue column: the `rescued` columns and the text of values that did not
     cast, as one jsonb object (NULL when empty); then the ordinal if `ordinal`.
@@ -876,7 +876,7 @@ def rescue_select(
     inner = ", ".join([*casts, "s.*"])
     # OFFSET 0 keeps the subquery whole: each value is cast once, not once per mention.
     return (
-        f"SELECT {', '.join(values)} FROM (SELECT {inner} FROM {quote_ident(text_stage)} AS s "
+        f"SELECT {', '.join(values)} FROM (SELECT {inner} FROM {quote_ident(stage)} AS s "
         f"LEFT JOIN {target.qualified} AS d ON false OFFSET 0) AS c"
     )
 

@@ -178,3 +178,21 @@ def test_plan_add_refuses_a_wider_type_with_the_alter() -> None:
     # Narrower or equal, or not typed by the file: the values decide, as before.
     plan(_contract("add"), FILE, TYPES, {**TABLE_HAS, "score": "numeric"}, typed=True)
     plan(_contract("add"), FILE, TYPES, {**TABLE_HAS, "score": "integer"}, typed=False)
+
+
+def test_ndjson_keys_normalized(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text(
+        '{"Razão Social": "ACME", "CNPJ Básico": 1, "nested": {"a": 1}}\n'
+        '{"Razão Social": "B", "razão social": "dup"}\n'
+    )
+    contract = Contract(
+        name="e", table="e", pk=("cnpj_basico",), column_names="normalize", file_type="ndjson"
+    )
+    reader = open_reader(path, contract, 100)
+    assert reader.layout.columns == ("razao_social", "cnpj_basico", "nested", "razao_social_2")
+    [batch] = list(reader)
+    assert batch.to_pylist() == [
+        {"razao_social": "ACME", "cnpj_basico": "1", "nested": '{"a": 1}', "razao_social_2": None},
+        {"razao_social": "B", "cnpj_basico": None, "nested": None, "razao_social_2": "dup"},
+    ]

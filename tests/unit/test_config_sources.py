@@ -81,6 +81,9 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "delimiter": ("tab", "\t"),
     "quote": ("'", "'"),
     "encoding": ("latin-1", "latin-1"),
+    "schema_evolution": ("rescue", "rescue"),
+    "rescue_column": ("kept_aside", "kept_aside"),
+    "column_names": ("normalize", "normalize"),
     "header": ("false", False),
 }
 # What a key needs beside it to be valid (files without a header row name their columns).

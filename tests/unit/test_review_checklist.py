@@ -114,6 +114,7 @@ _NOT_BUILDERS = {
     "manifest_status_check_name",
     "parse_rejects_comment",
     "stage_columns",  # names for copy_to_table(columns=...), which asyncpg quotes itself
+    "text_stage_name",
 }
 
 
@@ -149,6 +150,12 @@ def _call(fn: Callable[..., object], params: list[str], ident: str) -> str:
             args.append(["text", "text"])
         elif p == "manifests":
             args.append(["ingestion_manifest"])
+        elif p == "pg_type":
+            args.append("text")
+        elif p == "rescued":
+            args.append([ident])
+        elif p == "typed":
+            args.append([(ident, True)])
         elif p == "name":
             args.append('"m"')  # already quoted by the caller (the manifest's name)
         else:
