@@ -87,7 +87,7 @@ class S3Server:
             binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64", "-master.electionTimeout=1s",
-            "-volume.max=30", "-volume.preStopSeconds=0",
+            "-volume.max=2000", "-volume.preStopSeconds=0",  # a bucket is a collection: ~7 each
             f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
             "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
             f"-filer.localSocket={self.root / 'filer.sock'}",

@@ -27,12 +27,14 @@ from obstore.store import S3Store
 
 from ingestd.exceptions import UsageError
 from ingestd.storage.base import Handle, StorageUnavailableError, Version, is_ignored
+from ingestd.storage.local_moves import fit_name
 from ingestd.storage.s3_client import STREAM_CHUNK, Ranges, Stream, call, store_for, translate
 
 if TYPE_CHECKING:
     from ingestd.settings import Settings
 
 SCHEME = "s3://"
+_KEY_MAX = 1024
 _URL = re.compile(r"^s3:/+(?P<bucket>[^/]+)/?(?P<prefix>.*)$")
 # One LIST page holds 1,000 keys: listing a prefix that fits costs the same request as a
 # listing after the last key seen, so only larger inboxes take the cheap path.
@@ -214,9 +216,14 @@ class S3Storage:
             meta = call(str(h), obstore.head, self.store, h.key)
         except FileNotFoundError:
             return None
-        if h.etag and meta.get("e_tag") != h.etag:
-            return None  # this handle's version is gone; the next listing has the new one
+        # The key's version now, which may be newer than the handle's: the pipeline then
+        # sees "changed" (and reads pinned to the handle's ETag fail rather than mix).
         return (int(meta["size"]), meta.get("e_tag") or "", meta.get("version"))
+
+    def _is_current(self, h: ObjectHandle) -> bool:
+        """The key still holds the handle's version (not deleted, not re-uploaded)."""
+        now = self.identity(h)
+        return now is not None and now[:2] == (h.size, h.etag) if h.etag else now is not None
 
     def open_stream(self, handle: Handle) -> pa.NativeFile:
         h = _handle(handle)
@@ -242,7 +249,7 @@ class S3Storage:
 
     def delete(self, handle: Handle) -> None:
         h = _handle(handle)
-        if self.identity(h) is None:
+        if not self._is_current(h):
             return  # gone, or replaced by a newer upload that is not ours to remove
         call(str(h), obstore.delete, self.store, h.key)
 
@@ -253,7 +260,7 @@ class S3Storage:
         if sidecar is not None:
             call(target, obstore.put, self.store, f"{target}.error.json", sidecar)
         if not self._holds(target, h):
-            if self.identity(h) is None:
+            if not self._is_current(h):
                 raise FileNotFoundError(errno.ENOENT, f"{h}: replaced or gone before its move")
             call(str(h), obstore.copy, self.store, h.key, target)
         self.delete(h)
@@ -268,9 +275,11 @@ class S3Storage:
 
     def _free_name(self, h: ObjectHandle, dest: str, sidecar_suffix: str) -> str:
         folder, _, name = dest.rpartition("/")
-        stem, dot, suffix = name.partition(".")
+        # S3 keys are at most 1,024 bytes: a long name is shortened as local names are
+        # (stem cut, a hash of the whole name, the extension kept) so the sidecar fits too.
+        room = _KEY_MAX - len(folder.encode()) - 1
         for n in range(10_000):
-            variant = name if n == 0 else f"{stem}.{n}.{suffix}" if dot else f"{name}.{n}"
+            variant = fit_name(name, n, len(sidecar_suffix), room)
             key = f"{folder}/{variant}" if folder else variant
             if self._holds(key, h):
                 return key
