@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from ingestd.storage.s3_client import STREAM_CHUNK, Ranges, Stream, call, store_
 if TYPE_CHECKING:
     from ingestd.settings import Settings
 
+log = logging.getLogger(__name__)
 SCHEME = "s3://"
 _KEY_MAX = 1024
 _URL = re.compile(r"^s3:/+(?P<bucket>[^/]+)/?(?P<prefix>.*)$")
@@ -307,4 +309,15 @@ def from_settings(settings: Settings) -> S3Storage:
     done = None if keep else area(settings.done_dir, "done")
     failed = area(settings.failed_dir, "failed")
     store = store_for(inbox.bucket, settings.s3_endpoint_url)
+    if settings.s3_queue_url and not _QUEUE_WARNED:
+        _QUEUE_WARNED.append(True)
+        # Said, not silently ignored: the listing still finds every object within poll_s.
+        log.warning(
+            "s3_queue_unsupported",
+            extra={"reason": "this build does not read SQS notifications yet; new objects "
+                   "are found by listing the prefix every poll_s"},
+        )  # fmt: skip
     return S3Storage(store, inbox, done, failed, rescan_s=settings.rescan_s)
+
+
+_QUEUE_WARNED: list[bool] = []
