@@ -37,6 +37,7 @@ class Outcome:
     running: list[Index] = field(default_factory=list)  # another live backfill's
     errors: list[str] = field(default_factory=list)
     analyzed: list[str] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)  # tables dropped since: records cleared
 
     def message(self) -> str:
         """One line for the summary when indexes are still dropped ('' when none)."""
@@ -147,11 +148,17 @@ async def finish(
                     extra={"index": ix.name, "table": ix.target_label, "error": str(exc)},
                 )
                 return
+            if done == "table_gone":
+                out.gone.add(ix.target_label)
+                return
             (out.existed if done == "existed" else out.built).append(ix.name)
 
     await asyncio.gather(*(one(ix) for ix in todo))
     tables = {t.label: t.qualified for t in analyze}
-    tables.update({ix.target_label: quote_qualified(ix.schema, ix.table) for ix in todo})
+    tables.update(
+        {ix.target_label: quote_qualified(ix.schema, ix.table) for ix in todo
+         if ix.target_label not in out.gone}
+    )  # fmt: skip
     await _analyze(db, tables, out)
     if todo or analyze:
         log.info(

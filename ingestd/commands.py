@@ -62,7 +62,12 @@ def check_config(argv: Sequence[str]) -> int:
         return 2
     print(f"{ns.config}: ok")
     print(f"  inbox {settings.inbox}, done {settings.done_path}, failed {settings.failed_path}")
-    print(f"  chunk size {settings.chunk_size:,}, concurrency {settings.concurrency}, "
+    concurrency = (
+        str(settings.concurrency)
+        if "concurrency" in settings.given
+        else "min(cores, max_connections/2), chosen at start"
+    )
+    print(f"  chunk size {settings.chunk_size:,}, concurrency {concurrency}, "
           f"metrics {_addr(settings)}")  # fmt: skip
     print(f"  database: {'from the config or INGESTD_DSN' if settings.dsn else 'embedded'}")
     for c in settings.contracts:

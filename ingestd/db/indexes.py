@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.exceptions import FileError, UsageError
 from ingestd.identifiers import (
@@ -20,98 +21,6 @@ log = logging.getLogger(__name__)
 
 BACKFILL_TABLE = "ingestion_backfill_indexes"
 _INSUFFICIENT_PRIVILEGE = "42501"
-
-# $1 the quoted target: its schema and name, whether the current role may act as its owner
-# (member of the owning role, or superuser), and its kind.
-TARGET = """
-SELECT n.nspname::text AS schema, c.relname::text AS table, c.relkind::text AS kind,
-       pg_has_role(current_user, c.relowner, 'USAGE') AS owner,
-       pg_get_userbyid(c.relowner)::text AS owned_by
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass($1)
-"""
-
-# $1 the quoted target: each index with what decides whether a backfill may drop it.
-# conindid: the index backs a constraint, the target's own (primary key, unique,
-# exclusion) or another table's foreign key referencing this one.
-TARGET_INDEXES = """
-SELECT i.relname::text AS name, pg_get_indexdef(x.indexrelid) AS definition,
-       t.spcname::text AS tablespace, obj_description(x.indexrelid, 'pg_class') AS comment,
-       x.indisprimary AS is_primary, x.indisunique AS is_unique,
-       x.indisexclusion AS is_exclusion, x.indisreplident AS is_replident,
-       x.indisclustered AS is_clustered, x.indisvalid AND x.indisready AS is_valid,
-       i.relkind::text AS kind,
-       (SELECT string_agg(k.conname || ' on ' || k.conrelid::regclass::text, ', ')
-        FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS constraints
-FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-LEFT JOIN pg_tablespace t ON t.oid = i.reltablespace
-WHERE x.indrelid = to_regclass($1)
-ORDER BY i.relname
-"""
-
-# $1 quoted index: it exists, valid or not, and its definition.
-INDEX_STATE = """
-SELECT x.indisvalid AND x.indisready AS is_valid, pg_get_indexdef(x.indexrelid) AS definition
-FROM pg_index x WHERE x.indexrelid = to_regclass($1)
-"""
-
-# $1 index name, $2 schema, $3 table: how pg_get_indexdef starts a definition of that index.
-DEFINITION_PREFIX = """
-SELECT 'INDEX ' || quote_ident($1) || ' ON ' || quote_ident($2) || '.' || quote_ident($3)
-       || ' USING '
-"""
-
-COMMENT_ON_INDEX = "SELECT format('COMMENT ON INDEX %s IS %L', $1::text, $2::text)"
-# This session's counts of rows it changed reach pg_stat_user_tables only when it is idle
-# (or later): flushed before counting dead tuples, and before an ANALYZE, which subtracts
-# the session's unflushed changes from what it reports. PostgreSQL 15+.
-FLUSH_STATS = "SELECT pg_stat_force_next_flush()"
-FLUSH_STATS_MIN_VERSION = 150000
-SET_LOCAL = "SELECT set_config($1, $2, true)"
-DEAD_TUPLES = """
-SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass($1)
-"""
-
-
-def create_records(records: str) -> str:
-    """The table beside the manifest where dropped indexes wait to be rebuilt."""
-    return f"""CREATE TABLE IF NOT EXISTS {records} (
-        target_schema text NOT NULL,
-        target_table  text NOT NULL,
-        index_name    text NOT NULL,
-        definition    text NOT NULL,
-        tablespace    text,
-        comment       text,
-        is_constraint boolean NOT NULL DEFAULT false,
-        run_id        text NOT NULL,
-        owner_token   text NOT NULL,
-        dropped_at    timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (target_schema, index_name))"""
-
-
-def _insert_record(records: str) -> str:
-    return (
-        f"INSERT INTO {records} (target_schema, target_table, index_name, definition, "
-        "tablespace, comment, is_constraint, run_id, owner_token) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
-    )
-
-
-def _pending(records: str) -> str:
-    # alive: recorded by another process ($1: this one's token) still connected: its
-    # backfill is running.
-    return f"""
-SELECT r.target_schema, r.target_table, r.index_name, r.definition, r.tablespace,
-       r.comment, r.is_constraint, r.run_id, r.owner_token,
-       r.owner_token <> $1 AND EXISTS (
-           SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database()
-               AND starts_with(a.application_name, 'ingestd ' || r.owner_token || ' '))
-           AS alive
-FROM {records} r ORDER BY r.target_schema, r.target_table, r.index_name"""
-
-
-def _delete_record(records: str) -> str:
-    return f"DELETE FROM {records} WHERE target_schema = $1 AND index_name = $2"
 
 
 @dataclass(frozen=True)
@@ -168,7 +77,7 @@ class Plan:
 
 async def find_target(conn: Connection, schema: str | None, table: str) -> Target | None:
     """The target as the catalog has it (schema resolved by search_path); None if missing."""
-    row = await conn.fetchrow(TARGET, quote_qualified(schema, table))
+    row = await conn.fetchrow(sql.INDEX_TARGET, quote_qualified(schema, table))
     if row is None:
         return None
     return Target(row["schema"], row["table"], row["kind"], row["owner"], row["owned_by"])
@@ -195,7 +104,7 @@ def _kept_because(row: dict[str, object], name_ok: bool) -> str | None:
 async def plan(conn: Connection, target: Target, run_id: str = "", token: str = "") -> Plan:
     """Which of the target's indexes a backfill drops, and which stay and why."""
     drop, keep = [], []
-    for row in await conn.fetch(TARGET_INDEXES, target.qualified):
+    for row in await conn.fetch(sql.TARGET_INDEXES, target.qualified):
         try:
             validate_identifier(row["name"])
             name_ok = True
@@ -224,10 +133,10 @@ async def plan(conn: Connection, target: Target, run_id: str = "", token: str = 
 async def ensure_records(conn: Connection, records: str) -> None:
     """Create the records table if missing (CREATE IF NOT EXISTS still needs CREATE on the
     schema, so an existing one is used as it is)."""
-    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", records):
+    if await conn.fetchval(sql.TABLE_EXISTS, records):
         return
     try:
-        await conn.execute(create_records(records))
+        await conn.execute(sql.create_backfill_records(records))
     except FileError as exc:
         if exc.sqlstate != _INSUFFICIENT_PRIVILEGE:
             raise
@@ -243,21 +152,21 @@ async def drop_recorded(
     """Record and drop the target's droppable indexes in one transaction: a crash leaves
     either both or neither. Listed under the table's lock, so the records are exact."""
     async with conn.atomic():
-        await conn.execute(f"LOCK TABLE {target.qualified} IN ACCESS EXCLUSIVE MODE")
+        await conn.execute(sql.lock_exclusive(target.qualified))
         found = await plan(conn, target, run_id, token)
         for ix in found.drop:
             await conn.execute(
-                _insert_record(records), ix.schema, ix.table, ix.name, ix.definition,
+                sql.insert_backfill_record(records), ix.schema, ix.table, ix.name, ix.definition,
                 ix.tablespace, ix.comment, ix.is_constraint, run_id, token,
             )  # fmt: skip
-            await conn.execute(f"DROP INDEX {ix.qualified}")
+            await conn.execute(sql.drop_index(ix.qualified))
     return found
 
 
 async def pending(conn: Connection, records: str, token: str = "") -> list[Index]:
     """Every index recorded as dropped and not yet rebuilt (none if there is no table);
     `token`: this process's, whose own records are not another's running backfill."""
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", records):
+    if not await conn.fetchval(sql.TABLE_EXISTS, records):
         return []
     return [
         Index(
@@ -272,16 +181,21 @@ async def pending(conn: Connection, records: str, token: str = "") -> list[Index
             r["owner_token"],
             r["alive"],
         )
-        for r in await conn.fetch(_pending(records), token)
+        for r in await conn.fetch(sql.backfill_pending(records), token)
     ]
 
 
 async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_mem_mb: int) -> str:
     """Build one recorded index and forget its record, in one transaction (a kill rolls
     both back: no half-built index, the record stays). One already there and valid is not
-    built again; an invalid one (a killed CREATE INDEX CONCURRENTLY) is dropped and built.
-    Returns what was done: built, rebuilt_invalid or existed."""
-    prefix = await conn.fetchval(DEFINITION_PREFIX, ix.name, ix.schema, ix.table)
+    built again; an invalid one (a killed concurrent build) is dropped and built.
+    Returns what was done: built, rebuilt_invalid, existed, or table_gone (the table was
+    dropped since: its indexes went with it, the record is cleared)."""
+    if not await conn.fetchval(sql.TABLE_EXISTS, quote_qualified(ix.schema, ix.table)):
+        await conn.execute(sql.delete_backfill_record(records), ix.schema, ix.name)
+        log.warning("backfill_table_gone", extra={"index": ix.name, "table": ix.target_label})
+        return "table_gone"
+    prefix = await conn.fetchval(sql.INDEX_DEFINITION_PREFIX, ix.name, ix.schema, ix.table)
     body = ix.definition.removeprefix("CREATE ").removeprefix("UNIQUE ")
     if not body.startswith(prefix) or not _one_statement(ix.definition):
         # Executed as SQL: only text pg_get_indexdef could have written for this index.
@@ -294,9 +208,9 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
     if ix.tablespace:
         statement += f" TABLESPACE {quote_ident(ix.tablespace)}"
     async with conn.atomic():
-        await conn.fetchval(SET_LOCAL, "maintenance_work_mem", f"{maintenance_work_mem_mb}MB")
-        await conn.fetchval(SET_LOCAL, "statement_timeout", "0")  # a build may take hours
-        state = await conn.fetchrow(INDEX_STATE, ix.qualified)
+        await conn.fetchval(sql.SET_LOCAL, "maintenance_work_mem", f"{maintenance_work_mem_mb}MB")
+        await conn.fetchval(sql.SET_LOCAL, "statement_timeout", "0")  # a build may take hours
+        state = await conn.fetchrow(sql.INDEX_STATE, ix.qualified)
         done = "built"
         if state is not None and state["is_valid"]:
             if state["definition"] != ix.definition:
@@ -308,7 +222,7 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
             done = "existed"
         else:
             if state is not None:
-                await conn.execute(f"DROP INDEX {ix.qualified}")
+                await conn.execute(sql.drop_index(ix.qualified))
                 done = "rebuilt_invalid"
             started = time.monotonic()
             # fetch, not execute: one statement only, whatever the stored text holds.
@@ -320,9 +234,9 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
             )  # fmt: skip
             if ix.comment:
                 # The comment travels as a parameter; the server quotes it (%L).
-                text = await conn.fetchval(COMMENT_ON_INDEX, ix.qualified, ix.comment)
+                text = await conn.fetchval(sql.COMMENT_ON_INDEX, ix.qualified, ix.comment)
                 await conn.fetch(text)
-        await conn.execute(_delete_record(records), ix.schema, ix.name)
+        await conn.execute(sql.delete_backfill_record(records), ix.schema, ix.name)
     return done
 
 
@@ -342,8 +256,8 @@ def _one_statement(text: str) -> bool:
 
 async def flush_stats(conn: Connection, server_version: int) -> None:
     """Have this session's table counts reach the statistics before its next statement."""
-    if server_version >= FLUSH_STATS_MIN_VERSION:
-        await conn.fetchval(FLUSH_STATS)
+    if server_version >= sql.FLUSH_STATS_MIN_VERSION:
+        await conn.fetchval(sql.FLUSH_STATS)
 
 
 async def analyze(
@@ -352,8 +266,8 @@ async def analyze(
     """ANALYZE a table; its (dead, live) tuples as ANALYZE counted them (None: no stats)."""
     await flush_stats(conn, server_version)
     async with conn.atomic():
-        await conn.fetchval(SET_LOCAL, "statement_timeout", "0")
-        await conn.execute(f"ANALYZE {qualified}")
+        await conn.fetchval(sql.SET_LOCAL, "statement_timeout", "0")
+        await conn.execute(sql.analyze(qualified))
     return await dead_tuples(conn, qualified)
 
 
@@ -362,6 +276,5 @@ async def dead_tuples(
 ) -> tuple[int, int] | None:
     """(n_dead_tup, n_live_tup) of a table from pg_stat_user_tables (None: not there)."""
     await flush_stats(conn, server_version)
-    row = await conn.fetchrow(DEAD_TUPLES, qualified)
+    row = await conn.fetchrow(sql.DEAD_TUPLES, qualified)
     return None if row is None else (int(row["n_dead_tup"]), int(row["n_live_tup"]))
-

@@ -889,3 +889,125 @@ def rescue_insert(into: str, columns: Sequence[str], select: str, rescue: str) -
         f"RETURNING {quote_ident(rescue)} IS NOT NULL AS rescued) "
         "SELECT count(*) AS rows, count(*) FILTER (WHERE rescued) AS rescued FROM moved"
     )
+
+
+# --- backfill: secondary indexes dropped and rebuilt (db.indexes), table statistics -----
+
+# $1 the quoted target: its schema and name, whether the current role may act as its owner
+# (member of the owning role, or superuser), and its kind.
+INDEX_TARGET = """
+SELECT n.nspname::text AS schema, c.relname::text AS table, c.relkind::text AS kind,
+       pg_has_role(current_user, c.relowner, 'USAGE') AS owner,
+       pg_get_userbyid(c.relowner)::text AS owned_by
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass($1)
+"""
+
+# $1 the quoted target: each index with what decides whether a backfill may drop it.
+# conindid: the index backs a constraint, the target's own (primary key, unique,
+# exclusion) or another table's foreign key referencing this one.
+TARGET_INDEXES = """
+SELECT i.relname::text AS name, pg_get_indexdef(x.indexrelid) AS definition,
+       t.spcname::text AS tablespace, obj_description(x.indexrelid, 'pg_class') AS comment,
+       x.indisprimary AS is_primary, x.indisunique AS is_unique,
+       x.indisexclusion AS is_exclusion, x.indisreplident AS is_replident,
+       x.indisclustered AS is_clustered, x.indisvalid AND x.indisready AS is_valid,
+       i.relkind::text AS kind,
+       (SELECT string_agg(k.conname || ' on ' || k.conrelid::regclass::text, ', ')
+        FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS constraints
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+LEFT JOIN pg_tablespace t ON t.oid = i.reltablespace
+WHERE x.indrelid = to_regclass($1)
+ORDER BY i.relname
+"""
+
+# $1 quoted index: it exists, valid or not, and its definition.
+INDEX_STATE = """
+SELECT x.indisvalid AND x.indisready AS is_valid, pg_get_indexdef(x.indexrelid) AS definition
+FROM pg_index x WHERE x.indexrelid = to_regclass($1)
+"""
+
+# $1 index name, $2 schema, $3 table: how pg_get_indexdef starts a definition of that index.
+INDEX_DEFINITION_PREFIX = """
+SELECT 'INDEX ' || quote_ident($1) || ' ON ' || quote_ident($2) || '.' || quote_ident($3)
+       || ' USING '
+"""
+
+COMMENT_ON_INDEX = "SELECT format('COMMENT ON INDEX %s IS %L', $1::text, $2::text)"
+# This session's counts of rows it changed reach pg_stat_user_tables only when it is idle
+# (or later): flushed before counting dead tuples, and before an ANALYZE, which subtracts
+# the session's unflushed changes from what it reports. PostgreSQL 15+.
+FLUSH_STATS = "SELECT pg_stat_force_next_flush()"
+FLUSH_STATS_MIN_VERSION = 150000
+SET_LOCAL = "SELECT set_config($1, $2, true)"
+DEAD_TUPLES = """
+SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables WHERE relid = to_regclass($1)
+"""
+
+
+def create_backfill_records(records: str) -> str:
+    """The table beside the manifest where dropped indexes wait to be rebuilt."""
+    return f"""CREATE TABLE IF NOT EXISTS {records} (
+        target_schema text NOT NULL,
+        target_table  text NOT NULL,
+        index_name    text NOT NULL,
+        definition    text NOT NULL,
+        tablespace    text,
+        comment       text,
+        is_constraint boolean NOT NULL DEFAULT false,
+        run_id        text NOT NULL,
+        owner_token   text NOT NULL,
+        dropped_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target_schema, index_name))"""
+
+
+def insert_backfill_record(records: str) -> str:
+    """Record a dropped index (a second record of one already recorded is ignored)."""
+    return (
+        f"INSERT INTO {records} (target_schema, target_table, index_name, definition, "
+        "tablespace, comment, is_constraint, run_id, owner_token) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
+    )
+
+
+def backfill_pending(records: str) -> str:
+    """Every recorded index; alive: recorded by another process ($1: this one's token)
+    that is still connected, whose backfill is running."""
+    return f"""
+SELECT r.target_schema, r.target_table, r.index_name, r.definition, r.tablespace,
+       r.comment, r.is_constraint, r.run_id, r.owner_token,
+       r.owner_token <> $1 AND EXISTS (
+           SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database()
+               AND starts_with(a.application_name, 'ingestd ' || r.owner_token || ' '))
+           AS alive
+FROM {records} r ORDER BY r.target_schema, r.target_table, r.index_name"""
+
+
+def delete_backfill_record(records: str) -> str:
+    """Forget a rebuilt index."""
+    return f"DELETE FROM {records} WHERE target_schema = $1 AND index_name = $2"
+
+
+
+def lock_exclusive(qualified: str) -> str:
+    """Nobody reads or writes the table until the transaction ends (the drop's listing)."""
+    return f"LOCK TABLE {qualified} IN ACCESS EXCLUSIVE MODE"
+
+
+def drop_index(qualified: str) -> str:
+    """DROP INDEX (qualified: the quoted schema.name)."""
+    return f"DROP INDEX {qualified}"
+
+
+def analyze(qualified: str) -> str:
+    """ANALYZE a table (qualified: its quoted name)."""
+    return f"ANALYZE {qualified}"
+
+
+# Connection slots, for the default concurrency: max_connections and those reserved.
+SERVER_LIMITS = """
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int
+       + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved
+"""
+

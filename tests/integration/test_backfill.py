@@ -245,3 +245,28 @@ def test_a_run_without_concurrency_chooses_it_from_cores_and_slots_and_says_why(
     assert chosen["pool_size"] == chosen["concurrency"] + 2 and chosen["reason"]
     given = cli("--files", f, "--table", "t", "--pk", "id", "--concurrency", "3")
     assert not [e for e in log_events(given.err) if e.get("event") == "defaults_chosen"]
+
+
+def test_a_target_in_another_schema_keeps_its_indexes_through_a_backfill(
+    cli: Cli, db: Db, tmp_path: Path
+) -> None:
+    db.execute("CREATE SCHEMA sales; CREATE TABLE sales.\"T2\" (id int PRIMARY KEY, a text);"
+               "CREATE INDEX \"T2_a\" ON sales.\"T2\" (lower(a)) WHERE a <> ''")  # fmt: skip
+    before = indexdefs(db, 'sales."T2"')
+    f = write(tmp_path / "in" / "t2.csv", "id,a\n1,x\n2,y\n")
+    r = cli("--files", f, "--schema", "sales", "--table", "T2", "--pk", "id", "--backfill")
+    assert r.code == 0, r.err
+    [dropped] = log_events(r.err, "backfill_indexes_dropped")
+    assert dropped["dropped"] == ["T2_a"] and dropped["table"] == "sales.T2"
+    assert indexdefs(db, 'sales."T2"') == before
+    assert int(db.val('SELECT count(*) FROM sales."T2"')) == 2
+
+
+def test_a_table_dropped_while_in_backfill_clears_its_records(
+    cli: Cli, db: Db, table: dict[str, str], tmp_path: Path, dsn: str
+) -> None:
+    _leave_dropped(db, cli, tmp_path)
+    db.execute("DROP TABLE child; DROP TABLE t")
+    r = run_cli(["backfill", "--finish", "--dsn", dsn])
+    assert r.code == 0, r.out + r.err
+    assert records(db) == []

@@ -65,6 +65,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "split_mb": ("0", 0.0),
     "on_new_version": ("append", "append"),
     "on_duplicate_content": ("load", "load"),
+    "backfill": ("true", True),
+    "backfill_index_jobs": ("3", 3),
+    "backfill_maintenance_work_mem_mb": ("64", 64),
+    "analyze_after_rows": ("0", 0),
     # contract keys (flags and INGESTD_* apply to every contract)
     "table": ("envtable", "envtable"),
     "pattern": ("*.csv", "*.csv"),
@@ -77,17 +81,17 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "preserve_types": ("true", True),
     "tolerant": ("TRUE", True),
     "tolerant_mode": ("empty", "empty"),
+    "schema_evolution": ("rescue", "rescue"),
+    "rescue_column": ("kept_aside", "kept_aside"),
+    "column_names": ("normalize", "normalize"),
     "max_bad_rows": ("1%", BadRows(ratio=0.01)),
     "delimiter": ("tab", "\t"),
     "quote": ("'", "'"),
     "encoding": ("latin-1", "latin-1"),
-    "schema_evolution": ("rescue", "rescue"),
-    "rescue_column": ("kept_aside", "kept_aside"),
-    "column_names": ("normalize", "normalize"),
     "header": ("false", False),
 }
 # What a key needs beside it to be valid (files without a header row name their columns).
-NEEDS = {"header": {"headers": "id"}}
+NEEDS = {"header": {"headers": "id"}, "backfill": {"once": "true"}}
 BASE = {"table": "t", "pk": "id"}
 
 
