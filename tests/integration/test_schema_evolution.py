@@ -315,3 +315,20 @@ def test_metrics_count_changes_and_rescued_rows(daemons, db: Db, tmp_path: Path)
     [event] = daemon.events("schema_changed")
     assert (event["table"], event["column"], event["type"]) == ("t", "_rescued_data", "jsonb")
     assert event["file"] == "b.csv" and event["run_id"]
+
+
+def test_rescue_as_a_least_privilege_role(dsn: str, db: Db, role: str, tmp_path: Path) -> None:
+    # The cast helper lives in pg_temp: TEMPORARY on the database is all rescue needs.
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, n integer, _rescued_data jsonb)")
+    run_roles_sql(dsn, role=role, tables="t")
+    loader = make_loader(dsn, role, tmp_path)
+    result = loader(
+        "a.csv", "id,n,extra\n1,5,x\n2,five,\n", "--table", "t", "--pk", "id",
+        "--schema-evolution", "rescue",
+    )  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    rows = db.fetch("SELECT id, n, _rescued_data::text AS r FROM t ORDER BY id")
+    assert [(r["id"], r["n"], r["r"] and json.loads(r["r"])) for r in rows] == [
+        (1, 5, {"extra": "x"}),
+        (2, None, {"n": "five"}),
+    ]
