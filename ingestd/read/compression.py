@@ -31,6 +31,8 @@ _MAGIC: tuple[tuple[str, bytes], ...] = (
     ("lz4", b"\x04\x22\x4d\x18"),
 )
 _BZ2_BLOCK = b"1AY&SY"
+_ZIP = b"PK\x03\x04"
+_LZ4_LEGACY = b"\x02\x21\x4c\x18"
 MAGIC_BYTES = 10  # enough of a file's start for sniff()
 _TRUNCATED = ("Truncated", "ended before the end-of-stream")
 _CODEC_WORDS = ("compress", "inflate")
@@ -74,6 +76,16 @@ def sniff(head: bytes) -> str | None:
 def check_compression(name: str, head: bytes) -> None:
     """Refuse a file whose first bytes say another compression than its name does."""
     named, found = compression_of(name), sniff(head)
+    if head.startswith(_ZIP):
+        raise FileError(
+            f"{name} is a zip archive, which ingestd does not read: unzip it into the inbox "
+            "(or compress its members with gzip or zstd)"
+        )
+    if named == "lz4" and head.startswith(_LZ4_LEGACY):
+        raise FileError(
+            f"{name} is in the legacy LZ4 format (lz4 -l), which ingestd cannot read: "
+            "compress it as an LZ4 frame (lz4 without -l)"
+        )
     if named == found:
         return
     if named is None:
