@@ -26,7 +26,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from ingestd.exceptions import UsageError
+from ingestd.exceptions import FileError, UsageError
 from ingestd.storage.base import StorageUnavailableError
 
 RANGE_MIN = 1 << 20  # ranged reads fetch at least this much (Parquet asks in small pieces)
@@ -40,6 +40,24 @@ _REFUSED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                   "ExpiredToken", "InvalidToken", "AllAccessDisabled"}  # fmt: skip
 
 
+class ObjectGoneError(FileNotFoundError, FileError):
+    """The version a handle names is gone (deleted, or replaced by a new upload): at a
+    claim, "vanished"; in the middle of a load, a FileError the pipeline turns into
+    "changed/disappeared while it was being loaded" (the new version comes with the next
+    listing) instead of an internal error or a blamed file."""
+
+    # OSError's constructor runs, not FileError's: its attributes, as FileError sets them.
+    row: int | None = None
+    sqlstate: str | None = None
+    error_class: str | None = None
+
+    def __init__(self, message: str):
+        OSError.__init__(self, errno.ENOENT, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def translate(error: BaseException, what: str) -> OSError | StorageUnavailableError:
     """The storage error for a client error: gone, refused, changed, or transient.
 
@@ -51,11 +69,11 @@ def translate(error: BaseException, what: str) -> OSError | StorageUnavailableEr
     code = code_match[1] if code_match else ""
     detail = " ".join(p for p in (str(status) if status else "", code) if p) or "no answer"
     if isinstance(error, PreconditionError) or status == 412:
-        return FileNotFoundError(errno.ENOENT, f"{what}: replaced since it was listed")
+        return ObjectGoneError(f"{what}: replaced since it was listed")
     if code == "NoSuchBucket":
         return FileNotFoundError(errno.ENOENT, f"{what}: the bucket does not exist")
     if isinstance(error, NotFoundError) or status == 404:
-        return FileNotFoundError(errno.ENOENT, f"{what}: no such object")
+        return ObjectGoneError(f"{what}: no such object")
     if code in _TRANSIENT_CODES or status >= 500 or status == 429 or status == 0:
         # status 0: no answer at all (refused, reset, timed out): the store is away.
         return StorageUnavailableError(f"object store unavailable ({what}: {detail})")

@@ -98,3 +98,23 @@ def test_an_object_replaced_while_it_loads_fails_that_version_and_loads_the_new_
     assert statuses == ["failed", "success"], statuses
     assert bucket.keys("landing/failed/") == []
     assert bucket.keys(INBOX) == []
+
+
+def test_an_object_deleted_while_it_loads_is_not_blamed(cli: Any, db: Db, bucket: Bucket) -> None:
+    db.execute("CREATE TABLE t (id bigint, v text)")
+    slow_inserts(db, "t", 0.05)
+    bucket.put(INBOX + "gone.csv", csv_rows(20_000, 0, "old"))
+
+    def delete() -> None:
+        wait_for(lambda: db.progress() >= 3_000, timeout_s=60, what="the first batches")
+        bucket.delete(INBOX + "gone.csv")
+
+    remover = threading.Thread(target=delete)
+    remover.start()
+    result = once(cli, bucket, "--chunk-size", "1000")
+    remover.join()
+    assert "Traceback" not in result.err and "internal" not in result.err.lower()
+    assert "disappeared while it was being loaded" in result.err, result.err[-3000:]
+    assert bucket.keys("landing/failed/") == []
+    [row] = db.manifest()
+    assert row["status"] == "failed" and 0 < row["rows"] < 20_000
