@@ -19,7 +19,7 @@ from tests.pg import Db
 
 pytestmark = pytest.mark.fault
 
-ROWS = 60_000
+ROWS = 30_000
 SLOW = """
 CREATE FUNCTION slow(v text) RETURNS text IMMUTABLE LANGUAGE plpgsql
 AS $$ BEGIN PERFORM pg_sleep(0.0003); RETURN v; END $$;
@@ -110,7 +110,7 @@ def test_kill_during_the_rebuild_then_the_next_run_finishes(
     db.execute(SCHEMA)
     db.execute(SLOW)
     before = indexdefs(db)
-    rows = 8_000
+    rows = 5_000
     f = write(tmp_path / "in" / "t.csv", data(rows))
     cmd = _command(f, dsn, "--backfill-index-jobs", "1")
     building = (
