@@ -332,3 +332,13 @@ def test_rescue_as_a_least_privilege_role(dsn: str, db: Db, role: str, tmp_path:
         (1, 5, {"extra": "x"}),
         (2, None, {"n": "five"}),
     ]
+
+
+def test_a_manifest_without_the_audit_table_gets_it_with_the_first_change(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    assert load(cli, tmp_path, "a.csv", FIRST, "--pk", "id").code == 0
+    db.execute("DROP TABLE ingestion_schema_changes")  # as a manifest made before 0.2
+    result = load(cli, tmp_path, "b.csv", SECOND, "--pk", "id", "--schema-evolution", "add")
+    assert result.code == 0, result.out
+    assert [c["column_name"] for c in changes(db)] == ["city", "score"]
