@@ -36,7 +36,7 @@ class Area:
     failed: Callable[[str], bytes | None]  # the bytes at failed/NAME, None if absent
 
 
-def _local_area(tmp_path: Path) -> Area:
+def _local_area(tmp_path: Path, request: pytest.FixtureRequest) -> Area:
     inbox, done, failed = tmp_path / "inbox", tmp_path / "done", tmp_path / "failed"
     inbox.mkdir()
 
@@ -56,12 +56,42 @@ def _local_area(tmp_path: Path) -> Area:
     )
 
 
-AREAS = [pytest.param(_local_area, id="local")]
+def _s3_area(tmp_path: Path, request: pytest.FixtureRequest) -> Area:
+    # A bucket of its own on the session's SeaweedFS (skips when weed cannot run here).
+    from ingestd.storage.s3 import Location, S3Storage
+    from tests.s3server import new_bucket
+
+    server = request.getfixturevalue("s3server")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = new_bucket(server)
+    inbox = Location.parse(bucket.url("landing/inbox/"))
+    done, failed = inbox.beside("done"), inbox.beside("failed")
+    storage = S3Storage(bucket.store, inbox, done, failed)
+
+    def read(key: str) -> bytes | None:
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return bucket.get(key)
+        except NotFoundError:
+            return None
+
+    return Area(
+        storage,
+        lambda name, data: bucket.put(inbox.prefix + name, data),
+        lambda name: read(f"{done.prefix}{DAY.isoformat()}/{name}"),
+        lambda name: read(failed.prefix + name),
+    )
+
+
+AREAS = [pytest.param(_local_area, id="local"), pytest.param(_s3_area, id="s3")]
 
 
 @pytest.fixture(params=AREAS)
 def area(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Area]:
-    yield request.param(tmp_path)
+    yield request.param(tmp_path, request)
 
 
 def _listed(storage: Storage) -> dict[str, Handle]:
