@@ -5,6 +5,7 @@ index there exactly once, as it was, and every row loaded once."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,31 @@ def test_kill_during_the_rebuild_then_the_next_run_finishes(
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     _check_finished(db, before, rows)
+
+
+def test_sigterm_during_the_rebuild_stops_at_once_and_says_what_to_run(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    db.execute(SCHEMA)
+    db.execute(SLOW)
+    before = indexdefs(db)
+    f = write(tmp_path / "in" / "t.csv", data(5_000))
+    cmd = [*_command(f, dsn, "--backfill-index-jobs", "1"), "--log-level", "INFO"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    building = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX t_slow%' "
+        "AND state = 'active'"
+    )
+    try:
+        wait_for(lambda: int(db.val(building)) > 0 or proc.poll() is not None, timeout_s=60,
+                 what="the rebuild of t_slow")  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)  # the build in hand is cancelled, not waited for
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "backfill: stopped during the rebuild" in out and "ingestd backfill --finish" in out
+    assert "t_slow" in records(db)
+    r = run_cli(["backfill", "--finish", "--dsn", dsn])
+    assert r.code == 0, r.out + r.err
+    _check_finished(db, before, 5_000)
