@@ -1,4 +1,5 @@
-"""The default concurrency: min(cores, free connection slots / 2), pool of concurrency + 2."""
+"""The default concurrency: min(max(cores, 4), free connection slots / 2), pool of
+concurrency + 2."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from ingestd.defaults import choose, server_is_local
 @pytest.mark.parametrize(
     ("cores", "max_connections", "reserved", "concurrency"),
     [
-        (2, 100, 3, 2),  # cores bound it
+        (2, 100, 3, 4),  # few cores: the floor of 4 workers (measured faster than 2)
+        (6, 100, 3, 6),  # cores bound it
         (16, 20, 3, 8),  # connection slots bound it: (20 - 3) // 2
         (8, 3, 3, 1),  # never below one
-        (0, None, 0, 1),
+        (0, None, 0, 4),
     ],
 )
 def test_concurrency_is_the_smaller_of_cores_and_half_the_slots(
@@ -26,7 +28,8 @@ def test_concurrency_is_the_smaller_of_cores_and_half_the_slots(
 
 def test_the_reason_names_what_bound_it() -> None:
     assert "connection slots" in choose(16, "client", 20, 3).reason
-    assert choose(2, "server (same host)", 100, 3).reason == "2 cores (server (same host))"
+    assert choose(6, "server (same host)", 100, 3).reason == "6 cores (server (same host))"
+    assert choose(2, "client", 100, 3).reason == "at least 4 workers (2 cores, client)"
 
 
 @pytest.mark.parametrize(
