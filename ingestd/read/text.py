@@ -18,8 +18,9 @@ _NUL = re.compile(b"\x00")
 
 
 def refuse_nul(batch: pa.RecordBatch, first_row: int) -> None:
-    """Raise a FileError naming the first row (numbered from first_row) and column of
-    `batch` whose text holds a NUL byte."""
+    """Raise a FileError naming the first row (numbered from first_row) of `batch` whose
+    text holds a NUL byte, and the first such column of that row."""
+    found: tuple[int, int] | None = None  # (row in batch, column index)
     for index, column in enumerate(batch.columns):
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             continue
@@ -29,11 +30,15 @@ def refuse_nul(batch: pa.RecordBatch, first_row: int) -> None:
             continue
         hits = pc.match_substring(column, "\x00")
         at = pc.index(hits, True).as_py()
-        if at < 0:
-            continue
-        name, row = batch.schema.names[index], first_row + at
-        raise FileError(
-            f'invalid byte sequence for encoding "UTF8": 0x00 (row {row}, column {name}): '
-            "PostgreSQL cannot store a NUL byte in text; remove it from the file",
-            row=row,
-        )
+        # The earliest row wins, whichever column it is in: every path (one row per batch
+        # or many) must name the same row.
+        if at >= 0 and (found is None or at < found[0]):
+            found = (at, index)
+    if found is None:
+        return
+    name, row = batch.schema.names[found[1]], first_row + found[0]
+    raise FileError(
+        f'invalid byte sequence for encoding "UTF8": 0x00 (row {row}, column {name}): '
+        "PostgreSQL cannot store a NUL byte in text; remove it from the file",
+        row=row,
+    )
