@@ -3,6 +3,7 @@ the columns ingestd adds (each recorded in ingestion_schema_changes), and rescue
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from ingestd.db.sql import ORDINAL, Target
 from ingestd.db.stage import CopyFormat, TypesMovedError, follow_target
 from ingestd.exceptions import FileError
 from ingestd.identifiers import (
+    InvalidIdentifierError,
     quote_ident,
     quote_qualified,
     validate_identifier,
@@ -301,10 +303,8 @@ class Evolution:
         # The table's types as they are now, inside the batch's transaction.
         have = await _table_columns(conn, target)
         kept = [c for c in plan.columns if c != plan.rescue]
-        typed = [(c, have.get(c, "text") != "text") for c in kept]
-        casts = [c for c, cast in typed if cast]
-        if casts and await conn.fetchval(sql.HAS_CAST_FUNCTION) is None:
-            await conn.execute(sql.cast_function(self.server_version))
+        typed = [(c, await self._cast_for(conn, have.get(c, "text"))) for c in kept]
+        casts = [c for c, cast in typed if cast is not None]
         select = sql.rescue_select(target, text_stage, plan.rescued, typed, stage is not None)
         keys = [*plan.rescued, *casts]
         params: list[object] = [keys, *(have[c] for c in casts)] if keys else []
@@ -323,6 +323,20 @@ class Evolution:
         self._rescued = int(row["rescued"])
         await conn.execute(sql.truncate_stage(text_stage))
         return rows, await merge_batch(conn, followed, stage, mode)
+
+    async def _cast_for(self, conn: Connection, typname: str) -> str | None:
+        """The pg_temp function that casts text to `typname` (made on first use in this
+        session), or None for text, which needs no cast."""
+        if typname == "text":
+            return None
+        name, create = sql.CAST_FUNCTION, sql.cast_function(self.server_version)
+        if self.server_version < sql.PG_INPUT_IS_VALID_VERSION and "(" in typname:
+            # A type modifier on 15: the generic helper would EXECUTE a cast per value.
+            with contextlib.suppress(InvalidIdentifierError):  # not ours to spell: generic
+                name, create = sql.typed_cast_function(typname)
+        if await conn.fetchval(sql.HAS_CAST_FUNCTION, name) is None:
+            await conn.execute(create)
+        return name
 
 
 def _no_alter(target: Target, column: str, pg_type: str) -> str:

@@ -821,7 +821,26 @@ def cast_function(server_version: int) -> str:
     )
 
 
-HAS_CAST_FUNCTION = "SELECT to_regprocedure('pg_temp.ingestd_cast(text,anyelement,text)')"
+HAS_CAST_FUNCTION = "SELECT to_regprocedure('pg_temp.' || $1 || '(text,anyelement,text)')"
+CAST_FUNCTION = "ingestd_cast"
+
+
+def typed_cast_function(typname: str) -> tuple[str, str]:
+    """PostgreSQL 15: a cast helper for one type with a modifier (numeric(12,2), varchar(3)),
+    its cast spelled in its body so that PL/pgSQL plans it once, not per value as EXECUTE
+    does: (its name, its CREATE). Same signature as cast_function's (typname unused)."""
+    name = "ingestd_cast_" + hashlib.sha256(typname.encode()).hexdigest()[:12]
+    cast = validate_pg_type(typname)
+    return name, (
+        f"CREATE FUNCTION pg_temp.{quote_ident(name)}(value text, INOUT sample anyelement, "
+        "typname text) LANGUAGE plpgsql AS $body$ BEGIN "
+        "IF value IS NULL THEN sample := NULL; RETURN; END IF; "
+        f"BEGIN sample := value::{cast}; "
+        "IF pg_typeof(sample) IN ('character varying'::regtype, 'character'::regtype) "
+        "AND rtrim(sample::text) IS DISTINCT FROM rtrim(value) THEN sample := NULL; END IF; "
+        "EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN sample := NULL; "
+        "END; END $body$"
+    )
 
 
 def text_stage_name(target: Target, columns: Sequence[str]) -> str:
@@ -843,11 +862,12 @@ def rescue_select(
     target: Target,
     stage: str,
     rescued: Sequence[str],
-    typed: Sequence[tuple[str, bool]],
+    typed: Sequence[tuple[str, str | None]],
     ordinal: bool,
 ) -> str:
-    """SELECT of the target's columns from the text stage `stage`: `typed` (column, cast?) in
-    order, each cast one read through pg_temp.ingestd_cast (NULL when it does not cast);
+    """SELECT of the target's columns from the text stage `stage`: `typed` (column, the
+    pg_temp function that casts it, None for text) in order, each cast one NULL when it
+    does not cast;
     then the rescue column: the `rescued` columns and the text of values that did not
     cast, as one jsonb object (NULL when empty); then the ordinal if `ordinal`.
     Parameters: $1 the rescue keys (`rescued`, then the cast columns, in order), then one
@@ -857,11 +877,12 @@ def rescue_select(
     texts = [f"c.{quote_ident(c)}" for c in rescued]
     for i, (column, cast) in enumerate(typed):
         name = quote_ident(column)
-        if not cast:
+        if cast is None:
             values.append(f"c.{name}")
             continue
         alias = f'"ingestd c{i}"'  # outside the identifier grammar: no file column clashes
-        casts.append(f"pg_temp.ingestd_cast(s.{name}, d.{name}, ${len(casts) + 2}) AS {alias}")
+        fn = f"pg_temp.{quote_ident(cast)}"
+        casts.append(f"{fn}(s.{name}, d.{name}, ${len(casts) + 2}) AS {alias}")
         values.append(f"c.{alias}")
         texts.append(f"CASE WHEN c.{name} IS NOT NULL AND c.{alias} IS NULL THEN c.{name} END")
     if texts:

@@ -155,7 +155,7 @@ def _call(fn: Callable[..., object], params: list[str], ident: str) -> str:
         elif p == "rescued":
             args.append([ident])
         elif p == "typed":
-            args.append([(ident, True)])
+            args.append([(ident, "ingestd_cast")])
         elif p == "name":
             args.append('"m"')  # already quoted by the caller (the manifest's name)
         else:
