@@ -270,3 +270,19 @@ def test_a_table_dropped_while_in_backfill_clears_its_records(
     r = run_cli(["backfill", "--finish", "--dsn", dsn])
     assert r.code == 0, r.out + r.err
     assert records(db) == []
+
+
+def test_a_role_that_may_not_read_the_records_still_loads(
+    cli: Cli, db: Db, table: dict[str, str], tmp_path: Path, other_role: str
+) -> None:
+    _leave_dropped(db, cli, tmp_path)  # the records table belongs to the admin, no grant
+    role = urlsplit(other_role).username
+    db.execute(f"GRANT ALL ON t, ingestion_manifest, ingestion_rejects TO {role}")
+    db.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    db.execute(f"REVOKE ALL ON {RECORDS} FROM {role}")
+    g = write(tmp_path / "in2" / "u.csv", data(10, start=100))
+    args = ["--dsn", other_role, "--metrics-addr", "off", "--files", g, "--table", "t"]
+    r = run_cli([*map(str, args), "--pk", "id", "--log-format", "json"])
+    assert r.code == 0, r.err
+    assert log_events(r.err, "backfill_check_skipped")
+    assert int(db.val("SELECT count(*) FROM t")) == 20
