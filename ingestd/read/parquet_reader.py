@@ -47,9 +47,9 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
     # Named by the user (--no-header), the file's own names need only be distinct.
     loaded = contract.headers if contract.csv.header else ()
     named = load_names(list(schema.names), path, contract, "parquet", loaded)
+    source = _source_names(list(schema.names), contract)
     if contract.csv.header and named != list(schema.names):  # column_names = normalize
         source = dict(zip(named, schema.names, strict=True))
-    source = _source_names(list(schema.names), contract)
     names = list(source)
     columns, missing = select_columns(names, contract)
     types = dict(contract.types)
