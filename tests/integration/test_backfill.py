@@ -286,3 +286,32 @@ def test_a_role_that_may_not_read_the_records_still_loads(
     assert r.code == 0, r.err
     assert log_events(r.err, "backfill_check_skipped")
     assert int(db.val("SELECT count(*) FROM t")) == 20
+
+
+def test_the_dead_tuples_gauge_is_sampled_after_each_file(db: Db, dsn: str) -> None:
+    import asyncio
+
+    from ingestd.db.database import Database
+    from ingestd.metrics import Metrics
+    from ingestd.retry import Backoff
+    from ingestd.upkeep import Upkeep
+
+    db.execute("CREATE TABLE d (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO d SELECT g, 'a' FROM generate_series(1, 500) g")
+    version = int(db.val("SHOW server_version_num"))
+
+    async def go() -> float:
+        metrics = Metrics()
+        upkeep = Upkeep(10_000, metrics, version)
+        pool = await Database.open(dsn, size=1, connect_timeout_s=5, statement_timeout_s=30,
+                                   attempts=0, backoff=Backoff())  # fmt: skip
+        try:
+            async with pool.connection() as conn:
+                await conn.execute("UPDATE d SET v = 'b' WHERE id <= 200")  # this session's
+                await upkeep.after_file(conn, '"d"', "d", "upsert", 200)
+        finally:
+            await pool.close()
+        value = metrics.registry.get_sample_value("ingest_dead_tuples", {"table_name": "d"})
+        return -1.0 if value is None else value
+
+    assert asyncio.run(go()) == 200
