@@ -114,6 +114,7 @@ class S3Storage:
         self._last_full = -float("inf")
         self._last_count = 0
         self._max_key = ""
+        self._seen: dict[str, ObjectHandle] = {}
         for area in (done, failed):
             if area is not None and area.bucket != inbox.bucket:
                 raise UsageError(
@@ -157,19 +158,20 @@ class S3Storage:
     ) -> Iterator[Handle]:
         now = time.monotonic()
         full = now - self._last_full >= self.rescan_s or self._last_count <= _PAGE
+        # A large inbox between full listings: only keys after the last one seen are
+        # listed (keys often grow: dates, sequence numbers); the rest is what the last
+        # full listing saw, so the caller still gets the whole inbox.
         offset = None if full or not self._max_key else self._max_key
         metas = self._list(offset=offset, chunk_size=_PAGE)
-        count, found = len(metas), []
-        for meta in metas:
-            handle = self._entry(meta)
-            if handle is not None:
-                found.append(handle)
+        found = {h.key: h for h in map(self._entry, metas) if h is not None}
         if full:
-            self._last_full, self._last_count = now, count
+            self._last_full, self._last_count = now, len(metas)
+            self._seen = found
+        else:
+            self._seen.update(found)
         if found:
-            self._max_key = max(self._max_key, found[-1].key)
-        found.sort(key=lambda h: h.key)
-        return iter(found)
+            self._max_key = max(self._max_key, *found)
+        return iter(sorted(self._seen.values(), key=lambda h: h.key))
 
     def _list(
         self, offset: str | None, chunk_size: int, first_page_only: bool = False
@@ -254,6 +256,8 @@ class S3Storage:
         if not self._is_current(h):
             return  # gone, or replaced by a newer upload that is not ours to remove
         call(str(h), obstore.delete, self.store, h.key)
+        if self._seen.get(h.key) == h:
+            del self._seen[h.key]
 
     def _place(self, h: ObjectHandle, dest: str, sidecar: bytes | None) -> str:
         """Copy the object to dest (or a free variant of it), then delete it from the inbox.
