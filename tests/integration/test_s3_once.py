@@ -131,3 +131,28 @@ def test_refused_credentials_are_one_line_exit_2_and_never_show_the_secret(
     assert "access denied" in lines[0]
     assert "Traceback" not in result.err
     assert SECRET_KEY not in result.err + result.out
+
+
+def test_credentials_from_a_profile_of_the_shared_files(
+    cli: Any, db: Db, bucket: Bucket, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from tests.s3server import ACCESS_KEY
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n"
+        f"[loader]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    )
+    config = tmp_path / "config"
+    config.write_text("[profile loader]\nregion = us-east-1\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "loader")
+    bucket.put(INBOX + "p.csv", csv_rows(3))
+    result = once(cli, bucket)
+    assert result.code == 0, result.err
+    assert counts(db) == (3, 3)
+    assert SECRET_KEY not in result.err + result.out
