@@ -21,7 +21,7 @@ from ingestd.db.errors import BatchError
 from ingestd.db.sql import Target
 from ingestd.db.topology import describe_target
 from ingestd.exceptions import FileError
-from ingestd.identifiers import quote_ident, quote_qualified
+from ingestd.identifiers import quote_qualified
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ def unrouted(error: FileError) -> tuple[str, str] | None:
     if match is None or "," in match.group("cols"):
         return None
     return match.group("cols").strip().strip('"'), match.group("value")
-
-
-def _typed(target: Target, column: str) -> str:
-    # A text value cast to the column's own type through the table's row type: the cast
-    # COPY makes, without spelling a type name in SQL.
-    return (
-        f"(json_populate_record(NULL::{target.qualified}, json_build_object($1::text, x)))"
-        f".{quote_ident(column)}"
-    )
 
 
 def _texts(batch: pa.RecordBatch, column: str) -> list[str | None] | None:
@@ -80,11 +71,7 @@ async def name_unrouted_row(
     texts = _texts(batch, column) if column in target.columns else None
     if texts is None:
         return error
-    query = (
-        f"SELECT i FROM unnest($2::text[]) WITH ORDINALITY AS u(x, i) "
-        f"WHERE {_typed(target, column)}::text IS NOT DISTINCT FROM $3 "
-        f"OR ($3 = 'null' AND x IS NULL) ORDER BY i LIMIT 1"
-    )
+    query = sql.unrouted_row(target, column)
     try:
         record = await conn.fetchval(query, column, texts, value)
     except FileError:  # the row is a courtesy; the refusal is the news
@@ -121,8 +108,8 @@ async def create_partitions(
     created = 0
     async with conn.atomic():
         await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
-        schema = await conn.fetchval(_PARENT_SCHEMA, target.qualified)
-        query = _buckets(target, column)
+        schema = await conn.fetchval(sql.PARENT_SCHEMA, target.qualified)
+        query = sql.partition_buckets(target, column)
         refused = {
             r["suffix"] for r in await conn.fetch(query, column, [value], unit, _SUFFIX[unit])
         }
@@ -136,31 +123,6 @@ async def create_partitions(
     return created
 
 
-_PARENT_SCHEMA = (
-    "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.oid = to_regclass($1)"
-)
-_PARTITION_OF = (
-    "SELECT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass($1) "
-    "AND inhparent = to_regclass($2))"
-)
-_CREATE = (
-    "SELECT format('CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', "
-    "$1::text, $2::text, $3::text, $4::text)"
-)
-
-
-def _buckets(target: Target, column: str) -> str:
-    # $1 column, $2 the values (text), $3 day|month, $4 the name suffix's to_char format.
-    return f"""
-WITH v AS (SELECT {_typed(target, column)} AS x FROM unnest($2::text[]) AS u(x)),
-b AS (SELECT DISTINCT date_trunc($3::text, x) AS lo FROM v WHERE x IS NOT NULL AND isfinite(x))
-SELECT to_char(lo, $4::text) AS suffix, lo::text AS lo,
-       (lo + ('1 ' || $3::text)::interval)::text AS hi
-FROM b ORDER BY b.lo
-"""
-
-
 async def _create_one(
     conn: Connection, target: Target, schema: str, bucket: asyncpg.Record, refused: bool
 ) -> int:
@@ -172,8 +134,10 @@ async def _create_one(
         # The refused row's partition, made by another worker while this batch waited for
         # the lock: the batch may go again. Any other table of that name is left alone
         # (the row's error stands).
-        return int(refused and bool(await conn.fetchval(_PARTITION_OF, name, target.qualified)))
-    statement = await conn.fetchval(_CREATE, name, target.qualified, bucket["lo"], bucket["hi"])
+        return int(refused and bool(await conn.fetchval(sql.PARTITION_OF, name, target.qualified)))
+    statement = await conn.fetchval(
+        sql.CREATE_PARTITION, name, target.qualified, bucket["lo"], bucket["hi"]
+    )
     try:
         async with conn.atomic():  # a savepoint: an overlap leaves the bucket to its owner
             await conn.execute(statement)

@@ -749,6 +749,92 @@ def truncate_stage(stage: str) -> str:
 SERVER_VERSION = "SELECT current_setting('server_version_num')::int"
 
 
+# --- partitioned and distributed targets (db/topology.py, db/partitions.py) ---------
+
+# $1 the target (quoted name, resolved on search_path like any statement of a load).
+TARGET_SHAPE = """
+SELECT c.relkind::text AS relkind,
+       ARRAY(SELECT a.attname::text
+             FROM unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             ORDER BY k.i) AS partition_key,
+       p.partstrat::text AS strategy,
+       coalesce(0 = ANY (p.partattrs::int2[]), false) AS by_expression,
+       coalesce(p.partdefid <> 0, false) AS has_default,
+       ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
+             FROM unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             ORDER BY k.i) AS partition_types,
+       to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS citus
+FROM pg_class c LEFT JOIN pg_partitioned_table p ON p.partrelid = c.oid
+WHERE c.oid = to_regclass($1)
+"""
+
+# Only sent when pg_dist_partition exists. partmethod 'n' with repmodel 't' is a reference
+# table; 'n' otherwise a Citus local table (one shard on the coordinator: a plain table).
+CITUS_PLACEMENT = """
+SELECT p.partmethod::text AS method, p.repmodel::text AS repmodel, p.colocationid,
+       CASE WHEN p.partmethod <> 'n'
+            THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) END AS column
+FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = to_regclass($1)
+"""
+
+# Two keys: the target's, and a slot number below the cap. Transaction-scoped, so a pooled
+# connection never keeps one (STYLE: session locks die with a release).
+TRY_WRITE_SLOT = """
+SELECT s FROM generate_series(0, $2::int - 1) AS s
+WHERE pg_try_advisory_xact_lock(hashtext('ingestd.write:' || $1), s) LIMIT 1
+"""
+WAIT_WRITE_SLOT = "SELECT pg_advisory_xact_lock(hashtext('ingestd.write:' || $1), $2::int)"
+BACKEND_PID = "SELECT pg_backend_pid()"
+
+
+def typed_text(target: Target, column: str) -> str:
+    """The text value x of column $1 cast to the column's own type."""
+    # A text value cast to the column's own type through the table's row type: the cast
+    # COPY makes, without spelling a type name in SQL.
+    return (
+        f"(json_populate_record(NULL::{target.qualified}, json_build_object($1::text, x)))"
+        f".{quote_ident(column)}"
+    )
+
+
+def unrouted_row(target: Target, column: str) -> str:
+    """The first (1-based) of the text values $2 of column $1 whose typed text is $3,
+    PostgreSQL's printing of a refused partition key ('null': a NULL)."""
+    return (
+        f"SELECT i FROM unnest($2::text[]) WITH ORDINALITY AS u(x, i) "
+        f"WHERE {typed_text(target, column)}::text IS NOT DISTINCT FROM $3 "
+        f"OR ($3 = 'null' AND x IS NULL) ORDER BY i LIMIT 1"
+    )
+
+
+def partition_buckets(target: Target, column: str) -> str:
+    """Day or month buckets of values: $1 column, $2 the values (text), $3 day|month, $4 the
+    to_char format of the name suffix -> suffix, lo and hi (the bounds as text)."""
+    return f"""
+WITH v AS (SELECT {typed_text(target, column)} AS x FROM unnest($2::text[]) AS u(x)),
+b AS (SELECT DISTINCT date_trunc($3::text, x) AS lo FROM v WHERE x IS NOT NULL AND isfinite(x))
+SELECT to_char(lo, $4::text) AS suffix, lo::text AS lo,
+       (lo + ('1 ' || $3::text)::interval)::text AS hi
+FROM b ORDER BY b.lo
+"""
+
+
+PARENT_SCHEMA = (
+    "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.oid = to_regclass($1)"
+)
+PARTITION_OF = (
+    "SELECT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass($1) "
+    "AND inhparent = to_regclass($2))"
+)
+CREATE_PARTITION = (
+    "SELECT format('CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%L) TO (%L)', "
+    "$1::text, $2::text, $3::text, $4::text)"
+)
+
+
 # --- schema evolution (db/schema.py) --------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
 from ingestd.db.target import has_unique_key
@@ -27,34 +28,6 @@ class Kind(StrEnum):
     DISTRIBUTED = "distributed"  # Citus: sharded by a distribution column
     REFERENCE = "reference"  # Citus: a copy on every node
 
-
-# $1 the target (quoted name, resolved on search_path like any statement of a load).
-_SHAPE = """
-SELECT c.relkind::text AS relkind,
-       ARRAY(SELECT a.attname::text
-             FROM unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-             ORDER BY k.i) AS partition_key,
-       p.partstrat::text AS strategy,
-       coalesce(0 = ANY (p.partattrs::int2[]), false) AS by_expression,
-       coalesce(p.partdefid <> 0, false) AS has_default,
-       ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
-             FROM unnest(p.partattrs::int2[]) WITH ORDINALITY AS k(attnum, i)
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-             ORDER BY k.i) AS partition_types,
-       to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS citus
-FROM pg_class c LEFT JOIN pg_partitioned_table p ON p.partrelid = c.oid
-WHERE c.oid = to_regclass($1)
-"""
-
-# Only sent when pg_dist_partition exists. partmethod 'n' with repmodel 't' is a reference
-# table; 'n' otherwise a Citus local table (one shard on the coordinator: a plain table).
-_CITUS = """
-SELECT p.partmethod::text AS method, p.repmodel::text AS repmodel, p.colocationid,
-       CASE WHEN p.partmethod <> 'n'
-            THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) END AS column
-FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = to_regclass($1)
-"""
 
 _STRATEGIES = {"r": "range", "l": "list", "h": "hash"}
 _TIME_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
@@ -142,7 +115,7 @@ class Topology:
 
 async def describe_target(conn: Connection, target: Target) -> Topology:
     """The catalog's account of the target (Kind.MISSING if there is no such table)."""
-    row = await conn.fetchrow(_SHAPE, target.qualified)
+    row = await conn.fetchrow(sql.TARGET_SHAPE, target.qualified)
     if row is None or row["relkind"] not in ("r", "p"):
         return Topology(Kind.MISSING)
     strategy = _STRATEGIES.get(row["strategy"]) if row["strategy"] else None
@@ -156,7 +129,7 @@ async def describe_target(conn: Connection, target: Target) -> Topology:
     )
     if not row["citus"]:
         return found
-    dist = await conn.fetchrow(_CITUS, target.qualified)
+    dist = await conn.fetchrow(sql.CITUS_PLACEMENT, target.qualified)
     if dist is None or (dist["method"] == "n" and dist["repmodel"] != "t"):
         return found
     kind = Kind.REFERENCE if dist["method"] == "n" else Kind.DISTRIBUTED
@@ -165,26 +138,17 @@ async def describe_target(conn: Connection, target: Target) -> Topology:
     )
 
 
-# Two keys: the target's, and a slot number below the cap. Transaction-scoped, so a pooled
-# connection never keeps one (STYLE: session locks die with a release).
-_TRY_SLOT = """
-SELECT s FROM generate_series(0, $2::int - 1) AS s
-WHERE pg_try_advisory_xact_lock(hashtext('ingestd.write:' || $1), s) LIMIT 1
-"""
-_WAIT_SLOT = "SELECT pg_advisory_xact_lock(hashtext('ingestd.write:' || $1), $2::int)"
-
-
 async def hold_write_slot(conn: Connection, target: Target) -> None:
     """Inside the batch's transaction: wait for one of the target's write slots, if it has a
     cap (a distributed table: Citus routes one COPY over many connections already, and
     more than a couple at once only contend; see the Citus docs on COPY)."""
     if target.write_slots <= 0:
         return
-    if await conn.fetchval(_TRY_SLOT, target.label, target.write_slots) is not None:
+    if await conn.fetchval(sql.TRY_WRITE_SLOT, target.label, target.write_slots) is not None:
         return
     # Every slot is busy: queue on the slot of this connection's backend, so waiters spread.
-    slot = int(await conn.fetchval("SELECT pg_backend_pid()")) % target.write_slots
-    await conn.execute(_WAIT_SLOT, target.label, slot)
+    slot = int(await conn.fetchval(sql.BACKEND_PID)) % target.write_slots
+    await conn.execute(sql.WAIT_WRITE_SLOT, target.label, slot)
 
 
 async def place_target(
