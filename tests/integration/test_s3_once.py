@@ -156,3 +156,24 @@ def test_credentials_from_a_profile_of_the_shared_files(
     assert result.code == 0, result.err
     assert counts(db) == (3, 3)
     assert SECRET_KEY not in result.err + result.out
+
+
+def test_done_and_failed_inside_the_inbox_prefix_are_never_listed_again(
+    cli: Any, db: Db, bucket: Bucket
+) -> None:
+    bucket.put(INBOX + "a.csv", csv_rows(2))
+    bucket.put(INBOX + "bad.parquet", b"nope")
+    args = (
+        "--done-dir",
+        bucket.url(INBOX + "done/"),
+        "--failed-dir",
+        bucket.url(INBOX + "failed/"),
+    )
+    assert once(cli, bucket, *args).code == 1
+    again = once(cli, bucket, *args)
+    assert again.code == 0, again.err
+    assert counts(db) == (2, 2)
+    assert len(db.manifest()) == 2
+    assert sorted(k.rpartition("/")[2] for k in bucket.keys(INBOX)) == [
+        "a.csv", "bad.parquet", "bad.parquet.error.json",
+    ]  # fmt: skip
