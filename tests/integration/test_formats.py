@@ -93,8 +93,10 @@ def test_a_truncated_stream_fails_saying_how_many_rows_were_committed(
     assert "Traceback" not in result.err
     [m] = db.manifest()
     committed = m["rows"]
-    # pyarrow reads ahead: the error comes a few blocks before the cut, never after it.
-    assert m["status"] == "failed" and 0 < committed < 360_000
+    # pyarrow reads ahead of the rows it hands out, and the block before an error is held
+    # back (it may end in an open quote): how many rows commit before the error depends on
+    # timing, from none to about the cut, never past it.
+    assert m["status"] == "failed" and 0 <= committed < 360_000
     assert db.val("SELECT count(*) FROM t") == db.val("SELECT count(DISTINCT id) FROM t")
     assert db.val("SELECT count(*) FROM t") == committed
     assert m["notes"].startswith(
