@@ -119,6 +119,13 @@ def failure_report(
 # --- moves that could not complete --------------------------------------------------------
 
 
+async def _identity_now(handle: Handle) -> Version | None:
+    """_identity() from the event loop: a store's look may be a request (a thread)."""
+    if isinstance(handle, Path):
+        return _identity(handle)
+    return await asyncio.to_thread(_identity, handle)
+
+
 def _identity(handle: Handle) -> Version | None:
     if not isinstance(handle, Path):
         return resolve(handle).identity(handle)
@@ -177,10 +184,10 @@ async def attempt(item: Pending, errors: Counter, bugs: Counter | None = None) -
     inbox, its row final, and the worker or scanner that asked goes on."""
     try:
         if item.identity is None:
-            item.identity = _identity(item.path)
+            item.identity = await _identity_now(item.path)
         dest = await asyncio.to_thread(item.move)
     except FileNotFoundError as exc:
-        if _identity(item.path) is None:
+        if await _identity_now(item.path) is None:
             log.info("archive_abandoned", extra={"folder": item.folder, "reason": "file gone"})
             return True  # moved away by someone else: nothing left to move
         return _failed(item, exc, errors)
@@ -253,6 +260,9 @@ class Backlog:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
     def add(self, item: Pending) -> None:
         self._items[item.key] = item
 
@@ -279,7 +289,7 @@ class Backlog:
         """Retry every move whose backoff is up, after `check` (its manifest row) if given."""
         now = time.monotonic()
         for item in [i for i in self._items.values() if i.next_at <= now]:
-            if not self.holds(item.key, _identity(item.path)):
+            if not self.holds(item.key, await _identity_now(item.path)):
                 continue
             # Outside the worker that logged the first attempt: name the file again, as it did.
             with bound(file=str(item.name)):

@@ -5,6 +5,7 @@ The listing belongs to the storage (ingestd/storage/); these names stay importab
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from ingestd.storage import Handle, Version, resolve
@@ -18,6 +19,7 @@ __all__ = [
     "Settler",
     "being_written",
     "identity",
+    "identity_now",
     "is_ignored",
     "relative_name",
     "scan",
@@ -30,3 +32,11 @@ def identity(handle: Handle) -> Version | None:
     if isinstance(handle, Path):
         return _local.identity(handle)
     return resolve(handle).identity(handle)
+
+
+async def identity_now(handle: Handle) -> Version | None:
+    """identity() from the event loop: a local file's is one stat, asked here; a store's
+    may be a request, asked in a thread so that the loop never waits on the network."""
+    if isinstance(handle, Path):
+        return _local.identity(handle)
+    return await asyncio.to_thread(identity, handle)

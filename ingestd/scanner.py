@@ -15,7 +15,7 @@ from ingestd.claim import Job, Skip, claim_file, file_version
 from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
-from ingestd.discover import Settler, identity, scan
+from ingestd.discover import Settler, identity, identity_now, scan
 from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
@@ -32,7 +32,6 @@ from ingestd.worker import WorkQueue, never_opened
 
 log = logging.getLogger(__name__)
 
-POLL_S = 5.0  # a store listed whole (complete once listed): how often, without poll_s
 _LIST_CHUNK = 1000  # entries a store lists per trip to a thread
 
 
@@ -264,21 +263,32 @@ class Scanner:
     async def _poll(self, stopping: asyncio.Event) -> None:
         """Discovery in a store whose entries are complete once listed: list it every
         poll_s and offer what is not in hand; not ready while it cannot be listed."""
-        poll_s = float(getattr(self.settings, "poll_s", POLL_S))
+        poll_s = self.settings.poll_s
         failures = 0
+        # Entries offered and still listed (held by another instance, retrying): offered
+        # again once their version changes or at the next full rescan, as a local file
+        # would be, not hashed again at every listing.
+        offered: dict[Handle, float] = {}
         while not stopping.is_set():
             await self.archives.retry_due(self._check_row)
             present: set[str] = set()
+            stale = time.monotonic() - self.settings.rescan_s
+            offered = {h: at for h, at in offered.items() if at > stale}
             try:
                 async for handle in self._listed():
                     if stopping.is_set():
                         break
                     key = self._key(handle)
                     present.add(key)
-                    if key in self.in_hand or self.archives.holds(key, identity(handle)):
+                    if key in self.in_hand or handle in offered:
+                        continue
+                    if key in self.archives and self.archives.holds(
+                        key, await identity_now(handle)
+                    ):
                         continue
                     self.waiting.setdefault(key, time.monotonic())
                     if await self._try_offer(handle):
+                        offered[handle] = time.monotonic()
                         failures = 0
                         continue
                     failures += 1  # the database away: wait, then list again
@@ -424,7 +434,7 @@ class Scanner:
             return
         if key in self.in_hand:
             return
-        before = identity(path)
+        before = await identity_now(path)
         if before is None:
             self.waiting.pop(key, None)
             return  # gone, or not a regular file any more
@@ -451,7 +461,7 @@ class Scanner:
             if contract is None:
                 await self._unroutable(path, name, version)
                 return
-            if identity(path) != before:
+            if await identity_now(path) != before:
                 self.waiting.pop(key, None)
                 return  # still being written: a later event offers it again
             job = await self._accounted(self._claim(path, name, contract, version, before))

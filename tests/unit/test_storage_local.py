@@ -184,3 +184,22 @@ def test_every_storage_ignores_the_same_names() -> None:
     for name in (".x.csv", "a.tmp", "a.csv.part", "a.PARTIAL", "a.csv.error.json"):
         assert is_ignored(name)
     assert not is_ignored("a.csv") and not is_ignored("a.parquet")
+
+
+def test_without_proc_a_file_is_read_through_its_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingestd.storage import local
+
+    monkeypatch.setattr(local, "_PROC_FD", tmp_path / "no-proc")
+    f = tmp_path / "a.csv"
+    f.write_bytes(b"id\n1\n2\n")
+    with local.open_regular(f) as opened:
+        assert opened.read() == b"id\n1\n2\n"
+        assert opened.size() == 7 and opened.read_at(2, 3) == b"1\n"
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):  # every descriptor is closed again, whichever way it was opened
+        local.open_regular(f).close()
+        with pytest.raises(OSError):
+            local.open_regular(tmp_path)  # a folder: refused, its descriptor closed
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1
