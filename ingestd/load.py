@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 class FileChangedError(FileError):
     """The file changed or vanished while it was being loaded."""
+
+
+async def unchanged(job: Job) -> None:
+    """check_unchanged from the event loop: a local file's look is one stat, made here; a
+    store's may be a request, made in a thread."""
+    if isinstance(job.path, Path):
+        check_unchanged(job)
+    else:
+        await asyncio.to_thread(check_unchanged, job)
 
 
 def check_unchanged(job: Job) -> None:
@@ -111,7 +121,7 @@ class BatchLoader:
         """One batch, start to commit; advances `tally`."""
         if self.ctx.stopping.is_set():
             raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
-        check_unchanged(self.job)  # one stat per batch: stop early on a file rewritten under us
+        await unchanged(self.job)  # one look per batch: stop early on a file rewritten under us
         started = time.perf_counter()
         rows, written, set_aside = await self._commit(piece, tally)
         extra: dict[str, object] = {

@@ -28,6 +28,7 @@ from ingestd.load import (
     check_unchanged,
     raw_copy_format,
     read_ahead,
+    unchanged,
 )
 from ingestd.model import LoadContext, ManifestStatus
 from ingestd.read import BatchReader, open_reader, skip_rows
@@ -55,7 +56,7 @@ async def process_file(
     """
     contract = job.contract
     try:
-        check_unchanged(job)
+        await unchanged(job)
         reader = await open_file(job, ctx.settings)
         target = Target(contract.schema, contract.table, reader.layout.columns, contract.pk)
         drift = await _evolution(conn, job, ctx, reader, target)
@@ -96,7 +97,7 @@ async def process_file(
                 conn, job, ctx, target, stage, worker_id, reader.layout.file_type, drift
             )
             rows = await _load_in_order(load, reader, committed)
-        check_unchanged(job)
+        await unchanged(job)
         await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
         if ctx.upkeep is not None:
             written = rows - committed.rows
