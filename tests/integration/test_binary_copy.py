@@ -185,3 +185,15 @@ def test_a_binary_payload_meeting_other_types_never_lands(dsn: str) -> None:
     import asyncio
 
     asyncio.run(scenario())
+
+
+def test_a_target_in_another_schema_goes_binary(cli: Any, db: Db, tmp_path: Path) -> None:
+    db.execute("CREATE SCHEMA other")
+    db.execute("CREATE TABLE other.t (id bigint PRIMARY KEY, v integer, w text)")
+    table = pa.table({"id": pa.array([1, 2], pa.int64()), "v": pa.array([7, None], pa.int16())})
+    path = tmp_path / "v.parquet"
+    pq.write_table(table, path)
+    result = _load(cli, path, "t", "--schema", "other", "--log-level", "INFO")
+    assert result.code == 0, result.err
+    assert _vias(result) == {"binary"}
+    assert _rows(db, "other.t") == ["(1,7,)", "(2,,)"]
