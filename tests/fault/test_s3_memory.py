@@ -1,0 +1,65 @@
+"""A 150 MB object loads in no more memory than the same file from a local folder: it is
+streamed (never downloaded whole to memory or disk)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import Db
+from tests.s3server import Bucket, S3Server, new_bucket
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
+MB = 1 << 20
+ROWS, WIDTH = 150_000, 1_040  # ~150 MB of CSV
+
+
+@pytest.fixture
+def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    for name, value in s3server.env().items():
+        monkeypatch.setenv(name, value)
+    yield new_bucket(s3server)
+
+
+def _peak_rss(db: Db, dsn: str, inbox: str, cwd: Path) -> int:
+    """Load the inbox with --once; the child's peak RSS in bytes."""
+    for table in ("big", "ingestion_manifest", "ingestion_rejects"):
+        db.execute(f"DROP TABLE IF EXISTS {table}")
+    log = cwd / "ingestd.err"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingestd", "--once", "--inbox", inbox, "--dsn", dsn,
+             "--table", "big", "--mode", "append", "--metrics-addr", "off",
+             "--split-mb", "0", "--log-level", "WARNING"],
+            cwd=cwd, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        # wait4: this child's own peak, not the largest of every child so far.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert db.val("SELECT count(*) FROM big") == ROWS
+    assert db.val("SELECT count(DISTINCT id) FROM big") == ROWS
+    return int(usage.ru_maxrss) * 1024
+
+
+def test_a_150_mb_object_loads_in_the_memory_of_a_local_file(
+    dsn: str, db: Db, bucket: Bucket, tmp_path: Path
+) -> None:
+    pad = "x" * WIDTH
+    body = "id,payload\n" + "".join(f"{i},{pad}\n" for i in range(ROWS))
+    assert len(body) > 150 * 1_000_000
+    bucket.put("in/big.csv", body)
+    local = tmp_path / "inbox"
+    local.mkdir()
+    (local / "big.csv").write_text(body)
+    del body
+    from_store = _peak_rss(db, dsn, bucket.url("in/"), tmp_path)
+    from_disk = _peak_rss(db, dsn, str(local), tmp_path)
+    print(f"\npeak RSS: object {from_store / MB:.0f} MB, local file {from_disk / MB:.0f} MB")
+    # A whole download would add the object's 150 MB (and more for its copies).
+    assert from_store < from_disk + 50 * MB
