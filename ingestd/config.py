@@ -269,7 +269,7 @@ def _dsn_with_password(dsn: str | None, password_file: Path | None) -> str | Non
 
 
 def _check_sources(settings: Settings) -> None:
-    if settings.backfill and not settings.once:
+    if settings.backfill and not (settings.once or settings.dry_run):
         raise UsageError(
             "backfill is for --once runs (it drops the targets' secondary indexes while it "
             "loads): add --once, or take backfill out of the daemon's settings"

@@ -315,3 +315,13 @@ def test_the_dead_tuples_gauge_is_sampled_after_each_file(db: Db, dsn: str) -> N
         return -1.0 if value is None else value
 
     assert asyncio.run(go()) == 200
+
+
+def test_a_dry_run_over_an_inbox_lists_the_backfill_plan_too(
+    cli: Cli, db: Db, table: dict[str, str], tmp_path: Path
+) -> None:
+    write(tmp_path / "in" / "t.csv", data(10))
+    r = cli("--inbox", tmp_path / "in", "--table", "t", "--pk", "id", "--backfill", "--dry-run")
+    assert r.code == 0, r.err
+    assert "drop and rebuild t_a_idx" in r.out
+    assert indexdefs(db) == table
