@@ -142,6 +142,14 @@ async def _create_one(
         async with conn.atomic():  # a savepoint: an overlap leaves the bucket to its owner
             await conn.execute(statement)
     except FileError as exc:
+        if exc.sqlstate == "42501":  # insufficient_privilege: only the table's owner may
+            raise FileError(
+                f"create_partitions could not create partition {name} of {target.label}: "
+                f"{str(exc).split('. Hint:', 1)[0]}; run ingestd as the table's owner, or "
+                "create the partitions yourself",
+                sqlstate=exc.sqlstate,
+                error_class=exc.error_class,
+            ) from exc
         if exc.sqlstate != "42P17":  # invalid_object_definition: would overlap
             raise
         return 0

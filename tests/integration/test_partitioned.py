@@ -299,3 +299,35 @@ def test_workers_needing_the_same_new_partitions_at_once_all_load(
     assert result.code == 0, result.err[-2000:]
     assert db.val("SELECT count(DISTINCT id) FROM t") == 4000
     assert db.val("SELECT count(*) FROM pg_inherits WHERE inhparent = 't'::regclass") == 9
+
+
+def test_create_partitions_as_a_role_that_does_not_own_the_table_says_what_to_do(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.conftest import run_cli
+
+    db.execute(BY_DAY)
+    db.execute(
+        "CREATE ROLE part_loader LOGIN; GRANT SELECT, INSERT, UPDATE ON t TO part_loader;"
+        "GRANT CREATE, USAGE ON SCHEMA public TO part_loader"
+    )
+    try:
+        parts = urlsplit(dsn)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        as_loader = urlunsplit((parts.scheme, f"part_loader@{host}", parts.path, parts.query, ""))
+        f = write(tmp_path / "a.csv", "id,day,v\n1,2024-01-01,a\n2,2024-01-05,b\n")
+        result = run_cli([
+            "--dsn", as_loader, "--metrics-addr", "off", "--log-format", "json", "--once",
+            "--files", f, "--table", "t", "--pk", "id,day", "--create-partitions", "day",
+        ])  # fmt: skip
+        assert result.code == 1
+        assert _failure(result) == (
+            'create_partitions could not create partition "public"."t_p20240101" of t: '
+            "must be owner of table t; run ingestd as the table's owner, or create the "
+            "partitions yourself"
+        )
+        assert db.val("SELECT count(*) FROM t") == 0
+    finally:
+        db.execute("DROP OWNED BY part_loader; DROP ROLE part_loader")
