@@ -260,8 +260,9 @@ class S3Storage:
             del self._seen[h.key]
 
     def _place(self, h: ObjectHandle, dest: str, sidecar: bytes | None) -> str:
-        """Copy the object to dest (or a free variant of it), then delete it from the inbox.
-        The same version there already (a copy whose delete failed) counts as placed."""
+        """Place the object at dest (or a free variant of it) by a server-side copy, then
+        remove it from the inbox. The same version there already (a copy whose delete
+        failed) counts as placed."""
         target = self._free_name(h, dest, ".error.json" if sidecar is not None else "")
         if sidecar is not None:
             call(target, obstore.put, self.store, f"{target}.error.json", sidecar)
