@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
@@ -16,7 +17,13 @@ from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
 from ingestd.discover import Settler, identity, identity_now, scan
-from ingestd.exceptions import DatabaseUnavailableError, IngestdError, RetryableError, UsageError
+from ingestd.exceptions import (
+    DatabaseUnavailableError,
+    FileError,
+    IngestdError,
+    RetryableError,
+    UsageError,
+)
 from ingestd.logs import bound
 from ingestd.metrics import Metrics
 from ingestd.model import FileResult, ManifestStatus, Outcome, Results, internal_error_text
@@ -25,8 +32,9 @@ from ingestd.progress import Progress
 from ingestd.read import guess_file_type
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
-from ingestd.storage import Handle, Storage, Version, storage_for
+from ingestd.storage import Handle, Storage, Version, resolve, storage_for
 from ingestd.storage.base import size_of
+from ingestd.storage.zip import Mover, ZipArchive, is_archive, is_member
 from ingestd.watcher import InboxWatcher
 from ingestd.worker import WorkQueue, never_opened
 
@@ -67,6 +75,7 @@ class Scanner:
         self._unreadable: dict[Handle, str] = {}  # inbox folders that cannot be listed: why
         self._watcher: InboxWatcher | None = None
         self._lock_wait: str | None = None  # the last offer waited out a lock on the manifest
+        self._zips: dict[str, ZipArchive] = {}  # archives whose members are offered, by name
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
         # Finished files whose move out of the inbox failed: never offered again, retried.
@@ -387,7 +396,13 @@ class Scanner:
         return True
 
     def _key(self, path: Handle) -> str:
-        return str(self._storage.name_of(path))
+        return str(self._name_of(path))
+
+    def _name_of(self, path: Handle) -> PurePosixPath:
+        # A zip member is named by its archive (ARCHIVE.zip/MEMBER), not by the inbox.
+        if is_member(path):
+            return resolve(path).name_of(path)
+        return self._storage.name_of(path)
 
     def _internal_error(self, path: Handle, exc: Exception) -> None:
         """A bug met while offering a file: one internal_error line with the traceback,
@@ -425,7 +440,7 @@ class Scanner:
 
     async def _offer(self, path: Handle) -> None:
         s = self.settings
-        name = self._storage.name_of(path)
+        name = self._name_of(path)
         key = str(name)
         if not s.files and name.is_absolute():
             # Resolves outside the inbox: reached through a symlinked folder. Never read it.
@@ -442,6 +457,10 @@ class Scanner:
             self.waiting.pop(key, None)
             return  # finished already; only its move waits (retried with backoff)
         self.waiting.setdefault(key, time.monotonic())
+        if is_archive(path):
+            with bound(file=manifest_name(key)):
+                await self._offer_archive(path, name, before)
+            return
         with bound(file=manifest_name(key)):
             contract = s.contract_for(name)
             try:
@@ -474,6 +493,61 @@ class Scanner:
                 self.progress.claimed(key, version.filesize)
             await self._queue_or_report(job)
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
+
+    async def _offer_archive(self, path: Handle, name: PurePosixPath, before: Version) -> None:
+        """A zip archive is a folder: its members, in name order, are offered as entries
+        named ARCHIVE.zip/MEMBER. The archive moves once each offered member has ended here
+        (zip.ZipArchive); one offered again while members are in hand keeps its group."""
+        s, key = self.settings, str(name)
+        group = self._zips.get(key)
+        if group is None or group.version != before or group.moved:
+            outer = self._storage if isinstance(path, Path) else resolve(path)
+            mover = self._archive_mover(path, name)
+            group = ZipArchive(outer, path, name, before, mover, self._run_id)
+            self._zips = {k: g for k, g in self._zips.items() if not g.moved}
+            self._zips[key] = group
+        try:
+            members = await asyncio.to_thread(group.members)
+        except FileNotFoundError:
+            self.waiting.pop(key, None)
+            return
+        except (OSError, FileError) as exc:
+            reason = f"cannot read file: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            unread = FileVersion(manifest_name(key), b"", size_of(before))
+            await self._fail_early(path, name, unread, "", reason)
+            return
+        self.waiting.pop(key, None)  # its members wait, each on its own
+        matched = [m for m in members if s.contract_for(group.name_of(m)) is not None]
+        for member in members:
+            if member not in matched:
+                log.info(
+                    "zip_member_unmatched",
+                    extra={"member": member.member, "reason": "no contract matches it"},
+                )
+        if not matched:
+            patterns = ", ".join(c.pattern for c in s.contracts)
+            reason = (
+                f"no contract matches any member of {name} (patterns: {patterns}); add a "
+                "contract with a pattern like ARCHIVE.zip/MEMBER"
+            )
+            unread = FileVersion(manifest_name(key), b"", size_of(before))
+            await self._fail_early(path, name, unread, "", reason)
+            return
+        group.expect(matched)
+        for member in matched:
+            await self.offer(member)
+
+    def _archive_mover(self, path: Handle, name: PurePosixPath) -> Mover:
+        """How a zip archive leaves the inbox once its members ended (blocking)."""
+        s = self.settings
+
+        def move(folder: str, report: dict[str, Any] | None) -> Path | str:
+            dest = s.done_path if folder == "done" else s.failed_path
+            if s.keep_files or dest is None:
+                return str(name)
+            return archive.Pending(path, name, folder, dest, report).move()
+
+        return move
 
     async def _accounted(self, claim: Awaitable[Job | Skip]) -> Job | Skip:
         """The claim; a stop in the middle of it lets its one statement end, so that a

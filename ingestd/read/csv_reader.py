@@ -32,6 +32,7 @@ from ingestd.read.quoting import OpenQuotes
 from ingestd.read.raw_csv import RawCsv, raw_csv
 from ingestd.settings import Contract, CsvOptions
 from ingestd.storage import Openable, open_bytes
+from ingestd.storage.zip import is_member
 
 # --- CSV ----------------------------------------------------------------------------------
 
@@ -195,8 +196,10 @@ def open_csv(path: Openable, contract: Contract, limits: Limits) -> BatchReader:
     header_rows = 1 if contract.csv.header else 0
     batches = counted(rebatch(batches, limits.chunk_size, limits.batch_bytes))
     as_is = not missing and columns == tuple(names)
-    # A compressed file's bytes are not COPY's: never raw, so never split either.
-    raw = raw_csv(path, contract.csv, as_is, compression_of(path.name) is not None)
+    # A compressed file's bytes are not COPY's: never raw, so never split either; nor a
+    # zip member's (a stream out of its archive, without random access).
+    stream_only = compression_of(path.name) is not None or is_member(path)
+    raw = raw_csv(path, contract.csv, as_is, stream_only)
     return BatchReader(layout, batches, header_rows, names, raw)
 
 
