@@ -38,7 +38,7 @@ def write_zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_D
             zf.writestr(name, data)
 
 
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, mode: str = "upsert") -> Path:
     cfg = tmp_path / "ingestd.toml"
     cfg.write_text(
         f'inbox = "{tmp_path / "inbox"}"\n'
@@ -47,7 +47,7 @@ def config(tmp_path: Path) -> Path:
         'pattern = "Empresas*.zip/*EMPRECSV"\n'
         'table = "empresas"\n'
         'file_type = "csv"\n'
-        'mode = "upsert"\n'
+        f'mode = "{mode}"\n'
         'pk = ["cnpj_basico"]\n'
         f"headers = {json.dumps(HEADERS)}\n"
         "[contracts.csv]\n"
