@@ -367,7 +367,11 @@ class Service:
             ) from None
         # Loading goes on if one fails (indexes are not needed for correctness); the
         # summary says what is still dropped.
-        outcome = await backfill.finish(db, s, jobs=self._index_jobs(), token=self.token)
+        try:
+            outcome = await backfill.finish(db, s, jobs=self._index_jobs(), token=self.token)
+        except IngestdError as exc:
+            log.warning("backfill_finish_failed", extra={"error": str(exc)})
+            return
         self._backfill_note = outcome.message()
 
     async def _backfill_finish(self, db: Database, at_terminal: bool) -> None:
@@ -401,6 +405,13 @@ class Service:
             self._backfill_note = (
                 f"backfill: stopped during the rebuild (the index in hand rolled back); run "
                 f"`{backfill.FINISH_HINT}` to rebuild the rest"
+            )
+            return
+        error = run.exception()
+        if isinstance(error, IngestdError):  # the files are loaded: only the rebuild waits
+            self._backfill_note = (
+                f"backfill: the indexes could not be rebuilt ({error}); run "
+                f"`{backfill.FINISH_HINT}` to rebuild them"
             )
             return
         self._backfill_note = run.result().message()
