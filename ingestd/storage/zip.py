@@ -171,7 +171,9 @@ class ZipArchive:
             raise FileError(
                 f"{self.name} is not a readable zip archive ({exc}): send it again"
             ) from None
-        found = [ZipMember(self, i.filename, i.file_size, i.CRC) for i in infos]
+        # A name twice in one archive: zipfile reads the last entry, so that one is the member.
+        last = {i.filename: i for i in infos}
+        found = [ZipMember(self, i.filename, i.file_size, i.CRC) for i in last.values()]
         return sorted(found, key=lambda m: m.member)
 
     @property
@@ -200,7 +202,8 @@ class ZipArchive:
 
     def name_of(self, handle: Handle) -> PurePosixPath:
         assert isinstance(handle, ZipMember)  # noqa: S101 - only members come here
-        return self.name / handle.member
+        # A member's name is only a name (nothing is written under it): "/x" stays inside.
+        return self.name / handle.member.lstrip("/")
 
     def identity(self, handle: Handle) -> Version | None:
         # The archive unchanged means the member is: no need to read its directory again.

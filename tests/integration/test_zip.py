@@ -211,3 +211,43 @@ def test_other_zip_methods_read_alike(cli, db: Db, tmp_path: Path, method: int) 
     result = cli("--config", cfg, "--once")
     assert result.code == 0, result.err
     assert table(db) == rows
+
+
+def test_two_daemons_share_archives_every_row_once_and_each_archive_moves_once(
+    dsn: str, db: Db, tmp_path: Path
+) -> None:
+    """Each instance moves an archive only once every member ended there (loaded, or found
+    loaded once the other's lease ran out): never while the other still loads a member."""
+    from tests.daemon import Daemon, wait_for
+
+    settings = "settle_s = 0.1\nrescan_s = 0.5\nlease_s = 1\n"
+    text = settings + config(tmp_path, mode="append").read_text()
+    inbox = tmp_path / "inbox"
+    expected = []
+    for a in range(3):
+        members = {}
+        for m in range(3):
+            rows = cnpj_rows((a * 3 + m) * 2000, 2000)
+            expected += rows
+            members[f"K{m}.EMPRECSV"] = member_bytes(rows)
+        write_zip(inbox / f"Empresas{a}.zip", members)
+    daemons = [
+        Daemon(tmp_path, dsn, text, ("--instance-id", name, "--chunk-size", "200"))
+        for name in ("a", "b")
+    ]
+    try:
+        wait_for(lambda: len(done_files(tmp_path)) == 3 or any(d.proc.poll() for d in daemons),
+                 timeout_s=90, what="three archives in done/")  # fmt: skip
+        assert done_files(tmp_path) == [f"Empresas{a}.zip" for a in range(3)]
+        wait_for(lambda: not list(inbox.iterdir()), timeout_s=10, what="an empty inbox")
+    finally:
+        for d in daemons:
+            d.kill()
+    assert table(db) == sorted(expected)
+    assert db.val("SELECT count(*) FROM empresas") == len(expected)
+    assert {m["status"] for m in db.manifest()} == {"success"}
+    assert len(db.manifest()) == 9
+    assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
+    for d in daemons:
+        assert not d.events("internal_error"), d.logs_text()[-2000:]
+    assert {r["owner"] for r in db.fetch("SELECT owner FROM ingestion_manifest")} <= {"a", "b"}
