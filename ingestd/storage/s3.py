@@ -3,7 +3,7 @@
 Objects are complete once listed (S3 writes are atomic), so nothing settles. A handle names
 one version of one key (its ETag from the listing): every read is a GET with If-Match on
 it, so the bytes hashed at the claim are the bytes loaded, and a re-upload in between reads
-as "that version is gone" (FileNotFoundError), never as a bad file. Moves are a server-side
+as "that version is gone" (s3_client.ObjectGoneError), never as a bad file. Moves are a server-side
 copy, then a delete. The client is obstore (Rust object_store): listings carry ETags,
 reads take conditions, retries of 5xx and resets have backoff built in. Why that library:
 README, "Object storage".
@@ -15,6 +15,7 @@ import datetime as dt
 import errno
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class S3Storage:
         self._last_count = 0
         self._max_key = ""
         self._seen: dict[str, ObjectHandle] = {}
+        self._seen_lock = threading.Lock()  # listings and moves run in different threads
         for area in (done, failed):
             if area is not None and area.bucket != inbox.bucket:
                 raise UsageError(
@@ -164,14 +166,15 @@ class S3Storage:
         offset = None if full or not self._max_key else self._max_key
         metas = self._list(offset=offset, chunk_size=_PAGE)
         found = {h.key: h for h in map(self._entry, metas) if h is not None}
-        if full:
-            self._last_full, self._last_count = now, len(metas)
-            self._seen = found
-        else:
-            self._seen.update(found)
-        if found:
-            self._max_key = max(self._max_key, *found)
-        return iter(sorted(self._seen.values(), key=lambda h: h.key))
+        with self._seen_lock:
+            if full:
+                self._last_full, self._last_count = now, len(metas)
+                self._seen = found
+            else:
+                self._seen.update(found)
+            if found:
+                self._max_key = max(self._max_key, *found)
+            return iter(sorted(self._seen.values(), key=lambda h: h.key))
 
     def _list(
         self, offset: str | None, chunk_size: int, first_page_only: bool = False
@@ -256,8 +259,9 @@ class S3Storage:
         if not self._is_current(h):
             return  # gone, or replaced by a newer upload that is not ours to remove
         call(str(h), obstore.delete, self.store, h.key)
-        if self._seen.get(h.key) == h:
-            del self._seen[h.key]
+        with self._seen_lock:
+            if self._seen.get(h.key) == h:
+                del self._seen[h.key]
 
     def _place(self, h: ObjectHandle, dest: str, sidecar: bytes | None) -> str:
         """Place the object at dest (or a free variant of it) by a server-side copy, then
