@@ -78,8 +78,8 @@ def check_compression(name: str, head: bytes) -> None:
     named, found = compression_of(name), sniff(head)
     if head.startswith(_ZIP):
         raise FileError(
-            f"{name} is a zip archive, which ingestd does not read: unzip it into the inbox "
-            "(or compress its members with gzip or zstd)"
+            f"{name} is a zip archive: name it *.zip in the inbox, and each member loads "
+            "as ARCHIVE.zip/MEMBER (a zip inside a zip is not read: unzip the outer one)"
         )
     if named == "lz4" and head.startswith(_LZ4_LEGACY):
         raise FileError(

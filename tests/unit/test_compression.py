@@ -139,7 +139,7 @@ def test_ndjson_a_line_beyond_the_memory_limit_fails(tmp_path: Path) -> None:
 
 
 def test_a_zip_archive_and_legacy_lz4_say_what_to_do() -> None:
-    with pytest.raises(FileError, match=r"a\.csv is a zip archive, which ingestd does not read"):
+    with pytest.raises(FileError, match=r"a\.csv is a zip archive: name it \*\.zip"):
         check_compression("a.csv", b"PK\x03\x04\x14\x00\x00\x00\x08\x00")
     with pytest.raises(FileError, match=r"legacy LZ4 format \(lz4 -l\)"):
         check_compression("a.csv.lz4", b"\x02\x21\x4c\x18\x00\x00\x00\x00\x00\x00")
