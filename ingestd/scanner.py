@@ -529,6 +529,8 @@ class Scanner:
             reason = (
                 f"no contract matches any member of {name} (patterns: {patterns}); add a "
                 "contract with a pattern like ARCHIVE.zip/MEMBER"
+                if members
+                else f"{name} holds no files: nothing to load"
             )
             unread = FileVersion(manifest_name(key), b"", size_of(before))
             await self._fail_early(path, name, unread, "", reason)

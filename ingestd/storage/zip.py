@@ -72,6 +72,39 @@ class ZipMember:
         return self.archive
 
 
+class _Archive:
+    """The archive's random-access file as zipfile wants it: a seek before the start is an
+    OSError (pyarrow raises ValueError), which zipfile takes as "no zip64 record"."""
+
+    def __init__(self, raw: pa.NativeFile):
+        self._raw = raw
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return int(self._raw.seek(offset, whence))
+        except ValueError as exc:
+            raise OSError(0, str(exc)) from None
+
+    def tell(self) -> int:
+        return int(self._raw.tell())
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(None if size < 0 else size)
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _MemberStream:
     """A member's decompressed bytes as a file-like object for pa.PythonFile; inflate and
     CRC errors become one readable OSError."""
@@ -159,8 +192,8 @@ class ZipArchive:
         self._ended: dict[str, str | None] = {}  # member -> why it failed (None: done)
         self._moved: str | None = None
 
-    def open_archive(self) -> pa.NativeFile:
-        return self.outer.open_random(self.handle)
+    def open_archive(self) -> _Archive:
+        return _Archive(self.outer.open_random(self.handle))
 
     def members(self) -> list[ZipMember]:
         """Its file members in name order (folders left out); FileError for a corrupt archive."""
@@ -218,7 +251,12 @@ class ZipArchive:
         return pa.PythonFile(_MemberStream(self, handle), mode="r")
 
     def open_random(self, handle: Handle) -> pa.NativeFile:
-        raise OSError(0, f"{self.name_of(handle)} is a zip member: it is read as a stream")
+        # Only Parquet asks (CSV and NDJSON members are streams): its footer needs seeking.
+        raise OSError(
+            0,
+            f"{self.name_of(handle)} is a zip member and can only be read as a stream "
+            "(CSV, NDJSON); a Parquet file needs random access: put it in the inbox unzipped",
+        )
 
     def to_done(self, handle: Handle, name: PurePosixPath, today: dt.date | None = None) -> str:
         return self._ended_as(handle, None)

@@ -68,3 +68,48 @@ def test_kill_9_mid_member_then_resume_loads_every_row_once(
     assert {m["rows"] for m in db.manifest()} == {FIRST, SECOND}
     assert not (inbox / "Empresas0.zip").exists()
     assert [p.name for p in (tmp_path / "done").rglob("*.zip")] == ["Empresas0.zip"]
+
+
+# Peak RSS as the child itself sees it (Linux keeps a peak across fork and exec: the
+# archive is written by another child, so the test process stays small).
+_PEAK = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['ingestd', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('ingestd', run_name='__main__')\n"
+    "finally:\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    print('peak_rss_kb', peak, file=sys.stderr)\n"
+)
+_WRITE = (
+    "import sys, zipfile\n"
+    "rows = int(sys.argv[2])\n"
+    "with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as zf:\n"
+    "    with zf.open(sys.argv[3], 'w', force_zip64=True) as out:\n"
+    "        for start in range(0, rows, 10000):\n"
+    '            out.write(b\'\'.join(b\'"%08d";"%s";"2062";"1,00"\\n\' % (i, b\'a\' * 50)\n'
+    "                               for i in range(start, min(rows, start + 10000))))\n"
+)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_on_a_200_mb_member(dsn: str, db: Db, tmp_path: Path) -> None:
+    """A zip64 member of 200 MB (a bomb: its declared size is far beyond memory_limit_mb =
+    64) is hashed and loaded as a stream: the peak RSS stays far below its size."""
+    rows = 2_700_000  # 76 bytes a row
+    cfg = config(tmp_path, mode="append")
+    archive = tmp_path / "inbox" / "Empresas9.zip"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _WRITE, str(archive), str(rows), MEMBERS[0]],
+                   check=True, timeout=300, cwd=root)  # fmt: skip
+    cmd = [
+        "--once", "--config", str(cfg), "--dsn", dsn, "--memory-limit-mb", "64",
+        "--chunk-size", "100000", "--metrics-addr", "off", "--log-level", "WARNING",
+    ]  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", _PEAK, *cmd],
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert db.val("SELECT count(*) FROM empresas") == rows
+    peak = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024
+    assert peak < 350 * (1 << 20), peak
+    assert [p.name for p in (tmp_path / "done").rglob("*.zip")] == ["Empresas9.zip"]

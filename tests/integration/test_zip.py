@@ -251,3 +251,32 @@ def test_two_daemons_share_archives_every_row_once_and_each_archive_moves_once(
     for d in daemons:
         assert not d.events("internal_error"), d.logs_text()[-2000:]
     assert {r["owner"] for r in db.fetch("SELECT owner FROM ingestion_manifest")} <= {"a", "b"}
+
+
+def test_odd_members_each_end_alone_and_the_sidecar_names_the_failed(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = tmp_path / "c.toml"
+    contract = '[[contracts]]\npattern = "**"\ntable = "t"\nmode = "append"\n'
+    cfg.write_text(f'inbox = "{inbox}"\n{contract}')
+    with zipfile.ZipFile(inbox / "P.zip", "w") as zf:
+        zf.writestr("x.parquet", b"PAR1 not really")
+        zf.writestr("sub/y.csv", "a\n1\n")
+        zf.writestr("../up.csv", "a\n2\n")
+        zf.writestr("new\nline.csv", "a\n3\n")
+        zf.writestr("ragged.csv", "a\n1,2\n")
+        zf.writestr("folder/", b"")
+    zipfile.ZipFile(inbox / "E.zip", "w").close()
+    result = cli("--config", cfg, "--once")
+    assert result.code == 1
+    assert "Traceback" not in result.out + result.err
+    assert sorted(r["a"] for r in db.fetch("SELECT a FROM t")) == ["1", "2", "3"]
+    sidecar = json.loads((tmp_path / "failed" / "P.zip.error.json").read_text())
+    assert [f["member"] for f in sidecar["members_failed"]] == ["ragged.csv", "x.parquet"]
+    assert "a Parquet file needs random access" in sidecar["members_failed"][1]["reason"]
+    names = {m["filename"] for m in db.manifest() if m["status"] == "success"}
+    assert names == {"P.zip/sub/y.csv", "P.zip/../up.csv", "P.zip/new\nline.csv"}
+    empty = json.loads((tmp_path / "failed" / "E.zip.error.json").read_text())
+    assert "E.zip holds no files" in empty["reason"]
