@@ -69,7 +69,8 @@ def check_config(argv: Sequence[str]) -> int:
     )
     print(f"  chunk size {settings.chunk_size:,}, concurrency {concurrency}, "
           f"metrics {_addr(settings)}")  # fmt: skip
-    print(f"  database: {'from the config or INGESTD_DSN' if settings.dsn else 'embedded'}")
+    where = "--dsn" if ns.dsn else "from the config or INGESTD_DSN" if settings.dsn else "embedded"
+    print(f"  database: {where}")
     for c in settings.contracts:
         target = f"{c.schema}.{c.table}" if c.schema else c.table
         key = ",".join(c.pk) or "no key"
