@@ -537,7 +537,10 @@ class Scanner:
             return
         group.expect(matched)
         for member in matched:
-            await self.offer(member)
+            # Ended here already (offered again at a rescan while another member loads):
+            # its row is final, so it is not hashed again.
+            if not group.ended(member):
+                await self.offer(member)
 
     def _archive_mover(self, path: Handle, name: PurePosixPath) -> Mover:
         """How a zip archive leaves the inbox once its members ended (blocking)."""

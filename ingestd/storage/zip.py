@@ -214,6 +214,11 @@ class ZipArchive:
         """True once the archive itself has left the inbox (or was meant to: keep_files)."""
         return self._moved is not None
 
+    def ended(self, member: ZipMember) -> bool:
+        """True once this member was moved (its manifest row final: loaded, skipped, failed)."""
+        with self._lock:
+            return member.member in self._ended
+
     def expect(self, members: list[ZipMember]) -> None:
         with self._lock:
             self._expected = {m.member for m in members}
