@@ -280,3 +280,20 @@ def test_odd_members_each_end_alone_and_the_sidecar_names_the_failed(
     assert names == {"P.zip/sub/y.csv", "P.zip/../up.csv", "P.zip/new\nline.csv"}
     empty = json.loads((tmp_path / "failed" / "E.zip.error.json").read_text())
     assert "E.zip holds no files" in empty["reason"]
+
+
+def test_a_member_in_deflate64_fails_saying_so(cli, db: Db, tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    path = tmp_path / "inbox" / "Empresas6.zip"
+    write_zip(path, {MEMBERS[0]: member_bytes(cnpj_rows(0, 5))}, zipfile.ZIP_STORED)
+    data = bytearray(path.read_bytes())
+    for sig, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.find(sig)
+        data[at + method_at : at + method_at + 2] = (9).to_bytes(2, "little")  # deflate64
+    path.write_bytes(bytes(data))
+    result = cli("--config", cfg, "--once")
+    assert result.code == 1
+    assert "Traceback" not in result.out + result.err
+    sidecar = json.loads((tmp_path / "failed" / "Empresas6.zip.error.json").read_text())
+    [failed] = sidecar["members_failed"]
+    assert "uses a zip compression method ingestd cannot read" in failed["reason"]
