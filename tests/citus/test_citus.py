@@ -123,7 +123,7 @@ def test_check_config_reports_what_each_target_is(
     assert result.code == 1
 
 
-TOTAL = 60_000
+TOTAL = 30_000
 
 
 def _command(f: Path, dsn: str, table: str, pk: str, mode: str) -> list[str]:
