@@ -297,3 +297,40 @@ def test_a_member_in_deflate64_fails_saying_so(cli, db: Db, tmp_path: Path) -> N
     sidecar = json.loads((tmp_path / "failed" / "Empresas6.zip.error.json").read_text())
     [failed] = sidecar["members_failed"]
     assert "uses a zip compression method ingestd cannot read" in failed["reason"]
+
+
+def test_a_zip_in_an_object_store_inbox(cli, db: Db, tmp_path: Path, request) -> None:
+    """The same through an s3:// inbox: members read by ranged GETs, the archive moved by
+    the store (copy, then delete), the failed one beside its sidecar."""
+    s3server = request.getfixturevalue("s3server")
+    from tests.s3server import new_bucket
+
+    for name, value in s3server.env().items():
+        request.getfixturevalue("monkeypatch").setenv(name, value)
+    bucket = new_bucket(s3server)
+    cfg = config(tmp_path)
+    text = cfg.read_text().replace(
+        f'inbox = "{tmp_path / "inbox"}"', f'inbox = "{bucket.url("landing/inbox/")}"'
+    )
+    cfg.write_text(text)
+    first, second = cnpj_rows(0, 700), cnpj_rows(700, 300)
+    good, locked = tmp_path / "good.zip", tmp_path / "locked.zip"
+    write_zip(good, {MEMBERS[0]: member_bytes(first), MEMBERS[1]: member_bytes(second),
+                     "README": b"leia-me\n"})  # fmt: skip
+    _encrypted_zip(locked, {MEMBERS[0]: member_bytes(cnpj_rows(5000, 3))}, "segredo")
+    bucket.put("landing/inbox/Empresas0.zip", good.read_bytes())
+    bucket.put("landing/inbox/Empresas1.zip", locked.read_bytes())
+    result = cli("--config", cfg, "--once", "--chunk-size", 250)
+    assert result.code == 1, result.err
+    assert "encrypted zip member" in result.out
+    assert table(db) == first + second
+    assert bucket.keys("landing/inbox/") == []
+    [done] = bucket.keys("landing/done/")
+    assert done.endswith("/Empresas0.zip")
+    assert bucket.get(done) == good.read_bytes()
+    assert bucket.keys("landing/failed/") == [
+        "landing/failed/Empresas1.zip",
+        "landing/failed/Empresas1.zip.error.json",
+    ]
+    report = json.loads(bucket.get("landing/failed/Empresas1.zip.error.json"))
+    assert [f["member"] for f in report["members_failed"]] == [MEMBERS[0]]
