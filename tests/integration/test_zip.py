@@ -334,3 +334,12 @@ def test_a_zip_in_an_object_store_inbox(cli, db: Db, tmp_path: Path, request) ->
     ]
     report = json.loads(bucket.get("landing/failed/Empresas1.zip.error.json"))
     assert [f["member"] for f in report["members_failed"]] == [MEMBERS[0]]
+
+
+def test_files_flag_with_an_archive_and_a_table(cli, db: Db, tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    write_zip(path, {"x.csv": b"id\n1\n2\n", "y.csv": b"id\n3\n"})
+    result = cli("--once", "--files", path, "--table", "t", "--mode", "append")
+    assert result.code == 0, result.out + result.err
+    assert sorted(r["id"] for r in db.fetch("SELECT id FROM t")) == ["1", "2", "3"]
+    assert {m["filename"] for m in db.manifest()} == {f"{path}/x.csv", f"{path}/y.csv"}
