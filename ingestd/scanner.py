@@ -278,6 +278,7 @@ class Scanner:
         # again once their version changes or at the next full rescan, as a local file
         # would be, not hashed again at every listing.
         offered: dict[Handle, float] = {}
+        notes = await self._notifications(stopping)
         while not stopping.is_set():
             await self.archives.retry_due(self._check_row)
             present: set[str] = set()
@@ -309,7 +310,47 @@ class Scanner:
                 self._store_unreachable(exc)
             else:
                 self._store_back()
-            await _sleep_or_stop(stopping, poll_s)
+            if notes is None:
+                await _sleep_or_stop(stopping, poll_s)
+            else:
+                await self._take_notifications(notes, stopping, poll_s, offered)
+
+    async def _notifications(self, stopping: asyncio.Event) -> Any:
+        """The s3_queue_url receiver (ingestd.storage.sqs), started; None without one."""
+        url = self.settings.s3_queue_url
+        if not url:
+            return None
+        from ingestd.storage import sqs  # botocore only when a queue is configured
+
+        notes = await asyncio.to_thread(sqs.notifications_for, url, self._storage)
+        notes.start(stopping)
+        return notes
+
+    async def _take_notifications(
+        self, notes: Any, stopping: asyncio.Event, seconds: float, offered: dict[Handle, float]
+    ) -> None:
+        """Until the next listing: offer each notified object at once, then delete its
+        message, only once the offer ended (claimed in the manifest, skipped, gone)."""
+        deadline = time.monotonic() + seconds
+        while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            arrival = await notes.next(min(left, 1.0))
+            if arrival is None:
+                continue
+            handled = True
+            for handle in arrival.handles:
+                key = self._key(handle)
+                if key in self.in_hand or (
+                    key in self.archives and self.archives.holds(key, await identity_now(handle))
+                ):
+                    continue
+                self.waiting.setdefault(key, time.monotonic())
+                if not await self._try_offer(handle):
+                    handled = False  # the database away: the message comes back later
+                    break
+                offered[handle] = time.monotonic()
+            if handled:
+                await notes.delete(arrival)
+            notes.taken()
 
     def _store_unreachable(self, exc: BaseException) -> None:
         if self._store_ok is not False:

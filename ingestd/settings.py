@@ -449,8 +449,8 @@ class Settings:
     )
     s3_queue_url: str | None = key(
         None,
-        "SQS-compatible queue receiving the bucket's object-created events: new keys load "
-        "at once (listings still run)",
+        "SQS-compatible queue URL receiving the bucket's object-created events: new keys "
+        "load at once (listings still run; needs the sqs extra)",
         shown="off",
         metavar="URL",
     )

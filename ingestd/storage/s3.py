@@ -206,6 +206,17 @@ class S3Storage:
         etag = meta.get("e_tag") or ""
         return ObjectHandle(self, key, etag, int(meta["size"]), meta.get("version"))
 
+    def handle_for(self, key: str) -> ObjectHandle | None:
+        """The handle a listing would give for key now (one HEAD), or None when it is gone,
+        outside the inbox prefix, or a name the listing ignores (a notification's key)."""
+        if not key.startswith(self.inbox.prefix):
+            return None
+        try:
+            meta = call(f"{SCHEME}{self.bucket}/{key}", obstore.head, self.store, key)
+        except FileNotFoundError:
+            return None
+        return self._entry(meta)
+
     def name_of(self, handle: Handle) -> PurePosixPath:
         key = _handle(handle).key
         if key.startswith(self.inbox.prefix):
@@ -318,15 +329,5 @@ def from_settings(settings: Settings) -> S3Storage:
     done = None if keep else area(settings.done_dir, "done")
     failed = area(settings.failed_dir, "failed")
     store = store_for(inbox.bucket, settings.s3_endpoint_url)
-    if settings.s3_queue_url and not _QUEUE_WARNED:
-        _QUEUE_WARNED.append(True)
-        # Said, not silently ignored: the listing still finds every object within poll_s.
-        log.warning(
-            "s3_queue_unsupported",
-            extra={"reason": "this build does not read SQS notifications yet; new objects "
-                   "are found by listing the prefix every poll_s"},
-        )  # fmt: skip
+    # s3_queue_url is read by the daemon's discovery (ingestd.storage.sqs), not here.
     return S3Storage(store, inbox, done, failed, rescan_s=settings.rescan_s)
-
-
-_QUEUE_WARNED: list[bool] = []
