@@ -57,7 +57,9 @@ def test_kill_9_mid_member_then_resume_loads_every_row_once(
     assert first["status"] != "success" and 0 < first["rows"] < FIRST  # killed mid-member
     assert (inbox / "Empresas0.zip").is_file()  # the archive stays until every member ended
 
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    # Resumed with another chunk size and concurrency: the committed rows are skipped all the same.
+    again = [*cmd, "--chunk-size", "777", "--concurrency", "2"]
+    done = subprocess.run(again, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = log_events(done.stderr, "file_resumed")
     assert [e["file"] for e in resumed] == [f"Empresas0.zip/{MEMBERS[0]}"]
