@@ -812,8 +812,3 @@ ONCE = {"memory_big"}  # measured in the first repeat only (slow, and not a spee
 from bench.formats import FORMAT_CASES  # noqa: E402
 
 CASES.update(FORMAT_CASES)
-
-# Issue 17's formats: bench/formats.py uses this module's helpers, so it is imported last.
-from bench.formats import FORMAT_CASES  # noqa: E402
-
-CASES.update(FORMAT_CASES)
