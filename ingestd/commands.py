@@ -65,7 +65,7 @@ def check_config(argv: Sequence[str]) -> int:
     concurrency = (
         str(settings.concurrency)
         if "concurrency" in settings.given
-        else "min(max(cores, 4), max_connections/2), chosen at start"
+        else "min(cores, max_connections/2, 8), chosen at start"
     )
     print(f"  chunk size {settings.chunk_size:,}, concurrency {concurrency}, "
           f"metrics {_addr(settings)}")  # fmt: skip

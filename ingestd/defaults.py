@@ -1,6 +1,6 @@
 """Defaults from the machine and the server when the user sets none: concurrency about
-min(cores, max_connections / 2), never below 4, a pool of concurrency + 2 (the original
-design's rule, with the floor measured on small machines)."""
+min(cores, max_connections / 2), at most 8, a pool of concurrency + 2 (the original
+design's rule)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 POOL_EXTRA = 2  # claims, leases and health checks beside one connection per worker
-# Never fewer workers than the 4 of earlier versions, whatever the cores: a worker waits on
-# the server most of the time, and on 2 cores 4 workers loaded bench's 1 M-row CSV in
-# 7.99 s against 9.26 s with 2 (notes-bench). Connection slots still cap it.
-MIN_WORKERS = 4
+# At most this many by default: beyond it the server, not the client, is the bottleneck
+# (helper speed's measurements: on 2 cores, 2 workers loaded a 1 M-row CSV in 1.06x psql's
+# time, 4 workers in 1.82x; small files: 28 vs 31 files/s, within noise).
+MAX_DEFAULT = 8
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,11 @@ def server_is_local(dsn: str) -> bool:
 
 
 def choose(cores: int, cores_of: str, max_connections: int | None, reserved: int = 0) -> Chosen:
-    """concurrency = min(max(cores, MIN_WORKERS), free connection slots / 2), at least 1."""
-    concurrency = max(MIN_WORKERS, cores)
-    if cores >= MIN_WORKERS:
-        reason = f"{cores} cores ({cores_of})"
-    else:
-        reason = f"at least {MIN_WORKERS} workers ({cores} cores, {cores_of})"
+    """concurrency = min(cores, free connection slots / 2, MAX_DEFAULT), at least 1."""
+    concurrency = max(1, min(cores, MAX_DEFAULT))
+    reason = f"{cores} cores ({cores_of})"
+    if cores > MAX_DEFAULT:
+        reason = f"at most {MAX_DEFAULT} by default ({cores} cores, {cores_of})"
     if max_connections is not None:
         half = max(1, (max_connections - reserved) // 2)
         if half < concurrency:

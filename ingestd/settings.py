@@ -311,7 +311,7 @@ class Settings:
     concurrency: int = key(
         4,
         "parallel workers, one connection and temp table each",
-        shown="min(max(cores, 4), max_connections/2)",
+        shown="min(cores, max_connections/2, 8)",
         minimum=1,
         maximum=MAX_CONCURRENCY,
         limit="one connection each",

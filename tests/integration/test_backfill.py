@@ -241,7 +241,7 @@ def test_a_run_without_concurrency_chooses_it_from_cores_and_slots_and_says_why(
     [chosen] = [e for e in log_events(r.err) if e.get("event") == "defaults_chosen"]
     slots = int(db.val("SHOW max_connections")) - int(db.val("SHOW superuser_reserved_connections"))
     slots -= int(db.val("SELECT coalesce(current_setting('reserved_connections', true), '0')"))
-    assert chosen["concurrency"] == max(1, min(max(4, client_cores()), slots // 2))
+    assert chosen["concurrency"] == max(1, min(client_cores(), slots // 2, 8))
     assert chosen["pool_size"] == chosen["concurrency"] + 2 and chosen["reason"]
     given = cli("--files", f, "--table", "t", "--pk", "id", "--concurrency", "3")
     assert not [e for e in log_events(given.err) if e.get("event") == "defaults_chosen"]

@@ -1,4 +1,4 @@
-"""The default concurrency: min(max(cores, 4), free connection slots / 2), pool of
+"""The default concurrency: min(cores, free connection slots / 2, 8), pool of
 concurrency + 2."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from ingestd.defaults import choose, server_is_local
 @pytest.mark.parametrize(
     ("cores", "max_connections", "reserved", "concurrency"),
     [
-        (2, 100, 3, 4),  # few cores: the floor of 4 workers (measured faster than 2)
-        (6, 100, 3, 6),  # cores bound it
-        (16, 20, 3, 8),  # connection slots bound it: (20 - 3) // 2
+        (2, 100, 3, 2),  # cores bound it
+        (16, 14, 3, 5),  # connection slots bound it: (14 - 3) // 2
+        (64, 1000, 3, 8),  # at most 8 by default
         (8, 3, 3, 1),  # never below one
-        (0, None, 0, 4),
+        (0, None, 0, 1),
     ],
 )
 def test_concurrency_is_the_smaller_of_cores_and_half_the_slots(
@@ -27,9 +27,9 @@ def test_concurrency_is_the_smaller_of_cores_and_half_the_slots(
 
 
 def test_the_reason_names_what_bound_it() -> None:
-    assert "connection slots" in choose(16, "client", 20, 3).reason
+    assert "connection slots" in choose(16, "client", 14, 3).reason
     assert choose(6, "server (same host)", 100, 3).reason == "6 cores (server (same host))"
-    assert choose(2, "client", 100, 3).reason == "at least 4 workers (2 cores, client)"
+    assert choose(64, "client", 1000, 3).reason == "at most 8 by default (64 cores, client)"
 
 
 @pytest.mark.parametrize(
