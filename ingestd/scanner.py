@@ -332,25 +332,37 @@ class Scanner:
         """Until the next listing: offer each notified object at once, then delete its
         message, only once the offer ended (claimed in the manifest, skipped, gone)."""
         deadline = time.monotonic() + seconds
+        arrival: Any = None
+        failures = 0
         while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            arrival = await notes.next(min(left, 1.0))
-            if arrival is None:
+            if arrival is None and (arrival := await notes.next(min(left, 1.0))) is None:
                 continue
-            handled = True
-            for handle in arrival.handles:
-                key = self._key(handle)
-                if key in self.in_hand or (
-                    key in self.archives and self.archives.holds(key, await identity_now(handle))
-                ):
-                    continue
-                self.waiting.setdefault(key, time.monotonic())
-                if not await self._try_offer(handle):
-                    handled = False  # the database away: the message comes back later
-                    break
-                offered[handle] = time.monotonic()
-            if handled:
+            if await self._offer_arrival(arrival, offered):
                 await notes.delete(arrival)
+                notes.taken()
+                arrival, failures = None, 0
+                continue
+            failures += 1  # the database away or the manifest locked: again after a backoff
+            delay = self._backoff.delay(min(failures, 5) - 1)
+            await _sleep_or_stop(stopping, min(left, delay))
+        if arrival is not None:
+            # Kept, not deleted: it comes back after its visibility timeout, and the
+            # listing that follows now offers its objects anyway.
             notes.taken()
+
+    async def _offer_arrival(self, arrival: Any, offered: dict[Handle, float]) -> bool:
+        """Offer a notification's objects; False if one could not be claimed yet."""
+        for handle in arrival.handles:
+            key = self._key(handle)
+            if key in self.in_hand or (
+                key in self.archives and self.archives.holds(key, await identity_now(handle))
+            ):
+                continue
+            self.waiting.setdefault(key, time.monotonic())
+            if not await self._try_offer(handle):
+                return False
+            offered[handle] = time.monotonic()
+        return True
 
     def _store_unreachable(self, exc: BaseException) -> None:
         if self._store_ok is not False:

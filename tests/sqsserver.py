@@ -4,6 +4,7 @@ on a free loopback port, started and stopped by the tests."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class SqsServer:
     log: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # INITIAL_NO_AUTH_ACTION_COUNT=0: every request needs credentials moto's IAM knows.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -48,6 +51,7 @@ class SqsServer:
             self.proc = subprocess.Popen(
                 [binary, "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **self.env},
             )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -6,10 +6,13 @@ sends it to a queue named in the bucket's notification configuration)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.daemon import Daemon, wait_for
@@ -151,3 +154,56 @@ def test_a_wrong_queue_url_is_one_line_and_exit_2(
     assert said in text, text
     assert "Traceback" not in text
     assert SECRET_KEY not in text
+
+
+def _hold_manifest_lock(dsn: str, locked: threading.Event, release: threading.Event) -> None:
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE ingestion_manifest IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                await asyncio.to_thread(release.wait, 60)
+        finally:
+            await conn.close()
+
+    asyncio.run(hold())
+
+
+def test_the_message_stays_until_the_claim_is_in_the_manifest(
+    daemons: Callable[..., Daemon], db: Db, dsn: str, bucket: Bucket, queue: Queue
+) -> None:
+    daemon = daemons("lock_timeout_s = 0.5\n" + _config(bucket, queue))
+    locked, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_manifest_lock, args=(dsn, locked, release))
+    holder.start()
+    try:
+        assert locked.wait(20)
+        bucket.put(INBOX + "waits.csv", csv_rows(3))
+        queue.send_created(bucket.name, INBOX + "waits.csv")
+        wait_for(lambda: daemon.events("manifest_locked"), what="the claim waiting on the lock")
+        assert queue.count() == 1  # received, not deleted: no claim yet
+        assert row_count(db) == 0
+    finally:
+        release.set()
+        holder.join(20)
+    wait_for(lambda: row_count(db) == 3, timeout_s=20, what="the claim once the lock is gone")
+    wait_for(lambda: queue.count() == 0, timeout_s=10, what="the message deleted after it")
+    assert files_with_status(db, "success") == 1
+    assert daemon.stop() == 0
+
+
+def test_refused_credentials_are_one_line_and_exit_2(
+    daemons: Callable[..., Daemon], bucket: Bucket, tmp_path: Path
+) -> None:
+    server = SqsServer(tmp_path / "moto.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}).start()
+    try:
+        url = f"{server.endpoint}/123456789012/q"
+        daemon = daemons(CONFIG.format(inbox=bucket.url(INBOX), queue=url, poll_s=1), ready=False)
+        assert daemon.proc.wait(60) == 2
+        text = daemon.logs_text() + daemon.out_path.read_text()
+        assert "access denied" in text, text
+        assert "Traceback" not in text
+        assert SECRET_KEY not in text
+    finally:
+        server.stop()
