@@ -100,6 +100,11 @@ def _region(url: str) -> str:
 def check_url(url: str) -> None:
     """A queue URL is http(s)://HOST/ACCOUNT/NAME (as the console and CreateQueue give it)."""
     parts = urlsplit(url)
+    if parts.username or parts.password:
+        # Said without the URL: what is there may be a secret.
+        raise UsageError(
+            "s3_queue_url: credentials do not belong in the URL (use AWS_* or a profile)"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path in ("", "/"):
         raise UsageError(
             f"s3_queue_url {url!r}: a queue URL is https://sqs.REGION.amazonaws.com/ACCOUNT/NAME "
@@ -253,14 +258,29 @@ class Notifications:
                 continue
             failures = 0
             self._back()
-            arrivals = [a for a in map(self._arrival, messages) if a is not None]
+            arrivals = [a for a in map(self._safe_arrival, messages) if a is not None]
             if not arrivals or self._loop is None:
                 continue
-            for arrival in arrivals:
-                self._loop.call_soon_threadsafe(self._arrivals.put_nowait, arrival)
+            try:
+                for arrival in arrivals:
+                    self._loop.call_soon_threadsafe(self._arrivals.put_nowait, arrival)
+            except RuntimeError:  # the loop closed: the process is stopping
+                return
             while not self._open.acquire(timeout=1.0):
                 if self._stopped() or self._loop.is_closed():
                     return
+
+    def _safe_arrival(self, message: dict[str, Any]) -> Arrival | None:
+        # One odd message must never end the receiver (notifications would stop silently).
+        try:
+            return self._arrival(message)
+        except Exception as error:
+            log.error(
+                "internal_error",
+                exc_info=error,
+                extra={"error": f"{type(error).__name__} reading a queue message"},
+            )
+            return None
 
     def _arrival(self, message: dict[str, Any]) -> Arrival | None:
         receipt = str(message.get("ReceiptHandle", ""))
@@ -274,6 +294,9 @@ class Notifications:
                 # Not deleted: it comes back after its visibility timeout (or a listing finds it).
                 log.debug("s3_queue_lookup_failed", extra={"file": key, "reason": str(error)})
                 return None
+            except ValueError as error:  # a key the client refuses as a path: never loadable
+                ignored.append(f"{key}: {error}")
+                continue
             if handle is None:
                 ignored.append(f"{key}: gone, ignored, or not under {self.storage.inbox}")
             else:

@@ -100,6 +100,7 @@ def test_messages_that_name_nothing_to_load_are_deleted_quietly(
     queue.send_created(bucket.name, INBOX + "gone.csv", event="ObjectRemoved:Delete")
     queue.send_created(bucket.name, INBOX + "never-uploaded.csv")
     queue.send_created("another-bucket", INBOX + "b.csv")
+    queue.send_created(bucket.name, INBOX + "a//../b.csv")  # no client takes it as a key
     wait_for(lambda: queue.count() == 0, timeout_s=20, what="every message deleted")
     # Then a real one still loads at once: the odd messages did not stop the receiver.
     bucket.put(INBOX + "after.csv", csv_rows(2))

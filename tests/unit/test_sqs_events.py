@@ -57,3 +57,10 @@ def test_the_region_comes_from_an_aws_queue_url(monkeypatch: pytest.MonkeyPatch)
 def test_a_queue_arn_or_host_alone_is_refused(url: str) -> None:
     with pytest.raises(UsageError, match="a queue URL is https://"):
         check_url(url)
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:
+    with pytest.raises(UsageError) as caught:
+        check_url("https://AKIAX:s3cr3tVALUE@sqs.us-east-1.amazonaws.com/1/q")
+    assert "s3cr3tVALUE" not in str(caught.value)
+    assert "AKIAX" not in str(caught.value)
