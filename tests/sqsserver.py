@@ -70,11 +70,11 @@ class SqsServer:
                 self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def client(self) -> Any:
+    def client(self, service: str = "sqs") -> Any:
         import botocore.session
 
         return botocore.session.get_session().create_client(
-            "sqs", region_name="us-east-1", endpoint_url=self.endpoint,
+            service, region_name="us-east-1", endpoint_url=self.endpoint,
             aws_access_key_id="test", aws_secret_access_key="test",  # noqa: S106 - moto's
         )  # fmt: skip
 

@@ -208,3 +208,39 @@ def test_refused_credentials_are_one_line_and_exit_2(
         assert SECRET_KEY not in text
     finally:
         server.stop()
+
+
+def test_real_bucket_events_from_moto_s3(
+    daemons: Callable[..., Daemon], db: Db, sqs: SqsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto's own S3 sends the events (its bucket notification configuration to the queue,
+    s3:ObjectCreated:*, with the s3:TestEvent S3 sends when it is set): no hand-made JSON."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": sqs.endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)  # fmt: skip
+    queue = sqs.queue("real-events")
+    s3 = sqs.client("s3")
+    s3.create_bucket(Bucket="real-events")
+    arn = sqs.client().get_queue_attributes(QueueUrl=queue.url, AttributeNames=["QueueArn"])
+    s3.put_bucket_notification_configuration(
+        Bucket="real-events",
+        NotificationConfiguration={"QueueConfigurations": [
+            {"QueueArn": arn["Attributes"]["QueueArn"], "Events": ["s3:ObjectCreated:*"]}
+        ]},
+    )  # fmt: skip
+    config = CONFIG.format(inbox="s3://real-events/landing/inbox/", queue=queue.url, poll_s=300)
+    daemon = daemons(config)
+    s3.put_object(Bucket="real-events", Key=INBOX + "a b+c.csv", Body=csv_rows(3).encode())
+    s3.put_object(Bucket="real-events", Key="landing/elsewhere.csv", Body=csv_rows(2).encode())
+    wait_for(lambda: row_count(db) == 3, timeout_s=15, what="the object its event names")
+    wait_for(lambda: queue.count() == 0, timeout_s=15, what="every message deleted")
+    done = s3.list_objects_v2(Bucket="real-events", Prefix="landing/done/").get("Contents", [])
+    assert [o["Key"].rpartition("/")[2] for o in done] == ["a b+c.csv"]
+    ignored = " ".join(str(e.get("reason")) for e in daemon.events("s3_queue_ignored"))
+    assert "s3:TestEvent" in ignored and "landing/elsewhere.csv" in ignored
+    assert _errors(daemon) == []
+    assert daemon.stop() == 0
