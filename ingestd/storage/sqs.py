@@ -134,12 +134,12 @@ class QueueClient:
             retries={"max_attempts": 2, "mode": "standard"},
         )
         session = botocore.session.get_session()
-        self._client: Any = session.create_client(
-            "sqs",
-            region_name=_region(url),
-            endpoint_url=f"{parts.scheme}://{parts.netloc}",
-            config=config,
-        )
+        where = {"region_name": _region(url), "endpoint_url": f"{parts.scheme}://{parts.netloc}"}
+        self._client: Any = session.create_client("sqs", config=config, **where)
+        # The check at start holds up the first listing: a queue that does not answer is
+        # given seconds, not the long poll's read timeout twice.
+        quick = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
+        self._quick: Any = session.create_client("sqs", config=quick, **where)
 
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -158,7 +158,7 @@ class QueueClient:
 
     def check(self) -> None:
         """One request that proves the queue exists and the credentials are accepted."""
-        self._call("GetQueueAttributes", self._client.get_queue_attributes,
+        self._call("GetQueueAttributes", self._quick.get_queue_attributes,
                    AttributeNames=["QueueArn"])  # fmt: skip
 
     def receive(self, wait_s: int = WAIT_S) -> list[dict[str, Any]]:
