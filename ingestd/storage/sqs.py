@@ -128,6 +128,10 @@ class QueueClient:
             ) from None
         self.url = url
         parts = urlsplit(url)
+        # botocore's DEBUG lines carry request headers (the session token, signatures):
+        # never let them reach ingestd's log, whatever log_level says.
+        for name in ("botocore", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         config = Config(
             connect_timeout=5,
             read_timeout=WAIT_S + 10,  # above the long poll, or every empty poll times out
@@ -180,7 +184,7 @@ def _sorted(error: Any, what: str) -> OSError | StorageUnavailableError:
     info = error.response.get("Error", {}) or {}
     code = str(info.get("Code", ""))
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    detail = " ".join(p for p in (str(status) if status else "", code) if p)
+    detail = " ".join(dict.fromkeys(p for p in (str(status) if status else "", code) if p))
     if code in _MISSING:
         return FileNotFoundError(f"{what}: the queue does not exist ({detail})")
     if code in _REFUSED or status in (401, 403):

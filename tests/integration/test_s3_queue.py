@@ -195,8 +195,10 @@ def test_the_message_stays_until_the_claim_is_in_the_manifest(
 
 
 def test_refused_credentials_are_one_line_and_exit_2(
-    daemons: Callable[..., Daemon], bucket: Bucket, tmp_path: Path
+    daemons: Callable[..., Daemon], bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    token = "T0KEN-never-shown-8f3k"  # noqa: S105 - proves the session token stays out of logs
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
     server = SqsServer(tmp_path / "moto.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}).start()
     try:
         url = f"{server.endpoint}/123456789012/q"
@@ -206,6 +208,7 @@ def test_refused_credentials_are_one_line_and_exit_2(
         assert "access denied" in text, text
         assert "Traceback" not in text
         assert SECRET_KEY not in text
+        assert token not in text  # log_level is DEBUG: botocore's own lines are kept out
     finally:
         server.stop()
 
