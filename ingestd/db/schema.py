@@ -353,6 +353,33 @@ async def _table_columns(conn: Connection, target: Target) -> dict[str, str]:
     return {r["name"]: r["type"] for r in rows}
 
 
+# $1 the quoted target, $2 a column -> whether it is NOT NULL.
+_NOT_NULL = """
+SELECT a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped
+"""
+
+
+async def _check_rescue_column(conn: Connection, target: Target, rescue: str, pg_type: str) -> None:
+    """Refuse, before any row is written, a rescue column that already exists and is not a
+    nullable jsonb: rescue writes a jsonb object or NULL into every row it loads, so an
+    ordinary column would lose its values and a NOT NULL one would fail each row."""
+    column = quote_ident(rescue)
+    if pg_type != RESCUE_TYPE:
+        raise FileError(
+            f"the rescue column {rescue} of table {target.label} is {pg_type}, not jsonb: "
+            "schema_evolution = rescue would write JSON over its values; name a jsonb column "
+            "or a new one with --rescue-column"
+        )
+    if await conn.fetchval(_NOT_NULL, target.qualified, rescue):
+        raise FileError(
+            f"the rescue column {rescue} of table {target.label} is NOT NULL, and rescue "
+            "writes NULL in every row with nothing to rescue: run ALTER TABLE "
+            f"{target.qualified} ALTER COLUMN {column} DROP NOT NULL, or name another "
+            "column with --rescue-column"
+        )
+
+
 async def evolution_for(
     conn: Connection,
     contract: Contract,
@@ -368,6 +395,8 @@ async def evolution_for(
         return None
     table = await _table_columns(conn, target)
     drift = plan(contract, target.columns, file_types, table, typed)
+    if drift.rescue is not None and drift.rescue in table:
+        await _check_rescue_column(conn, target, drift.rescue, table[drift.rescue])
     if drift.dropped:
         log.info(
             "columns_ignored",

@@ -1,0 +1,64 @@
+"""Breakers' drift findings, end to end against a real PostgreSQL: the rescue column must be
+a nullable jsonb, rescued values survive an upsert that rescues nothing for them, NDJSON
+numbers keep every digit, and normalized names meet system columns and --pk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write
+from tests.pg import Db
+
+
+def load(cli: Any, tmp_path: Path, name: str, text: str, *args: str) -> Any:
+    path = write(tmp_path / "files" / name, text)
+    result = cli("--files", path, "--table", "t", *args)
+    assert "Traceback" not in result.out + result.err
+    return result
+
+
+RESCUE = ("--mode", "upsert", "--pk", "id", "--schema-evolution", "rescue", "--tolerant")
+
+
+@pytest.mark.parametrize("declared", ["text", "integer", "json"])
+def test_a_rescue_column_that_is_not_jsonb_fails_the_file_before_any_write(
+    cli, db: Db, tmp_path: Path, declared: str
+) -> None:
+    db.execute(f"CREATE TABLE t (id integer PRIMARY KEY, v text, note {declared})")
+    db.execute("INSERT INTO t VALUES (1, 'a', NULL)")
+    if declared != "integer":
+        db.execute("UPDATE t SET note = '\"precious\"'")
+    result = load(
+        cli, tmp_path, "a.csv", "id,v,e\n1,b,x\n2,c,y\n", *RESCUE, "--rescue-column", "note"
+    )
+    assert result.code == 1
+    [failed] = db.manifest()
+    assert failed["status"] == "failed"
+    assert f"the rescue column note of table t is {declared}, not jsonb" in failed["notes"]
+    assert "--rescue-column" in failed["notes"]
+    assert "\n" not in failed["notes"]
+    rows = db.fetch("SELECT id, v, note::text AS note FROM t ORDER BY id")
+    assert [(r["id"], r["v"]) for r in rows] == [(1, "a")]  # nothing written
+
+
+def test_a_not_null_rescue_column_fails_the_file_naming_the_fix(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text, _rescued_data jsonb NOT NULL DEFAULT '{}')"
+    )
+    db.execute("INSERT INTO t (id, v) VALUES (1, 'a')")
+    result = load(cli, tmp_path, "a.csv", "id,v,e\n1,b,x\n", *RESCUE)
+    assert result.code == 1
+    [failed] = db.manifest()
+    assert "is NOT NULL" in failed["notes"]
+    assert 'ALTER COLUMN "_rescued_data" DROP NOT NULL' in failed["notes"]
+    assert db.fetch("SELECT v FROM t") == [{"v": "a"}]
+    db.execute("ALTER TABLE t ALTER COLUMN _rescued_data DROP NOT NULL")
+    result = load(cli, tmp_path, "b.csv", "id,v,e\n1,b,x\n", *RESCUE)
+    assert result.code == 0, result.out
+    assert json.loads(db.val("SELECT _rescued_data::text FROM t")) == {"e": "x"}
