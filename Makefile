@@ -101,7 +101,7 @@ LOCK := $(UV) pip compile --quiet --universal --generate-hashes --python-version
 lock:
 	test -x $(UV) || { $(PY) -m venv $(VENV)/uv && $(VENV)/uv/bin/pip install --quiet uv==$(UV_VERSION); }
 	$(LOCK) pyproject.toml --all-extras -o requirements/dev.txt
-	$(LOCK) pyproject.toml -c requirements/dev.txt -o requirements/image.txt
+	$(LOCK) pyproject.toml --extra sqs -c requirements/dev.txt -o requirements/image.txt
 	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	    | $(LOCK) - -o requirements/build.txt
 
