@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa
@@ -124,10 +125,30 @@ _KINDS: dict[type, str] = {
 }
 
 
+# Kinds of number a double precision column cannot hold exactly (not column types).
+_WIDE_INT = "bigint beyond 2^53"
+_EXACT_DECIMAL = "decimal a double rounds"
+_FLOAT53 = range(-(1 << 53), (1 << 53) + 1)
+
+
 def _kind(value: Any) -> str:
     if type(value) is int:
-        return "bigint" if value in _INT64 else "numeric"
+        if value in _FLOAT53:
+            return "bigint"
+        return _WIDE_INT if value in _INT64 else "numeric"
+    if type(value) is _Number and not _survives_float(value):
+        return _EXACT_DECIMAL
     return _KINDS[type(value)]
+
+
+def _survives_float(text: str) -> bool:
+    """True when the decimal `text` reads back from a double as the same number (0.1 does:
+    its shortest repr is 0.1; 0.12345678901234567 and 1e400 do not)."""
+    number = float(text)
+    try:
+        return Decimal(repr(number)) == Decimal(text)
+    except InvalidOperation:  # inf
+        return False
 
 
 def _column_type(kinds: set[str], typed: bool) -> str:
@@ -136,11 +157,16 @@ def _column_type(kinds: set[str], typed: bool) -> str:
         return "jsonb"
     if not typed or not kinds:
         return "text"
+    if kinds <= {"bigint", _WIDE_INT}:
+        return "bigint"
+    if kinds <= {"bigint", "double precision"}:
+        return "double precision"  # every value reads back from a double as written
+    if kinds <= {"bigint", _WIDE_INT, "numeric", "double precision", _EXACT_DECIMAL}:
+        # A double would round one of the values (an integer beyond 2^53, a decimal with
+        # more digits than a double keeps): numeric keeps them all.
+        return "numeric"
     if len(kinds) == 1:
         return next(iter(kinds))
-    if kinds <= {"bigint", "numeric", "double precision"}:
-        # Integers beyond a double's 53 bits would be rounded: numeric keeps them.
-        return "numeric" if "numeric" in kinds else "double precision"
     return "text"
 
 

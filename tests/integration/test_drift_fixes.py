@@ -5,6 +5,7 @@ numbers keep every digit, and normalized names meet system columns and --pk."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,26 @@ def test_a_not_null_rescue_column_fails_the_file_naming_the_fix(
     result = load(cli, tmp_path, "b.csv", "id,v,e\n1,b,x\n", *RESCUE)
     assert result.code == 0, result.out
     assert json.loads(db.val("SELECT _rescued_data::text FROM t")) == {"e": "x"}
+
+
+@pytest.mark.parametrize(
+    ("values", "column_type", "back"),
+    [
+        # breaker1 #4: an integer beyond 2^53 beside a decimal was rounded by a double.
+        (["1", "1.0", "12345678901234567"], "numeric", ["1", "1.0", "12345678901234567"]),
+        (["0.1", "12345678901234567"], "numeric", ["0.1", "12345678901234567"]),
+        (["0.12345678901234567", "2"], "numeric", ["0.12345678901234567", "2"]),
+        (["9007199254740993"], "bigint", ["9007199254740993"]),
+        # A double reads every one of these back as written: it stays double precision.
+        (["1", "0.1", "-0.25"], "double precision", ["1", "0.1", "-0.25"]),
+    ],
+)
+def test_ndjson_preserve_types_never_changes_a_number(
+    cli, db: Db, tmp_path: Path, values: list[str], column_type: str, back: list[str]
+) -> None:
+    text = "".join(f'{{"id": {i}, "b": {v}}}\n' for i, v in enumerate(values))
+    result = load(cli, tmp_path, "a.jsonl", text, "--mode", "append", "--preserve-types")
+    assert result.code == 0, result.out + result.err
+    assert db.columns("t")["b"] == column_type
+    got = db.fetch("SELECT b::numeric::text AS b FROM t ORDER BY id")
+    assert [Decimal(r["b"]) for r in got] == [Decimal(v) for v in back]
