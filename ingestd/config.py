@@ -452,7 +452,8 @@ def _contract(layer: Layer, *, where: str) -> Contract:
             checking = "rescue_column"
             validate_identifier(got["rescue_column"], what="rescue column")
     except InvalidIdentifierError as exc:
-        raise UsageError(f"{_in(where, origin(checking))}: {exc}") from None
+        hint = _normalized_hint(got, checking)
+        raise UsageError(f"{_in(where, origin(checking))}: {exc}{hint}") from None
     mode = got.get("mode", default_of(_CONTRACT["mode"][0]))
     if mode in ("upsert", "merge") and not pk:
         raise UsageError(f"{where}: mode {mode} needs a primary key: give --pk COL[,COL]")
@@ -475,6 +476,22 @@ def _contract(layer: Layer, *, where: str) -> Contract:
     got.setdefault("name", table)
     got.update(table=table, schema=schema, pk=pk, headers=headers, types=types, csv=csv)
     return Contract(**got)
+
+
+def _normalized_hint(got: Mapping[str, Any], checking: str) -> str:
+    """Under column_names = normalize, pk, headers and types name the columns as they load:
+    say which names those are (a file's own name is ambiguous once suffixes exist)."""
+    if got.get("column_names") != "normalize" or checking not in ("pk", "headers", "types"):
+        return ""
+    from ingestd.read.columns import normalize_name  # pyarrow: loaded only on this error
+
+    names = {
+        "pk": got.get("pk", ()),
+        "headers": got.get("headers") or (),
+        "types": [c for c, _ in got.get("types", ())],
+    }[checking]
+    pairs = [f"{normalize_name(n)} (for {n!r})" for n in names if normalize_name(n) != n]
+    return f"; under column_names = normalize name the columns as they load: {', '.join(pairs)}"
 
 
 def _in(where: str, origin: str) -> str:

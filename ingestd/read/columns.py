@@ -16,16 +16,22 @@ from ingestd.settings import Contract
 from ingestd.storage import Openable
 
 _OTHER = re.compile(r"[^a-z0-9]+")
+# Every table has these (PostgreSQL 12+): a user column may not take their names.
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 
 
 def normalize_name(name: str) -> str:
     """One column name as lower-case ASCII snake_case: accents dropped (Unicode
     decomposition), every run of other characters one `_` (none at either end), a leading
-    digit prefixed with `_`, cut to 63 bytes. Always a valid identifier; idempotent."""
+    digit prefixed with `_`, a system column's name (xmin, ctid...) suffixed with `_`, cut
+    to 63 bytes. Always a valid identifier and a valid column name; idempotent."""
     ascii_only = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     snake = _OTHER.sub("_", ascii_only.lower()).strip("_")
     if not snake or snake[0].isdigit():
         snake = "_" + snake
+    if snake in SYSTEM_COLUMNS:
+        # Valid identifiers that PostgreSQL refuses as column names: xmin -> xmin_.
+        return snake + "_"
     return _cut(snake, MAX_IDENT_BYTES)
 
 

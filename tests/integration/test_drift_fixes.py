@@ -86,3 +86,30 @@ def test_ndjson_preserve_types_never_changes_a_number(
     assert db.columns("t")["b"] == column_type
     got = db.fetch("SELECT b::numeric::text AS b FROM t ORDER BY id")
     assert [Decimal(r["b"]) for r in got] == [Decimal(v) for v in back]
+
+
+def test_normalize_renames_system_column_names_with_a_suffix(cli, db: Db, tmp_path: Path) -> None:
+    text = "id;XMIN;ctid;Table OID;cmax;v\n1;a;b;c;d;e\n"
+    args = ("--mode", "append", "--delimiter", ";", "--column-names", "normalize")
+    result = load(cli, tmp_path, "a.csv", text, *args)
+    assert result.code == 0, result.out + result.err
+    assert list(db.columns("t")) == ["id", "xmin_", "ctid_", "table_oid", "cmax_", "v"]
+    assert db.fetch("SELECT xmin_, ctid_, cmax_ FROM t") == [
+        {"xmin_": "a", "ctid_": "b", "cmax_": "d"}
+    ]
+
+
+def test_pk_under_normalize_is_refused_naming_the_normalized_column(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    text = "CNPJ Básico;Razão Social\n1;a\n"
+    args = ("--mode", "upsert", "--delimiter", ";", "--column-names", "normalize")
+    result = load(cli, tmp_path, "a.csv", text, *args, "--pk", "CNPJ Básico")
+    assert result.code == 2
+    assert "name the columns as they load: cnpj_basico (for 'CNPJ Básico')" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    result = load(cli, tmp_path, "b.csv", text, *args, "--pk", "cnpj_basico")
+    assert result.code == 0, result.out + result.err
+    assert db.fetch("SELECT cnpj_basico, razao_social FROM t") == [
+        {"cnpj_basico": "1", "razao_social": "a"}
+    ]
