@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -116,6 +116,7 @@ class BatchLoader:
     worker_id: str
     file_type: str
     drift: Evolution | None = None  # schema evolution: columns to add, rescue
+    partitions_made: list[str] = field(default_factory=list)  # by create_partitions
 
     async def batch(self, piece: Piece, tally: Tally) -> None:
         """One batch, start to commit; advances `tally`."""
@@ -123,7 +124,21 @@ class BatchLoader:
             raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
         await unchanged(self.job)  # one look per batch: stop early on a file rewritten under us
         started = time.perf_counter()
-        rows, written, set_aside = await self._commit(piece, tally)
+        try:
+            rows, written, set_aside = await self._commit(piece, tally)
+        except FileError:
+            if self.partitions_made:
+                # Kept on purpose: other files (and this one, retried) may need them.
+                log.warning(
+                    "partitions_kept",
+                    extra={
+                        "table": self.target.label,
+                        "partitions": list(self.partitions_made),
+                        "reason": "the file failed after create_partitions made these "
+                        "partitions for it; they stay (other files may need them)",
+                    },
+                )
+            raise
         extra: dict[str, object] = {
             "batch_idx": tally.batches,
             "via": "copy" if piece.raw is not None else _via(piece.fmt),
@@ -183,8 +198,11 @@ class BatchLoader:
             before = await tally.rows_before()
             return await self._commit(await self._through_arrow(piece, before), tally)
         unit = self.job.contract.create_partitions
-        if unit and await create_partitions(conn, self.target, unit, refused, piece.batch):
-            return await self._commit(piece, tally)  # again, now with the partitions it lacked
+        if unit:
+            made = await create_partitions(conn, self.target, unit, refused, piece.batch)
+            self.partitions_made.extend(made.names)
+            if made.again:
+                return await self._commit(piece, tally)  # again, with the partitions it lacked
         refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first

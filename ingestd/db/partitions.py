@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
@@ -79,62 +80,106 @@ async def name_unrouted_row(
     return error if record is None else error.with_record(int(record))
 
 
+@dataclass(frozen=True)
+class Made:
+    """What create_partitions did: `again` when the batch may go again (the partition its
+    refused row needs exists now), `names` the partitions it created."""
+
+    again: bool
+    names: tuple[str, ...] = ()
+
+
+async def _buckets(
+    conn: Connection, query: str, column: str, texts: list[str | None], unit: Unit
+) -> list[asyncpg.Record] | None:
+    """The buckets of `texts`; None when the cast to the column's type refuses one of them
+    (that row's own error, raised by the batch, names it)."""
+    try:
+        async with conn.atomic():  # a savepoint: the refusal must not end the transaction
+            return list(await conn.fetch(query, column, texts, unit, _SUFFIX[unit]))
+    except FileError as exc:
+        if (exc.sqlstate or "").startswith("22"):  # data_exception: a value, not ingestd
+            return None
+        raise
+
+
 async def create_partitions(
     conn: Connection,
     target: Target,
     unit: Unit,
     error: FileError,
     batch: pa.RecordBatch | None,
-) -> int:
+) -> Made:
     """After a batch refused for a row without a partition: create the day or month
     partitions its rows need (every bucket of the batch's partition column, at least the
-    refused row's), in a transaction of their own under the table-creation lock. Returns
-    how many were created (0: nothing more can be done; the error stands).
+    refused row's), in a transaction of their own under the table-creation lock.
 
-    A bucket already covered by a partition named otherwise is left to it (PostgreSQL
-    refuses the overlap); a partition is named TABLE_pYYYYMMDD or TABLE_pYYYYMM in the
-    parent's schema, its bounds in the session's TimeZone for timestamptz.
+    Buckets are UTC days and months for timestamptz (the same bounds from sessions in any
+    TimeZone). A partition is named TABLE_pYYYYMMDD or TABLE_pYYYYMM in the parent's
+    schema. A bucket overlapping a partition made otherwise is left to it; when that
+    leaves the refused row without a partition, the file fails naming the bounds in
+    conflict. Nothing is made when no bucket can hold the refused row (NULL, infinity, a
+    value the column refuses): the batch's error stands and names the row.
     """
     found = unrouted(error)
     if found is None:
-        return 0
+        return Made(again=False)
     column, value = found
-    texts: list[str | None] = [value]
-    if batch is not None:
-        texts += _texts(batch, column) or []
+    if value == "null":
+        # PostgreSQL prints a NULL key as null (no date or timestamp is spelled so): no
+        # partition can hold it, and it must never be passed on as a value.
+        return Made(again=False)
     topology = await describe_target(conn, target)
-    if topology.partition_key != (column,):
-        return 0
-    created = 0
+    if topology.partition_key != (column,) or not topology.partition_types:
+        return Made(again=False)
+    zoned = "with time zone" in topology.partition_types[0]
+    texts = (_texts(batch, column) or []) if batch is not None else []
+    names: list[str] = []
+    again = False
     async with conn.atomic():
         await conn.execute(sql.LOCK_TABLE_CREATION, target.label)
         schema = await conn.fetchval(sql.PARENT_SCHEMA, target.qualified)
-        query = sql.partition_buckets(target, column)
-        refused = {
-            r["suffix"] for r in await conn.fetch(query, column, [value], unit, _SUFFIX[unit])
-        }
-        for bucket in await conn.fetch(query, column, texts, unit, _SUFFIX[unit]):
-            created += await _create_one(conn, target, schema, bucket, bucket["suffix"] in refused)
-    if created:
+        query = sql.partition_buckets(target, column, zoned=zoned)
+        refused = await _buckets(conn, query, column, [value], unit)
+        if not refused:
+            return Made(again=False)
+        others = (await _buckets(conn, query, column, texts, unit) or []) if texts else []
+        suffixes = {r["suffix"] for r in refused}
+        for bucket in [*refused, *(b for b in others if b["suffix"] not in suffixes)]:
+            holds = bucket["suffix"] in suffixes
+            made, ready = await _create_one(
+                conn, target, schema, bucket, (column, value) if holds else None
+            )
+            if made is not None:
+                names.append(made)
+            again = again or ready
+    if names:
         log.info(
             "partitions_created",
-            extra={"table": target.label, "partitions": created, "unit": unit},
+            extra={"table": target.label, "partitions": len(names), "names": names, "unit": unit},
         )
-    return created
+    return Made(again=again, names=tuple(names))
 
 
 async def _create_one(
-    conn: Connection, target: Target, schema: str, bucket: asyncpg.Record, refused: bool
-) -> int:
+    conn: Connection,
+    target: Target,
+    schema: str,
+    bucket: asyncpg.Record,
+    refused: tuple[str, str] | None,
+) -> tuple[str | None, bool]:
+    """(the partition created, or None; whether the batch may go again). `refused` is
+    (column, value) when this bucket is the refused row's."""
     suffix = str(bucket["suffix"])
     if not suffix.isdigit():
-        return 0
+        return None, False
     name = quote_qualified(schema, f"{target.table[:50]}_p{suffix}")
     if await conn.fetchval(sql.TABLE_EXISTS, name):
         # The refused row's partition, made by another worker while this batch waited for
         # the lock: the batch may go again. Any other table of that name is left alone
         # (the row's error stands).
-        return int(refused and bool(await conn.fetchval(sql.PARTITION_OF, name, target.qualified)))
+        ours = bool(await conn.fetchval(sql.PARTITION_OF, name, target.qualified))
+        return None, refused is not None and ours
     statement = await conn.fetchval(
         sql.CREATE_PARTITION, name, target.qualified, bucket["lo"], bucket["hi"]
     )
@@ -152,5 +197,43 @@ async def _create_one(
             ) from exc
         if exc.sqlstate != "42P17":  # invalid_object_definition: would overlap
             raise
-        return 0
-    return 1
+        if refused is None:
+            # Another row's bucket: if no partition holds that row, it comes back as the
+            # refused one of the next attempt.
+            return None, False
+        return None, await _overlap(conn, target, name, bucket, refused, exc)
+    return name, True
+
+
+async def _overlap(
+    conn: Connection,
+    target: Target,
+    name: str,
+    bucket: asyncpg.Record,
+    refused: tuple[str, str],
+    exc: FileError,
+) -> bool:
+    """The refused row's bucket overlaps a partition made otherwise (by hand, or by
+    someone else): True when a partition holds the row now (the batch goes again), else
+    the file fails naming the bounds in conflict."""
+    column, value = refused
+    rows = await conn.fetch(
+        sql.partitions_against(target, column),
+        column,
+        target.qualified,
+        value,
+        bucket["lo"],
+        bucket["hi"],
+    )
+    if any(r["covers"] for r in rows):
+        return True
+    conflicts = ", ".join(f"{r['name']} {r['bound']}" for r in rows if r["overlaps"])
+    raise FileError(
+        f"create_partitions could not create partition {name} of {target.label} FOR VALUES "
+        f"FROM ('{bucket['lo']}') TO ('{bucket['hi']}') for the row with {column} = {value}: "
+        f"it would overlap {conflicts or str(exc)}, made with other bounds, and no partition "
+        "holds that row; create a partition for it beside the existing ones (or change "
+        "their bounds), then ingestd retry FILE",
+        sqlstate=exc.sqlstate,
+        error_class=exc.error_class,
+    ) from exc

@@ -789,12 +789,12 @@ WAIT_WRITE_SLOT = "SELECT pg_advisory_xact_lock(hashtext('ingestd.write:' || $1)
 BACKEND_PID = "SELECT pg_backend_pid()"
 
 
-def typed_text(target: Target, column: str) -> str:
-    """The text value x of column $1 cast to the column's own type."""
+def typed_text(target: Target, column: str, text: str = "x") -> str:
+    """The text value `text` (x) of column $1 cast to the column's own type."""
     # A text value cast to the column's own type through the table's row type: the cast
     # COPY makes, without spelling a type name in SQL.
     return (
-        f"(json_populate_record(NULL::{target.qualified}, json_build_object($1::text, x)))"
+        f"(json_populate_record(NULL::{target.qualified}, json_build_object($1::text, {text})))"
         f".{quote_ident(column)}"
     )
 
@@ -809,15 +809,55 @@ def unrouted_row(target: Target, column: str) -> str:
     )
 
 
-def partition_buckets(target: Target, column: str) -> str:
+def partition_buckets(target: Target, column: str, *, zoned: bool) -> str:
     """Day or month buckets of values: $1 column, $2 the values (text), $3 day|month, $4 the
-    to_char format of the name suffix -> suffix, lo and hi (the bounds as text)."""
+    to_char format of the name suffix -> suffix, lo and hi (the bounds as text). Buckets of
+    a timestamptz column (`zoned`) are UTC days or months whatever the session's TimeZone:
+    sessions in other zones must make the same bounds, never overlapping ones."""
+    # Values are read in the session's zone (as COPY read them), then bucketed on their UTC
+    # wall time; the bounds carry +00 so that any session reads them as the same instant.
+    wall, zone = ("x AT TIME ZONE 'UTC'", " || '+00'") if zoned else ("x::timestamp", "")
+    iso = "'YYYY-MM-DD HH24:MI:SS'"
     return f"""
 WITH v AS (SELECT {typed_text(target, column)} AS x FROM unnest($2::text[]) AS u(x)),
-b AS (SELECT DISTINCT date_trunc($3::text, x) AS lo FROM v WHERE x IS NOT NULL AND isfinite(x))
-SELECT to_char(lo, $4::text) AS suffix, lo::text AS lo,
-       (lo + ('1 ' || $3::text)::interval)::text AS hi
+b AS (SELECT DISTINCT date_trunc($3::text, {wall}) AS lo FROM v
+      WHERE x IS NOT NULL AND isfinite(x))
+SELECT to_char(lo, $4::text) AS suffix, to_char(lo, {iso}){zone} AS lo,
+       to_char(lo + ('1 ' || $3::text)::interval, {iso}){zone} AS hi
 FROM b ORDER BY b.lo
+"""
+
+
+def _bound_side(target: Target, column: str, n: int) -> str:
+    # One side of FOR VALUES FROM (lit) TO (lit) as pg_get_expr prints it: a quoted
+    # literal (typed here), or MINVALUE / MAXVALUE (NULL here; the caller tests m[n]).
+    lit = f"replace(substr(m[{n}], 2, length(m[{n}]) - 2), '''''', '''')"
+    return typed_text(target, column, f"CASE WHEN left(m[{n}], 1) = '''' THEN {lit} END")
+
+
+def partitions_against(target: Target, column: str) -> str:
+    """The range partitions of the target ($2) beside a value and a bucket: $1 column, $3
+    the value (text), $4 and $5 the bucket's bounds (text) -> name, bound (as PostgreSQL
+    prints it), covers (a leaf holding the value) and overlaps (the bucket)."""
+    value, lo, hi = (typed_text(target, column, t) for t in ("$3::text", "$4::text", "$5::text"))
+    return f"""
+WITH p AS (
+  SELECT c.oid::regclass::text AS name, c.relkind::text <> 'p' AS leaf,
+         pg_get_expr(c.relpartbound, c.oid) AS bound,
+         regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                      '^FOR VALUES FROM \\((.*)\\) TO \\((.*)\\)$') AS m
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+  WHERE i.inhparent = to_regclass($2::text)
+), r AS (
+  SELECT name, leaf, bound, m[1] = 'MINVALUE' AS lo_open, m[2] = 'MAXVALUE' AS hi_open,
+         {_bound_side(target, column, 1)} AS lo, {_bound_side(target, column, 2)} AS hi
+  FROM p WHERE m IS NOT NULL
+)
+SELECT name, bound,
+       coalesce(leaf AND (lo_open OR lo <= {value}) AND (hi_open OR {value} < hi), false)
+         AS covers,
+       coalesce((lo_open OR lo < {hi}) AND (hi_open OR {lo} < hi), false) AS overlaps
+FROM r ORDER BY name
 """
 
 

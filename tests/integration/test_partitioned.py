@@ -324,7 +324,7 @@ def test_create_partitions_as_a_role_that_does_not_own_the_table_says_what_to_do
         ])  # fmt: skip
         assert result.code == 1
         assert _failure(result) == (
-            'create_partitions could not create partition "public"."t_p20240101" of t: '
+            'create_partitions could not create partition "public"."t_p20240105" of t: '
             "must be owner of table t; run ingestd as the table's owner, or create the "
             "partitions yourself"
         )
