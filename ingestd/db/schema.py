@@ -322,6 +322,7 @@ class Evolution:
         assert row is not None  # noqa: S101 - an aggregate returns one row
         self._rescued = int(row["rescued"])
         await conn.execute(sql.truncate_stage(text_stage))
+        await conn.execute(_keep_rescued(target, into, plan.rescue), list(plan.file_columns))
         return rows, await merge_batch(conn, followed, stage, mode)
 
     async def _cast_for(self, conn: Connection, typname: str) -> str | None:
@@ -337,6 +338,22 @@ class Evolution:
         if await conn.fetchval(sql.HAS_CAST_FUNCTION, name) is None:
             await conn.execute(create)
         return name
+
+
+def _keep_rescued(target: Target, stage: str, rescue: str) -> str:
+    """UPDATE of the stage's rescue column before an upsert or merge: a key the table's row
+    holds is kept unless the file brings that column ($1, the file's columns), as a column
+    the file lacks keeps its value (NULL when nothing is left). The rows are locked first:
+    two files rescuing into one row keep both their keys."""
+    r = quote_ident(rescue)
+    on = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
+    pk = ", ".join(quote_ident(c) for c in target.pk)
+    return (
+        f"UPDATE {stage} AS s SET {r} = NULLIF((COALESCE(t.{r}, '{{}}'::jsonb) - $1::text[]) "
+        f"|| COALESCE(s.{r}, '{{}}'::jsonb), '{{}}'::jsonb) "
+        f"FROM (SELECT {pk}, {r} FROM {target.qualified} WHERE ({pk}) IN "
+        f"(SELECT {pk} FROM {stage}) AND {r} IS NOT NULL FOR UPDATE) AS t WHERE {on}"
+    )
 
 
 def _no_alter(target: Target, column: str, pg_type: str) -> str:

@@ -113,3 +113,21 @@ def test_pk_under_normalize_is_refused_naming_the_normalized_column(
     assert db.fetch("SELECT cnpj_basico, razao_social FROM t") == [
         {"cnpj_basico": "1", "razao_social": "a"}
     ]
+
+
+@pytest.mark.parametrize("mode", ["upsert", "merge"])
+def test_upsert_under_rescue_keeps_keys_the_new_file_does_not_bring(
+    cli, db: Db, tmp_path: Path, mode: str
+) -> None:
+    args = ("--mode", mode, "--pk", "id", "--schema-evolution", "rescue", "--tolerant")
+    db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text, n integer)")
+    assert load(cli, tmp_path, "a.csv", "id,v,n,e,f\n1,a,x,1,2\n2,b,3,,\n", *args).code == 0
+    # b brings f again (replaced) and n, which now casts (its old rescued text goes), not e.
+    result = load(cli, tmp_path, "b.csv", "id,v,n,f,g\n1,c,4,9,\n2,d,5,,\n3,e,6,,\n", *args)
+    assert result.code == 0, result.out + result.err
+    rows = db.fetch("SELECT id, v, n, _rescued_data::text AS r FROM t ORDER BY id")
+    got = [(r["id"], r["v"], r["n"], r["r"] and json.loads(r["r"])) for r in rows]
+    assert got == [(1, "c", 4, {"e": "1", "f": "9"}), (2, "d", 5, None), (3, "e", 6, None)]
+    # A file that brings every rescued key with nothing in it empties the column.
+    assert load(cli, tmp_path, "c.csv", "id,e,f\n1,,\n", *args).code == 0
+    assert db.val("SELECT _rescued_data FROM t WHERE id = 1") is None
