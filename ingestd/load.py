@@ -117,6 +117,7 @@ class BatchLoader:
     file_type: str
     drift: Evolution | None = None  # schema evolution: columns to add, rescue
     partitions_made: list[str] = field(default_factory=list)  # by create_partitions
+    partitions_tried: set[str] = field(default_factory=set)  # refusals it went again for
 
     async def batch(self, piece: Piece, tally: Tally) -> None:
         """One batch, start to commit; advances `tally`."""
@@ -201,7 +202,11 @@ class BatchLoader:
         if unit:
             made = await create_partitions(conn, self.target, unit, refused, piece.batch)
             self.partitions_made.extend(made.names)
-            if made.again:
+            # Nothing made but "a partition holds the row now": go again once per refusal,
+            # so a misjudged bound can never loop.
+            fresh = bool(made.names) or str(refused) not in self.partitions_tried
+            self.partitions_tried.add(str(refused))
+            if made.again and fresh:
                 return await self._commit(piece, tally)  # again, with the partitions it lacked
         refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
