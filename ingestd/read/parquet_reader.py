@@ -3,6 +3,7 @@ and give PostgreSQL each value in a form it reads back as the same value (or ref
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,8 +54,11 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
     names = list(source)
     columns, missing = select_columns(names, contract)
     types = dict(contract.types)
+    # Under ignore and rescue a nested column the table lacks is dropped or rescued, not
+    # refused: it is read as JSON text (a column the table has then gets that text).
+    nested = contract.schema_evolution in ("ignore", "rescue")
     plan = {
-        c: _plan(pf, schema.field(source[c]).type, c, source[c], types.get(c))
+        c: _plan(pf, schema.field(source[c]).type, c, source[c], types.get(c), nested)
         for c in columns
         if c not in missing
     }
@@ -124,8 +128,15 @@ def _source_names(names: list[str], contract: Contract) -> dict[str, str]:
 
 
 def _plan(
-    pf: pq.ParquetFile, arrow_type: pa.DataType, column: str, source: str, declared: str | None
+    pf: pq.ParquetFile,
+    arrow_type: pa.DataType,
+    column: str,
+    source: str,
+    declared: str | None,
+    nested_as_json: bool = False,
 ) -> _Column:
+    if nested_as_json and pa.types.is_nested(arrow_type):
+        return _Column(column, arrow_type, "jsonb", _as_json, False, source)
     pg_type = pg_type_of(arrow_type, column)  # refuses nested and unknown types up front
     # Bytes the file does not mark as UTF-8 (Impala and Hive write strings so) stay bytes,
     # unless the contract gives the column a type that is not bytea: then they are text.
@@ -137,6 +148,16 @@ def _plan(
         # encode writes their text only when the batch goes as CSV.
         convert = _same
     return _Column(column, arrow_type, pg_type, convert, checked, source)
+
+
+def _as_json(array: pa.Array) -> pa.Array:
+    """A nested column's values as JSON text (NULL stays NULL); what JSON lacks (dates,
+    decimals, bytes) as its text."""
+    values = array.to_pylist()
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values],
+        pa.string(),
+    )
 
 
 def _typed(t: pa.DataType) -> bool:

@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import write
@@ -131,3 +133,47 @@ def test_upsert_under_rescue_keeps_keys_the_new_file_does_not_bring(
     # A file that brings every rescued key with nothing in it empties the column.
     assert load(cli, tmp_path, "c.csv", "id,e,f\n1,,\n", *args).code == 0
     assert db.val("SELECT _rescued_data FROM t WHERE id = 1") is None
+
+
+def _nested_parquet(tmp_path: Path) -> Path:
+    table = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "v": ["a", "b"],
+            "tags": pa.array([["x", "y"], None], pa.list_(pa.string())),
+            "s": pa.array([{"k": 1, "d": "q"}, {"k": None, "d": "é"}]),
+        }
+    )
+    path = tmp_path / "files" / "n.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("typed", [(), ("--preserve-types",)])
+def test_a_nested_parquet_column_the_table_lacks_is_dropped_under_ignore(
+    cli, db: Db, tmp_path: Path, typed: tuple[str, ...]
+) -> None:
+    db.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text)")
+    path = _nested_parquet(tmp_path)
+    result = cli(
+        "--files", path, "--table", "t", "--pk", "id", "--schema-evolution", "ignore", *typed
+    )
+    assert result.code == 0, result.out + result.err
+    assert db.fetch("SELECT id, v FROM t ORDER BY id") == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    assert db.columns("t") == {"id": "bigint", "v": "text"}
+
+
+def test_a_nested_parquet_column_the_table_lacks_is_rescued_as_json_text(
+    cli, db: Db, tmp_path: Path
+) -> None:
+    db.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text)")
+    path = _nested_parquet(tmp_path)
+    result = cli("--files", path, "--table", "t", "--pk", "id", "--schema-evolution", "rescue")
+    assert result.code == 0, result.out + result.err
+    rows = db.fetch("SELECT id, _rescued_data::text AS r FROM t ORDER BY id")
+    got = [{k: json.loads(v) for k, v in json.loads(r["r"]).items()} for r in rows]
+    assert got == [
+        {"tags": ["x", "y"], "s": {"k": 1, "d": "q"}},
+        {"s": {"k": None, "d": "é"}},
+    ]
