@@ -302,7 +302,12 @@ def check_no_loop(settings: Settings) -> None:
     """Refuse a done/ or failed/ directory that is the inbox or inside it, or an inbox inside
     one of them: archived files would be discovered and loaded again (symlinks resolved)."""
     inbox = settings.inbox
-    if inbox is None or settings.files or settings.keep_files:
+    if inbox is None or settings.files:
+        return
+    if isinstance(inbox, str) and settings.keep_files:
+        # Objects stay, but failed/ is still skipped by the listing: not the inbox itself.
+        _check_no_prefix_loop(inbox, (("failed_dir", settings.failed_path),))
+    if settings.keep_files:
         return  # nothing is moved anywhere
     areas = (("done_dir", settings.done_path), ("failed_dir", settings.failed_path))
     for key, folder in areas:
@@ -312,7 +317,8 @@ def check_no_loop(settings: Settings) -> None:
                 "s3:// locations (files move within one storage)"
             )
     if isinstance(inbox, str):
-        return  # an object store skips done/ and failed/ prefixes inside the inbox itself
+        _check_no_prefix_loop(inbox, areas)
+        return
     inbox_real = _looked_at(inbox, Path.resolve)
     for key, folder in areas:
         if folder is None or isinstance(folder, str):
@@ -329,6 +335,35 @@ def check_no_loop(settings: Settings) -> None:
         raise UsageError(
             f"{where}: files moved there would be found and loaded again; "
             f"put {key} outside the inbox (default: beside it)"
+        )
+
+
+def _check_no_prefix_loop(inbox: str, areas: tuple[tuple[str, object], ...]) -> None:
+    """An object store skips done/ and failed/ prefixes INSIDE the inbox prefix; the inbox's
+    own prefix (every object would be skipped, exit 0), an inbox inside one of them, or
+    done/ and failed/ inside each other is refused."""
+
+    def norm(url: object) -> str:
+        return str(url).rstrip("/") + "/"
+
+    given = [(f"{key} {folder}", norm(folder)) for key, folder in areas if folder is not None]
+    where = ""
+    for name, prefix in given:
+        if prefix == norm(inbox):
+            where = f"{name} is the inbox {inbox}"
+        elif norm(inbox).startswith(prefix):
+            where = f"the inbox {inbox} is inside {name}"
+    if len(given) == 2 and not where:
+        (a_name, a), (b_name, b) = given
+        if a == b:
+            where = f"{b_name} is {a_name}"
+        elif a.startswith(b) or b.startswith(a):
+            inner, outer = (a_name, b_name) if a.startswith(b) else (b_name, a_name)
+            where = f"{inner} is inside {outer}"
+    if where:
+        raise UsageError(
+            f"{where}: objects there would be hidden from the inbox or mixed up; give "
+            "done_dir and failed_dir prefixes of their own (default: beside the inbox)"
         )
 
 

@@ -370,7 +370,8 @@ class Scanner:
                 "inbox_missing",
                 extra={
                     "inbox": self._storage.describe(),
-                    "reason": str(exc),
+                    # The storage's wording (what to check), as --once's line says it.
+                    "reason": getattr(self._storage, "explain", str)(exc),
                     "action": "not ready until the inbox can be listed; nothing loads meanwhile",
                 },
             )

@@ -11,12 +11,15 @@ README, "Object storage".
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
+import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import obstore
 import pyarrow as pa
-from obstore.exceptions import BaseError
+from obstore.exceptions import BaseError, InvalidPathError
 from obstore.store import S3Store
 
 from ingestd.exceptions import UsageError
@@ -105,8 +108,11 @@ class S3Storage:
         done: Location | None,
         failed: Location | None,
         rescan_s: float = 30.0,
+        endpoint: str | None = None,
     ):
         self.store = store
+        # Named in "no answer" errors: scheme, host and port only (no user:password@).
+        self.endpoint = _shown_endpoint(endpoint)
         self.inbox = inbox
         self.bucket = inbox.bucket
         self.done = done
@@ -129,19 +135,31 @@ class S3Storage:
 
     def problem(self) -> str | None:
         try:
-            self._list(offset=None, chunk_size=1, first_page_only=True)
-        except FileNotFoundError:
+            # Keys the client cannot name are the listing's to report, not an outage.
+            self._list(offset=None, chunk_size=1, first_page_only=True, bad_keys=[])
+        except (StorageUnavailableError, OSError) as error:
+            return self.explain(error)
+        return None
+
+    def explain(self, error: BaseException) -> str:
+        """What is wrong with the inbox and what to do, for a listing's error (the daemon's
+        inbox_missing reason says what --once's one line says)."""
+        if isinstance(error, FileNotFoundError):
             return f"bucket {self.bucket} does not exist (create it, or fix inbox)"
-        except PermissionError as error:
+        if isinstance(error, PermissionError):
             return (
                 f"{self._reason(error)}: check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, "
                 f"the instance role) and s3:ListBucket on {self.bucket}"
             )
-        except (StorageUnavailableError, OSError) as error:
-            return self._reason(error)
-        return None
+        reason = self._reason(error)
+        if isinstance(error, StorageUnavailableError) and "no answer" in reason:
+            return (
+                f"{reason} from {self.endpoint}: check s3_endpoint_url (or AWS_ENDPOINT_URL), "
+                "the region and the network"
+            )
+        return reason
 
-    def _reason(self, error: Exception) -> str:
+    def _reason(self, error: BaseException) -> str:
         # The caller names the inbox already: say only what is wrong with it.
         text = (error.strerror if isinstance(error, OSError) else None) or str(error)
         return text.replace(f"{self.inbox}: ", "")
@@ -150,7 +168,8 @@ class S3Storage:
         # done/ and failed/ inside the inbox prefix are never listed as new work.
         return tuple(
             a.prefix for a in (self.done, self.failed)
-            if a is not None and a.prefix.startswith(self.inbox.prefix) and a.prefix
+            if a is not None and a.prefix.startswith(self.inbox.prefix)
+            and len(a.prefix) > len(self.inbox.prefix)
         )  # fmt: skip
 
     def entries(
@@ -164,8 +183,18 @@ class S3Storage:
         # listed (keys often grow: dates, sequence numbers); the rest is what the last
         # full listing saw, so the caller still gets the whole inbox.
         offset = None if full or not self._max_key else self._max_key
-        metas = self._list(offset=offset, chunk_size=_PAGE)
-        found = {h.key: h for h in map(self._entry, metas) if h is not None}
+        bad: list[str] = []
+        metas = self._list(offset=offset, chunk_size=_PAGE, bad_keys=bad)
+        for key in bad:
+            if on_refused is not None:
+                on_refused(ObjectHandle(self, key, "", 0), _BAD_KEY)
+        # The client drops a "folder" key's trailing "/": an empty object that other
+        # listed keys sit under is a console's folder placeholder, whatever its name.
+        folders = {
+            path[:i] for path in (str(m["path"]) for m in metas)
+            for i, c in enumerate(path) if c == "/"
+        }  # fmt: skip
+        found = {h.key: h for h in (self._entry(m, folders) for m in metas) if h is not None}
         with self._seen_lock:
             if full:
                 self._last_full, self._last_count = now, len(metas)
@@ -177,29 +206,107 @@ class S3Storage:
             return iter(sorted(self._seen.values(), key=lambda h: h.key))
 
     def _list(
-        self, offset: str | None, chunk_size: int, first_page_only: bool = False
+        self,
+        offset: str | None,
+        chunk_size: int,
+        first_page_only: bool = False,
+        bad_keys: list[str] | None = None,
     ) -> list[Any]:
-        # The listing is lazy: its requests (and errors) happen while it is iterated.
+        """The listing under the inbox prefix after offset. A key the client cannot name
+        (`a//b`, `a/./b`, `a/../b`, control characters: S3 allows them) fails its whole
+        page: it goes to bad_keys (or, without that list, is one UsageError naming it),
+        and the keys around it are listed again without it (_around)."""
         metas: list[Any] = []
+        prefix = self.inbox.prefix
+        while True:
+            try:
+                self._list_into(metas, prefix, offset, chunk_size, first_page_only)
+                return metas
+            except InvalidPathError as error:
+                key = _bad_key(error)
+                if key is None or not key.startswith(prefix) or bad_keys is None:
+                    raise UsageError(
+                        f"cannot use the inbox {self.inbox}: the object "
+                        f"{key!r} has a key the client cannot name ({_BAD_KEY})"
+                    ) from None
+                if key in bad_keys:
+                    raise UsageError(f"{self.inbox}: the listing repeats {key!r}") from None
+                bad_keys.append(key)
+                done = {str(m["path"]) for m in metas}
+                low = offset if not metas else max(offset or "", max(done))
+                metas.extend(m for m in self._around(key, low, bad_keys) if m["path"] not in done)
+                offset = _after(key)
+                if offset is None:
+                    return metas
+                # start-after leaves out the offset's own key: look for it alone.
+                if offset.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        metas.append(call(offset, obstore.head, self.store, offset))
+
+    def _list_into(
+        self, metas: list[Any], prefix: str, offset: str | None, chunk_size: int,
+        first_page_only: bool,
+    ) -> None:  # fmt: skip
+        # The listing is lazy: its requests (and errors) happen while it is iterated.
         try:
-            pages = obstore.list(self.store, self.inbox.prefix, offset=offset,
-                                 chunk_size=chunk_size)  # fmt: skip
+            pages = obstore.list(self.store, prefix, offset=offset, chunk_size=chunk_size)
             for page in pages:
                 metas.extend(page)
                 if first_page_only:
                     break
+        except InvalidPathError:
+            raise
         except BaseError as error:
             raise translate(error, str(self.inbox)) from None
-        return metas
 
-    def _entry(self, meta: Any) -> ObjectHandle | None:
+    def _around(self, bad: str, low: str | None, bad_keys: list[str]) -> list[Any]:
+        """Keys after low and before the bad key, which shared its failed page: folder by
+        folder (a listing with a delimiter) down to the bad key's folder. Keys beside the
+        bad one in the folder whose listing names it wait until it is renamed."""
+        found: list[Any] = []
+        level = self.inbox.prefix
+        while True:
+            try:
+                result = obstore.list_with_delimiter(self.store, level.rstrip("/") or None)
+            except InvalidPathError as error:
+                key = _bad_key(error)
+                # A folder's name ("a/./") is the bad key's own part, reported with it.
+                if key is not None and key not in bad_keys and not key.endswith("/"):
+                    bad_keys.append(key)
+                return found
+            except BaseError as error:
+                raise translate(error, str(self.inbox)) from None
+            found += [
+                m for m in result["objects"]
+                if (low is None or m["path"] > low) and m["path"] < bad
+            ]  # fmt: skip
+            deeper = None
+            for folder in (f"{p}/" for p in result["common_prefixes"]):
+                if bad.startswith(folder):
+                    deeper = folder
+                elif folder < bad and (low is None or low < folder or low.startswith(folder)):
+                    since = low if low is not None and low.startswith(folder) else None
+                    try:
+                        self._list_into(found, folder.rstrip("/"), since, _PAGE, False)
+                    except InvalidPathError as error:  # a second bad key: its folder waits
+                        key = _bad_key(error)
+                        if key is not None and key not in bad_keys:
+                            bad_keys.append(key)
+            if deeper is None:
+                return found
+            level = deeper
+
+    def _entry(
+        self, meta: Any, folders: set[str] | frozenset[str] = frozenset()
+    ) -> ObjectHandle | None:
         key: str = meta["path"]
         relative = key[len(self.inbox.prefix) :]
         if not relative or key.endswith("/") or key.startswith(self._skipped_prefixes()):
             return None  # a "folder" placeholder, or done/ and failed/ themselves
-        if int(meta["size"]) == 0 and "." not in relative.rpartition("/")[2]:
+        if int(meta["size"]) == 0 and (key in folders or "." not in relative.rpartition("/")[2]):
             # The client drops the trailing "/" of a console's "folder" key: an empty
-            # object without a suffix is taken for one.
+            # object other keys sit under (`in/v1.2/`), or an empty one without a
+            # suffix (an empty folder), is taken for one.
             return None
         if any(is_ignored(part) for part in relative.split("/")):
             return None
@@ -318,6 +425,49 @@ class S3Storage:
         return True
 
 
+_BAD_KEY = (
+    "its key has an empty part (//), a . or .. part, or a control character, which the "
+    "S3 client cannot read; rename the object (objects beside it in its folder wait "
+    "until then)"
+)
+_BAD_KEY_TEXT = re.compile(
+    r'(?:Error parsing )?Path "(?P<key>.*?)"(?:: Encountered| contained)', re.S
+)
+
+
+def _bad_key(error: BaseException) -> str | None:
+    """The key an InvalidPathError names (the client's first line quotes it as it is)."""
+    match = _BAD_KEY_TEXT.search(str(error))
+    return match["key"] if match else None
+
+
+def _first_bad(key: str) -> int:
+    """Index of the first character from which no key starting with key[:index + 1] can be
+    named: the second / of //, the . of a ./ or ../ part, a control character."""
+    parts = key.split("/")
+    at = 0
+    for n, part in enumerate(parts):
+        bad_char = next((i for i, c in enumerate(part) if ord(c) < 0x20 or ord(c) == 0x7F), None)
+        if bad_char is not None:
+            return at + bad_char
+        if part == "" and 0 < n < len(parts) - 1:
+            return at  # the second / of //
+        if part in (".", ".."):
+            return at
+        at += len(part) + 1
+    return len(key) - 1
+
+
+def _after(key: str) -> str | None:
+    """The smallest key the client can name that sorts after every key starting with the
+    bad key's bad part, as the listing's offset (start-after)."""
+    i = _first_bad(key)
+    nxt = ord(key[i]) + 1
+    while nxt < 0x110000 and (nxt < 0x20 or nxt == 0x7F or chr(nxt) == "/"):
+        nxt += 1
+    return key[:i] + chr(nxt) if nxt < 0x110000 else None
+
+
 def from_settings(settings: Settings) -> S3Storage:
     """The object-store landing area an `s3://` inbox setting names."""
     inbox = Location.parse(str(settings.inbox))
@@ -330,4 +480,16 @@ def from_settings(settings: Settings) -> S3Storage:
     failed = area(settings.failed_dir, "failed")
     store = store_for(inbox.bucket, settings.s3_endpoint_url)
     # s3_queue_url is read by the daemon's discovery (ingestd.storage.sqs), not here.
-    return S3Storage(store, inbox, done, failed, rescan_s=settings.rescan_s)
+    endpoint = settings.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    return S3Storage(store, inbox, done, failed, rescan_s=settings.rescan_s, endpoint=endpoint)
+
+
+def _shown_endpoint(endpoint: str | None) -> str:
+    if not endpoint:
+        return "the AWS S3 endpoint of AWS_REGION"
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the configured endpoint"
+    return f"{parts.scheme}://{parts.hostname}{port}"

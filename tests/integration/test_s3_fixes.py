@@ -1,0 +1,123 @@
+"""Object-store inboxes against what a breaker found: done/ or failed/ on the inbox's own
+prefix, keys the client cannot name, folder placeholders with a dot in their name, and the
+wording of an unreachable endpoint. Real SeaweedFS, except for keys SeaweedFS cannot hold
+(tests/s3fake.py: AWS S3 keeps `//`, `/./` and control characters in keys)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.pg import Db
+from tests.s3fake import fake_s3
+from tests.s3server import Bucket, S3Server, new_bucket
+
+INBOX = "landing/inbox/"
+
+
+@pytest.fixture
+def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    for name, value in s3server.env().items():
+        monkeypatch.setenv(name, value)
+    yield new_bucket(s3server)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("ingestd")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (("--done-dir", "s3://b/landing/inbox/"), "is the inbox"),
+        (("--failed-dir", "s3://b/landing/inbox"), "is the inbox"),
+        (("--done-dir", "s3://b/landing/"), "the inbox s3://b/landing/inbox/ is inside done_dir"),
+        (("--done-dir", "s3://b/out/", "--failed-dir", "s3://b/out/failed/"), "is inside"),
+        (("--done-dir", "s3://b/out/", "--failed-dir", "s3://b/out/"), "failed_dir"),
+    ],
+)
+def test_done_or_failed_on_the_inbox_prefix_is_refused_at_start(
+    cli: Any, flags: tuple[str, ...], words: str
+) -> None:
+    result = cli("--once", "--inbox", "s3://b/landing/inbox/", "--table", "t",
+                 "--mode", "append", *flags)  # fmt: skip
+    assert result.code == 2
+    line = _one_error_line(result.err)
+    assert words in line and "prefixes of their own" in line
+
+
+def test_check_config_refuses_done_dir_equal_to_an_s3_inbox(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'inbox = "s3://b/in/"\ndone_dir = "s3://b/in/"\n\n[[contracts]]\nname = "x"\n'
+        'pattern = "*.csv"\ntable = "t"\nmode = "append"\n'
+    )
+    result = run_cli(["check-config", str(config)])
+    assert result.code == 2
+    assert "is the inbox" in _one_error_line(result.err)
+
+
+def test_done_inside_the_inbox_prefix_stays_allowed(cli: Any, db: Db, bucket: Bucket) -> None:
+    bucket.put(f"{INBOX}a.csv", "id,v\n1,x\n")
+    result = cli("--once", "--inbox", bucket.url(INBOX), "--done-dir", bucket.url(f"{INBOX}done/"),
+                 "--table", "t", "--mode", "append")  # fmt: skip
+    assert result.code == 0, result.err
+    assert db.fetch("SELECT count(*) AS n FROM t")[0]["n"] == 1
+
+
+def test_keys_the_client_cannot_name_are_reported_once_and_the_others_load(
+    cli: Any, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = ["in/b/./c.csv", "in/x//y.csv", "in/y/t\tab.csv"]
+    with fake_s3("bk") as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        good = {"in/a.csv": b"id,v\n1,a\n", "in/m.csv": b"id,v\n2,m\n",
+                "in/x/z.csv": b"id,v\n3,z\n"}  # fmt: skip
+        fake.objects.update(good)
+        fake.objects.update({key: b"id,v\n9,bad\n" for key in bad})
+        result = cli("--once", "--inbox", "s3://bk/in/", "--table", "t", "--mode", "append")
+        left = set(fake.objects)
+    assert result.code == 0, result.err
+    assert sorted(r["id"] for r in db.fetch("SELECT id FROM t")) == ["1", "2", "3"]
+    assert set(bad) <= left and not set(good) & left  # loaded ones moved to done/
+    events = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
+    ignored = [e for e in events if e.get("event", e.get("msg")) == "file_ignored"]
+    named = sorted(e["file"].removeprefix("s3://bk/") for e in ignored)
+    assert named == sorted(bad), result.err
+    assert all("rename the object" in e["reason"] for e in ignored)
+    assert "unavailable" not in result.err
+
+
+def test_a_folder_placeholder_with_a_dot_is_not_a_file(cli: Any, db: Db, bucket: Bucket) -> None:
+    bucket.put(f"{INBOX}v1.2/", b"")
+    bucket.put(f"{INBOX}2026.01/", b"")
+    bucket.put(f"{INBOX}v1.2/data.csv", "id,v\n1,x\n")
+    bucket.put(f"{INBOX}2026.01/more.csv", "id,v\n2,y\n")
+    result = cli("--once", "--inbox", bucket.url(INBOX), "--table", "t", "--mode", "append")
+    assert result.code == 0, result.err
+    assert sorted(r["id"] for r in db.fetch("SELECT id FROM t")) == ["1", "2"]
+    assert bucket.keys("landing/failed/") == []
+    statuses = {r["status"] for r in db.manifest()}
+    assert statuses == {"success"}
+
+
+def test_an_unreachable_endpoint_names_it_and_what_to_check(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-shown")
+    result = cli("--once", "--inbox", "s3://bk/in/", "--table", "t", "--mode", "append",
+                 "--s3-endpoint-url", "http://127.0.0.1:1")  # fmt: skip
+    assert result.code == 2
+    line = _one_error_line(result.err)
+    assert "http://127.0.0.1:1" in line and "s3_endpoint_url" in line
+    assert "s3cr3t" not in result.err + result.out
