@@ -50,8 +50,10 @@ def check_unchanged(job: Job) -> None:
     if now is None:
         raise FileChangedError(f"{job.name} disappeared while it was being loaded")
     if now != job.identity:
+        # A store says what its versions are told by (an object store: the ETag).
+        how = getattr(getattr(job.path, "storage", None), "changed_how", "size or mtime differ")
         raise FileChangedError(
-            f"{job.name} changed while it was being loaded (size or mtime differ); "
+            f"{job.name} changed while it was being loaded ({how}); "
             "this version is abandoned and the new one will be loaded as a new version"
         )
 

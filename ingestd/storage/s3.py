@@ -100,6 +100,7 @@ class S3Storage:
     """An inbox prefix in one bucket, with its done/ and failed/ prefixes in that bucket."""
 
     settles = False
+    changed_how = "replaced: its ETag changed"  # how load.check_unchanged words a change
 
     def __init__(
         self,

@@ -6,16 +6,17 @@ wording of an unreachable endpoint. Real SeaweedFS, except for keys SeaweedFS ca
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.daemon import Daemon, wait_for
 from tests.pg import Db
 from tests.s3fake import fake_s3
-from tests.s3server import Bucket, S3Server, new_bucket
+from tests.s3server import SECRET_KEY, Bucket, S3Server, new_bucket
 
 INBOX = "landing/inbox/"
 
@@ -121,3 +122,30 @@ def test_an_unreachable_endpoint_names_it_and_what_to_check(
     line = _one_error_line(result.err)
     assert "http://127.0.0.1:1" in line and "s3_endpoint_url" in line
     assert "s3cr3t" not in result.err + result.out
+
+
+DAEMON = """
+inbox = "{inbox}"
+poll_s = 0.3
+shutdown_grace_s = 5
+[[contracts]]
+name = "main"
+pattern = "*.csv"
+table = "t"
+mode = "append"
+"""
+
+
+def test_the_daemon_says_what_to_do_about_refused_credentials(
+    daemons: Callable[..., Daemon], bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY + "-wrong")
+    daemon = daemons(DAEMON.format(inbox=bucket.url(INBOX)), ready=False)
+    wait_for(lambda: daemon.events("inbox_missing") or daemon.proc.poll() is not None,
+             what="inbox_missing")  # fmt: skip
+    reasons = [e["reason"] for e in daemon.events("inbox_missing")]
+    text = daemon.logs_text()
+    daemon.kill()
+    assert reasons, text
+    assert "[Errno" not in reasons[0] and "check the credentials" in reasons[0]
+    assert SECRET_KEY not in text
