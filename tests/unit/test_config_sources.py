@@ -67,6 +67,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "on_new_version": ("append", "append"),
     "on_duplicate_content": ("load", "load"),
     "backfill": ("true", True),
+    "binary_copy": ("false", False),
     "backfill_index_jobs": ("3", 3),
     "backfill_maintenance_work_mem_mb": ("64", 64),
     "analyze_after_rows": ("0", 0),
