@@ -75,3 +75,18 @@ def test_client_errors_are_sorted_into_one_short_line_without_secrets(
     assert isinstance(got, kind)
     assert words in str(got)
     assert "AKIDSECRET" not in str(got) and "\n" not in str(got)
+
+
+def test_a_listing_error_is_explained_as_the_once_line_says_it() -> None:
+    """The daemon's inbox_missing reason (scanner) comes from explain(): no errno prefix,
+    what to check, and for no answer the endpoint (without its user:password@)."""
+    from ingestd.storage.s3 import S3Storage
+
+    inbox = Location.parse("s3://b/in/")
+    storage = S3Storage(None, inbox, None, None, endpoint="http://user:pw@127.0.0.1:1/x")  # type: ignore[arg-type]
+    refused = translate(_client_error(403, "InvalidAccessKeyId"), str(inbox))
+    text = storage.explain(refused)
+    assert "[Errno" not in text and "check the credentials" in text
+    away = translate(GenericError("connection refused"), str(inbox))
+    text = storage.explain(away)
+    assert "http://127.0.0.1:1" in text and "s3_endpoint_url" in text and "pw" not in text
