@@ -442,13 +442,19 @@ def _bad_key(error: BaseException) -> str | None:
     return match["key"] if match else None
 
 
+def _control(c: str) -> bool:
+    # ASCII controls are what the client refuses; C1 controls are stepped over too, so
+    # an offset built from them is never refused in its turn.
+    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+
+
 def _first_bad(key: str) -> int:
     """Index of the first character from which no key starting with key[:index + 1] can be
     named: the second / of //, the . of a ./ or ../ part, a control character."""
     parts = key.split("/")
     at = 0
     for n, part in enumerate(parts):
-        bad_char = next((i for i, c in enumerate(part) if ord(c) < 0x20 or ord(c) == 0x7F), None)
+        bad_char = next((i for i, c in enumerate(part) if _control(c)), None)
         if bad_char is not None:
             return at + bad_char
         if part == "" and 0 < n < len(parts) - 1:
@@ -464,7 +470,7 @@ def _after(key: str) -> str | None:
     bad key's bad part, as the listing's offset (start-after)."""
     i = _first_bad(key)
     nxt = ord(key[i]) + 1
-    while nxt < 0x110000 and (nxt < 0x20 or nxt == 0x7F or chr(nxt) == "/"):
+    while nxt < 0x110000 and (_control(chr(nxt)) or chr(nxt) == "/"):
         nxt += 1
     return key[:i] + chr(nxt) if nxt < 0x110000 else None
 

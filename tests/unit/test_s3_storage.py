@@ -90,3 +90,20 @@ def test_a_listing_error_is_explained_as_the_once_line_says_it() -> None:
     away = translate(GenericError("connection refused"), str(inbox))
     text = storage.explain(away)
     assert "http://127.0.0.1:1" in text and "s3_endpoint_url" in text and "pw" not in text
+
+
+@pytest.mark.parametrize(
+    ("key", "after"),
+    [
+        ("in/x//y.csv", "in/x/0"),
+        ("in/b/./c.csv", "in/b/0"),
+        ("in/b/../c.csv", "in/b/0"),
+        ("in/t\tab.csv", "in/t "),
+        ("in/d\x7f.csv", "in/d\xa0"),
+        ("in/..", "in/0"),
+    ],
+)
+def test_a_bad_key_is_stepped_over_by_the_first_nameable_offset(key: str, after: str) -> None:
+    from ingestd.storage.s3 import _after
+
+    assert _after(key) == after
