@@ -64,7 +64,7 @@ def check_config(argv: Sequence[str]) -> int:
     print(f"  inbox {settings.inbox}, done {settings.done_path}, failed {settings.failed_path}")
     concurrency = (
         str(settings.concurrency)
-        if "concurrency" in settings.given
+        if settings.is_given("concurrency")
         else "min(cores, max_connections/2, 8), chosen at start"
     )
     print(f"  chunk size {settings.chunk_size:,}, concurrency {concurrency}, "

@@ -184,7 +184,7 @@ class Service:
         try:
             await self.endpoint.start(*addr)
         except OSError as exc:
-            if self.settings.once and "metrics_addr" not in self.settings.given:
+            if self.settings.once and "metrics_addr" not in (self.settings.given or ()):
                 # The default address, most likely the daemon's on this host: a backfill
                 # beside it goes on without an endpoint (DESIGN.md, Metrics).
                 log.warning(
@@ -235,7 +235,7 @@ class Service:
         """The pool, once the concurrency is known (chosen from the machine and the server
         when the user set none: a first connection asks the server for its limits)."""
         s = self.settings
-        if "concurrency" not in s.given:
+        if not s.is_given("concurrency"):
             probe = await self._connect(dsn, size=1)
             try:
                 async with probe.connection() as conn:

@@ -267,8 +267,9 @@ class Settings:
     files: tuple[Path, ...] = ()
     config_path: Path | None = None
     # Keys set by a flag, INGESTD_* or the config file (metrics_addr: by a flag or INGESTD_*
-    # only, see config.resolve).
-    given: frozenset[str] = frozenset()
+    # only, see config.resolve). None: built in code, where every value is deliberate (a
+    # default chosen at start, such as concurrency's, must never replace one set there).
+    given: frozenset[str] | None = None
     inbox: Path | str | None = key(
         None, "directory to watch (daemon) or drain (--once), or s3://BUCKET/PREFIX/", metavar="DIR"
     )
@@ -529,6 +530,10 @@ class Settings:
     def failed_path(self) -> Path | str | None:
         """Where failed files go: failed_dir, else failed/ beside the inbox."""
         return beside_inbox(self.failed_dir, self.inbox, "failed")
+
+    def is_given(self, name: str) -> bool:
+        """Whether key `name` was set by the user (always, for settings built in code)."""
+        return self.given is None or name in self.given
 
     @property
     def effective_queue_size(self) -> int:
