@@ -322,7 +322,7 @@ class Evolution:
         assert row is not None  # noqa: S101 - an aggregate returns one row
         self._rescued = int(row["rescued"])
         await conn.execute(sql.truncate_stage(text_stage))
-        await conn.execute(_keep_rescued(target, into, plan.rescue), list(plan.file_columns))
+        await conn.execute(sql.keep_rescued(target, stage, plan.rescue), list(plan.file_columns))
         return rows, await merge_batch(conn, followed, stage, mode)
 
     async def _cast_for(self, conn: Connection, typname: str) -> str | None:
@@ -340,22 +340,6 @@ class Evolution:
         return name
 
 
-def _keep_rescued(target: Target, stage: str, rescue: str) -> str:
-    """UPDATE of the stage's rescue column before an upsert or merge: a key the table's row
-    holds is kept unless the file brings that column ($1, the file's columns), as a column
-    the file lacks keeps its value (NULL when nothing is left). The rows are locked first:
-    two files rescuing into one row keep both their keys."""
-    r = quote_ident(rescue)
-    on = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
-    pk = ", ".join(quote_ident(c) for c in target.pk)
-    return (
-        f"UPDATE {stage} AS s SET {r} = NULLIF((COALESCE(t.{r}, '{{}}'::jsonb) - $1::text[]) "
-        f"|| COALESCE(s.{r}, '{{}}'::jsonb), '{{}}'::jsonb) "
-        f"FROM (SELECT {pk}, {r} FROM {target.qualified} WHERE ({pk}) IN "
-        f"(SELECT {pk} FROM {stage}) AND {r} IS NOT NULL FOR UPDATE) AS t WHERE {on}"
-    )
-
-
 def _no_alter(target: Target, column: str, pg_type: str) -> str:
     return (
         f"schema_evolution needs to add column {column} to table {target.label}, and this "
@@ -370,13 +354,6 @@ async def _table_columns(conn: Connection, target: Target) -> dict[str, str]:
     return {r["name"]: r["type"] for r in rows}
 
 
-# $1 the quoted target, $2 a column -> whether it is NOT NULL.
-_NOT_NULL = """
-SELECT a.attnotnull FROM pg_attribute a
-WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped
-"""
-
-
 async def _check_rescue_column(conn: Connection, target: Target, rescue: str, pg_type: str) -> None:
     """Refuse, before any row is written, a rescue column that already exists and is not a
     nullable jsonb: rescue writes a jsonb object or NULL into every row it loads, so an
@@ -388,7 +365,7 @@ async def _check_rescue_column(conn: Connection, target: Target, rescue: str, pg
             "schema_evolution = rescue would write JSON over its values; name a jsonb column "
             "or a new one with --rescue-column"
         )
-    if await conn.fetchval(_NOT_NULL, target.qualified, rescue):
+    if await conn.fetchval(sql.COLUMN_NOT_NULL, target.qualified, rescue):
         raise FileError(
             f"the rescue column {rescue} of table {target.label} is NOT NULL, and rescue "
             "writes NULL in every row with nothing to rescue: run ALTER TABLE "

@@ -1038,6 +1038,30 @@ def rescue_insert(into: str, columns: Sequence[str], select: str, rescue: str) -
     )
 
 
+def keep_rescued(target: Target, stage: str, rescue: str) -> str:
+    """UPDATE of the stage's rescue column before an upsert or merge: a key the table's row
+    holds is kept unless the file brings that column ($1, the file's columns), as a column
+    the file lacks keeps its value (NULL when nothing is left). The rows are locked first:
+    two files rescuing into one row keep both their keys."""
+    r = quote_ident(rescue)
+    stage = f"pg_temp.{quote_ident(stage)}"
+    on = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
+    pk = ", ".join(quote_ident(c) for c in target.pk)
+    return (
+        f"UPDATE {stage} AS s SET {r} = NULLIF((COALESCE(t.{r}, '{{}}'::jsonb) - $1::text[]) "
+        f"|| COALESCE(s.{r}, '{{}}'::jsonb), '{{}}'::jsonb) "
+        f"FROM (SELECT {pk}, {r} FROM {target.qualified} WHERE ({pk}) IN "
+        f"(SELECT {pk} FROM {stage}) AND {r} IS NOT NULL FOR UPDATE) AS t WHERE {on}"
+    )
+
+
+# $1 the quoted target, $2 a column -> whether it is NOT NULL.
+COLUMN_NOT_NULL = """
+SELECT a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped
+"""
+
+
 # --- backfill: secondary indexes dropped and rebuilt (db.indexes), table statistics -----
 
 # $1 the quoted target: its schema and name, whether the current role may act as its owner
@@ -1135,7 +1159,6 @@ def delete_backfill_record(records: str) -> str:
     return f"DELETE FROM {records} WHERE target_schema = $1 AND index_name = $2"
 
 
-
 def lock_exclusive(qualified: str) -> str:
     """Nobody reads or writes the table until the transaction ends (the drop's listing)."""
     return f"LOCK TABLE {qualified} IN ACCESS EXCLUSIVE MODE"
@@ -1157,4 +1180,3 @@ SELECT current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int
        + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved
 """
-
