@@ -141,8 +141,13 @@ def _call(fn: Callable[..., object], params: list[str], ident: str) -> str:
     """Call a builder with `ident` for every identifier (a Target made of it as schema,
     table, column and key) and plain values for the rest."""
     args: list[object] = []
+    kwargs: dict[str, object] = {}
+    signature = inspect.signature(fn).parameters
     for p in params:
-        if p == "target":
+        if signature[p].kind is inspect.Parameter.KEYWORD_ONLY:
+            default = signature[p].default
+            kwargs[p] = True if default is inspect.Parameter.empty else default
+        elif p == "target":
             args.append(Target(ident, ident, (ident, "v"), (ident,)))
         elif p in _IDENTIFIER_PARAMS:
             args.append(ident)
@@ -160,7 +165,7 @@ def _call(fn: Callable[..., object], params: list[str], ident: str) -> str:
             args.append('"m"')  # already quoted by the caller (the manifest's name)
         else:
             args.append("x")
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return "\n".join(result) if isinstance(result, list) else str(result)
 
 
