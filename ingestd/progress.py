@@ -58,11 +58,15 @@ class Progress:
         self._tty = tty
         self._files: dict[str, _File] = {}
         self._rows = 0
+        self._done = 0  # the files' done_bytes, kept as they change: a sum per batch was O(files)
         self._first: float | None = None  # the first batch: rates count from there
         self._samples: deque[tuple[float, int, int]] = deque()  # (time, bytes, rows)
         self._width = 0
 
     def claimed(self, name: str, size: int) -> None:
+        old = self._files.get(name)
+        if old is not None:
+            self._done -= old.done_bytes
         self._files[name] = _File(size)
 
     def batch(self, name: str, rows: int, payload_bytes: int) -> None:
@@ -74,7 +78,7 @@ class Progress:
         f = self._files.get(name)
         if f is not None:  # the CSV bytes sent approximate the file's bytes read
             f.started = now if f.started is None else f.started
-            f.done_bytes = min(f.size, f.done_bytes + payload_bytes)
+            self._set_done(f, min(f.size, f.done_bytes + payload_bytes))
             f.rows += rows
         self._samples.append((now, self._bytes_done(), self._rows))
         while len(self._samples) > 2 and self._samples[1][0] < now - WINDOW_S:
@@ -84,10 +88,14 @@ class Progress:
         f = self._files.get(name)
         if f is not None:
             f.finished = True
-            f.done_bytes = f.size
+            self._set_done(f, f.size)
+
+    def _set_done(self, f: _File, done_bytes: int) -> None:
+        self._done += done_bytes - f.done_bytes
+        f.done_bytes = done_bytes
 
     def _bytes_done(self) -> int:
-        return sum(f.done_bytes for f in self._files.values())
+        return self._done
 
     def snapshot(self) -> Snapshot:
         """The run's progress now."""
