@@ -34,6 +34,9 @@ class LocalStorage:
         self.inbox = inbox
         self.done = done
         self.failed = failed
+        # The inbox resolved once, at the first name asked (it exists by then): resolving
+        # it for every name was a path walk per file, the bulk of naming a small file.
+        self._root: Path | None = None
 
     def describe(self) -> str:
         return str(self.inbox) if self.inbox is not None else "local files"
@@ -57,7 +60,9 @@ class LocalStorage:
         return scan(self.inbox, self.skip_dirs(), on_refused, on_unreadable)
 
     def name_of(self, handle: Handle) -> PurePosixPath:
-        return relative_name(_path(handle), self.inbox)
+        if self.inbox is not None and self._root is None:
+            self._root = self.inbox.resolve()
+        return relative_name(_path(handle), self._root, resolved=True)
 
     def identity(self, handle: Handle) -> Version | None:
         return identity(_path(handle))
@@ -181,14 +186,18 @@ def _listing(
         return []
 
 
-def relative_name(path: Path, inbox: Path | None) -> PurePosixPath:
-    """The name a file has in the manifest: relative to the inbox, else its absolute path."""
+def relative_name(path: Path, inbox: Path | None, *, resolved: bool = False) -> PurePosixPath:
+    """The name a file has in the manifest: relative to the inbox, else its absolute path
+    (`resolved`: the inbox is resolved already)."""
+    real = path.resolve()
     if inbox is not None:
         try:
-            return PurePosixPath(path.resolve().relative_to(inbox.resolve()).as_posix())
+            return PurePosixPath(
+                real.relative_to(inbox if resolved else inbox.resolve()).as_posix()
+            )
         except ValueError:
             pass
-    return PurePosixPath(path.resolve().as_posix())
+    return PurePosixPath(real.as_posix())
 
 
 def identity(path: Path) -> tuple[int, int] | None:
