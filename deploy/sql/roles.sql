@@ -139,6 +139,19 @@ GRANT USAGE ON SCHEMA :"manifest_schema" TO :"role";
       run_id       text        NOT NULL,
       created_at   timestamptz NOT NULL DEFAULT now(),
       UNIQUE (manifest_id, row_number));
+  -- Columns ingestd added (schema_evolution = add | rescue; ingestd/db/sql.py
+  -- create_schema_changes), beside the manifest. Adding a column still needs the table's
+  -- ownership: grant it, or keep schema_evolution = fail | ignore for this role.
+  CREATE TABLE IF NOT EXISTS :"manifest_schema".ingestion_schema_changes (
+      id           bigserial   PRIMARY KEY,
+      table_name   text        NOT NULL,
+      column_name  text        NOT NULL,
+      column_type  text        NOT NULL,
+      change       text        NOT NULL,
+      filename     text        NOT NULL,
+      manifest_id  bigint,
+      run_id       text        NOT NULL,
+      changed_at   timestamptz NOT NULL DEFAULT now());
 \endif
 
 -- The manifest (when it exists: with allow_create=on ingestd creates and owns it).
@@ -158,6 +171,14 @@ SELECT format('GRANT USAGE ON SEQUENCE %s TO %I',
               :'role')
 WHERE to_regclass(format('%I.ingestion_rejects', :'manifest_schema')) IS NOT NULL \gexec
 
+-- Schema changes: ingestd records each column it adds.
+SELECT format('GRANT SELECT, INSERT ON TABLE %I.ingestion_schema_changes TO %I', :'manifest_schema', :'role')
+WHERE to_regclass(format('%I.ingestion_schema_changes', :'manifest_schema')) IS NOT NULL \gexec
+SELECT format('GRANT USAGE ON SEQUENCE %s TO %I',
+              pg_get_serial_sequence(format('%I.ingestion_schema_changes', :'manifest_schema'), 'id'),
+              :'role')
+WHERE to_regclass(format('%I.ingestion_schema_changes', :'manifest_schema')) IS NOT NULL \gexec
+
 -- Target tables: SELECT + INSERT + UPDATE is what upsert (INSERT ... ON CONFLICT DO
 -- UPDATE) and MERGE need; append needs INSERT (and SELECT to shape its stage table).
 -- No DELETE, TRUNCATE, REFERENCES or TRIGGER. A listed table that does not exist
@@ -170,6 +191,7 @@ SELECT format('GRANT SELECT, INSERT, UPDATE ON TABLE %I.%I TO %I', n.nspname, c.
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE :'tables' = '*' AND n.nspname = :'schema' AND c.relkind IN ('r', 'p')
   AND NOT (n.nspname = :'manifest_schema'
-           AND c.relname IN (:'manifest', 'ingestion_rejects')) \gexec
+           AND c.relname IN (:'manifest', 'ingestion_rejects', 'ingestion_schema_changes',
+                             'ingestion_backfill_indexes')) \gexec
 
 COMMIT;
