@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from ingestd.db import indexes
 from ingestd.db.connection import Connection
@@ -11,6 +12,9 @@ from ingestd.metrics import Metrics
 from ingestd.settings import Mode
 
 log = logging.getLogger(__name__)
+# The gauge is scraped every few seconds at most: sampling it after every file cost two
+# round trips per file (a fifth of a small file's work); one sample per target this often.
+SAMPLE_EVERY_S = 5.0
 
 
 class Upkeep:
@@ -23,6 +27,7 @@ class Upkeep:
         self._threshold = analyze_after_rows
         self._metrics = metrics
         self._written: dict[str, int] = {}  # rows since the last ANALYZE, per target
+        self._sampled: dict[str, float] = {}  # when the target's dead tuples were last read
 
     async def after_file(
         self, conn: Connection, qualified: str, label: str, mode: Mode, rows: int
@@ -42,8 +47,13 @@ class Upkeep:
                                "dead_tuples": counts[0] if counts else None,
                                "live_tuples": counts[1] if counts else None},
                     )  # fmt: skip
+            now = time.monotonic()
             if counts is None:
+                last = self._sampled.get(label)
+                if last is not None and now - last < SAMPLE_EVERY_S:
+                    return
                 counts = await indexes.dead_tuples(conn, qualified, self._version)
+            self._sampled[label] = now
         except IngestdError as exc:
             log.warning("upkeep_failed", extra={"table": label, "error": str(exc)})
             return
