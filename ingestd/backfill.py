@@ -98,8 +98,9 @@ async def _pending(conn: Connection, records: str, token: str = "") -> list[Inde
         return []
 
 
-async def begin(conn: Connection, settings: Settings, run_id: str, token: str) -> list[Plan]:
-    """Check the privilege on every target first, then record and drop, target by target."""
+async def check_owners(conn: Connection, settings: Settings) -> list[Target]:
+    """The existing targets; UsageError if this role may not act as the owner of one (run
+    before the manifest is made too: a refused backfill changes nothing)."""
     targets = await contract_targets(conn, settings)
     foreign = [t for t in targets if not t.owner]
     if foreign:
@@ -108,6 +109,12 @@ async def begin(conn: Connection, settings: Settings, run_id: str, token: str) -
             f"--backfill drops and rebuilds indexes, which only a table's owner may do: "
             f"{owners}; run it as that role (or a member of it), or without --backfill"
         )
+    return targets
+
+
+async def begin(conn: Connection, settings: Settings, run_id: str, token: str) -> list[Plan]:
+    """Check the privilege on every target first, then record and drop, target by target."""
+    targets = await check_owners(conn, settings)
     records = records_table(settings.manifest_schema)
     await indexes.ensure_records(conn, records)
     plans = []

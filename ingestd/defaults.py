@@ -45,8 +45,16 @@ def server_is_local(dsn: str) -> bool:
     return host.startswith("/") or host in LOCAL_HOSTS
 
 
-def choose(cores: int, cores_of: str, max_connections: int | None, reserved: int = 0) -> Chosen:
-    """concurrency = min(cores, free connection slots / 2, MAX_DEFAULT), at least 1."""
+def choose(
+    cores: int,
+    cores_of: str,
+    max_connections: int | None,
+    reserved: int = 0,
+    conn_limit: int | None = None,
+    limited_by: str = "",
+) -> Chosen:
+    """concurrency = min(cores, free connection slots / 2, MAX_DEFAULT, the role's or
+    database's CONNECTION LIMIT - POOL_EXTRA), at least 1."""
     concurrency = max(1, min(cores, MAX_DEFAULT))
     reason = f"{cores} cores ({cores_of})"
     if cores > MAX_DEFAULT:
@@ -59,4 +67,19 @@ def choose(cores: int, cores_of: str, max_connections: int | None, reserved: int
                 f"half the server's {max_connections - reserved} connection slots "
                 f"(fewer than the {cores} cores, {cores_of})"
             )
+    if conn_limit is not None and conn_limit - POOL_EXTRA < concurrency:
+        concurrency = max(1, conn_limit - POOL_EXTRA)
+        reason = f"the CONNECTION LIMIT {conn_limit} of {limited_by} (pool = concurrency + 2)"
     return Chosen(concurrency, concurrency + POOL_EXTRA, cores, cores_of, max_connections, reason)
+
+
+def too_few_connections(conn_limit: int | None, limited_by: str, pool: int) -> str:
+    """The one line saying a CONNECTION LIMIT cannot hold the pool ('' when it can)."""
+    if conn_limit is None or conn_limit >= pool:
+        return ""
+    return (
+        f"the CONNECTION LIMIT of {limited_by} is {conn_limit}, and ingestd needs {pool} "
+        f"connections (concurrency {pool - POOL_EXTRA} + {POOL_EXTRA} for claims and health "
+        f"checks): raise it (ALTER ROLE / ALTER DATABASE ... CONNECTION LIMIT {pool}) or "
+        "lower concurrency"
+    )

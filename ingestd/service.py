@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ingestd import backfill
-from ingestd.db.capacity import server_limits
+from ingestd.db.capacity import connection_limit, server_limits
 from ingestd.db.connection import Connection, server_version
 from ingestd.db.database import Database
 from ingestd.db.indexes import Target
 from ingestd.db.manifest import Manifest, ManifestGoneError, application_name, new_token
 from ingestd.db.merge import MERGE_MIN_VERSION
-from ingestd.defaults import choose, client_cores, server_is_local
+from ingestd.defaults import choose, client_cores, server_is_local, too_few_connections
 from ingestd.embedded import start_embedded
 from ingestd.endpoint import Endpoint
 from ingestd.exceptions import FileError, IngestdError, RetryableError, UsageError
@@ -240,11 +240,12 @@ class Service:
             try:
                 async with probe.connection() as conn:
                     max_connections, reserved = await server_limits(conn)
+                    limit, limited_by = await connection_limit(conn)
             finally:
                 await probe.close()
             local = server_is_local(dsn)
             chosen = choose(client_cores(), "server (same host)" if local else "client",
-                            max_connections, reserved)  # fmt: skip
+                            max_connections, reserved, limit, limited_by)  # fmt: skip
             self.settings = s = replace(s, concurrency=chosen.concurrency)
             log.info(
                 "defaults_chosen",
@@ -252,6 +253,10 @@ class Service:
                        "cores": chosen.cores, "cores_of": chosen.cores_of,
                        "max_connections": max_connections, "reason": chosen.reason},
             )  # fmt: skip
+            # Said before the pool connects: it would retry, then fail on the limit.
+            size = max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2
+            if refused := too_few_connections(limit, limited_by, size):
+                raise UsageError(refused)
         # one per worker, two for claims, leases, health checks; or one per index rebuilt
         return await self._connect(
             dsn, size=max(s.concurrency, s.backfill_index_jobs if s.backfill else 0) + 2
@@ -276,6 +281,8 @@ class Service:
         self.metrics.manifest_missing.set_function(lambda: float(manifest.broken is not None))
         try:
             async with db.connection() as conn:
+                if s.once and s.backfill:
+                    await backfill.check_owners(conn, s)  # refused before anything is made
                 if await manifest.ensure(conn):
                     # Normal on a first start; after a manifest was dropped, every file in
                     # the inbox loads again (README runbook).
@@ -388,8 +395,12 @@ class Service:
         say = _say if at_terminal else None
         run = asyncio.ensure_future(
             backfill.finish(
-                db, s, jobs=self._index_jobs(), token=self.token,
-                analyze=self._backfill_targets, say=say,
+                db,
+                s,
+                jobs=self._index_jobs(),
+                token=self.token,
+                analyze=self._backfill_targets,
+                say=say,
             )
         )
         aborted = asyncio.ensure_future(self._abort.wait())  # any signal during the rebuild

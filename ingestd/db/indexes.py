@@ -3,16 +3,16 @@ rebuilding exactly those, once each (the SQL of ingestd.backfill)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
-from ingestd.exceptions import FileError, UsageError
+from ingestd.exceptions import FileError, InternalError, UsageError
 from ingestd.identifiers import (
     InvalidIdentifierError,
-    quote_ident,
     quote_qualified,
     validate_identifier,
 )
@@ -56,6 +56,8 @@ class Index:
     run_id: str = ""
     owner_token: str = ""
     alive: bool = False  # recorded by a process still connected (its backfill is running)
+    table_oid: int | None = None  # the table found again if renamed or moved since
+    statistics: str | None = None  # per-column statistics targets: "1:500,3:100"
 
     @property
     def qualified(self) -> str:
@@ -95,6 +97,8 @@ def _kept_because(row: dict[str, object], name_ok: bool) -> str | None:
         (row["is_replident"], "the replica identity"),
         (row["is_clustered"], "the table is clustered on it"),
         (not row["is_valid"], "not valid (an unfinished build): left to its owner"),
+        # The partitioned index requires it: the drop would be refused.
+        (row["is_attached"], "attached to a partitioned index"),
         (row["kind"] != "i", "a partitioned index"),
         (not name_ok, "its name is outside ingestd's identifier rule"),
     )
@@ -125,6 +129,8 @@ async def plan(conn: Connection, target: Target, run_id: str = "", token: str = 
                 False,
                 run_id,
                 token,
+                table_oid=row["table_oid"],
+                statistics=row["statistics"],
             )
         )
     return Plan(target, tuple(drop), tuple(keep))
@@ -133,10 +139,16 @@ async def plan(conn: Connection, target: Target, run_id: str = "", token: str = 
 async def ensure_records(conn: Connection, records: str) -> None:
     """Create the records table if missing (CREATE IF NOT EXISTS still needs CREATE on the
     schema, so an existing one is used as it is)."""
-    if await conn.fetchval(sql.TABLE_EXISTS, records):
+    if await conn.fetchval(sql.BACKFILL_RECORDS_CURRENT, records):
         return
     try:
-        await conn.execute(sql.create_backfill_records(records))
+        # Under the lock ingestd takes to create tables: two first backfills at once would
+        # both create the table's row type, and one would fail on the catalog's unique key.
+        async with conn.atomic():
+            await conn.execute(sql.LOCK_TABLE_CREATION, records)
+            await conn.execute(sql.create_backfill_records(records))
+            for statement in sql.backfill_records_columns(records):
+                await conn.execute(statement)
     except FileError as exc:
         if exc.sqlstate != _INSUFFICIENT_PRIVILEGE:
             raise
@@ -157,7 +169,8 @@ async def drop_recorded(
         for ix in found.drop:
             await conn.execute(
                 sql.insert_backfill_record(records), ix.schema, ix.table, ix.name, ix.definition,
-                ix.tablespace, ix.comment, ix.is_constraint, run_id, token,
+                ix.tablespace, ix.comment, ix.is_constraint, run_id, token, ix.table_oid,
+                ix.statistics,
             )  # fmt: skip
             await conn.execute(sql.drop_index(ix.qualified))
     return found
@@ -180,6 +193,8 @@ async def pending(conn: Connection, records: str, token: str = "") -> list[Index
             r["run_id"],
             r["owner_token"],
             r["alive"],
+            r["table_oid"],
+            r["statistics"],
         )
         for r in await conn.fetch(sql.backfill_pending(records), token)
     ]
@@ -191,22 +206,18 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
     built again; an invalid one (a killed concurrent build) is dropped and built.
     Returns what was done: built, rebuilt_invalid, existed, or table_gone (the table was
     dropped since: its indexes went with it, the record is cleared)."""
-    if not await conn.fetchval(sql.TABLE_EXISTS, quote_qualified(ix.schema, ix.table)):
+    recorded = ix
+    now = await _where_now(conn, ix)
+    if now is None:
         await conn.execute(sql.delete_backfill_record(records), ix.schema, ix.name)
-        log.warning("backfill_table_gone", extra={"index": ix.name, "table": ix.target_label})
-        return "table_gone"
-    prefix = await conn.fetchval(sql.INDEX_DEFINITION_PREFIX, ix.name, ix.schema, ix.table)
-    body = ix.definition.removeprefix("CREATE ").removeprefix("UNIQUE ")
-    if not body.startswith(prefix) or not _one_statement(ix.definition):
-        # Executed as SQL: only text pg_get_indexdef could have written for this index.
-        raise UsageError(
-            f"the recorded definition of index {ix.name} on {ix.target_label} in {records} "
-            f"is not an index definition of that table: {ix.definition[:200]!r}; fix or "
-            "delete that row"
+        # The definition goes to the log: the record was the last place it was kept.
+        log.warning(
+            "backfill_table_gone",
+            extra={"index": ix.name, "table": ix.target_label, "definition": ix.definition},
         )
+        return "table_gone"
+    ix = now
     statement = ix.definition
-    if ix.tablespace:
-        statement += f" TABLESPACE {quote_ident(ix.tablespace)}"
     async with conn.atomic():
         await conn.fetchval(sql.SET_LOCAL, "maintenance_work_mem", f"{maintenance_work_mem_mb}MB")
         await conn.fetchval(sql.SET_LOCAL, "statement_timeout", "0")  # a build may take hours
@@ -225,8 +236,28 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
                 await conn.execute(sql.drop_index(ix.qualified))
                 done = "rebuilt_invalid"
             started = time.monotonic()
-            # fetch, not execute: one statement only, whatever the stored text holds.
-            await conn.fetch(statement)
+            try:
+                # pg_get_indexdef leaves the tablespace out, and a TABLESPACE clause would
+                # have to go before a partial index's WHERE: the session default puts it
+                # there instead.
+                await conn.fetchval(sql.SET_LOCAL, "default_tablespace", ix.tablespace or "")
+            except (FileError, InternalError) as exc:  # dropped since the record was made
+                raise UsageError(
+                    f"index {ix.name} on {ix.target_label} cannot be rebuilt from its "
+                    f"recorded definition: tablespace {ix.tablespace} ({exc}); create it, "
+                    f"or set tablespace to NULL in its row in {records}"
+                ) from None
+            try:
+                # fetch, not execute: one statement only, whatever the stored text holds.
+                await conn.fetch(statement)
+            except InternalError as exc:  # the recorded text refused, not ingestd's own SQL
+                why = str(exc).split("(a bug in ingestd): ", 1)[-1]
+                raise UsageError(
+                    f"index {ix.name} on {ix.target_label} cannot be rebuilt from its "
+                    f"recorded definition ({why}): fix its row in {records}, or create "
+                    "the index by hand and delete that row"
+                ) from None
+            await _restore_statistics(conn, ix)
             log.info(
                 "backfill_index_built",
                 extra={"index": ix.name, "table": ix.target_label,
@@ -236,8 +267,50 @@ async def rebuild(conn: Connection, records: str, ix: Index, maintenance_work_me
                 # The comment travels as a parameter; the server quotes it (%L).
                 text = await conn.fetchval(sql.COMMENT_ON_INDEX, ix.qualified, ix.comment)
                 await conn.fetch(text)
-        await conn.execute(sql.delete_backfill_record(records), ix.schema, ix.name)
+        await conn.execute(sql.delete_backfill_record(records), recorded.schema, recorded.name)
     return done
+
+
+async def _where_now(conn: Connection, ix: Index) -> Index | None:
+    """The recorded index with its table's current schema and name (found by oid, so a
+    table renamed or moved since keeps its index), its definition checked and spelled for
+    that name; None if the table is gone."""
+    found = None
+    if ix.table_oid is not None:
+        row = await conn.fetchrow(sql.TABLE_BY_OID, ix.table_oid)
+        found = None if row is None else (str(row["schema"]), str(row["table"]))
+    elif await conn.fetchval(sql.TABLE_EXISTS, quote_qualified(ix.schema, ix.table)):
+        found = (ix.schema, ix.table)  # a record made before oids were kept
+    if found is None:
+        return None
+    prefix = await conn.fetchval(sql.INDEX_DEFINITION_PREFIX, ix.name, ix.schema, ix.table)
+    head = "CREATE UNIQUE " if ix.definition.startswith("CREATE UNIQUE ") else "CREATE "
+    body = ix.definition.removeprefix(head)
+    if not body.startswith(prefix) or not _one_statement(ix.definition):
+        # Executed as SQL: only text pg_get_indexdef could have written for this index.
+        raise UsageError(
+            f"the recorded definition of index {ix.name} on {ix.target_label} "
+            f"is not an index definition of that table: {ix.definition[:200]!r}; fix or "
+            "delete its row in the backfill records table"
+        )
+    if found == (ix.schema, ix.table):
+        return ix
+    now = await conn.fetchval(sql.INDEX_DEFINITION_PREFIX, ix.name, *found)
+    log.info(
+        "backfill_table_moved",
+        extra={"index": ix.name, "table": ix.target_label, "now": f"{found[0]}.{found[1]}"},
+    )
+    return dataclasses.replace(
+        ix, schema=found[0], table=found[1], definition=head + now + body[len(prefix) :]
+    )
+
+
+async def _restore_statistics(conn: Connection, ix: Index) -> None:
+    """Per-column statistics targets the index had (ALTER INDEX ... SET STATISTICS)."""
+    for item in (ix.statistics or "").split(","):
+        column, _, target = item.partition(":")
+        if column.isdigit() and target.isdigit():
+            await conn.execute(sql.set_index_statistics(ix.qualified, int(column), int(target)))
 
 
 def _one_statement(text: str) -> bool:

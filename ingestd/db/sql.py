@@ -1083,7 +1083,11 @@ SELECT i.relname::text AS name, pg_get_indexdef(x.indexrelid) AS definition,
        x.indisprimary AS is_primary, x.indisunique AS is_unique,
        x.indisexclusion AS is_exclusion, x.indisreplident AS is_replident,
        x.indisclustered AS is_clustered, x.indisvalid AND x.indisready AS is_valid,
-       i.relkind::text AS kind,
+       i.relkind::text AS kind, i.relispartition AS is_attached,
+       x.indrelid::bigint AS table_oid,
+       (SELECT string_agg(a.attnum || ':' || a.attstattarget, ',' ORDER BY a.attnum)
+        FROM pg_attribute a WHERE a.attrelid = x.indexrelid AND a.attstattarget >= 0)
+           AS statistics,
        (SELECT string_agg(k.conname || ' on ' || k.conrelid::regclass::text, ', ')
         FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS constraints
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
@@ -1129,15 +1133,45 @@ def create_backfill_records(records: str) -> str:
         run_id        text NOT NULL,
         owner_token   text NOT NULL,
         dropped_at    timestamptz NOT NULL DEFAULT now(),
+        table_oid     oid,
+        statistics    text,
         PRIMARY KEY (target_schema, index_name))"""
+
+
+def backfill_records_columns(records: str) -> list[str]:
+    """Columns added after the records table's first version (a table made before them)."""
+    return [
+        f"ALTER TABLE {records} ADD COLUMN IF NOT EXISTS table_oid oid",
+        f"ALTER TABLE {records} ADD COLUMN IF NOT EXISTS statistics text",
+    ]
+
+
+# $1 the quoted records table: whether it has the columns backfill_records_columns adds.
+BACKFILL_RECORDS_CURRENT = """
+SELECT count(*) = 2 FROM pg_attribute
+WHERE attrelid = to_regclass($1) AND attname IN ('table_oid', 'statistics') AND NOT attisdropped
+"""
+
+# $1 the recorded table's oid: its current schema and name (renamed or moved since).
+TABLE_BY_OID = """
+SELECT n.nspname::text AS schema, c.relname::text AS table
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = $1::bigint::oid AND c.relkind IN ('r', 'p', 'm')
+"""
+
+
+def set_index_statistics(qualified: str, column: int, target: int) -> str:
+    """A per-column statistics target of an index (ALTER INDEX ... SET STATISTICS)."""
+    return f"ALTER INDEX {qualified} ALTER COLUMN {int(column)} SET STATISTICS {int(target)}"
 
 
 def insert_backfill_record(records: str) -> str:
     """Record a dropped index (a second record of one already recorded is ignored)."""
     return (
         f"INSERT INTO {records} (target_schema, target_table, index_name, definition, "
-        "tablespace, comment, is_constraint, run_id, owner_token) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
+        "tablespace, comment, is_constraint, run_id, owner_token, table_oid, statistics) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::bigint::oid, $11) "
+        "ON CONFLICT DO NOTHING"
     )
 
 
@@ -1147,6 +1181,8 @@ def backfill_pending(records: str) -> str:
     return f"""
 SELECT r.target_schema, r.target_table, r.index_name, r.definition, r.tablespace,
        r.comment, r.is_constraint, r.run_id, r.owner_token,
+       (to_jsonb(r) ->> 'table_oid')::bigint AS table_oid,
+       to_jsonb(r) ->> 'statistics' AS statistics,
        r.owner_token <> $1 AND EXISTS (
            SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database()
                AND starts_with(a.application_name, 'ingestd ' || r.owner_token || ' '))
@@ -1179,4 +1215,13 @@ SERVER_LIMITS = """
 SELECT current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int
        + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved
+"""
+
+# The CONNECTION LIMITs that bind this session's role (-1: none; not a superuser's).
+CONNECTION_LIMITS = """
+SELECT current_user::text AS role, current_database()::text AS database,
+       CASE WHEN r.rolsuper THEN -1 ELSE r.rolconnlimit END AS role_limit,
+       CASE WHEN r.rolsuper THEN -1 ELSE d.datconnlimit END AS database_limit
+FROM pg_roles r, pg_database d
+WHERE r.rolname = current_user AND d.datname = current_database()
 """
