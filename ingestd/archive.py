@@ -26,6 +26,7 @@ from ingestd.exceptions import IngestdError
 from ingestd.logs import bound
 from ingestd.storage import Handle, Version, resolve
 from ingestd.storage import local_moves as _moves
+from ingestd.storage.base import StorageUnavailableError
 from ingestd.storage.local_moves import SIDECAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, fit_name
 
 if TYPE_CHECKING:
@@ -39,11 +40,13 @@ log = logging.getLogger(__name__)
 RETRY_BASE_S = 1.0
 RETRY_CAP_S = 300.0
 FOLDERS = ("done", "failed")
-REASONS = ("no_space", "read_only", "permission", "name_too_long", "other")
+REASONS = ("no_space", "read_only", "permission", "name_too_long", "unavailable", "other")
 
 
 def reason_of(exc: BaseException) -> str:
     """The low-cardinality reason label of an archive error."""
+    if isinstance(exc, StorageUnavailableError):
+        return "unavailable"
     code = exc.errno if isinstance(exc, OSError) else None
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return "no_space"
@@ -61,6 +64,7 @@ _ADVICE = {
     "read_only": "remount that volume read-write",
     "permission": "give ingestd's user write permission there (check chattr +i, chmod, mounts)",
     "name_too_long": "shorten the file name",
+    "unavailable": "ingestd retries the move; check the object store if this lasts",
     "other": "fix that folder",
 }
 
@@ -191,7 +195,7 @@ async def attempt(item: Pending, errors: Counter, bugs: Counter | None = None) -
             log.info("archive_abandoned", extra={"folder": item.folder, "reason": "file gone"})
             return True  # moved away by someone else: nothing left to move
         return _failed(item, exc, errors)
-    except OSError as exc:
+    except (OSError, StorageUnavailableError) as exc:  # a store's 5xx/throttling: not a bug
         return _failed(item, exc, errors)
     except Exception as exc:  # the per-file bug boundary of a move: not the file's fault
         _bug(item, exc, bugs)
@@ -204,7 +208,7 @@ async def attempt(item: Pending, errors: Counter, bugs: Counter | None = None) -
     return True
 
 
-def _failed(item: Pending, exc: OSError, errors: Counter) -> bool:
+def _failed(item: Pending, exc: OSError | StorageUnavailableError, errors: Counter) -> bool:
     item.attempts += 1
     delay = retry_delay_s(item.attempts)
     item.next_at = time.monotonic() + delay

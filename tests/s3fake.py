@@ -23,6 +23,9 @@ class FakeS3:
         self.objects: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.port = 0
+        # Faults: op ("delete", "copy", "put") -> (key prefix, HTTP status) to answer instead.
+        # A copy and a put match on their target key, a delete on the key it removes.
+        self.refuse: dict[str, tuple[str, int]] = {}
 
     @property
     def endpoint(self) -> str:
@@ -31,6 +34,9 @@ class FakeS3:
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "fake",
                 "AWS_SECRET_ACCESS_KEY": "fake-secret", "AWS_REGION": "us-east-1"}  # fmt: skip
+
+
+_FAULT_CODES = {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
 
 
 def _etag(data: bytes) -> str:
@@ -53,6 +59,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _refused(self, op: str, key: str) -> bool:
+        """Answer a configured fault for op on key instead of doing it."""
+        prefix, status = self.fake.refuse.get(op, ("", 0))
+        if not status or not key.startswith(prefix):
+            return False
+        code = _FAULT_CODES.get(status, "InternalError")
+        self._send(status, f"<Error><Code>{code}</Code></Error>".encode())
+        return True
 
     def _meta(self, data: bytes) -> dict[str, str]:
         return {"ETag": _etag(data), "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT"}
@@ -95,6 +110,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         source = self.headers.get("x-amz-copy-source")
+        if self._refused("copy" if source is not None else "put", self._key()):
+            return
         with self.fake.lock:
             if source is not None:
                 src = urllib.parse.unquote(source).lstrip("/").split("/", 1)[1]
@@ -110,6 +127,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # The client deletes by a bulk request (POST ?delete), even for one key.
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         keys = [unescape(k) for k in re.findall(r"<Key>(.*?)</Key>", body.decode(), re.S)]
+        if any(self._refused("delete", k) for k in keys[:1]):
+            return
         with self.fake.lock:
             for key in keys:
                 self.fake.objects.pop(key, None)
@@ -117,6 +136,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, f"<DeleteResult>{done}</DeleteResult>".encode())
 
     def do_DELETE(self) -> None:
+        if self._refused("delete", self._key()):
+            return
         with self.fake.lock:
             self.fake.objects.pop(self._key(), None)
         self._send(204)

@@ -384,15 +384,16 @@ class S3Storage:
 
     def _place(self, h: ObjectHandle, dest: str, sidecar: bytes | None) -> str:
         """Place the object at dest (or a free variant of it) by a server-side copy, then
-        remove it from the inbox. The same version there already (a copy whose delete
-        failed) counts as placed."""
+        remove it from the inbox. The same version there already (a copy whose sidecar or
+        delete failed) counts as placed. The copy comes before the sidecar: a refused copy
+        leaves no sidecar behind to take the name from the retry."""
         target = self._free_name(h, dest, ".error.json" if sidecar is not None else "")
-        if sidecar is not None:
-            call(target, obstore.put, self.store, f"{target}.error.json", sidecar)
         if not self._holds(target, h):
             if not self._is_current(h):
                 raise FileNotFoundError(errno.ENOENT, f"{h}: replaced or gone before its move")
             call(str(h), obstore.copy, self.store, h.key, target)
+        if sidecar is not None:
+            call(target, obstore.put, self.store, f"{target}.error.json", sidecar)
         self.delete(h)
         return f"{SCHEME}{self.bucket}/{target}"
 
