@@ -295,6 +295,15 @@ async def _where_now(conn: Connection, ix: Index) -> Index | None:
         )
     if found == (ix.schema, ix.table):
         return ix
+    try:
+        for name in found:
+            validate_identifier(name)
+    except InvalidIdentifierError:
+        raise UsageError(
+            f"table {ix.target_label} of index {ix.name} is now {found[0]}.{found[1]}, a name "
+            "outside ingestd's identifier rule: rename it back (or to letters, digits and _) "
+            f"and run ingestd backfill --finish again, or build it by hand: {ix.definition}"
+        ) from None
     now = await conn.fetchval(sql.INDEX_DEFINITION_PREFIX, ix.name, *found)
     log.info(
         "backfill_table_moved",

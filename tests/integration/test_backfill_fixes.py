@@ -153,13 +153,21 @@ def test_a_table_renamed_and_moved_after_a_killed_backfill_gets_its_indexes_back
     db.execute(SCHEMA)
     before = indexdefs(db)
     _kill_after_the_drop(dsn, db, tmp_path)
-    db.execute("CREATE SCHEMA archive; ALTER TABLE t RENAME TO t_old")
-    db.execute("ALTER TABLE t_old SET SCHEMA archive")
+    db.execute('CREATE SCHEMA "Arch ive"; ALTER TABLE t RENAME TO "T old"')
+    db.execute('ALTER TABLE "T old" SET SCHEMA "Arch ive"')
+    odd = run_cli(["backfill", "--finish", "--dsn", dsn])  # a name ingestd does not spell
+    assert odd.code == 1 and "crashed" not in odd.err
+    assert "is now Arch ive.T old, a name outside ingestd's identifier rule" in odd.out
+    assert set(records(db)) == DROPPED
+    db.execute('CREATE SCHEMA "Archive2"; ALTER TABLE "Arch ive"."T old" RENAME TO "T_old"')
+    db.execute('ALTER TABLE "Arch ive"."T_old" SET SCHEMA "Archive2"')
     r = run_cli(["backfill", "--finish", "--dsn", dsn])
     assert r.code == 0, r.out + r.err
     assert f"rebuilt {len(DROPPED)} index(es)" in r.out
-    moved = {n.removeprefix("archive."): d for n, d in indexdefs(db, "archive.t_old").items()}
-    assert moved == {n: d.replace(" ON public.t ", " ON archive.t_old ") for n, d in before.items()}
+    now = indexdefs(db, '"Archive2"."T_old"')
+    moved = {n.removeprefix('"Archive2".'): d for n, d in now.items()}
+    spelled = ' ON "Archive2"."T_old" '
+    assert moved == {n: d.replace(" ON public.t ", spelled) for n, d in before.items()}
     assert records(db) == []
 
 
