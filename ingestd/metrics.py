@@ -68,8 +68,7 @@ class Metrics:
         )
         self.rows_rescued = Counter(
             "ingest_rows_rescued",
-            "Rows loaded with values kept aside in the rescue column (schema_evolution = "
-            "rescue).",
+            "Rows loaded with values kept aside in the rescue column (schema_evolution = rescue).",
             ["table_name"],
             registry=r,
         )
