@@ -1,4 +1,4 @@
-"""ingestd: load CSV and Parquet files dropped in a directory into PostgreSQL, exactly once.
+"""ingestd: load CSV, NDJSON and Parquet files from a folder or a bucket into PostgreSQL, once.
 
 The version is kept equal to pyproject.toml's (tests/unit/test_review_checklist.py).
 """

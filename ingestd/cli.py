@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="ingestd",
         allow_abbrev=False,  # `--max` would mean another flag the day one more starts so
         usage="%(prog)s [OPTION ...]   (a run: --once, or a daemon)\n       %(prog)s COMMAND ...",
-        description="Load CSV and Parquet files into PostgreSQL, exactly once. Every setting "
+        description="Load CSV, NDJSON and Parquet files (plain, compressed or zipped; from a "
+        "folder or an S3 bucket) into PostgreSQL, exactly once. Every setting "
         "is a flag, an INGESTD_* variable or a key in the config file, in that order of "
         "precedence.",
         epilog="Exit status: 0 all files loaded or skipped, 1 some file failed or is left "
