@@ -344,7 +344,12 @@ def _check_no_prefix_loop(inbox: str, areas: tuple[tuple[str, object], ...]) -> 
     done/ and failed/ inside each other is refused."""
 
     def norm(url: object) -> str:
-        return str(url).rstrip("/") + "/"
+        # Compared as the client will use them (settings built in code skip _location's
+        # refusal): the bucket exactly, the prefix folded and resolved.
+        text = str(url)
+        body = text.partition("://")[2] if "://" in text else text.partition(":/")[2]
+        bucket, _, prefix = body.strip("/").partition("/")
+        return "".join(f"{part}/" for part in [bucket, *_resolved(prefix.split("/"))])
 
     given = [(f"{key} {folder}", norm(folder)) for key, folder in areas if folder is not None]
     where = ""
@@ -695,7 +700,49 @@ def _location(given: Given) -> Path | str:
     scheme = text.partition("://")[0].lower()
     if scheme != "s3" or not text[5:].strip("/") or text != text.strip():
         raise _wrong(given, "a folder or s3://BUCKET/PREFIX/ (S3 and S3-compatible stores)")
+    bucket, _, prefix = text[5:].strip("/").partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
+        raise UsageError(
+            f"{given.origin}: {bucket!r} in {text!r} is not an S3 bucket name: lower-case "
+            "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+    parts = prefix.split("/") if prefix else []
+    if any(p in ("", ".", "..") or any(_control(c) for c in p) for p in parts):
+        # The S3 client folds `//`, `.` and `..` away and cannot name control characters:
+        # the prefix it uses would not be the one written, and the done/failed-vs-inbox
+        # check below would compare a different prefix than the one archived into.
+        instead = "/".join([bucket, *_resolved(_printable(p) for p in parts)])
+        raise UsageError(
+            f"{given.origin}: {text!r} has an empty, . or .. part or a control character in "
+            f"its prefix, which the S3 client does not keep as written: write "
+            f"'s3://{instead}/' (or the prefix you meant)"
+        )
     return f"s3://{text[5:].strip('/')}/"
+
+
+_BUCKET = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$")
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+def _control(char: str) -> bool:
+    # What the S3 client refuses in a key (storage/s3.py steps over C1 controls too).
+    return ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F
+
+
+def _resolved(parts: typing.Iterable[str]) -> list[str]:
+    """Prefix parts as the S3 client takes them: empty and `.` parts dropped, `..` resolved."""
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if kept:
+                kept.pop()
+        elif part not in ("", "."):
+            kept.append(part)
+    return kept
+
+
+def _printable(part: str) -> str:
+    return "".join(c for c in part if not _control(c))
 
 
 def _path(given: Given) -> Path:

@@ -387,6 +387,19 @@ class S3Storage:
         remove it from the inbox. The same version there already (a copy whose sidecar or
         delete failed) counts as placed. The copy comes before the sidecar: a refused copy
         leaves no sidecar behind to take the name from the retry."""
+        try:
+            return self._place_at(h, dest, sidecar)
+        except ValueError as exc:
+            # The client refuses a key it cannot name (`//`, `.`/`..`, control characters):
+            # config refuses such prefixes at start, so only a name built from an odd file
+            # name lands here; an archive failure to retry, never a bug that kills the move.
+            raise OSError(
+                errno.EINVAL,
+                f"s3://{self.bucket}/{dest}: the S3 client cannot name this key ({exc}); "
+                "give done_dir/failed_dir a prefix without empty, . or .. parts",
+            ) from None
+
+    def _place_at(self, h: ObjectHandle, dest: str, sidecar: bytes | None) -> str:
         target = self._free_name(h, dest, ".error.json" if sidecar is not None else "")
         if not self._holds(target, h):
             if not self._is_current(h):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -149,3 +149,74 @@ def test_the_daemon_says_what_to_do_about_refused_credentials(
     assert reasons, text
     assert "[Errno" not in reasons[0] and "check the credentials" in reasons[0]
     assert SECRET_KEY not in text
+
+
+# breaker3 #1: the client folds `//`, `.` and `..` away, so a prefix compared as written
+# could archive into the inbox (a reload loop) or name keys the client refuses.
+_UNNAMEABLE = [
+    ("s3://b//landing/inbox/", "'s3://b/landing/inbox/'"),
+    ("s3://b/landing/inbox/./", "'s3://b/landing/inbox/'"),
+    ("s3://b/landing/inbox/../inbox/", "'s3://b/landing/inbox/'"),
+    ("s3://b/landing/inbox//done/", "'s3://b/landing/inbox/done/'"),
+    ("s3://b/landing/\x07in/", "'s3://b/landing/in/'"),
+]
+_NOT_BUCKETS = ["s3://LANDING/in/", "s3://my_bucket/in/", "s3://-b/in/", "s3://a..b/in/"]
+
+
+@pytest.mark.parametrize(("url", "instead"), _UNNAMEABLE)
+@pytest.mark.parametrize("key", ["--done-dir", "--failed-dir", "--inbox"])
+def test_a_prefix_the_client_folds_is_refused_at_start_naming_what_to_write(
+    cli: Any, key: str, url: str, instead: str
+) -> None:
+    args = {"--inbox": "s3://b/landing/inbox/", key: url}
+    result = cli("--once", *(x for kv in args.items() for x in kv), "--table", "t",
+                 "--mode", "append")  # fmt: skip
+    assert result.code == 2
+    line = _one_error_line(result.err)
+    assert key in line and f"write {instead}" in line
+
+
+@pytest.mark.parametrize("url", _NOT_BUCKETS)
+def test_a_bucket_name_s3_would_refuse_is_refused_at_start(cli: Any, url: str) -> None:
+    result = cli("--once", "--inbox", url, "--table", "t", "--mode", "append")
+    assert result.code == 2
+    assert "is not an S3 bucket name" in _one_error_line(result.err)
+
+
+@pytest.mark.parametrize(("url", "instead"), [*_UNNAMEABLE, ("s3://Up/in/", "")])
+def test_check_config_refuses_the_same_urls(tmp_path: Path, url: str, instead: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'inbox = "s3://b/landing/inbox/"\ndone_dir = "{url.replace(chr(7), chr(92) + "u0007")}"'
+        '\n\n[[contracts]]\nname = "x"\npattern = "*.csv"\ntable = "t"\nmode = "append"\n'
+    )
+    result = run_cli(["check-config", str(config)])
+    assert result.code == 2
+    line = _one_error_line(result.err)
+    assert "done_dir" in line and (f"write {instead}" in line if instead else "bucket" in line)
+
+
+def test_the_loop_check_compares_prefixes_as_the_client_uses_them() -> None:
+    from ingestd.config import UsageError, _check_no_prefix_loop
+
+    for done in ("s3://b/landing/inbox", "s3:/b/landing/x/../inbox/", "s3://b//landing/"):
+        with pytest.raises(UsageError, match="prefixes of their own"):
+            _check_no_prefix_loop("s3://b/landing/inbox/", (("done_dir", done),))
+    # Another bucket with the same prefix, or a bucket whose name starts alike, is no loop.
+    _check_no_prefix_loop("s3://b/landing/inbox/", (("done_dir", "s3://c/landing/inbox/"),))
+    _check_no_prefix_loop("s3://bb/landing/inbox/", (("done_dir", "s3://b/"),))
+
+
+def test_an_archive_key_the_client_refuses_is_an_archive_failure_not_a_bug(
+    bucket: Bucket,
+) -> None:
+    from ingestd.storage.s3 import Location, ObjectHandle, S3Storage
+
+    bucket.put(f"{INBOX}a.csv", "id\n1\n")
+    store = bucket.store
+    odd = Location(bucket.name, f"{INBOX}/done/")  # only settings built in code can say this
+    storage = S3Storage(store, Location(bucket.name, INBOX), odd, odd)
+    h = ObjectHandle(storage, f"{INBOX}a.csv", "", 5)
+    with pytest.raises(OSError, match="cannot name this key"):
+        storage.to_done(h, PurePosixPath("a.csv"))
+    assert bucket.keys(INBOX) == [f"{INBOX}a.csv"]
