@@ -365,6 +365,15 @@ async def _check_rescue_column(conn: Connection, target: Target, rescue: str, pg
             "schema_evolution = rescue would write JSON over its values; name a jsonb column "
             "or a new one with --rescue-column"
         )
+    # A GENERATED column takes no value from a row (an identity one cannot be jsonb, so the
+    # type rule above already refuses it): each file would fail with a false "the file
+    # brings a value" instead.
+    if await conn.fetch(sql.GENERATED_COLUMNS, target.qualified, [rescue]):
+        raise FileError(
+            f"the rescue column {rescue} of table {target.label} is a GENERATED column, "
+            "which PostgreSQL computes itself and rescue cannot write: name a plain nullable "
+            "jsonb column or a new one with --rescue-column"
+        )
     if await conn.fetchval(sql.COLUMN_NOT_NULL, target.qualified, rescue):
         raise FileError(
             f"the rescue column {rescue} of table {target.label} is NOT NULL, and rescue "

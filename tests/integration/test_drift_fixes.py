@@ -67,6 +67,20 @@ def test_a_not_null_rescue_column_fails_the_file_naming_the_fix(
     assert json.loads(db.val("SELECT _rescued_data::text FROM t")) == {"e": "x"}
 
 
+def test_a_generated_rescue_column_fails_the_file_naming_it(cli, db: Db, tmp_path: Path) -> None:
+    # breaker3 #6: nullable jsonb, so the type and NOT NULL rules let it through.
+    db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text, r jsonb GENERATED ALWAYS AS ('{}') STORED)"
+    )
+    db.execute("INSERT INTO t (id, v) VALUES (1, 'a')")
+    result = load(cli, tmp_path, "a.csv", "id,v,extra\n1,b,x\n", *RESCUE, "--rescue-column", "r")
+    assert result.code == 1
+    [failed] = db.manifest()
+    assert "the rescue column r of table t is a GENERATED column" in failed["notes"]
+    assert "brings a value" not in failed["notes"] and "\n" not in failed["notes"]
+    assert db.fetch("SELECT v FROM t") == [{"v": "a"}]  # nothing written
+
+
 @pytest.mark.parametrize(
     ("values", "column_type", "back"),
     [
