@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import lzma
 import threading
 import zipfile
@@ -25,7 +26,7 @@ import pyarrow as pa
 
 from ingestd.exceptions import FileError
 from ingestd.names import manifest_name
-from ingestd.storage.base import Handle, Version
+from ingestd.storage.base import Handle, Version, is_ignored
 
 if TYPE_CHECKING:
     from ingestd.storage.base import Storage
@@ -37,6 +38,21 @@ _ENCRYPTED = 0x1
 Mover = Callable[[str, "dict[str, Any] | None"], "Path | str"]
 # What zipfile raises for bytes it cannot inflate or check: the member's fault, not ours.
 _BROKEN = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError)
+# What macOS's Finder puts into every zip it makes: resource forks, never data.
+_MACOS_FOLDER = "__MACOSX"
+log = logging.getLogger(__name__)
+# How many times a central directory was parsed (tests: once per archive version, not
+# once per member).
+directory_reads = 0
+
+
+def ignored_member(member: str) -> bool:
+    """True for a member the inbox would not pick up as a file: an ignored name (dot-names,
+    *.tmp, *.part, *.partial, sidecars) in any part of its path, or under __MACOSX/."""
+    parts = PurePosixPath(member).parts
+    # "/" and ".." are only names here (nothing is written under them): such members load.
+    named = [part for part in parts if part not in ("/", ".", "..")]
+    return any(part == _MACOS_FOLDER or is_ignored(part) for part in named)
 
 
 def is_archive(handle: object) -> bool:
@@ -105,16 +121,36 @@ class _Archive:
         self.close()
 
 
+class _KnownZip(zipfile.ZipFile):
+    """A ZipFile over a directory read before: opening one member of an archive of many
+    must not parse its whole central directory again (that made a member's cost grow
+    with the number of members). zipfile's own checks on the member's local header,
+    flags and CRC all still apply."""
+
+    def __init__(self, raw: _Archive, infos: list[zipfile.ZipInfo]):
+        self._known = infos
+        super().__init__(raw)
+
+    def _RealGetContents(self) -> None:
+        for info in self._known:
+            self.filelist.append(info)
+            self.NameToInfo[info.filename] = info
+
+
 class _MemberStream:
     """A member's decompressed bytes as a file-like object for pa.PythonFile; inflate and
     CRC errors become one readable OSError."""
 
     def __init__(self, archive: ZipArchive, member: ZipMember):
         self._label = f"{archive.name}/{member.member}"
+        infos = archive.directory()
         self._raw = archive.open_archive()
         try:
-            self._zip = zipfile.ZipFile(self._raw)
-            info = self._zip.getinfo(member.member)
+            self._zip = _KnownZip(self._raw, infos)
+            info = self._zip.NameToInfo.get(member.member)
+            if info is None:
+                # The archive was replaced by one without this member: gone, as a file is.
+                raise FileNotFoundError(0, f"{self._label} is no longer in its archive")
             if info.flag_bits & _ENCRYPTED:
                 raise OSError(0, encrypted_reason(self._label))
             self._file = self._zip.open(info)
@@ -191,6 +227,24 @@ class ZipArchive:
         self._expected: set[str] = set()
         self._ended: dict[str, str | None] = {}  # member -> why it failed (None: done)
         self._moved: str | None = None
+        # The central directory as read at the archive's version (identity) then.
+        self._directory: tuple[Version, list[zipfile.ZipInfo]] | None = None
+        self._directory_lock = threading.Lock()
+
+    def directory(self) -> list[zipfile.ZipInfo]:
+        """The archive's central directory, parsed once per version of the archive: a
+        changed archive (another identity) is read again. Raises zipfile/OSError errors."""
+        global directory_reads
+        now = self.outer.identity(self.handle)
+        with self._directory_lock:
+            if now is not None and self._directory is not None and self._directory[0] == now:
+                return self._directory[1]
+            with self.open_archive() as raw, zipfile.ZipFile(raw) as zf:
+                infos = zf.infolist()
+            directory_reads += 1
+            if now is not None:
+                self._directory = (now, infos)
+            return infos
 
     def open_archive(self) -> _Archive:
         return _Archive(self.outer.open_random(self.handle))
@@ -198,14 +252,17 @@ class ZipArchive:
     def members(self) -> list[ZipMember]:
         """Its file members in name order (folders left out); FileError for a corrupt archive."""
         try:
-            with self.open_archive() as raw, zipfile.ZipFile(raw) as zf:
-                infos = [i for i in zf.infolist() if not i.is_dir()]
+            infos = [i for i in self.directory() if not i.is_dir()]
         except (zipfile.BadZipFile, EOFError, ValueError) as exc:
             raise FileError(
                 f"{self.name} is not a readable zip archive ({exc}): send it again"
             ) from None
         # A name twice in one archive: zipfile reads the last entry, so that one is the member.
         last = {i.filename: i for i in infos}
+        for member in [m for m in last if ignored_member(m)]:
+            # As the inbox skips such files: never matched, never failing the archive.
+            log.debug("zip_member_ignored", extra={"member": member, "status": "ignored"})
+            del last[member]
         found = [ZipMember(self, i.filename, i.file_size, i.CRC) for i in last.values()]
         return sorted(found, key=lambda m: m.member)
 
