@@ -210,8 +210,27 @@ def _inside(path: Path, failed: Path) -> Path:
         candidate = failed / path
     resolved = candidate.resolve()
     if not resolved.is_relative_to(failed) or not resolved.is_file():
+        archive = _archive_of(path, failed)
+        if archive is not None:
+            # status names a failed member ARCHIVE.zip/MEMBER; the archive is what moved.
+            raise UsageError(
+                f"{path} is a member of the zip archive {archive.name}: retry the archive "
+                f"(ingestd retry {archive})"
+            )
         raise UsageError(f"{path} is not a file in the failed directory {failed}")
     return resolved
+
+
+def _archive_of(path: Path, failed: Path) -> Path | None:
+    """The failed archive a member name (ARCHIVE.zip/MEMBER) lies in, if there is one."""
+    parts = path.parts
+    for at in range(len(parts) - 1, 0, -1):
+        if parts[at - 1].lower().endswith(".zip"):
+            head = Path(*parts[:at])
+            for candidate in (head, failed / head):
+                if candidate.is_file() and candidate.resolve().is_relative_to(failed):
+                    return candidate
+    return None
 
 
 def _addr(settings: Settings) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import pyarrow.parquet as pq
@@ -21,7 +21,8 @@ from ingestd.read.columns import normalize_names
 from ingestd.read.csv_reader import read_header
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
-from ingestd.storage import Handle, storage_for
+from ingestd.storage import Handle, Storage, resolve, storage_for
+from ingestd.storage.zip import ZipArchive, is_archive
 
 
 def dry_run(settings: Settings, out: TextIO) -> int:
@@ -39,14 +40,10 @@ def dry_run(settings: Settings, out: TextIO) -> int:
     failed = 0
     tables = _table_columns(settings)
     print(f"dry run: {len(paths)} file(s); nothing is written to the database or moved", file=out)
-    for path in paths:
-        if storage is not None:
-            name = storage.name_of(path)
-        else:
-            assert isinstance(path, Path)  # noqa: S101 - a local listing or --files
-            name = relative_name(
-                path, inbox if isinstance(inbox, Path) and not settings.files else None
-            )
+    for path, name in _entries(paths, storage, settings, out):
+        if path is None:
+            failed += 1  # the archive itself, as the real run would fail it
+            continue
         contract = settings.contract_for(name)
         if contract is None:
             print(f"  FAIL {shown_name(str(name))}: no contract matches", file=out)
@@ -72,6 +69,57 @@ def dry_run(settings: Settings, out: TextIO) -> int:
             file=out,
         )
     return 1 if failed else 0
+
+
+def _entries(
+    paths: list[Handle], storage: Storage | None, settings: Settings, out: TextIO
+) -> Iterator[tuple[Handle | None, PurePosixPath]]:
+    """Each file with its manifest name; an archive as its members, as the real run offers
+    them (ARCHIVE.zip/MEMBER, only its central directory read), or None for an archive the
+    real run would fail whole (said here)."""
+    inbox = settings.inbox
+    for path in paths:
+        if storage is not None:
+            name = storage.name_of(path)
+        else:
+            assert isinstance(path, Path)  # noqa: S101 - a local listing or --files
+            name = relative_name(
+                path, inbox if isinstance(inbox, Path) and not settings.files else None
+            )
+        if not is_archive(path):
+            yield path, name
+            continue
+        outer = storage if storage is not None else resolve(path)
+        group = ZipArchive(outer, path, name, outer.identity(path) or (0,), _stays)
+        try:
+            members = group.members()
+        except (OSError, FileError) as exc:
+            reason = f"cannot read file: {exc.strerror}" if isinstance(exc, OSError) else exc
+            print(f"  FAIL {shown_name(str(name))}: {reason}", file=out)
+            yield None, name
+            continue
+        matched = [m for m in members if settings.contract_for(group.name_of(m)) is not None]
+        for member in members:
+            if member not in matched:
+                shown = shown_name(str(group.name_of(member)))
+                print(f"  skip {shown}: no contract matches (the archive does not fail)", file=out)
+        if not matched:
+            patterns = ", ".join(c.pattern for c in settings.contracts)
+            reason = (
+                f"no contract matches any member of {name} (patterns: {patterns}); add a "
+                "contract with a pattern like ARCHIVE.zip/MEMBER"
+                if members
+                else f"{name} holds no files: nothing to load"
+            )
+            print(f"  FAIL {shown_name(str(name))}: {reason}", file=out)
+            yield None, name
+            continue
+        for member in matched:
+            yield member, group.name_of(member)
+
+
+def _stays(folder: str, report: object) -> str:
+    return "stays where it is (dry run)"  # a dry run never ends a member: never called
 
 
 Tables = dict[tuple[str | None, str], dict[str, str]] | str
