@@ -1160,9 +1160,9 @@ WHERE c.oid = $1::bigint::oid AND c.relkind IN ('r', 'p', 'm')
 """
 
 
-def set_index_statistics(qualified: str, column: int, target: int) -> str:
+def set_index_statistics(qualified: str, column: int, statistics: int) -> str:
     """A per-column statistics target of an index (ALTER INDEX ... SET STATISTICS)."""
-    return f"ALTER INDEX {qualified} ALTER COLUMN {int(column)} SET STATISTICS {int(target)}"
+    return f"ALTER INDEX {qualified} ALTER COLUMN {int(column)} SET STATISTICS {int(statistics)}"
 
 
 def insert_backfill_record(records: str) -> str:
