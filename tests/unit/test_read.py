@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError
 from ingestd.read import BatchReader, open_reader, rebatch, skip_rows
 from ingestd.settings import Contract, CsvOptions
@@ -35,6 +36,15 @@ def read_rows(
     path: Path, c: Contract | None = None, chunk_size: int = 1000
 ) -> list[dict[str, Any]]:
     return rows_of(open_reader(path, c or contract(), chunk_size))
+
+
+def copied_text(path: Path, c: Contract | None = None) -> list[bytes]:
+    """The CSV lines COPY receives on the text path (encode writes decimals and bytes as
+    PostgreSQL prints them; the reader keeps them typed for the binary path)."""
+    lines: list[bytes] = []
+    for batch in open_reader(path, c or contract(), 1000):
+        lines.extend(bytes(encode_batch(batch, 1, ordinal=False)).splitlines())
+    return lines
 
 
 # --- CSV dialects -------------------------------------------------------------------------
@@ -355,11 +365,15 @@ def test_parquet_values(tmp_path: Path) -> None:
     assert len(rows) == 3
     first = rows[0]
     assert first["i64"] == 1
-    assert first["amount"] == "1.10"  # as PostgreSQL prints numeric(12,2), never 1.1E+0
+    assert first["amount"] == decimal.Decimal("1.10")  # typed until encode writes it
     assert first["day"] == dt.date(2024, 1, 2)
     assert first["name"] == "a"
-    # Binary travels as PostgreSQL hex bytea text.
-    assert [r["blob"] for r in rows] == ["\\x00ff", None, "\\x"]
+    assert [r["blob"] for r in rows] == [b"\x00\xff", None, b""]
+    # On the text path: numeric as PostgreSQL prints numeric(12,2), never 1.1E+0, and
+    # binary as PostgreSQL hex bytea text.
+    text = copied_text(path, contract(preserve_types=True))
+    assert b'"1.10"' in text[0] and b'"\\x00ff"' in text[0]
+    assert b'"\\x"' in text[2]
     assert rows[2]["i64"] is None
     assert rows[2]["name"] == ""
 
@@ -609,9 +623,11 @@ def test_parquet_name_outside_the_contract_columns_is_not_checked(tmp_path: Path
 
 def test_binary_typed_as_text_by_the_contract_is_decoded(tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "b.parquet", pa.table({"s": pa.array([b"0", None])}))
-    assert read_rows(path) == [{"s": "\\x30"}, {"s": None}]
+    assert read_rows(path) == [{"s": b"0"}, {"s": None}]
+    assert copied_text(path) == [b'"\\x30"', b""]
     assert read_rows(path, contract(types=(("s", "text"),))) == [{"s": "0"}, {"s": None}]
-    assert read_rows(path, contract(types=(("s", "bytea"),))) == [{"s": "\\x30"}, {"s": None}]
+    assert read_rows(path, contract(types=(("s", "bytea"),))) == [{"s": b"0"}, {"s": None}]
+    assert copied_text(path, contract(types=(("s", "bytea"),))) == [b'"\\x30"', b""]
 
 
 def test_parquet_columns_named_in_file_order_without_a_header(tmp_path: Path) -> None:
