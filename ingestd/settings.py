@@ -554,10 +554,14 @@ def reloaded(old: Settings, new: Settings) -> tuple[Settings, tuple[str, ...]]:
     restart (it was not applied)."""
     applied = replace(old, **{name: getattr(new, name) for name in LIVE_ON_RELOAD})
     names = [f.name for f, _ in setting_keys(Settings)]
+    # A key set by neither file is not a change, even where the running value was chosen
+    # at start (concurrency from the machine) and the new file's default is another.
     restart = tuple(
         name
         for name in names
-        if name not in LIVE_ON_RELOAD and getattr(old, name) != getattr(new, name)
+        if name not in LIVE_ON_RELOAD
+        and (old.is_given(name) or new.is_given(name))
+        and getattr(old, name) != getattr(new, name)
     )
     return applied, restart
 

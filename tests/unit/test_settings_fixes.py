@@ -184,6 +184,25 @@ def test_sighup_with_only_live_changes_warns_nothing(
     assert restart == () and applied.contracts[0].pk == ("id",)
 
 
+def test_sighup_does_not_call_a_concurrency_chosen_at_start_a_change(tmp_path: Path) -> None:
+    """With no concurrency in the file, the service runs with one chosen from the machine;
+    an unchanged file re-read on SIGHUP is not a change of concurrency (it warned every
+    reload that concurrency needs a restart). A concurrency the new file sets still is."""
+    from dataclasses import replace
+
+    from ingestd.config import load_config, resolve
+    from ingestd.settings import reloaded
+
+    path = _config(tmp_path, "")
+    started = resolve({}, env={}, config=load_config(path), config_path=path)
+    running = replace(started, concurrency=started.concurrency + 3)  # as service._open does
+    again = resolve({}, env={}, config=load_config(path), config_path=path)
+    assert reloaded(running, again)[1] == ()
+    path.write_text(path.read_text().replace('inbox = "inbox"', 'inbox = "inbox"\nconcurrency = 2'))
+    given = resolve({}, env={}, config=load_config(path), config_path=path)
+    assert reloaded(running, given)[1] == ("concurrency",)
+
+
 # --- D12, D13, D15, D17: numbers have an upper bound, named with its reason ---------------
 
 
