@@ -210,7 +210,7 @@ class Contract:
     file_type: FileType = key(
         "auto",
         "csv, ndjson, parquet, or auto: by suffix (.csv .tsv .txt .jsonl .ndjson, each also "
-        "with .gz .zst .bz2 .xz .lz4; .parquet .pq)",
+        "with .gz .zst .bz2 .xz .lz4; .parquet .pq .parq)",
     )
     mode: Mode = key("upsert", "upsert, append or merge (merge needs PostgreSQL 15+)")
     csv: CsvOptions = field(default_factory=CsvOptions)
