@@ -253,7 +253,10 @@ for top in ("/opt", "/usr", "/etc", "/data", "/root", "/src", "/tmp", "/var", "/
         for name in files:
             if name in ("conftest.py", "pytest.ini") or name.startswith("test_"):
                 found["tests"].append(os.path.join(d, name))
-            if name.endswith((".whl", ".tar.gz")):
+            # An archive inside an installed package is its data (python-dateutil, which
+            # the sqs extra's botocore brings, ships its zoneinfo as a .tar.gz).
+            package_data = "/site-packages/" in d + "/" and not d.endswith("/site-packages")
+            if name.endswith(".whl") or (name.endswith(".tar.gz") and not package_data):
                 found["wheels"].append(os.path.join(d, name))
 tools = ("gcc", "cc", "c++", "g++", "clang", "ld", "as", "make")
 found["compilers"] = [c for c in tools if shutil.which(c)]
