@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -106,3 +108,24 @@ def without_root_powers() -> tuple[str, ...]:
         pytest.skip("running as root without setpriv: chmod 000 cannot deny a read")
     caps = "-dac_override,-dac_read_search"
     return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")
+
+
+# Peak RSS as the child itself sees it. Linux keeps a process's peak across fork and exec,
+# so the measured ingestd runs in a child of its own: the test process stays small.
+_PEAK = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['ingestd', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('ingestd', run_name='__main__')\n"
+    "finally:\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    print('peak_rss_kb', peak, file=sys.stderr)\n"
+)
+
+
+def run_measuring_peak(args: list[str], timeout: float) -> int:
+    """Run `ingestd ARGS` in a child that must exit 0; the child's peak RSS in bytes."""
+    command = [sys.executable, "-c", _PEAK, *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024

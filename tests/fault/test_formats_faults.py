@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import wait_for
-from tests.helpers import csv_rows
+from tests.helpers import csv_rows, run_measuring_peak
 from tests.integration.test_formats import compress
 from tests.invariants import check_books
 from tests.pg import Db
@@ -80,17 +80,6 @@ def test_kill_9_mid_ndjson_then_resume_loads_every_row_once(
     assert db.val("SELECT count(*) FROM events WHERE (v->>'n')::int = id::int") == TOTAL
 
 
-# Peak RSS as the child itself sees it. Linux keeps a process's peak across fork and exec,
-# so the file is written by another child: the test process stays small.
-_PEAK = (
-    "import resource, runpy, sys\n"
-    "sys.argv = ['ingestd', *sys.argv[1:]]\n"
-    "try:\n"
-    "    runpy.run_module('ingestd', run_name='__main__')\n"
-    "finally:\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-    "    print('peak_rss_kb', peak, file=sys.stderr)\n"
-)
 _WRITE = (
     "import sys\n"
     "from tests.integration.test_formats import compress\n"
@@ -112,11 +101,6 @@ def test_memory_stays_flat_on_a_big_compressed_file(dsn: str, db: Db, tmp_path: 
         [sys.executable, "-c", _WRITE, str(f), str(rows)], check=True, timeout=120, cwd=root
     )
     cmd = _command(f, dsn, "--memory-limit-mb", "64", "--chunk-size", "100000")
-    result = subprocess.run(
-        [sys.executable, "-c", _PEAK, *cmd[3:]],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    peak = run_measuring_peak(cmd[3:], timeout=300)
     assert db.val("SELECT count(*) FROM events") == rows
-    peak = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024
     assert peak < 350 * MB, peak

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from tests.daemon import wait_for
-from tests.helpers import log_events
+from tests.helpers import log_events, run_measuring_peak
 from tests.integration.test_zip import MEMBERS, cnpj_rows, config, member_bytes, write_zip
 from tests.pg import Db
 
@@ -74,15 +74,6 @@ def test_kill_9_mid_member_then_resume_loads_every_row_once(
 
 # Peak RSS as the child itself sees it (Linux keeps a peak across fork and exec: the
 # archive is written by another child, so the test process stays small).
-_PEAK = (
-    "import resource, runpy, sys\n"
-    "sys.argv = ['ingestd', *sys.argv[1:]]\n"
-    "try:\n"
-    "    runpy.run_module('ingestd', run_name='__main__')\n"
-    "finally:\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-    "    print('peak_rss_kb', peak, file=sys.stderr)\n"
-)
 _WRITE = (
     "import sys, zipfile\n"
     "rows = int(sys.argv[2])\n"
@@ -108,10 +99,7 @@ def test_memory_stays_flat_on_a_200_mb_member(dsn: str, db: Db, tmp_path: Path) 
         "--once", "--config", str(cfg), "--dsn", dsn, "--memory-limit-mb", "64",
         "--chunk-size", "100000", "--metrics-addr", "off", "--log-level", "WARNING",
     ]  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", _PEAK, *cmd],
-                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    peak = run_measuring_peak(cmd, timeout=600)
     assert db.val("SELECT count(*) FROM empresas") == rows
-    peak = int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024
     assert peak < 350 * (1 << 20), peak
     assert [p.name for p in (tmp_path / "done").rglob("*.zip")] == ["Empresas9.zip"]
