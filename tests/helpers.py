@@ -110,22 +110,33 @@ def without_root_powers() -> tuple[str, ...]:
     return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")
 
 
-# Peak RSS as the child itself sees it. Linux keeps a process's peak across fork and exec,
-# so the measured ingestd runs in a child of its own: the test process stays small.
+# Peak RSS as the child's own memory map saw it: VmHWM starts afresh at exec, whereas
+# ru_maxrss keeps the forked parent's peak (a pytest grown to 500 MB would be counted).
 _PEAK = (
-    "import resource, runpy, sys\n"
+    "import runpy, sys\n"
     "sys.argv = ['ingestd', *sys.argv[1:]]\n"
     "try:\n"
     "    runpy.run_module('ingestd', run_name='__main__')\n"
     "finally:\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        peak = next(line.split()[1] for line in status if line.startswith('VmHWM:'))\n"
     "    print('peak_rss_kb', peak, file=sys.stderr)\n"
 )
 
 
+def run_with_peak(
+    args: list[str], timeout: float, cwd: Path | None = None
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run `ingestd ARGS` in a child; its result and its own peak RSS in bytes."""
+    command = [sys.executable, "-c", _PEAK, *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+    )
+    return result, int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024
+
+
 def run_measuring_peak(args: list[str], timeout: float) -> int:
     """Run `ingestd ARGS` in a child that must exit 0; the child's peak RSS in bytes."""
-    command = [sys.executable, "-c", _PEAK, *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    result, peak = run_with_peak(args, timeout)
     assert result.returncode == 0, result.stderr[-2000:]
-    return int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) * 1024
+    return peak

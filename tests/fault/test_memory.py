@@ -3,13 +3,12 @@ with an instruction."""
 
 from __future__ import annotations
 
-import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_with_peak
 from tests.invariants import check_books
 from tests.pg import Db
 
@@ -19,15 +18,11 @@ MB = 1 << 20
 
 def _run(dsn: str, f: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run ingestd --once on one file; return the result and the child's peak RSS in bytes."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run(
-        [sys.executable, "-m", "ingestd", "--once", "--files", str(f), "--dsn", dsn,
-         "--table", "big", "--mode", "append", "--metrics-addr", "off", *extra],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    # ru_maxrss of children is the largest child so far: only meaningful if it grew.
-    return result, peak if peak > before * 1024 else 0
+    args = [
+        "--once", "--files", str(f), "--dsn", dsn, "--table", "big", "--mode", "append",
+        "--metrics-addr", "off", *extra,
+    ]  # fmt: skip
+    return run_with_peak(args, timeout=300)
 
 
 def test_a_50_mb_field_loads(dsn: str, db: Db, tmp_path: Path) -> None:
