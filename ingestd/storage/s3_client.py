@@ -191,6 +191,13 @@ class Ranges(io.RawIOBase):
             if end <= self._pos:
                 return b""
             start = self._pos
+            if end - start >= RANGE_MIN:
+                # A batch-sized read is fetched as asked and not kept: holding it as the
+                # read-ahead too would double every raw batch in memory.
+                self._buffer = b""
+                data = self._get(start, end)
+                self._pos = start + len(data)
+                return data
             buffered_end = self._buffer_at + len(self._buffer)
             if not (self._buffer_at <= start and end <= buffered_end):
                 fetch_end = min(self._size, max(end, start + RANGE_MIN))

@@ -3,14 +3,12 @@ streamed (never downloaded whole to memory or disk)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_with_peak
 from tests.pg import Db
 from tests.s3server import Bucket, S3Server, new_bucket
 
@@ -30,21 +28,15 @@ def _peak_rss(db: Db, dsn: str, inbox: str, cwd: Path) -> int:
     """Load the inbox with --once; the child's peak RSS in bytes."""
     for table in ("big", "ingestion_manifest", "ingestion_rejects"):
         db.execute(f"DROP TABLE IF EXISTS {table}")
-    log = cwd / "ingestd.err"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ingestd", "--once", "--inbox", inbox, "--dsn", dsn,
-             "--table", "big", "--mode", "append", "--metrics-addr", "off",
-             "--split-mb", "0", "--log-level", "WARNING"],
-            cwd=cwd, stdout=subprocess.DEVNULL, stderr=err,
-        )  # fmt: skip
-        # wait4: this child's own peak, not the largest of every child so far.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, log.read_text()[-2000:]
+    args = [
+        "--once", "--inbox", inbox, "--dsn", dsn, "--table", "big", "--mode", "append",
+        "--metrics-addr", "off", "--split-mb", "0", "--log-level", "WARNING",
+    ]  # fmt: skip
+    result, peak = run_with_peak(args, timeout=300, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert db.val("SELECT count(*) FROM big") == ROWS
     assert db.val("SELECT count(DISTINCT id) FROM big") == ROWS
-    return int(usage.ru_maxrss) * 1024
+    return peak
 
 
 def test_a_150_mb_object_loads_in_the_memory_of_a_local_file(
@@ -61,5 +53,7 @@ def test_a_150_mb_object_loads_in_the_memory_of_a_local_file(
     from_store = _peak_rss(db, dsn, bucket.url("in/"), tmp_path)
     from_disk = _peak_rss(db, dsn, str(local), tmp_path)
     print(f"\npeak RSS: object {from_store / MB:.0f} MB, local file {from_disk / MB:.0f} MB")
-    # A whole download would add the object's 150 MB (and more for its copies).
-    assert from_store < from_disk + 50 * MB
+    # A whole download would add the object's 150 MB (and more for its copies); a batch
+    # kept as the read-ahead too added 55 MB (each batch here is about 52 MB). What is left
+    # is the client's copy of the batch being read, about one batch.
+    assert from_store < from_disk + 80 * MB
