@@ -88,10 +88,12 @@ async def process_file(
         if committed.segments is None and not committed.rows:
             if ctx.stopping.is_set():  # planning reads the whole file: not after a stop
                 raise Interrupted("stopped before loading; resumes on the next run")
-            committed = await plan_split(conn, job, ctx, reader.raw, committed)
+            committed = await plan_split(conn, job, ctx, reader.raw, committed, reader.row_groups)
         if committed.segments is not None:
             # A large file cut into segments that idle workers load alongside this one.
-            rows = await load_split(conn, job, ctx, target, reader.raw, committed, worker_id)
+            rows = await load_split(
+                conn, job, ctx, target, reader.raw, committed, worker_id, reader.row_groups
+            )
         else:
             load = BatchLoader(
                 conn, job, ctx, target, stage, worker_id, reader.layout.file_type, drift

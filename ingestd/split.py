@@ -1,10 +1,12 @@
-"""Split: one large CSV file cut into row-aligned segments that several workers load at once.
+"""Split: one large file cut into row-aligned segments that several workers load at once.
 
 Only for append (rows of different segments commit in any order) of a CSV file whose own
-bytes go to COPY (a segment is a byte range of the file), and only when no bad rows are
-allowed (a row's number is only known by counting from the top). The plan (each
-segment's end) and each segment's progress (the byte its next batch starts at) live in
-the file's manifest row, and every batch advances its segment in its own transaction:
+bytes go to COPY (a segment is a byte range of the file) or of a Parquet file of several
+row groups (a segment is a range of whole row groups, counted in rows: its first row's
+number is known from the footer), and only when no bad rows are allowed (one budget for
+the whole file). The plan (each segment's end) and each segment's progress (the byte, or
+for Parquet the row, its next batch starts at) live in the file's manifest row, and every
+batch advances its segment in its own transaction:
 whichever worker loads a batch, it commits once, and after a crash every segment resumes
 where it stopped, even if the next run has fewer workers.
 
@@ -25,8 +27,8 @@ from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import Committed, Segments
 from ingestd.db.sql import Target
-from ingestd.db.stage import CopyFormat
-from ingestd.encode import encode_batch
+from ingestd.db.stage import CopyFormat, column_types
+from ingestd.encode import binary_arrays, encode_batch, encode_binary
 from ingestd.exceptions import FileError, Interrupted
 from ingestd.load import (
     BatchLoader,
@@ -38,10 +40,11 @@ from ingestd.load import (
 )
 from ingestd.logs import bound
 from ingestd.model import Help, LoadContext
-from ingestd.read.batches import Limits
+from ingestd.read.batches import Limits, RowGroups
 from ingestd.read.csv_reader import parse_segment, row_too_large
 from ingestd.read.raw_csv import NotRaw, RawCsv, count_rows, split_points
 from ingestd.read.text import refuse_nul
+from ingestd.storage.zip import is_member
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +54,31 @@ _CHECKED: dict[int, int] = {}
 
 
 async def plan_split(
-    conn: Connection, job: Job, ctx: LoadContext, raw: RawCsv | None, committed: Committed
+    conn: Connection,
+    job: Job,
+    ctx: LoadContext,
+    raw: RawCsv | None,
+    committed: Committed,
+    groups: RowGroups | None = None,
 ) -> Committed:
-    """Cut a fresh, large, raw-CSV append into segments and record the plan in the
-    manifest; returns the progress to follow (unchanged when the file is not split)."""
+    """Cut a fresh, large append (raw CSV, or Parquet of several row groups) into segments
+    and record the plan in the manifest; returns the progress to follow (unchanged when
+    the file is not split)."""
     s, contract = ctx.settings, job.contract
     parts = min(s.concurrency, int(job.version.filesize // s.split_bytes)) if s.split_bytes else 0
     budget = contract.max_bad_rows
     if (
         parts < 2
-        or raw is None
-        or not s.raw_csv
         or ctx.offer is None
         or contract.mode != "append"
         or budget.count
         or budget.ratio
+        or is_member(job.path)  # a stream: read once, from the top
     ):
+        return committed
+    if raw is None and groups is not None:
+        return await _plan(conn, job, ctx, committed, _row_group_cuts(groups.rows, parts))
+    if raw is None or not s.raw_csv:
         return committed
     try:
         ends = await asyncio.to_thread(split_points, raw, parts, s.memory_limit_bytes // 4)
@@ -75,14 +87,44 @@ async def plan_split(
         # where COPY would first read otherwise.
         log.info("file_not_split", extra={"reason": str(why)})
         return committed
-    if len(ends) < 2:
-        return committed
-    plan = Segments(tuple(ends), (raw.start, *ends[:-1]))
-    committed = await ctx.manifest.plan_segments(conn, job.claim.manifest_id, plan)
+    committed = await _plan(conn, job, ctx, committed, ends, raw.start)
     if committed.segments is not None:
         _CHECKED[job.claim.manifest_id] = ends[-2]
+    return committed
+
+
+async def _plan(
+    conn: Connection,
+    job: Job,
+    ctx: LoadContext,
+    committed: Committed,
+    ends: list[int],
+    start: int = 0,
+) -> Committed:
+    if len(ends) < 2:
+        return committed
+    plan = Segments(tuple(ends), (start, *ends[:-1]))
+    committed = await ctx.manifest.plan_segments(conn, job.claim.manifest_id, plan)
+    if committed.segments is not None:
         log.info("file_split", extra={"segments": len(committed.segments.ends)})
     return committed
+
+
+def _row_group_cuts(rows: tuple[int, ...], parts: int) -> list[int]:
+    """Segment ends (in rows) at the row-group boundaries nearest to equal shares: a
+    segment is whole row groups, each read once; one row group is never cut."""
+    bounds, at = [], 0
+    for n in rows:
+        at += n
+        bounds.append(at)
+    total = at
+    ends: list[int] = []
+    for k in range(1, parts):
+        share = total * k // parts
+        cut = min(bounds[:-1], key=lambda b: abs(b - share), default=total)
+        if 0 < cut < total and (not ends or cut > ends[-1]):
+            ends.append(cut)
+    return [*ends, total] if total else []
 
 
 async def load_split(
@@ -93,17 +135,25 @@ async def load_split(
     raw: RawCsv | None,
     committed: Committed,
     worker_id: str,
+    groups: RowGroups | None = None,
 ) -> int:
     """Load what is left of a split file with any idle workers; returns the file's rows."""
     assert committed.segments is not None  # noqa: S101 - only split files come here
-    if raw is None or job.contract.mode != "append":
+    source: RawCsv | RowGroups | None = raw if raw is not None else groups
+    if isinstance(source, RowGroups) and committed.segments.ends[-1] != source.total:
+        source = None  # not this file's plan: its segments end elsewhere
+    if source is None or job.contract.mode != "append":
         raise FileError(
             "an earlier run split this file into segments, and its contract no longer allows "
-            "that (append of a CSV whose columns are loaded as they are): restore the contract, "
-            "or load the file again from the start with --no-resume"
+            "that (append of a CSV whose columns are loaded as they are, or of a Parquet "
+            "file's columns as they are): restore the contract, or load the file again from "
+            "the start with --no-resume"
         )
     checked = _CHECKED.pop(job.claim.manifest_id, 0)
-    split = SplitLoad(job, ctx, target, raw, committed.segments, checked)
+    types: tuple[str | None, ...] = ()
+    if isinstance(source, RowGroups) and ctx.settings.binary_copy:
+        types = await column_types(conn, target)  # what binary COPY is encoded for
+    split = SplitLoad(job, ctx, target, source, committed.segments, checked, types)
     if committed.rows:
         log.info("file_resumed", extra={"rows_committed": committed.rows})
     for _ in range(min(split.left, ctx.settings.concurrency) - 1):
@@ -126,15 +176,17 @@ class SplitLoad:
         job: Job,
         ctx: LoadContext,
         target: Target,
-        raw: RawCsv,
+        source: RawCsv | RowGroups,
         segments: Segments,
         plain_until: int = 0,
+        types: tuple[str | None, ...] = (),
     ):
         self.job = job
         self._plain_until = plain_until
         self._ctx = ctx
         self._target = target
-        self._raw = raw
+        self._source = source
+        self._types = types  # the target's, for binary COPY of Parquet (empty: as text)
         self._segments = segments
         self._todo = deque(
             k
@@ -198,8 +250,11 @@ class SplitLoad:
     async def _load(self, conn: Connection, worker_id: str, segment: int) -> None:
         start = self._segments.done[segment]
         end = self._segments.ends[segment]
+        raw = self._source
+        if isinstance(raw, RowGroups):
+            await self._load_rows(conn, worker_id, segment, raw, start, end)
+            return
         loader = BatchLoader(conn, self.job, self._ctx, self._target, None, worker_id, "csv")
-        raw = self._raw
 
         # Rows of the file before this load's first byte: counted at most once, and only
         # when a message or the Arrow fallback needs a row number.
@@ -227,6 +282,47 @@ class SplitLoad:
                 log.info("raw_csv_fallback", extra={"reason": str(why), "segment": segment + 1})
                 strict = False  # the rest of this segment through Arrow
 
+    async def _load_rows(
+        self,
+        conn: Connection,
+        worker_id: str,
+        segment: int,
+        groups: RowGroups,
+        start: int,
+        end: int,
+    ) -> None:
+        """A Parquet segment: rows [start, end) of the file, checkpointed by row number."""
+        loader = BatchLoader(conn, self.job, self._ctx, self._target, None, worker_id, "parquet")
+
+        async def before() -> int:
+            return start
+
+        tally = Tally(0, 0, 0, before)
+        batches = groups.read(start, end)
+        types, position = self._types, start
+
+        def produce() -> Piece | None:
+            nonlocal position
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            refuse_nul(batch, position + 1)
+            arrays = binary_arrays(batch, types) if types else None
+            if arrays is not None:
+                payload = encode_binary(arrays, position + 1, ordinal=False)
+                fmt = CopyFormat(ordinal=False, binary_types=types)
+            else:
+                payload = encode_batch(batch, position + 1, ordinal=False)
+                fmt = CopyFormat(ordinal=False)
+            span = Span(segment, position, position + batch.num_rows)
+            position = span.end
+            return Piece(payload, fmt, batch, span=span)
+
+        async for piece in read_ahead(produce):
+            if self.error is not None:
+                raise _Stopped
+            await loader.batch(piece, tally)
+
     def _pieces(
         self,
         segment: int,
@@ -238,7 +334,8 @@ class SplitLoad:
     ) -> AsyncIterator[Piece]:
         """The segment's pieces from byte `start`: raw bytes for COPY, or (not strict) parsed
         by Arrow and encoded by ingestd, which copes with what COPY would misread."""
-        raw, s = self._raw, self._ctx.settings
+        raw, s = self._source, self._ctx.settings
+        assert isinstance(raw, RawCsv)  # noqa: S101 - Parquet segments are _load_rows'
         position = start
         if strict:
             fmt = raw_copy_format(raw)

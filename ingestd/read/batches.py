@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -38,6 +38,21 @@ class FileLayout:
     pg_types: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """A Parquet file's row groups (each one's rows) and a reader of any range of its rows,
+    so a segment of the file knows its first row number exactly."""
+
+    rows: tuple[int, ...]
+    # rows [start, end) of the file as load batches, from a reader of their own
+    read: Callable[[int, int], Iterator[pa.RecordBatch]]
+
+    @property
+    def total(self) -> int:
+        """The file's rows."""
+        return sum(self.rows)
+
+
 class BatchReader:
     """Iterates a file as record batches holding exactly `layout.columns`."""
 
@@ -48,6 +63,7 @@ class BatchReader:
         header_rows: int = 0,
         file_columns: Sequence[str] = (),
         raw: RawCsv | None = None,
+        row_groups: RowGroups | None = None,
     ):
         self.layout = layout
         self._batches = batches
@@ -55,6 +71,8 @@ class BatchReader:
         self._file_columns = tuple(file_columns)
         # Set when the file's own bytes can go to COPY as they are (see raw_csv).
         self.raw = raw
+        # Set for Parquet: what split needs to load ranges of row groups side by side.
+        self.row_groups = row_groups
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         rows = 0

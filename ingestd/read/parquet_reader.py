@@ -11,7 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingestd.exceptions import FileError
-from ingestd.read.batches import BatchReader, FileLayout, Limits, _normalise, rebatch
+from ingestd.read.batches import (
+    BatchReader,
+    FileLayout,
+    Limits,
+    RowGroups,
+    _normalise,
+    rebatch,
+)
 from ingestd.read.columns import load_names, select_columns
 from ingestd.read.values import BadValueError, Converter, converter_for, pg_type_of, range_only
 from ingestd.settings import Contract
@@ -76,9 +83,24 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
         for _ in _converted(pf, checked, plan, limits.chunk_size):
             pass
     layout = FileLayout("parquet", columns, pg_types)
-    raw = _converted(pf, present, plan, limits.chunk_size)
-    batches = _normalise(raw, columns, missing, contract)
-    return BatchReader(layout, rebatch(batches, limits.chunk_size, limits.batch_bytes))
+
+    def batches(source: pq.ParquetFile, start: int, end: int | None) -> Iterator[pa.RecordBatch]:
+        raw = _converted(source, present, plan, limits.chunk_size, start, end)
+        normal = _normalise(raw, columns, missing, contract)
+        return rebatch(normal, limits.chunk_size, limits.batch_bytes)
+
+    def read_rows(start: int, end: int) -> Iterator[pa.RecordBatch]:
+        def opened() -> Iterator[pa.RecordBatch]:
+            # A file of its own: segments are read side by side, each in its own thread.
+            yield from batches(_open(path, "us"), start, end)
+
+        return iter(BatchReader(layout, opened()))
+
+    meta = pf.metadata
+    groups = RowGroups(
+        tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)), read_rows
+    )
+    return BatchReader(layout, batches(pf, 0, None), row_groups=groups)
 
 
 def _open(path: Openable, int96_unit: str) -> pq.ParquetFile:
@@ -212,22 +234,42 @@ def _cleared(pf: pq.ParquetFile, column: _Column) -> bool:
 
 
 def _converted(
-    pf: pq.ParquetFile, columns: list[str], plan: dict[str, _Column], chunk_size: int
+    pf: pq.ParquetFile,
+    columns: list[str],
+    plan: dict[str, _Column],
+    chunk_size: int,
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """The file's batches, row group by row group, each value made COPY-ready."""
-    row = 0
+    """The file's batches (rows [start, end) of it), row group by row group, each value
+    made COPY-ready; a row is named by its number in the file."""
+    row = 0  # the file's rows before `batch`
+    stop = pf.metadata.num_rows if end is None else end
     for group in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(group).num_rows
+        if row + rows <= start or row >= stop:  # a group outside the range is not read
+            row += rows
+            continue
         for batch in _read(pf, group, [plan[c] for c in columns], chunk_size):
+            skip, size = max(start - row, 0), batch.num_rows
+            take = min(stop - row, size) - skip
+            row += size
+            if take <= 0:
+                continue
+            if take < size:
+                batch = batch.slice(skip, take)
+            first = row - size + skip
             arrays = []
             for name in columns:
                 try:
                     arrays.append(plan[name].convert(batch.column(plan[name].source)))
                 except BadValueError as exc:
-                    at = row + exc.index + 1
+                    at = first + exc.index + 1
                     label = plan[name].label or plan[name].arrow_type
                     raise FileError(f"row {at}, column {name} ({label}): {exc}", row=at) from None
-            row += batch.num_rows
             yield pa.RecordBatch.from_arrays(arrays, names=columns)
+            if row >= stop:
+                return
 
 
 # Rows pyarrow decodes at a time (rebatch joins them into chunk_size batches): its reader
