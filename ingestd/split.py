@@ -65,7 +65,9 @@ async def plan_split(
     and record the plan in the manifest; returns the progress to follow (unchanged when
     the file is not split)."""
     s, contract = ctx.settings, job.contract
-    parts = min(s.concurrency, int(job.version.filesize // s.split_bytes)) if s.split_bytes else 0
+    # Parquet is compressed: its size is its row groups' data, as a CSV file's is its bytes.
+    size = job.version.filesize if groups is None else groups.data_bytes
+    parts = min(s.concurrency, int(size // s.split_bytes)) if s.split_bytes else 0
     budget = contract.max_bad_rows
     if (
         parts < 2

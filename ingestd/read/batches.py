@@ -46,6 +46,8 @@ class RowGroups:
     rows: tuple[int, ...]
     # rows [start, end) of the file as load batches, from a reader of their own
     read: Callable[[int, int], Iterator[pa.RecordBatch]]
+    # the row groups' data uncompressed: what loading them costs, as a CSV's bytes do
+    data_bytes: int = 0
 
     @property
     def total(self) -> int:

@@ -97,8 +97,9 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
         return iter(BatchReader(layout, opened()))
 
     meta = pf.metadata
+    each = [meta.row_group(g) for g in range(meta.num_row_groups)]
     groups = RowGroups(
-        tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)), read_rows
+        tuple(g.num_rows for g in each), read_rows, sum(g.total_byte_size for g in each)
     )
     return BatchReader(layout, batches(pf, 0, None), row_groups=groups)
 
