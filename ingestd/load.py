@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class Tally:
     rejected: int
     batches: int
     before: Callable[[], Awaitable[int]] | None = None
+    finished: bool = False  # the last batch's transaction marked the file success
 
     async def rows_before(self) -> int:
         """Rows of the file before the next batch."""
@@ -121,14 +122,18 @@ class BatchLoader:
     partitions_made: list[str] = field(default_factory=list)  # by create_partitions
     partitions_tried: set[str] = field(default_factory=set)  # refusals it went again for
 
-    async def batch(self, piece: Piece, tally: Tally) -> None:
-        """One batch, start to commit; advances `tally`."""
+    async def batch(
+        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None = None
+    ) -> None:
+        """One batch, start to commit; advances `tally`. `last` True (asked just before the
+        commit) means nothing follows: the same transaction then marks the file success,
+        after one more look that it did not change (one commit a file less)."""
         if self.ctx.stopping.is_set():
             raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
         await unchanged(self.job)  # one look per batch: stop early on a file rewritten under us
         started = time.perf_counter()
         try:
-            rows, written, set_aside = await self._commit(piece, tally)
+            rows, written, set_aside = await self._commit(piece, tally, last)
         except FileError:
             if self.partitions_made:
                 # Kept on purpose: other files (and this one, retried) may need them.
@@ -166,24 +171,19 @@ class BatchLoader:
         if self.ctx.progress is not None:
             self.ctx.progress.batch(str(self.job.name), rows, len(piece.payload))
 
-    async def _commit(self, piece: Piece, tally: Tally) -> tuple[int, int, int]:
+    async def _commit(
+        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None = None
+    ) -> tuple[int, int, int]:
         """COPY, merge and checkpoint one batch in one transaction: (rows, rows written,
         rows set aside). If the batch fails on bad data and the contract allows bad rows,
         the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
         """
         conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
         try:
-            async with conn.atomic():
-                await hold_write_slot(conn, self.target)
-                apply = apply_batch if self.drift is None else self.drift.apply
-                rows, written = await apply(
-                    conn, self.target, self.stage, mode, piece.payload, piece.fmt
-                )
-                await self._checkpoint(piece, tally, rows)
-            if self.drift is not None:
-                m = self.ctx.metrics  # committed: log and count its changes
-                self.drift.settle(m.schema_changes, m.rows_rescued)
+            rows, written = await self._commit_whole(piece, tally, last)
             return rows, written, 0
+        except FileChangedError:
+            raise  # not the batch's data: the version is abandoned
         except FileError as exc:
             refused = exc
         except TypesMovedError:
@@ -192,14 +192,14 @@ class BatchLoader:
             # Binary COPY is only a faster spelling: refused (or the types moved), the
             # batch goes again as CSV text, so what it means and what a refusal says
             # (row, column, rejects) are the text path's own.
-            return await self._commit(await self._as_text(piece, tally), tally)
+            return await self._commit(await self._as_text(piece, tally), tally, last)
         assert refused is not None  # noqa: S101 - only binary pieces meet moved types
         if piece.raw is not None:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
             # other file (a malformed row is then reported by the reader, with its row).
             before = await tally.rows_before()
-            return await self._commit(await self._through_arrow(piece, before), tally)
+            return await self._commit(await self._through_arrow(piece, before), tally, last)
         unit = self.job.contract.create_partitions
         if unit:
             made = await create_partitions(conn, self.target, unit, refused, piece.batch)
@@ -209,7 +209,7 @@ class BatchLoader:
             fresh = bool(made.names) or str(refused) not in self.partitions_tried
             self.partitions_tried.add(str(refused))
             if made.again and fresh:
-                return await self._commit(piece, tally)  # again, with the partitions it lacked
+                return await self._commit(piece, tally, last)  # again, with what it lacked
         refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
@@ -239,11 +239,35 @@ class BatchLoader:
         )
         return batch.num_rows, written, len(rejects)
 
-    async def _checkpoint(self, piece: Piece, tally: Tally, rows: int) -> None:
+    async def _commit_whole(
+        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None
+    ) -> tuple[int, int]:
+        """The batch as it is, in one transaction: (rows, rows written)."""
+        conn, mode = self.conn, self.job.contract.mode
+        async with conn.atomic():
+            await hold_write_slot(conn, self.target)
+            apply = apply_batch if self.drift is None else self.drift.apply
+            rows, written = await apply(
+                conn, self.target, self.stage, mode, piece.payload, piece.fmt
+            )
+            final = piece.span is None and last is not None and last()
+            if final:
+                # The look pipeline.process_file makes after the last batch, made before
+                # this commit: a file changed under us rolls this batch back.
+                await unchanged(self.job)
+            await self._checkpoint(piece, tally, rows, final=final)
+        tally.finished = final
+        if self.drift is not None:
+            m = self.ctx.metrics  # committed: log and count its changes
+            self.drift.settle(m.schema_changes, m.rows_rescued)
+        return rows, written
+
+    async def _checkpoint(self, piece: Piece, tally: Tally, rows: int, *, final: bool) -> None:
         manifest, claim_id = self.ctx.manifest, self.job.claim.manifest_id
         span = piece.span
         if span is None:
-            await manifest.checkpoint(self.conn, claim_id, tally.rows, tally.rows + rows)
+            after = tally.rows + rows
+            await manifest.checkpoint(self.conn, claim_id, tally.rows, after, final=final)
         else:
             await manifest.checkpoint_segment(
                 self.conn, claim_id, span.segment, span.start, span.end, rows
@@ -270,17 +294,52 @@ class BatchLoader:
         return await asyncio.to_thread(parse)
 
 
-async def read_ahead(produce: Callable[[], Piece | None]) -> AsyncIterator[Piece]:
+class ReadAhead:
+    """The pieces `produce` makes (None: no more), each made in a thread while the one
+    before is in the database; `exhausted` says, without waiting, that the piece in hand
+    was the last (its batch can then finish the file in its own transaction)."""
+
+    def __init__(self, produce: Callable[[], Piece | None]):
+        self._produce = produce
+        self._pending: asyncio.Future[Piece | None] | None = None
+        self._pieces = self._run()
+
+    def __aiter__(self) -> ReadAhead:
+        return self
+
+    async def __anext__(self) -> Piece:
+        return await anext(self._pieces)
+
+    async def aclose(self) -> None:
+        """Stop reading (an abandoned load): the thread in flight is let finish."""
+        await self._pieces.aclose()
+
+    def exhausted(self) -> bool:
+        """True once the next read has ended the file: nothing follows the piece in hand."""
+        pending = self._pending
+        return (
+            pending is not None
+            and pending.done()
+            and not pending.cancelled()
+            and pending.exception() is None
+            and pending.result() is None
+        )
+
+    async def _run(self) -> AsyncGenerator[Piece, None]:
+        pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._produce))
+        try:
+            while (item := await pending) is not None:
+                pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._produce))
+                yield item
+        finally:
+            # The thread cannot be interrupted; let it finish so the reader is not used twice.
+            if not pending.done():
+                await asyncio.shield(asyncio.wait([pending]))
+            if pending.done() and not pending.cancelled():
+                pending.exception()  # retrieved: a read error after a failure is not news
+
+
+def read_ahead(produce: Callable[[], Piece | None]) -> ReadAhead:
     """The pieces `produce` makes (None: no more), each made in a thread while the one
     before is in the database."""
-    pending = asyncio.ensure_future(asyncio.to_thread(produce))
-    try:
-        while (item := await pending) is not None:
-            pending = asyncio.ensure_future(asyncio.to_thread(produce))
-            yield item
-    finally:
-        # The thread cannot be interrupted; let it finish so the reader is not used twice.
-        if not pending.done():
-            await asyncio.shield(asyncio.wait([pending]))
-        if pending.done() and not pending.cancelled():
-            pending.exception()  # retrieved: a read error after a failure is not news
+    return ReadAhead(produce)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 
@@ -24,6 +24,7 @@ from ingestd.load import (
     BatchLoader,
     FileChangedError,
     Piece,
+    ReadAhead,
     Tally,
     check_unchanged,
     raw_copy_format,
@@ -70,6 +71,7 @@ async def process_file(
             contract.mode,
             contract.create_partitions,
             ctx.settings.distributed_concurrency,
+            session.topologies,
         )
         if not session.checked(target, contract.mode):
             pending = drift.adds if drift is not None else ()
@@ -89,6 +91,7 @@ async def process_file(
             if ctx.stopping.is_set():  # planning reads the whole file: not after a stop
                 raise Interrupted("stopped before loading; resumes on the next run")
             committed = await plan_split(conn, job, ctx, reader.raw, committed, reader.row_groups)
+        finished = False  # by the last batch's own transaction (BatchLoader.batch)
         if committed.segments is not None:
             # A large file cut into segments that idle workers load alongside this one.
             rows = await load_split(
@@ -98,9 +101,10 @@ async def process_file(
             load = BatchLoader(
                 conn, job, ctx, target, stage, worker_id, reader.layout.file_type, drift
             )
-            rows = await _load_in_order(load, reader, committed)
-        await unchanged(job)
-        await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
+            rows, finished = await _load_in_order(load, reader, committed)
+        if not finished:
+            await unchanged(job)
+            await ctx.manifest.finish(conn, job.claim.manifest_id, ManifestStatus.SUCCESS, None)
         if ctx.upkeep is not None:
             written = rows - committed.rows
             await ctx.upkeep.after_file(
@@ -129,8 +133,11 @@ async def open_file(job: Job, s: Settings) -> BatchReader:
         raise FileError(f"cannot read {job.name}: {exc.strerror or exc}") from exc
 
 
-async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Committed) -> int:
-    """The file's batches one after another, after those already committed; its rows."""
+async def _load_in_order(
+    load: BatchLoader, reader: BatchReader, committed: Committed
+) -> tuple[int, bool]:
+    """The file's batches one after another, after those already committed: its rows, and
+    whether the last batch's transaction finished the file (marked it success)."""
     s = load.ctx.settings
     tally = Tally(committed.rows, committed.rejected, committed.batches)
     if tally.rows:
@@ -144,9 +151,10 @@ async def _load_in_order(load: BatchLoader, reader: BatchReader, committed: Comm
     types = await column_types(load.conn, load.target) if binary else ()
     while True:
         try:
-            async for piece in _pieces(reader, raw, tally.rows, load.stage is not None, types, s):
-                await load.batch(piece, tally)
-            return tally.rows
+            pieces = _pieces(reader, raw, tally.rows, load.stage is not None, types, s)
+            async for piece in pieces:
+                await load.batch(piece, tally, pieces.exhausted)
+            return tally.rows, tally.finished
         except NotRaw as why:
             log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": tally.rows})
             raw = None  # the rest through Arrow, after the rows committed so far
@@ -189,7 +197,7 @@ def _pieces(
     ordinal: bool,
     types: tuple[str | None, ...],
     s: Settings,
-) -> AsyncIterator[Piece]:
+) -> ReadAhead:
     """The file's batches, each read (and encoded) in a thread while the one before is in
     the database: raw batches of the file's own bytes, or Arrow batches encoded by ingestd."""
     if raw is not None:

@@ -382,12 +382,21 @@ class Manifest:
         return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"], _segments(row))
 
     async def checkpoint(
-        self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
+        self,
+        conn: Connection,
+        claim_id: int,
+        before: int,
+        after: int,
+        rejected: int = 0,
+        *,
+        final: bool = False,
     ) -> None:
-        """Record progress; call inside the batch's transaction."""
+        """Record progress; call inside the batch's transaction. `final`: the batch is the
+        file's last, and its commit also marks the file success (what finish would)."""
+        statement = sql.manifest_checkpoint_final if final else sql.manifest_checkpoint
         status = await self._guard(
             lambda: conn.execute(
-                sql.manifest_checkpoint(self.name),
+                statement(self.name),
                 claim_id,
                 before,
                 after,

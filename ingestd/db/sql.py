@@ -518,6 +518,18 @@ def manifest_checkpoint(name: str) -> str:
     )
 
 
+def manifest_checkpoint_final(name: str) -> str:
+    """The last batch's checkpoint, which also ends the file as success (manifest_finish's
+    work, in the batch's own transaction: one commit a file less). Same parameters and
+    matching as manifest_checkpoint."""
+    return (
+        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4, "
+        "lease_until = now() + make_interval(secs => $6), "
+        "status = 'success', notes = NULL, processed_at = clock_timestamp() "
+        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner_token = $5"
+    )
+
+
 def manifest_plan_segments(name: str) -> str:
     """Record how a file is split ($2 segment end offsets, $3 segment start offsets) on a
     row ($1 id) of token $4 that has no plan and no progress yet."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
 from ingestd.db.stage import create_stage
 from ingestd.exceptions import FileError
+
+if TYPE_CHECKING:
+    from ingestd.db.topology import Topology
 
 
 async def ensure_table_from_headers(
@@ -67,6 +72,8 @@ class SessionState:
     def __init__(self) -> None:
         self._made: set[str] = set()
         self._checked: set[tuple[str, tuple[str, ...], str]] = set()
+        # What each target is (topology.place_target), read once a session, like the checks.
+        self.topologies: dict[str, Topology] = {}
 
     async def stage(self, conn: Connection, target: Target, create: bool = True) -> str:
         """Name of this connection's stage table for the target layout, created on first use.
@@ -92,3 +99,4 @@ class SessionState:
         """Call when the connection is replaced."""
         self._made.clear()
         self._checked.clear()
+        self.topologies.clear()

@@ -1,0 +1,134 @@
+"""Many small files (issue 14 goal 5): a file of one batch ends in that batch's own
+transaction, a session keeps what a target is, and the manifest rows are as before."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ingestd.db.connection import Connection
+from ingestd.db.sql import Target
+from ingestd.db.target import SessionState
+from ingestd.db.topology import Kind, place_target
+from ingestd.exceptions import FileError
+from ingestd.load import Piece, read_ahead
+from tests.conftest import write
+from tests.pg import Db
+
+HEADER = "id,name\n"
+
+
+def _csv(rows: range) -> str:
+    return HEADER + "".join(f"{i},n{i}\n" for i in rows)
+
+
+def test_read_ahead_knows_the_last_piece_without_waiting() -> None:
+    """exhausted() is True only once the read after the piece in hand found nothing; a read
+    still in flight, or one that failed, is not the end."""
+    gate = threading.Event()
+    made = iter([b"a", b"b"])
+
+    def produce() -> Piece | None:
+        chunk = next(made, None)
+        if chunk is None:
+            gate.wait(5)  # the end is found only once the test lets it
+            return None
+        return Piece(memoryview(chunk), None)  # type: ignore[arg-type]
+
+    async def scenario() -> list[tuple[bytes, bool]]:
+        seen: list[tuple[bytes, bool]] = []
+        pieces = read_ahead(produce)
+        async for piece in pieces:
+            await asyncio.sleep(0.05)  # the next read runs meanwhile
+            seen.append((bytes(piece.payload), pieces.exhausted()))
+            if bytes(piece.payload) == b"b":
+                assert not pieces.exhausted()  # the read is held: not known yet
+                gate.set()
+                for _ in range(100):
+                    if pieces.exhausted():
+                        break
+                    await asyncio.sleep(0.01)
+                seen.append((b"end", pieces.exhausted()))
+        return seen
+
+    assert asyncio.run(scenario()) == [(b"a", False), (b"b", False), (b"end", True)]
+
+    def failing() -> Piece | None:
+        raise OSError("gone")
+
+    async def broken() -> bool:
+        pieces = read_ahead(failing)
+        await asyncio.sleep(0.05)
+        try:
+            return pieces.exhausted()
+        finally:
+            with pytest.raises(OSError):
+                await anext(pieces)
+
+    assert asyncio.run(broken()) is False
+
+
+def test_one_batch_files_finish_in_their_batch(tmp_path: Path, cli: Any, db: Db) -> None:
+    """Files of one batch load and end success with the manifest row they always had
+    (rows, batches, processed_at, no notes); a file of several batches too."""
+    inbox = tmp_path / "inbox"
+    for n in range(12):
+        write(inbox / f"f{n:02d}.csv", _csv(range(n * 10, n * 10 + 10)))
+    write(inbox / "big.csv", _csv(range(1000, 1250)))
+    r = cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id", "--chunk-size", 100)
+    assert r.code == 0, r.err
+    assert db.val("SELECT count(DISTINCT id) FROM t") == 120 + 250
+    rows = db.fetch(
+        "SELECT filename, status, rows, batches, notes, processed_at >= started_at AS ordered "
+        "FROM ingestion_manifest ORDER BY filename"
+    )
+    assert [r["filename"] for r in rows] == ["big.csv", *(f"f{n:02d}.csv" for n in range(12))]
+    for row in rows:
+        assert row["status"] == "success" and row["notes"] is None and row["ordered"]
+    assert (rows[0]["rows"], rows[0]["batches"]) == (250, 3)
+    assert all((r["rows"], r["batches"]) == (10, 1) for r in rows[1:])
+    assert sorted(p.name for p in (tmp_path / "done").rglob("*.csv")) == sorted(
+        ["big.csv", *(f"f{n:02d}.csv" for n in range(12))]
+    )
+
+
+def test_session_keeps_a_target_topology_but_not_a_missing_one(dsn: str) -> None:
+    """A table not there yet is asked about again (the first file creates it); one that is
+    there is read once a session, and forgotten with the session."""
+
+    async def scenario() -> None:
+        raw = await asyncpg.connect(dsn)
+        try:
+            conn = Connection(raw)
+            session = SessionState()
+            target = Target(None, "p", ("id", "day"), ("id",))
+            placed = await place_target(conn, target, "append", None, 2, session.topologies)
+            assert placed == target and session.topologies == {}
+            await raw.execute(
+                "CREATE TABLE p (id int, day date) PARTITION BY RANGE (day);"
+                "CREATE TABLE p_all PARTITION OF p DEFAULT"
+            )
+            await place_target(conn, target, "append", None, 2, session.topologies)
+            assert session.topologies['"p"'].kind is Kind.PARTITIONED
+            with pytest.raises(FileError) as caught:
+                await place_target(conn, target, "upsert", None, 2, session.topologies)
+            assert "partitioned by (day)" in str(caught.value)
+            # Made anew: a refusal is never made on what was read before.
+            await raw.execute("DROP TABLE p; CREATE TABLE p (id int PRIMARY KEY, day date)")
+            await place_target(conn, target, "upsert", None, 2, session.topologies)
+            assert session.topologies['"p"'].kind is Kind.PLAIN
+            await raw.execute("DROP TABLE p")
+            # Kept for the session (the batch's own statements meet a table gone) ...
+            await place_target(conn, target, "upsert", None, 2, session.topologies)
+            # ... and forgotten with it (the worker replaces its session after any error).
+            session.forget()
+            assert session.topologies == {}
+        finally:
+            await raw.close()
+
+    asyncio.run(scenario())
