@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -189,6 +190,9 @@ class SplitLoad:
         self._target = target
         self._source = source
         self._types = types  # the target's, for binary COPY of Parquet (empty: as text)
+        # Parquet segments read and encode one at a time: the server's COPY is what runs
+        # side by side, and readers taking turns keep one reader's memory, not one each.
+        self._reading = threading.Lock()
         self._segments = segments
         self._todo = deque(
             k
@@ -304,6 +308,10 @@ class SplitLoad:
         types, position = self._types, start
 
         def produce() -> Piece | None:
+            with self._reading:
+                return made()
+
+        def made() -> Piece | None:
             nonlocal position
             batch = next(batches, None)
             if batch is None:
