@@ -127,7 +127,21 @@ def encode_binary(arrays: list[pa.Array], first_row: int, *, ordinal: bool) -> m
     for start in range(0, batch.num_rows, _ENCODE_ROWS):
         parts.append(encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
     parts.append(encoder.finish())
-    return memoryview(b"".join(parts))
+    return _joined(parts)
+
+
+def _joined(parts: list[bytes]) -> memoryview:
+    """The parts as one buffer from Arrow's pool, each part freed once copied: the payload
+    lives in the allocator that gives memory back at once (jemalloc, decay 0), not in the
+    C heap, where payloads of several threads stayed as fragments (measured: ~20 MB)."""
+    out = pa.allocate_buffer(sum(len(p) for p in parts))
+    view, at = memoryview(out).cast("B"), 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        view[at : at + len(part)] = part
+        at += len(part)
+    return view
 
 
 _ENCODE_ROWS = 8192

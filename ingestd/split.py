@@ -304,7 +304,8 @@ class SplitLoad:
             return start
 
         tally = Tally(0, 0, 0, before)
-        batches = groups.read(start, end)
+        # The file's segments share one worker's memory: batches of 1/n of the limits.
+        batches = groups.read(start, end, len(self._segments.ends))
         types, position = self._types, start
 
         def produce() -> Piece | None:

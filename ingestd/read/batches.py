@@ -44,8 +44,9 @@ class RowGroups:
     so a segment of the file knows its first row number exactly."""
 
     rows: tuple[int, ...]
-    # rows [start, end) of the file as load batches, from a reader of their own
-    read: Callable[[int, int], Iterator[pa.RecordBatch]]
+    # rows [start, end) of the file as load batches, from a reader of their own; with
+    # share n, batches of 1/n of the limits (n segments share one worker's memory)
+    read: Callable[[int, int, int], Iterator[pa.RecordBatch]]
     # the row groups' data uncompressed: what loading them costs, as a CSV's bytes do
     data_bytes: int = 0
 

@@ -84,15 +84,18 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
             pass
     layout = FileLayout("parquet", columns, pg_types)
 
-    def batches(source: pq.ParquetFile, start: int, end: int | None) -> Iterator[pa.RecordBatch]:
-        raw = _converted(source, present, plan, limits.chunk_size, start, end)
+    def batches(
+        source: pq.ParquetFile, start: int, end: int | None, share: int = 1
+    ) -> Iterator[pa.RecordBatch]:
+        chunk = max(1, limits.chunk_size // share)
+        raw = _converted(source, present, plan, chunk, start, end)
         normal = _normalise(raw, columns, missing, contract)
-        return rebatch(normal, limits.chunk_size, limits.batch_bytes)
+        return rebatch(normal, chunk, limits.batch_bytes // share)
 
-    def read_rows(start: int, end: int) -> Iterator[pa.RecordBatch]:
+    def read_rows(start: int, end: int, share: int = 1) -> Iterator[pa.RecordBatch]:
         def opened() -> Iterator[pa.RecordBatch]:
             # A file of its own: segments are read side by side, each in its own thread.
-            yield from batches(_open(path, "us"), start, end)
+            yield from batches(_open(path, "us"), start, end, share)
 
         return iter(BatchReader(layout, opened()))
 

@@ -250,13 +250,15 @@ def test_a_parquet_object_in_a_bucket_is_split_over_ranged_reads(
 @given(
     groups=st.lists(st.integers(1, 90), min_size=1, max_size=6),
     chunk=st.integers(1, 120),
+    share=st.integers(1, 4),
     cut=st.tuples(st.floats(0, 1), st.floats(0, 1)),
 )
 def test_any_row_range_reads_the_rows_of_the_whole_file_at_those_numbers(
-    tmp_path: Path, groups: list[int], chunk: int, cut: tuple[float, float]
+    tmp_path: Path, groups: list[int], chunk: int, share: int, cut: tuple[float, float]
 ) -> None:
     """What a segment (or a resumed segment, starting inside a row group) reads is exactly
-    the whole file's rows [start, end), in batches of at most chunk rows."""
+    the whole file's rows [start, end), in batches of at most chunk rows (chunk / share
+    when segments share one worker's memory)."""
     total = sum(groups)
     table = _table(total)
     f = tmp_path / "g.parquet"
@@ -269,8 +271,8 @@ def test_any_row_range_reads_the_rows_of_the_whole_file_at_those_numbers(
     assert reader.row_groups is not None and reader.row_groups.rows == tuple(groups)
     whole = pa.Table.from_batches(list(reader))
     start, end = sorted(int(c * total) for c in cut)
-    part = list(reader.row_groups.read(start, end))
-    assert all(b.num_rows <= chunk for b in part)
+    part = list(reader.row_groups.read(start, end, share))
+    assert all(b.num_rows <= max(1, chunk // share) for b in part)
     got = pa.Table.from_batches(part, schema=whole.schema)
     assert got.to_pylist() == whole.slice(start, end - start).to_pylist()
     json.dumps(reader.row_groups.rows)  # plain ints: what the manifest stores
