@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -276,3 +277,41 @@ def test_any_row_range_reads_the_rows_of_the_whole_file_at_those_numbers(
     got = pa.Table.from_batches(part, schema=whole.schema)
     assert got.to_pylist() == whole.slice(start, end - start).to_pylist()
     json.dumps(reader.row_groups.rows)  # plain ints: what the manifest stores
+
+
+@pytest.mark.parametrize("binary", ["true", "false"])
+def test_every_parquet_type_split_gives_the_table_of_the_unsplit_load(
+    cli: Any, db: Db, tmp_path: Path, binary: str
+) -> None:
+    """Every flat type of test_parquet_types' CASES, in row groups of 2 rows cut into
+    segments: the same table, value for value, as one worker reading it in order."""
+    from tests.integration.test_binary_copy import _table as every_type
+    from tests.integration.test_parquet_types import CASES
+
+    f = tmp_path / "types.parquet"
+    pq.write_table(every_type({c.id for c in CASES}), f, row_group_size=2)
+    tiny = ("--split-mb", "0.0001", "--binary-copy", binary)
+    split = _load(cli, f, "t_split", *tiny)
+    one = _load(cli, f, "t_one", *tiny, split=False)
+    assert split.code == 0 and one.code == 0, split.err + one.err
+    assert log_events(split.err, "file_split")
+    assert db.columns("t_split") == db.columns("t_one")
+    assert _rows(db, "t_split") == _rows(db, "t_one")
+    assert _outcome(db, split, "t_split") == _outcome(db, one, "t_one")
+
+
+@given(groups=st.lists(st.integers(0, 50), max_size=12), parts=st.integers(2, 8))
+def test_segments_end_at_row_group_boundaries_and_cover_every_row(
+    groups: list[int], parts: int
+) -> None:
+    from ingestd.split import _row_group_cuts
+
+    ends = _row_group_cuts(tuple(groups), parts)
+    total = sum(groups)
+    bounds = {sum(groups[: k + 1]) for k in range(len(groups))}
+    if not total:
+        assert ends == []
+        return
+    assert ends[-1] == total and len(ends) <= parts
+    assert all(a < b for a, b in itertools.pairwise(ends))  # no empty segment
+    assert set(ends) <= bounds  # a row group is never cut
