@@ -506,6 +506,11 @@ def ingestd_parquet_text(b: Bench) -> Measurement:
     return _ingestd_parquet(b, "ingestd_parquet_text", "--binary-copy", "false")
 
 
+def ingestd_parquet_1conn(b: Bench) -> Measurement:
+    """The same on one connection (--split-mb 0): the file's row groups in order, unsplit."""
+    return _ingestd_parquet(b, "ingestd_parquet_1conn", "--split-mb", "0")
+
+
 def _ingestd_parquet(b: Bench, case: str, *extra: str) -> Measurement:
     b.srv.execute(f"DROP TABLE IF EXISTS {PARQUET_TARGET}")
     _fresh(b)
@@ -789,6 +794,7 @@ CASES: dict[str, Case] = {
     "ingestd_rerun_csv": ingestd_rerun_csv,
     "ingestd_parquet": ingestd_parquet,
     "ingestd_parquet_text": ingestd_parquet_text,
+    "ingestd_parquet_1conn": ingestd_parquet_1conn,
     "ingestd_concurrency2": ingestd_concurrency2,
     "naive_tuples": naive_tuples,
     "small_files": small_files,

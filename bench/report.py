@@ -15,7 +15,7 @@ _APPEND = (
     "psql_copy", "psql_halves2", "asyncpg_raw_copy", "adbc_csv", "adbc_parquet",
     "duckdb_parquet", "duckdb_csv", "ingestd_append_default", "ingestd_append_csv",
     "ingestd_split2", "ingestd_parquet", "ingestd_parquet_text", "ingestd_concurrency2",
-    "naive_tuples", "memory_big",
+    "naive_tuples", "memory_big", "ingestd_parquet_1conn",
     "pgpq_parquet", "pgpq_parquet_2conn", "pgpq_csv_text", "pgpq_csv_text_2conn",
 )  # fmt: skip
 _UPSERT = ("sql_upsert", "asyncpg_raw_upsert", "ingestd_upsert_csv", "ingestd_rerun_csv")
@@ -35,6 +35,7 @@ LABEL = {
     "ingestd_split2": "ingestd append CSV `--concurrency 2` (one file split in 2)",
     "ingestd_parquet": "**ingestd append Parquet `--preserve-types`**, defaults",
     "ingestd_parquet_text": "ingestd append Parquet `--preserve-types --binary-copy false`",
+    "ingestd_parquet_1conn": "ingestd append Parquet, one connection (`--split-mb 0`)",
     "ingestd_concurrency2": "ingestd, the two halves as two files, `--concurrency 2`",
     "naive_tuples": "naive: csv.reader tuples -> text stage -> cast",
     "memory_big": "ingestd append CSV, defaults, 4x the rows",
