@@ -36,6 +36,9 @@ class Target:
     equal_nulls: tuple[str, ...] = ()
     # Key columns GENERATED ALWAYS AS IDENTITY: an UPDATE may not set them.
     identity_key: frozenset[str] = frozenset()
+    # Every unique index on the key compares as ORDER BY the key does (default operator
+    # class, the column's collation): rows it takes as one key are adjacent once sorted.
+    plain_key: bool = False
     # From topology.describe_target, once per file: a Citus table (distributed or
     # reference) refuses MERGE from a coordinator temp table, so merge mode writes INSERT
     # ... ON CONFLICT there; a distributed table takes at most `write_slots` loads at once
@@ -152,7 +155,12 @@ WITH RECURSIVE file_col AS (
     SELECT DISTINCT ON (col) col, typ, typtype FROM walk ORDER BY col, depth DESC
 ), key_index AS (
     -- indnullsnotdistinct is PostgreSQL 15+; read through jsonb, older servers lack it.
-    SELECT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) AS nnd
+    SELECT coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) AS nnd,
+           (SELECT bool_and(o.opcdefault AND k.coll = a.attcollation)
+            FROM unnest(i.indkey::int2[], i.indclass::oid[], i.indcollation::oid[])
+                 AS k(attnum, opc, coll)
+            JOIN pg_opclass o ON o.oid = k.opc
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS plain
     FROM pg_index i
     WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
       AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
@@ -170,7 +178,8 @@ SELECT
         AS nullable_key,
     ARRAY(SELECT col FROM file_col WHERE attidentity = 'a' AND col = ANY ($3::text[]))
         AS identity_key,
-    coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct
+    coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct,
+    coalesce((SELECT bool_and(plain) FROM key_index), false) AS plain_key
 FROM (SELECT) AS one{_held(target)}
 """
 
@@ -251,6 +260,25 @@ def _last_per_key(target: Target, stage: str) -> str:
     )
 
 
+def _in_key_order(target: Target, stage: str) -> str:
+    keys = ", ".join(_key(target, c) for c in target.pk)
+    return f"SELECT {_cols(target.columns)} FROM {quote_ident(stage)} ORDER BY {keys}, {_ORDINAL}"
+
+
+def optimistic_upsert(target: Target) -> bool:
+    """Whether an upsert may first go without DISTINCT ON (upsert(dedupe=False)).
+
+    Under DO UPDATE, PostgreSQL refuses a key met a second time once this statement has
+    written its row (cardinality_violation, "cannot affect row a second time"). With each
+    key's rows in file order, an earlier occurrence can only have left the row as it was
+    (the IS DISTINCT FROM guard), so a statement that is not refused wrote what the last
+    occurrence says. That needs the arbiter index to group keys as the sort does
+    (plain_key). DO NOTHING skips a duplicate silently and Citus keeps its statement
+    shape: both always dedupe.
+    """
+    return target.plain_key and not target.citus and bool(_updated(target))
+
+
 def _changed(target: Target, left: str, right: str) -> str:
     # Rows whose values did not change are not rewritten: no dead tuples, no WAL. A type
     # without equality (json, xml, point) is compared by its text form, which is exact;
@@ -279,11 +307,17 @@ def _updated(target: Target) -> list[str]:
     return [c for c in target.columns if c not in target.identity_key]
 
 
-def upsert(target: Target, stage: str) -> str:
-    """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change."""
+def upsert(target: Target, stage: str, *, dedupe: bool = True) -> str:
+    """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change.
+
+    Without `dedupe` the staged rows go in key order, each key's in file order, with no
+    DISTINCT ON: right only while the batch holds each key once, which PostgreSQL checks
+    (see optimistic_upsert).
+    """
+    rows = _last_per_key(target, stage) if dedupe else _in_key_order(target, stage)
     head = (
         f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) {_OVERRIDING} "
-        f"{_last_per_key(target, stage)} ON CONFLICT ({_cols(target.pk)}) "
+        f"{rows} ON CONFLICT ({_cols(target.pk)}) "
     )
     sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in _updated(target))
     if not sets:
@@ -525,18 +559,6 @@ def manifest_checkpoint(name: str) -> str:
     )
 
 
-def manifest_checkpoint_final(name: str) -> str:
-    """The last batch's checkpoint, which also ends the file as success (manifest_finish's
-    work, in the batch's own transaction: one commit a file less). Same parameters and
-    matching as manifest_checkpoint."""
-    return (
-        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4, "
-        "lease_until = now() + make_interval(secs => $6), "
-        "status = 'success', notes = NULL, processed_at = clock_timestamp() "
-        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner_token = $5"
-    )
-
-
 def manifest_plan_segments(name: str) -> str:
     """Record how a file is split ($2 segment end offsets, $3 segment start offsets) on a
     row ($1 id) of token $4 that has no plan and no progress yet."""
@@ -591,9 +613,10 @@ def manifest_attempt(name: str) -> str:
 
 def manifest_finish(name: str) -> str:
     """Mark a file's outcome by its token: $1 id, $2 status, $3 notes, $4 token; returns the
-    rows the version committed."""
+    rows the version committed. The clock's time, not the transaction's: in the last
+    batch's transaction (load.BatchLoader) that began before the batch was sent."""
     return (
-        f"UPDATE {name} SET status = $2, notes = $3, processed_at = now() "
+        f"UPDATE {name} SET status = $2, notes = $3, processed_at = clock_timestamp() "
         "WHERE id = $1 AND owner_token = $4 RETURNING rows"
     )
 

@@ -121,6 +121,7 @@ async def follow_target(conn: Connection, target: Target, stage: str) -> Target:
         distinct_nulls=() if equal else nullable,
         equal_nulls=nullable if equal else (),
         identity_key=frozenset(row["identity_key"]),
+        plain_key=bool(row["plain_key"]),
     )
 
 

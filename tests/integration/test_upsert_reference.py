@@ -5,17 +5,26 @@ unchanged file loaded again writes no tuple."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import io
 import random
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ingestd.db import sql
+from ingestd.db.connection import Connection
+from ingestd.db.merge import merge_batch
+from ingestd.db.sql import Target
+from ingestd.db.stage import create_stage, follow_target
 from tests.helpers import log_events
 from tests.pg import Db
 
@@ -185,3 +194,63 @@ def test_a_key_only_target_keeps_one_row_per_key(
     before = _tuples(db, "keys")
     assert _load(cli, path, "keys", "upsert").code == 0
     assert _tuples(db, "keys") == before
+
+
+async def _stage(raw: asyncpg.Connection, stage: str, text: bytes) -> None:
+    # As a raw piece goes: CSV, the row ordinal from the stage's sequence.
+    await raw.copy_to_table(stage, source=io.BytesIO(text), columns=["k", "v"], format="csv")
+
+
+KEY_INDEXES = [
+    ("k bigint PRIMARY KEY", "", True),
+    ("k text PRIMARY KEY", "", True),
+    ("k text", "CREATE UNIQUE INDEX ON {t} (k text_pattern_ops)", False),
+    ("k text", 'CREATE UNIQUE INDEX ON {t} (k COLLATE "POSIX")', False),
+    ("k text PRIMARY KEY", 'CREATE UNIQUE INDEX ON {t} (k COLLATE "POSIX")', False),
+]
+
+
+@pytest.mark.parametrize(("column", "index", "plain"), KEY_INDEXES)
+def test_the_upsert_goes_without_distinct_on_only_where_it_is_exact(
+    dsn: str, column: str, index: str, plain: bool
+) -> None:
+    async def scenario() -> None:
+        raw = await asyncpg.connect(dsn)
+        try:
+            conn = Connection(raw)
+            await raw.execute(f"CREATE TABLE u ({column}, v text)")
+            if index:
+                await raw.execute(index.format(t="u"))
+            await raw.execute("INSERT INTO u VALUES ('1', 'held'), ('2', 'held')")
+            target = Target(None, "u", ("k", "v"), ("k",))
+            stage = sql.stage_name(target)
+            async with conn.atomic():
+                await create_stage(conn, target, stage)
+                followed = await follow_target(conn, target, stage)
+                assert followed.plain_key is plain
+                assert sql.optimistic_upsert(followed) is plain
+                assert not sql.optimistic_upsert(replace(followed, citus=True))
+                # Key 1: held, then changed (the change is last); key 2: changed, then
+                # held again (held is last): only the last occurrence may win.
+                await _stage(raw, stage, b"1,held\n2,new\n1,new\n3,a\n2,held\n")
+                assert await merge_batch(conn, followed, stage, "upsert") == 2
+            got = await raw.fetch("SELECT k::text, v FROM u ORDER BY k")
+            assert [tuple(r) for r in got] == [("1", "new"), ("2", "held"), ("3", "a")]
+            # Each key once: the statement without DISTINCT ON writes what it must.
+            async with conn.atomic():
+                followed = await follow_target(conn, target, stage)
+                await _stage(raw, stage, b"3,b\n4,c\n")
+                assert await merge_batch(conn, followed, stage, "upsert") == 2
+                top = await raw.fetchval("SELECT pg_current_xact_id()::text")
+                xmins = await raw.fetch("SELECT xmin::text AS x FROM u WHERE k IN ('3', '4')")
+                # Written inside the savepoint (a subtransaction's xid) only where the
+                # statement without DISTINCT ON was tried.
+                assert {r["x"] != top for r in xmins} == {plain}
+            got = await raw.fetch("SELECT k::text, v FROM u ORDER BY k")
+            assert [tuple(r) for r in got] == [
+                ("1", "new"), ("2", "held"), ("3", "b"), ("4", "c")
+            ]  # fmt: skip
+        finally:
+            await raw.close()
+
+    asyncio.run(scenario())
