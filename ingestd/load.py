@@ -23,7 +23,7 @@ from ingestd.db.topology import hold_write_slot
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
-from ingestd.model import LoadContext
+from ingestd.model import LoadContext, ManifestStatus
 from ingestd.read.csv_reader import parse_segment
 from ingestd.read.raw_csv import RawCsv
 from ingestd.reject import Sorting, is_bad_data, load_sorting_out
@@ -70,6 +70,8 @@ class Tally:
     rejected: int
     batches: int
     before: Callable[[], Awaitable[int]] | None = None
+    # Asked just before a batch commits: True if nothing follows it (ReadAhead.exhausted).
+    last: Callable[[], bool] | None = None
     finished: bool = False  # the last batch's transaction marked the file success
 
     async def rows_before(self) -> int:
@@ -122,18 +124,16 @@ class BatchLoader:
     partitions_made: list[str] = field(default_factory=list)  # by create_partitions
     partitions_tried: set[str] = field(default_factory=set)  # refusals it went again for
 
-    async def batch(
-        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None = None
-    ) -> None:
-        """One batch, start to commit; advances `tally`. `last` True (asked just before the
-        commit) means nothing follows: the same transaction then marks the file success,
-        after one more look that it did not change (one commit a file less)."""
+    async def batch(self, piece: Piece, tally: Tally) -> None:
+        """One batch, start to commit; advances `tally`. When `tally.last` says nothing
+        follows, the same transaction marks the file success, after one more look that it
+        did not change (one commit a file less)."""
         if self.ctx.stopping.is_set():
             raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
         await unchanged(self.job)  # one look per batch: stop early on a file rewritten under us
         started = time.perf_counter()
         try:
-            rows, written, set_aside = await self._commit(piece, tally, last)
+            rows, written, set_aside = await self._commit(piece, tally)
         except FileError:
             if self.partitions_made:
                 # Kept on purpose: other files (and this one, retried) may need them.
@@ -171,16 +171,14 @@ class BatchLoader:
         if self.ctx.progress is not None:
             self.ctx.progress.batch(str(self.job.name), rows, len(piece.payload))
 
-    async def _commit(
-        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None = None
-    ) -> tuple[int, int, int]:
+    async def _commit(self, piece: Piece, tally: Tally) -> tuple[int, int, int]:
         """COPY, merge and checkpoint one batch in one transaction: (rows, rows written,
         rows set aside). If the batch fails on bad data and the contract allows bad rows,
         the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
         """
         conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
         try:
-            rows, written = await self._commit_whole(piece, tally, last)
+            rows, written = await self._commit_whole(piece, tally)
             return rows, written, 0
         except FileChangedError:
             raise  # not the batch's data: the version is abandoned
@@ -192,14 +190,14 @@ class BatchLoader:
             # Binary COPY is only a faster spelling: refused (or the types moved), the
             # batch goes again as CSV text, so what it means and what a refusal says
             # (row, column, rejects) are the text path's own.
-            return await self._commit(await self._as_text(piece, tally), tally, last)
+            return await self._commit(await self._as_text(piece, tally), tally)
         assert refused is not None  # noqa: S101 - only binary pieces meet moved types
         if piece.raw is not None:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
             # other file (a malformed row is then reported by the reader, with its row).
             before = await tally.rows_before()
-            return await self._commit(await self._through_arrow(piece, before), tally, last)
+            return await self._commit(await self._through_arrow(piece, before), tally)
         unit = self.job.contract.create_partitions
         if unit:
             made = await create_partitions(conn, self.target, unit, refused, piece.batch)
@@ -209,7 +207,7 @@ class BatchLoader:
             fresh = bool(made.names) or str(refused) not in self.partitions_tried
             self.partitions_tried.add(str(refused))
             if made.again and fresh:
-                return await self._commit(piece, tally, last)  # again, with what it lacked
+                return await self._commit(piece, tally)  # again, with the partitions it lacked
         refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
@@ -239,9 +237,7 @@ class BatchLoader:
         )
         return batch.num_rows, written, len(rejects)
 
-    async def _commit_whole(
-        self, piece: Piece, tally: Tally, last: Callable[[], bool] | None
-    ) -> tuple[int, int]:
+    async def _commit_whole(self, piece: Piece, tally: Tally) -> tuple[int, int]:
         """The batch as it is, in one transaction: (rows, rows written)."""
         conn, mode = self.conn, self.job.contract.mode
         async with conn.atomic():
@@ -250,28 +246,32 @@ class BatchLoader:
             rows, written = await apply(
                 conn, self.target, self.stage, mode, piece.payload, piece.fmt
             )
-            final = piece.span is None and last is not None and last()
-            if final:
-                # The look pipeline.process_file makes after the last batch, made before
-                # this commit: a file changed under us rolls this batch back.
-                await unchanged(self.job)
-            await self._checkpoint(piece, tally, rows, final=final)
-        tally.finished = final
+            final = await self._checkpoint(piece, tally, rows)
+        tally.finished = bool(final)
         if self.drift is not None:
             m = self.ctx.metrics  # committed: log and count its changes
             self.drift.settle(m.schema_changes, m.rows_rescued)
         return rows, written
 
-    async def _checkpoint(self, piece: Piece, tally: Tally, rows: int, *, final: bool) -> None:
+    async def _checkpoint(self, piece: Piece, tally: Tally, rows: int) -> bool:
+        """Record the batch in the manifest (in its transaction); True if that also ended
+        the file as success (the batch is its last)."""
         manifest, claim_id = self.ctx.manifest, self.job.claim.manifest_id
         span = piece.span
         if span is None:
-            after = tally.rows + rows
-            await manifest.checkpoint(self.conn, claim_id, tally.rows, after, final=final)
-        else:
-            await manifest.checkpoint_segment(
-                self.conn, claim_id, span.segment, span.start, span.end, rows
-            )
+            final = tally.last is not None and tally.last()
+            if final:
+                # The look pipeline.process_file makes after the last batch, made before
+                # this commit: a file changed under us rolls this batch back.
+                await unchanged(self.job)
+            await manifest.checkpoint(self.conn, claim_id, tally.rows, tally.rows + rows)
+            if final:
+                await manifest.finish(self.conn, claim_id, ManifestStatus.SUCCESS, None)
+            return final
+        await manifest.checkpoint_segment(
+            self.conn, claim_id, span.segment, span.start, span.end, rows
+        )
+        return False
 
     async def _as_text(self, piece: Piece, tally: Tally) -> Piece:
         batch = piece.batch

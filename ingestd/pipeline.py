@@ -152,8 +152,9 @@ async def _load_in_order(
     while True:
         try:
             pieces = _pieces(reader, raw, tally.rows, load.stage is not None, types, s)
+            tally.last = pieces.exhausted
             async for piece in pieces:
-                await load.batch(piece, tally, pieces.exhausted)
+                await load.batch(piece, tally)
             return tally.rows, tally.finished
         except NotRaw as why:
             log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": tally.rows})

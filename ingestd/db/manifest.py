@@ -382,21 +382,12 @@ class Manifest:
         return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"], _segments(row))
 
     async def checkpoint(
-        self,
-        conn: Connection,
-        claim_id: int,
-        before: int,
-        after: int,
-        rejected: int = 0,
-        *,
-        final: bool = False,
+        self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
     ) -> None:
-        """Record progress; call inside the batch's transaction. `final`: the batch is the
-        file's last, and its commit also marks the file success (what finish would)."""
-        statement = sql.manifest_checkpoint_final if final else sql.manifest_checkpoint
+        """Record progress; call inside the batch's transaction."""
         status = await self._guard(
             lambda: conn.execute(
-                statement(self.name),
+                sql.manifest_checkpoint(self.name),
                 claim_id,
                 before,
                 after,
@@ -504,7 +495,8 @@ class Manifest:
         self, conn: Connection, claim_id: int, status: ManifestStatus, notes: str | None
     ) -> int:
         """Mark the outcome (success, failed, retrying, skipped) with the reason in notes;
-        returns the rows the version committed."""
+        returns the rows the version committed. Inside a batch's transaction (its last),
+        the outcome commits with it."""
         rows = await self._guard(
             lambda: conn.fetchval(
                 sql.manifest_finish(self.name), claim_id, status, notes, self.token
