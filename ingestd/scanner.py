@@ -13,6 +13,7 @@ from typing import Any
 
 from ingestd import archive
 from ingestd.claim import Job, Skip, claim_file, file_version
+from ingestd.db.connection import Connection
 from ingestd.db.database import Database
 from ingestd.db.locks import LOCK_NOT_AVAILABLE, ManifestLockedError, manifest_locked
 from ingestd.db.manifest import FileVersion, Manifest, ManifestGoneError, ManifestRowGoneError
@@ -78,6 +79,9 @@ class Scanner:
         self._zips: dict[str, ZipArchive] = {}  # archives whose members are offered, by name
         self.progress: Progress | None = None
         self.leases: set[int] = set()  # claims queued or in hand (workers drop them when done)
+        # The claims' connection, kept while files keep coming: a pool round trip and a
+        # session reset a file less. Given back once discovery has nothing to offer.
+        self._claim_conn: Connection | None = None
         # Finished files whose move out of the inbox failed: never offered again, retried.
         self.archives = archive.Backlog(metrics.archive_errors, metrics.internal_errors)
         metrics.archive_pending.set_function(lambda: len(self.archives))
@@ -183,6 +187,12 @@ class Scanner:
             problem = await asyncio.to_thread(self._storage.problem)
             if problem is not None:
                 raise UsageError(f"cannot use the inbox {self._storage.describe()}: {problem}")
+        try:
+            await self._offer_listed()
+        finally:
+            await self.put_back_connection()
+
+    async def _offer_listed(self) -> None:
         async for path in self._listed():
             failures = 0
             while not await self._try_offer(path):
@@ -232,6 +242,8 @@ class Scanner:
                     monitor.result()
                     raise RuntimeError("the inbox monitor stopped")
                 ready = settler.settled()
+                if not ready:
+                    await self.put_back_connection()
                 for i, path in enumerate(ready):
                     if stopping.is_set():
                         break
@@ -256,6 +268,7 @@ class Scanner:
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             await watcher.close()
+            await self.put_back_connection()
 
     async def _listed(self) -> AsyncIterator[Handle]:
         """The candidates; a store that lists over the network is listed in a thread, a
@@ -310,6 +323,7 @@ class Scanner:
                 self._store_unreachable(exc)
             else:
                 self._store_back()
+            await self.put_back_connection()
             if notes is None:
                 await _sleep_or_stop(stopping, poll_s)
             else:
@@ -639,7 +653,8 @@ class Scanner:
         before: Version,
     ) -> Job | Skip:
         try:
-            async with self._db.connection() as conn:
+            conn = await self._claim_connection()
+            try:
                 return await claim_file(
                     conn,
                     self._manifest,
@@ -651,11 +666,29 @@ class Scanner:
                     run_id=self._run_id,
                     resume=self.settings.resume,
                 )
+            except IngestdError:
+                await self.put_back_connection()  # failed cleanly: the pool resets it
+                raise
+            except BaseException:
+                # A bug or a cancellation: it may be left mid-statement; never reused.
+                await self.put_back_connection(broken=True)
+                raise
         except RetryableError as exc:
             if exc.sqlstate != LOCK_NOT_AVAILABLE:
                 raise
             ref = self._manifest.table_ref
             raise await manifest_locked(self._db, ref, self.settings.lock_timeout_s) from exc
+
+    async def _claim_connection(self) -> Connection:
+        if self._claim_conn is None:
+            self._claim_conn = await self._db.acquire()  # ConnectError if none can be had
+        return self._claim_conn
+
+    async def put_back_connection(self, *, broken: bool = False) -> None:
+        """Give the claims' connection back to the pool (discovery has nothing to offer)."""
+        conn, self._claim_conn = self._claim_conn, None
+        if conn is not None:
+            await self._db.release(conn, broken=broken)
 
     async def _skipped(self, path: Handle, name: PurePosixPath, table: str, skip: Skip) -> None:
         key = str(name)
