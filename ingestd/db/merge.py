@@ -36,21 +36,42 @@ async def apply_batch(
 
 async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) -> int:
     """Apply the staged rows to the target (upsert or MERGE); returns the rows written."""
-    if mode == "upsert" and sql.optimistic_upsert(target):
+    if mode == "upsert" and sql.optimistic_upsert(target) and _worth_trying(stage):
         # Most batches hold each key once: try without DISTINCT ON (its step costs ~4% of
         # the upsert's server CPU), in a savepoint; a key met twice makes PostgreSQL
         # refuse the statement, and the batch then goes deduplicated (last one wins).
         try:
             async with conn.atomic():
-                return await _written(conn, sql.upsert(target, stage, dedupe=False))
+                written = await _written(conn, sql.upsert(target, stage, dedupe=False))
+            _DUPLICATES_SEEN.pop(stage, None)
+            return written
         except FileError as exc:
             if exc.sqlstate != CARDINALITY_VIOLATION:
                 raise
+            _DUPLICATES_SEEN[stage] = _TRY_AGAIN_AFTER
     if mode == "upsert" or target.citus:  # Citus takes no MERGE from a temp table
         statement = sql.upsert(target, stage)
     else:
         statement = sql.merge(target, stage)
     return await _written(conn, statement)
+
+
+# Layouts (stage names) whose last try met a key twice, and how many batches they skip the
+# try for: a file with duplicates in every batch would pay for a refused statement each
+# time (up to the whole upsert) to save 4%.
+_DUPLICATES_SEEN: dict[str, int] = {}
+_TRY_AGAIN_AFTER = 16
+
+
+def _worth_trying(stage: str) -> bool:
+    left = _DUPLICATES_SEEN.get(stage, 0)
+    if left <= 0:
+        return True
+    if left == 1:
+        del _DUPLICATES_SEEN[stage]
+    else:
+        _DUPLICATES_SEEN[stage] = left - 1
+    return False
 
 
 async def _written(conn: Connection, statement: str) -> int:
