@@ -46,9 +46,11 @@ async def merge_batch(conn: Connection, target: Target, stage: str, mode: Mode) 
             _DUPLICATES_SEEN.pop(stage, None)
             return written
         except FileError as exc:
-            if exc.sqlstate != CARDINALITY_VIOLATION:
-                raise
-            _DUPLICATES_SEEN[stage] = _TRY_AGAIN_AFTER
+            # Refused for another reason (a CHECK, NOT NULL...), the deduplicated statement
+            # below decides: the row at fault may be an earlier occurrence it drops, and
+            # the message is then that statement's own, as before.
+            if exc.sqlstate == CARDINALITY_VIOLATION:
+                _DUPLICATES_SEEN[stage] = _TRY_AGAIN_AFTER
     if mode == "upsert" or target.citus:  # Citus takes no MERGE from a temp table
         statement = sql.upsert(target, stage)
     else:

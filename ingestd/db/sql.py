@@ -39,6 +39,9 @@ class Target:
     # Every unique index on the key compares as ORDER BY the key does (default operator
     # class, the column's collation): rows it takes as one key are adjacent once sorted.
     plain_key: bool = False
+    # A row trigger on the target or a partition of it: a BEFORE INSERT trigger sees every
+    # proposed row, also an earlier occurrence of a key that DISTINCT ON would drop.
+    row_triggers: bool = True
     # From topology.describe_target, once per file: a Citus table (distributed or
     # reference) refuses MERGE from a coordinator temp table, so merge mode writes INSERT
     # ... ON CONFLICT there; a distributed table takes at most `write_slots` loads at once
@@ -179,7 +182,11 @@ SELECT
     ARRAY(SELECT col FROM file_col WHERE attidentity = 'a' AND col = ANY ($3::text[]))
         AS identity_key,
     coalesce((SELECT bool_or(nnd) FROM key_index), false) AS nulls_not_distinct,
-    coalesce((SELECT bool_and(plain) FROM key_index), false) AS plain_key
+    coalesce((SELECT bool_and(plain) FROM key_index), false) AS plain_key,
+    EXISTS (SELECT FROM pg_trigger g
+            WHERE (g.tgrelid = $1::regclass  -- the tree is empty for a plain table
+                   OR g.tgrelid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
+              AND NOT g.tgisinternal AND (g.tgtype & 1) = 1) AS row_triggers
 FROM (SELECT) AS one{_held(target)}
 """
 
@@ -274,9 +281,11 @@ def optimistic_upsert(target: Target) -> bool:
     (the IS DISTINCT FROM guard), so a statement that is not refused wrote what the last
     occurrence says. That needs the arbiter index to group keys as the sort does
     (plain_key). DO NOTHING skips a duplicate silently and Citus keeps its statement
-    shape: both always dedupe.
+    shape: both always dedupe. A row trigger would see the rows DISTINCT ON drops.
     """
-    return target.plain_key and not target.citus and bool(_updated(target))
+    return (
+        target.plain_key and not target.row_triggers and not target.citus and bool(_updated(target))
+    )
 
 
 def _changed(target: Target, left: str, right: str) -> str:

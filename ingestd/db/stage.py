@@ -122,6 +122,7 @@ async def follow_target(conn: Connection, target: Target, stage: str) -> Target:
         equal_nulls=nullable if equal else (),
         identity_key=frozenset(row["identity_key"]),
         plain_key=bool(row["plain_key"]),
+        row_triggers=bool(row["row_triggers"]),
     )
 
 

@@ -268,3 +268,71 @@ def test_the_upsert_goes_without_distinct_on_only_where_it_is_exact(
             await raw.close()
 
     asyncio.run(scenario())
+
+
+def test_an_earlier_occurrence_the_dedupe_drops_never_refuses_the_batch(
+    cli: Any, db: Db, tmp_path: Path
+) -> None:
+    # Key 7's first row breaks the CHECK, its last does not: DISTINCT ON drops the first,
+    # so the file loads, as it did before the upsert went without DISTINCT ON first.
+    db.execute("CREATE TABLE c (k bigint PRIMARY KEY, v text, n integer CHECK (n >= 0))")
+    path = tmp_path / "c.csv"
+    path.write_text("k,v,n\n1,a,1\n7,bad,-1\n7,good,2\n8,b,3\n")
+    result = _load(cli, path, "c", "upsert")
+    assert result.code == 0, result.err
+    assert db.fetch("SELECT k, v, n FROM c ORDER BY k") == [
+        {"k": 1, "v": "a", "n": 1}, {"k": 7, "v": "good", "n": 2}, {"k": 8, "v": "b", "n": 3}
+    ]  # fmt: skip
+    # Where the last occurrence is at fault the batch is refused with its row, as before.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("k,v,n\n9,good,2\n9,bad,-1\n")
+    refused = _load(cli, bad, "c", "upsert")
+    assert refused.code != 0
+    assert "check constraint" in refused.err and "Traceback" not in refused.err
+
+
+def test_a_target_with_a_row_trigger_sees_only_the_rows_distinct_on_keeps(
+    dsn: str, db: Db, cli: Any, tmp_path: Path
+) -> None:
+    # A BEFORE INSERT trigger sees every row proposed to ON CONFLICT: an earlier, dropped
+    # occurrence must never reach it (here: an audit table of what was proposed).
+    db.execute("CREATE TABLE a (k bigint PRIMARY KEY, v text)")
+    db.execute("CREATE TABLE audit (k bigint, v text)")
+    db.execute(
+        "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO audit VALUES (NEW.k, NEW.v); RETURN NEW; END$$"
+    )
+    db.execute("CREATE TRIGGER note BEFORE INSERT ON a FOR EACH ROW EXECUTE FUNCTION note()")
+    db.execute("INSERT INTO a VALUES (1, 'held')")
+    db.execute("TRUNCATE audit")
+
+    # A trigger on one partition only counts as well.
+    db.execute("CREATE TABLE p (k bigint PRIMARY KEY, v text) PARTITION BY RANGE (k)")
+    db.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10)")
+    db.execute("CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (10) TO (20)")
+
+    async def read(table: str) -> Target:
+        raw = await asyncpg.connect(dsn)
+        try:
+            conn = Connection(raw)
+            target = Target(None, table, ("k", "v"), ("k",))
+            async with conn.atomic():
+                await create_stage(conn, target, "probe")
+                return await follow_target(conn, target, "probe")
+        finally:
+            await raw.close()
+
+    followed = asyncio.run(read("a"))
+    assert followed.row_triggers and followed.plain_key, followed
+    assert not sql.optimistic_upsert(followed)
+    assert sql.optimistic_upsert(asyncio.run(read("p")))
+    db.execute("CREATE TRIGGER note BEFORE INSERT ON p2 FOR EACH ROW EXECUTE FUNCTION note()")
+    assert asyncio.run(read("p")).row_triggers
+    path = tmp_path / "a.csv"
+    path.write_text("k,v\n1,held\n1,new\n2,x\n")
+    result = _load(cli, path, "a", "upsert")
+    assert result.code == 0, result.err
+    assert db.fetch("SELECT k, v FROM a ORDER BY k") == [{"k": 1, "v": "new"}, {"k": 2, "v": "x"}]
+    assert db.fetch("SELECT k, v FROM audit ORDER BY k") == [
+        {"k": 1, "v": "new"}, {"k": 2, "v": "x"}
+    ]  # fmt: skip
