@@ -132,3 +132,35 @@ def test_session_keeps_a_target_topology_but_not_a_missing_one(dsn: str) -> None
             await raw.close()
 
     asyncio.run(scenario())
+
+
+def test_a_file_rewritten_during_its_last_batch_rolls_that_batch_back(
+    tmp_path: Path, cli: Any, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look for a changed file comes before the last batch's commit: a file rewritten
+    while its only batch is in the database loads nothing, its row says why, and it stays
+    in the inbox for the next run, which loads the new version."""
+    from ingestd import load
+
+    inbox = tmp_path / "inbox"
+    f = write(inbox / "a.csv", _csv(range(5)))
+    apply_batch = load.apply_batch
+
+    async def rewriting(*args: Any) -> tuple[int, int]:
+        done = await apply_batch(*args)
+        if f.read_text() == _csv(range(5)):
+            write(f, _csv(range(7)))
+        return done
+
+    monkeypatch.setattr(load, "apply_batch", rewriting)
+    r = cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id")
+    assert r.code == 1, r.err
+    [row] = db.fetch("SELECT status, rows, notes FROM ingestion_manifest")
+    assert row["status"] == "failed" and row["rows"] == 0
+    assert "changed while it was being loaded" in row["notes"]
+    assert db.val("SELECT count(*) FROM t") == 0
+    assert f.exists() and not (tmp_path / "failed").exists()
+    monkeypatch.setattr(load, "apply_batch", apply_batch)
+    r = cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id")
+    assert r.code == 0, r.err
+    assert db.val("SELECT count(DISTINCT id) FROM t") == 7
