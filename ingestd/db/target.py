@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
 from ingestd.db.stage import create_stage
 from ingestd.exceptions import FileError
-
-if TYPE_CHECKING:
-    from ingestd.db.topology import Topology
 
 
 async def ensure_table_from_headers(
@@ -72,8 +69,9 @@ class SessionState:
     def __init__(self) -> None:
         self._made: set[str] = set()
         self._checked: set[tuple[str, tuple[str, ...], str]] = set()
-        # What each target is (topology.place_target), read once a session, like the checks.
-        self.topologies: dict[str, Topology] = {}
+        # What each target is (topology.place_target), read once a session, like the checks:
+        # topology.Topology by name, not named here (topology imports this module).
+        self.topologies: dict[str, Any] = {}
 
     async def stage(self, conn: Connection, target: Target, create: bool = True) -> str:
         """Name of this connection's stage table for the target layout, created on first use.
