@@ -223,9 +223,13 @@ class Scanner:
         settler = Settler(
             self.settings.settle_s, on_gone=self._gone, on_unreadable=self._unreadable_folder
         )
-        watcher = InboxWatcher(
-            inbox, self._archive_dirs(), lambda path: self._note(settler, path), self._metrics
-        )
+        noted = asyncio.Event()  # a file was noted: look at once, not at the next tick
+
+        def note(path: Handle) -> str:
+            noted.set()
+            return self._note(settler, path)
+
+        watcher = InboxWatcher(inbox, self._archive_dirs(), note, self._metrics)
         self._watcher = watcher
         watcher.poll()
         if watcher.ok:
@@ -241,6 +245,7 @@ class Scanner:
                 if monitor.done():
                     monitor.result()
                     raise RuntimeError("the inbox monitor stopped")
+                noted.clear()
                 ready = settler.settled()
                 if not ready:
                     await self.put_back_connection()
@@ -262,7 +267,7 @@ class Scanner:
                 if watcher.ok and (watcher.rescan_due() or overdue):
                     last_rescan = time.monotonic()
                     self._rescan(settler)
-                await _sleep_or_stop(stopping, tick_s)
+                await _sleep_or_wake(stopping, noted, tick_s)
         finally:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -741,6 +746,18 @@ class Scanner:
             return
         report = archive.failure_report(name, reason, self._run_id, attempts=1)
         await self.archives.move(archive.Pending(path, name, "failed", failed, report))
+
+
+async def _sleep_or_wake(stopping: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep for a tick, or less if `wake` or `stopping` is set meanwhile."""
+    if wake.is_set() or stopping.is_set():
+        return
+    waits = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
