@@ -591,6 +591,11 @@ def _small_files(b: Bench, case: str, *extra: str) -> Measurement:
     m.extra["files"] = len(paths)
     m.extra["files_per_s"] = len(paths) / m.wall_s
     m.extra["files_per_s_loading"] = len(paths) / float(span) if span else 0.0
+    # CPU a file: on a shared machine wall time moves with the neighbours, CPU much less.
+    if m.client_cpu_s is not None:
+        m.extra["client_ms_per_file"] = m.client_cpu_s * 1000 / len(paths)
+    if m.server_cpu_s is not None:
+        m.extra["server_ms_per_file"] = m.server_cpu_s * 1000 / len(paths)
     return m
 
 

@@ -197,6 +197,11 @@ def _notes(x: Summary) -> str:
             f"{e['files']:,.0f} files: {e['files_per_s']:,.0f} files/s end to end, "
             f"{e['files_per_s_loading']:,.0f} files/s first claim to last success"
         )
+        if "server_ms_per_file" in e and "client_ms_per_file" in e:
+            parts.append(
+                f"CPU a file: client {e['client_ms_per_file']:.2f} ms, "
+                f"server {e['server_ms_per_file']:.2f} ms"
+            )
     if "p50_s" in e:
         parts.append(
             f"{e['files']:,.0f} files: p50 {e['p50_s']:.3f} s, p99 {e['p99_s']:.3f} s, "
