@@ -502,18 +502,18 @@ class Scanner:
         """Route, checksum and claim one file, then queue it (waits while the queue is full)."""
         if self._manifest.broken is not None:
             return  # the manifest disappeared: loading would load rows twice (manifest.halt)
-        key = self._key(path)
+        name = self._name_of(path)  # resolved once a file: a few system calls each time
+        key = str(name)
         if key in self._offering:
             return
         self._offering.add(key)
         try:
-            await self._offer(path)
+            await self._offer(path, name)
         finally:
             self._offering.discard(key)
 
-    async def _offer(self, path: Handle) -> None:
+    async def _offer(self, path: Handle, name: PurePosixPath) -> None:
         s = self.settings
-        name = self._name_of(path)
         key = str(name)
         if not s.files and name.is_absolute():
             # Resolves outside the inbox: reached through a symlinked folder. Never read it.
