@@ -323,7 +323,7 @@ class Evolution:
         self._rescued = int(row["rescued"])
         await conn.execute(sql.truncate_stage(text_stage))
         await conn.execute(sql.keep_rescued(target, stage, plan.rescue), list(plan.file_columns))
-        return rows, await merge_batch(conn, followed, stage, mode)
+        return rows, await merge_batch(conn, followed, stage, mode, rows)
 
     async def _cast_for(self, conn: Connection, typname: str) -> str | None:
         """The pg_temp function that casts text to `typname` (made on first use in this

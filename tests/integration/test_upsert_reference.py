@@ -336,3 +336,38 @@ def test_a_target_with_a_row_trigger_sees_only_the_rows_distinct_on_keeps(
     assert db.fetch("SELECT k, v FROM audit ORDER BY k") == [
         {"k": 1, "v": "new"}, {"k": 2, "v": "x"}
     ]  # fmt: skip
+
+
+def test_a_small_batch_dedupes_without_a_savepoint(dsn: str) -> None:
+    """A batch of a few rows goes straight to DISTINCT ON (the try's savepoint would cost
+    more than it saves); a large or uncounted one is tried without it."""
+
+    async def scenario() -> None:
+        raw = await asyncpg.connect(dsn)
+        try:
+            conn = Connection(raw)
+            await raw.execute("CREATE TABLE u_small (k bigint PRIMARY KEY, v text)")
+            target = Target(None, "u_small", ("k", "v"), ("k",))
+            stage = sql.stage_name(target)
+
+            async def in_savepoint(rows: int | None, first: int) -> bool:
+                async with conn.atomic():
+                    if not await raw.fetchval("SELECT to_regclass($1) IS NOT NULL", stage):
+                        await create_stage(conn, target, stage)
+                    followed = await follow_target(conn, target, stage)
+                    await _stage(raw, stage, f"{first},a\n{first + 1},b\n".encode())
+                    assert await merge_batch(conn, followed, stage, "upsert", rows) == 2
+                    sub = await raw.fetchval(
+                        "SELECT count(*) FROM u_small WHERE k >= $1 AND "
+                        "xmin::text::bigint > pg_current_xact_id()::text::bigint",
+                        first,
+                    )
+                return bool(sub)
+
+            assert await in_savepoint(2, 1) is False
+            assert await in_savepoint(None, 10) is True
+            assert await in_savepoint(50_000, 20) is True
+        finally:
+            await raw.close()
+
+    asyncio.run(scenario())

@@ -115,6 +115,7 @@ _NOT_BUILDERS = {
     "parse_rejects_comment",
     "stage_columns",  # names for copy_to_table(columns=...), which asyncpg quotes itself
     "text_stage_name",
+    "optimistic_upsert",  # a yes or no about the target, no statement
 }
 
 

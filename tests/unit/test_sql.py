@@ -101,7 +101,7 @@ def test_create_stage() -> None:
     assert 'SELECT "id", "name", "amount", 0::bigint AS "ingestd row"' in text
     assert text.endswith('FROM "sales"."orders" WITH NO DATA')
     # Rows COPYed without an ordinal (a file's raw bytes) are numbered in file order.
-    assert sequence == f'CREATE TEMP SEQUENCE IF NOT EXISTS "{STAGE}_seq"'
+    assert sequence == f'CREATE TEMP SEQUENCE IF NOT EXISTS "{STAGE}_seq" CACHE 1000000'
     assert default == (
         f'ALTER TABLE "{STAGE}" ALTER COLUMN "ingestd row" '
         f"SET DEFAULT nextval('pg_temp.\"{STAGE}_seq\"')"
