@@ -461,8 +461,9 @@ class Settings:
     )
     split_mb: float = key(
         32.0,
-        "an append of a raw CSV file at least twice this size is split into segments of "
-        "at least this size, loaded by idle workers in parallel (0: never split)",
+        "an append of a raw CSV file, or of a Parquet file of several row groups (their "
+        "uncompressed data), at least twice this size is split into segments of at least "
+        "this size, loaded by idle workers in parallel (0: never split)",
         minimum=0.0,
         maximum=1 << 20,
         limit="a terabyte",
