@@ -14,7 +14,7 @@ from ingestd.db.connection import Connection
 from ingestd.db.sql import ManifestStatus
 from ingestd.exceptions import FileError, HandedOver, IngestdError, RetryableError, UsageError
 from ingestd.identifiers import quote_qualified
-from ingestd.settings import DEFAULT_MANIFEST
+from ingestd.settings import DEFAULT_MANIFEST, Settings
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -149,7 +149,7 @@ class Manifest:
         schema: str | None,
         table: str,
         instance_id: str = "ingestd",
-        lease_s: float = 30.0,
+        lease_s: float = Settings.lease_s,  # the setting's one default
         token: str | None = None,
     ):
         self.name = quote_qualified(schema, table)
