@@ -91,8 +91,10 @@ class Connection:
     async def atomic(self) -> AsyncIterator[None]:
         """A transaction (a savepoint inside one): committed if the block ends normally,
         rolled back if it raises. Errors of BEGIN, COMMIT and ROLLBACK come out translated."""
-        transaction = self.raw.transaction()
         with driver_errors():
+            # A pooled connection the server dropped is detached from its proxy: even
+            # transaction() raises then ("released back to the pool"), and that is weather.
+            transaction = self.raw.transaction()
             await transaction.__aenter__()
         try:
             yield

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from ingestd.db.database import Database
+from ingestd.exceptions import RetryableError
 from ingestd.retry import Backoff
 from tests.integration.test_least_privilege import as_role
 
@@ -59,3 +60,37 @@ async def test_a_pool_that_cannot_reconnect_says_so_in_one_line(
     [line] = [r for r in pool_lines if r.levelno >= logging.WARNING]  # repeats are DEBUG
     assert line.getMessage() == "db_reconnect_failed"
     assert "too many connections" in line.error  # type: ignore[attr-defined]
+
+
+async def test_a_held_connection_the_server_dropped_is_weather_at_every_first_statement(
+    dsn: str,
+) -> None:
+    """A worker holds its connection for its life; when the server drops it, the pool
+    detaches the proxy and any call, the transaction's BEGIN included, says "released
+    back to the pool". That is a retryable outage, never a bug (internal_error)."""
+    admin = await asyncpg.connect(dsn)
+    db = await Database.open(
+        dsn, size=2, connect_timeout_s=2, statement_timeout_s=5, attempts=0, backoff=Backoff()
+    )
+    try:
+        for first in ("atomic", "execute"):
+            conn = await db.acquire()
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            for _ in range(100):  # the client notices the closed socket
+                try:
+                    if conn.raw.is_closed():
+                        break
+                except asyncpg.InterfaceError:  # detached: "released back to the pool"
+                    break
+                await asyncio.sleep(0.02)
+            with pytest.raises(RetryableError):
+                if first == "atomic":
+                    async with conn.atomic():
+                        await conn.execute("SELECT 1")
+                else:
+                    await conn.execute("SELECT 1")
+            await db.release(conn, broken=True)
+    finally:
+        await db.close()
+        await admin.close()
