@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
-from ingestd.db.manifest import Committed
+from ingestd.db.manifest import UNDEFINED_TABLE, Committed
 from ingestd.db.merge import check_mode_supported
 from ingestd.db.schema import Audit, Evolution, evolution_for
 from ingestd.db.sql import Target
@@ -19,7 +19,7 @@ from ingestd.db.target import SessionState, ensure_table_from_headers, has_uniqu
 from ingestd.db.topology import place_target
 from ingestd.discover import identity
 from ingestd.encode import binary_arrays, encode_batch, encode_binary
-from ingestd.exceptions import FileError, Interrupted
+from ingestd.exceptions import FileError, Interrupted, RetryableError
 from ingestd.load import (
     BatchLoader,
     FileChangedError,
@@ -56,6 +56,7 @@ async def process_file(
     after any failure never loads a row twice.
     """
     contract = job.contract
+    was_checked = False  # the target was checked by an earlier file of this session
     try:
         await unchanged(job)
         reader = await open_file(job, ctx.settings)
@@ -73,7 +74,8 @@ async def process_file(
             ctx.settings.distributed_concurrency,
             session.topologies,
         )
-        if not session.checked(target, contract.mode):
+        was_checked = session.checked(target, contract.mode)
+        if not was_checked:
             pending = drift.adds if drift is not None else ()
             await _prepare_target(conn, target, types, contract.mode, ctx.server_version, pending)
             session.mark_checked(target, contract.mode)
@@ -115,6 +117,15 @@ async def process_file(
         # A read error in a file that changed under us is the change, not bad data.
         if not isinstance(exc, FileChangedError) and identity(job.path) != job.identity:
             check_unchanged(job)
+        if exc.sqlstate == UNDEFINED_TABLE and was_checked:
+            # The table this session checked was dropped or renamed since: the file is not
+            # at fault. The retry checks the target again (and makes it, as a first file).
+            session.forget_target(target, contract.mode)
+            raise RetryableError(
+                f"table {target.label} is gone since this session checked it (dropped or "
+                "renamed?): checking it again",
+                sqlstate=exc.sqlstate,
+            ) from exc
         raise
 
 

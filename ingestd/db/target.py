@@ -93,6 +93,11 @@ class SessionState:
     def mark_checked(self, target: Target, mode: str) -> None:
         self._checked.add((target.label, target.columns, mode))
 
+    def forget_target(self, target: Target, mode: str) -> None:
+        """Check the target again on its next file (it was dropped or renamed meanwhile)."""
+        self._checked.discard((target.label, target.columns, mode))
+        self.topologies.pop(target.qualified, None)
+
     def forget(self) -> None:
         """Call when the connection is replaced."""
         self._made.clear()
