@@ -72,7 +72,6 @@ async def process_file(
             contract.mode,
             contract.create_partitions,
             ctx.settings.distributed_concurrency,
-            session.topologies,
         )
         was_checked = session.checked(target, contract.mode)
         if not was_checked:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
@@ -69,9 +67,6 @@ class SessionState:
     def __init__(self) -> None:
         self._made: set[str] = set()
         self._checked: set[tuple[str, tuple[str, ...], str]] = set()
-        # What each target is (topology.place_target), read once a session, like the checks:
-        # topology.Topology by name, not named here (topology imports this module).
-        self.topologies: dict[str, Any] = {}
 
     async def stage(self, conn: Connection, target: Target, create: bool = True) -> str:
         """Name of this connection's stage table for the target layout, created on first use.
@@ -96,10 +91,8 @@ class SessionState:
     def forget_target(self, target: Target, mode: str) -> None:
         """Check the target again on its next file (it was dropped or renamed meanwhile)."""
         self._checked.discard((target.label, target.columns, mode))
-        self.topologies.pop(target.qualified, None)
 
     def forget(self) -> None:
         """Call when the connection is replaced."""
         self._made.clear()
         self._checked.clear()
-        self.topologies.clear()

@@ -157,27 +157,16 @@ async def place_target(
     mode: Mode,
     create_partitions: str | None,
     write_slots: int,
-    known: dict[str, Topology] | None = None,
 ) -> Target:
     """Check, once per file, that the contract fits what the target is (one message that
     says what to change), and return the target shaped for it (Topology.shape).
 
-    `known`: what this session read before (SessionState.topologies), kept like the
-    session's other checks until the connection is replaced (after any error); a table
-    not there yet is asked about again, since the first file creates it, and a refusal
-    is never made on what was read before (the table may have been made anew since).
-    """
-    topology = known.get(target.qualified) if known is not None else None
-    problem = None
-    if topology is not None:
-        problem = await _problem(conn, topology, target, mode, create_partitions)
-    if topology is None or problem is not None:
-        topology = await describe_target(conn, target)
-        problem = await _problem(conn, topology, target, mode, create_partitions)
+    Read for every file, not kept for the session: a table made anew between two files (a
+    plain one partitioned, a partitioned one plain) must be judged as it is now."""
+    topology = await describe_target(conn, target)
+    problem = await _problem(conn, topology, target, mode, create_partitions)
     if problem is not None:
         raise FileError(problem)
-    if known is not None and topology.kind is not Kind.MISSING:
-        known[target.qualified] = topology
     return topology.shape(target, write_slots)
 
 

@@ -13,8 +13,7 @@ import pytest
 
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
-from ingestd.db.target import SessionState
-from ingestd.db.topology import Kind, place_target
+from ingestd.db.topology import place_target
 from ingestd.exceptions import FileError
 from ingestd.load import Piece, read_ahead
 from tests.conftest import write
@@ -97,37 +96,31 @@ def test_one_batch_files_finish_in_their_batch(tmp_path: Path, cli: Any, db: Db)
     )
 
 
-def test_session_keeps_a_target_topology_but_not_a_missing_one(dsn: str) -> None:
-    """A table not there yet is asked about again (the first file creates it); one that is
-    there is read once a session, and forgotten with the session."""
+def test_a_target_made_anew_is_judged_as_it_is_now(dsn: str) -> None:
+    """What a target is, is read for every file: a table recreated partitioned, or plain,
+    between two files is judged as it is then (breaker4: a session-long cache loaded into a
+    plain table where create_partitions was asked, and refused a partitioned one with
+    PostgreSQL's ON CONFLICT message instead of ingestd's)."""
 
     async def scenario() -> None:
         raw = await asyncpg.connect(dsn)
         try:
             conn = Connection(raw)
-            session = SessionState()
             target = Target(None, "p", ("id", "day"), ("id",))
-            placed = await place_target(conn, target, "append", None, 2, session.topologies)
-            assert placed == target and session.topologies == {}
+            await raw.execute("CREATE TABLE p (id int PRIMARY KEY, day date)")
+            await place_target(conn, target, "upsert", None, 2)
             await raw.execute(
-                "CREATE TABLE p (id int, day date) PARTITION BY RANGE (day);"
+                "DROP TABLE p; CREATE TABLE p (id int, day date) PARTITION BY RANGE (day);"
                 "CREATE TABLE p_all PARTITION OF p DEFAULT"
             )
-            await place_target(conn, target, "append", None, 2, session.topologies)
-            assert session.topologies['"p"'].kind is Kind.PARTITIONED
             with pytest.raises(FileError) as caught:
-                await place_target(conn, target, "upsert", None, 2, session.topologies)
+                await place_target(conn, target, "upsert", None, 2)
             assert "partitioned by (day)" in str(caught.value)
-            # Made anew: a refusal is never made on what was read before.
+            await place_target(conn, target, "append", "day", 2)
             await raw.execute("DROP TABLE p; CREATE TABLE p (id int PRIMARY KEY, day date)")
-            await place_target(conn, target, "upsert", None, 2, session.topologies)
-            assert session.topologies['"p"'].kind is Kind.PLAIN
-            await raw.execute("DROP TABLE p")
-            # Kept for the session (the batch's own statements meet a table gone) ...
-            await place_target(conn, target, "upsert", None, 2, session.topologies)
-            # ... and forgotten with it (the worker replaces its session after any error).
-            session.forget()
-            assert session.topologies == {}
+            with pytest.raises(FileError) as caught:
+                await place_target(conn, target, "append", "day", 2)
+            assert "create_partitions" in str(caught.value)
         finally:
             await raw.close()
 
