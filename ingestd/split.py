@@ -121,11 +121,15 @@ def _row_group_cuts(rows: tuple[int, ...], parts: int) -> list[int]:
         at += n
         bounds.append(at)
     total = at
+    # A segment far below its share (row groups of very different sizes) would cost a
+    # worker and a COPY for a few rows: its cut is dropped, the rows go with a neighbour.
+    floor = max(1, total // (parts * 4))
     ends: list[int] = []
     for k in range(1, parts):
         share = total * k // parts
         cut = min(bounds[:-1], key=lambda b: abs(b - share), default=total)
-        if 0 < cut < total and (not ends or cut > ends[-1]):
+        before = ends[-1] if ends else 0
+        if cut - before >= floor and total - cut >= floor:
             ends.append(cut)
     return [*ends, total] if total else []
 

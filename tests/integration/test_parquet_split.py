@@ -315,3 +315,12 @@ def test_segments_end_at_row_group_boundaries_and_cover_every_row(
     assert ends[-1] == total and len(ends) <= parts
     assert all(a < b for a, b in itertools.pairwise(ends))  # no empty segment
     assert set(ends) <= bounds  # a row group is never cut
+    sizes = [b - a for a, b in itertools.pairwise([0, *ends])]
+    assert len(ends) == 1 or min(sizes) >= total // (parts * 4)  # no segment of a few rows
+
+
+def test_a_tiny_row_group_is_not_a_segment_of_its_own() -> None:
+    from ingestd.split import _row_group_cuts
+
+    assert _row_group_cuts((100_000, 1), 2) == [100_001]  # not split: [100000, 100001]
+    assert _row_group_cuts((1, 50_000, 50_000), 2) == [50_001, 100_001]
