@@ -22,7 +22,7 @@ from ingestd.read.csv_reader import read_header
 from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
 from ingestd.storage import Handle, Storage, resolve, storage_for
-from ingestd.storage.zip import ZipArchive, is_archive
+from ingestd.storage.zip import ZipArchive, is_archive, unmatched_reason
 
 
 def dry_run(settings: Settings, out: TextIO) -> int:
@@ -104,13 +104,8 @@ def _entries(
                 shown = shown_name(str(group.name_of(member)))
                 print(f"  skip {shown}: no contract matches (the archive does not fail)", file=out)
         if not matched:
-            patterns = ", ".join(c.pattern for c in settings.contracts)
-            reason = (
-                f"no contract matches any member of {name} (patterns: {patterns}); add a "
-                "contract with a pattern like ARCHIVE.zip/MEMBER"
-                if members
-                else f"{name} holds no files: nothing to load"
-            )
+            patterns = [c.pattern for c in settings.contracts]
+            reason = unmatched_reason(str(name), patterns, empty=not members)
             print(f"  FAIL {shown_name(str(name))}: {reason}", file=out)
             yield None, name
             continue

@@ -35,7 +35,7 @@ from ingestd.retry import Backoff
 from ingestd.settings import Contract, Settings
 from ingestd.storage import Handle, Storage, Version, resolve, storage_for
 from ingestd.storage.base import size_of
-from ingestd.storage.zip import Mover, ZipArchive, is_archive, is_member
+from ingestd.storage.zip import Mover, ZipArchive, is_archive, is_member, unmatched_reason
 from ingestd.watcher import InboxWatcher
 from ingestd.worker import WorkQueue, never_opened
 
@@ -598,13 +598,7 @@ class Scanner:
                     extra={"member": member.member, "reason": "no contract matches it"},
                 )
         if not matched:
-            patterns = ", ".join(c.pattern for c in s.contracts)
-            reason = (
-                f"no contract matches any member of {name} (patterns: {patterns}); add a "
-                "contract with a pattern like ARCHIVE.zip/MEMBER"
-                if members
-                else f"{name} holds no files: nothing to load"
-            )
+            reason = unmatched_reason(str(name), [c.pattern for c in s.contracts], not members)
             unread = FileVersion(manifest_name(key), b"", size_of(before))
             await self._fail_early(path, name, unread, "", reason)
             return

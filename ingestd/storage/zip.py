@@ -189,6 +189,16 @@ def encrypted_reason(label: str) -> str:
     )
 
 
+def unmatched_reason(label: str, patterns: list[str], empty: bool) -> str:
+    """Why an archive none of whose members any contract takes fails (dry run and load)."""
+    if empty:
+        return f"{label} holds no files: nothing to load"
+    return (
+        f"no contract matches any member of {label} (patterns: {', '.join(patterns)}); add a "
+        "contract with a pattern like ARCHIVE.zip/MEMBER"
+    )
+
+
 def broken_reason(label: str, exc: BaseException) -> str:
     if isinstance(exc, NotImplementedError):
         return (
