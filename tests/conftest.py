@@ -18,7 +18,7 @@ from tests.fault.proxy import Proxy
 from tests.helpers import unix_socket
 from tests.helpers import write as write  # tests import it from here too
 from tests.pg import Db, fresh_database, server
-from tests.s3server import S3Server, session_server
+from tests.s3server import Bucket, S3Server, new_bucket, session_server
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,15 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One SeaweedFS S3 server per session (skips when `weed` cannot run here)."""
     yield from session_server(tmp_path_factory.mktemp("s3"))
+
+
+@pytest.fixture
+def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    """A new bucket on the session's S3 server, its credentials and endpoint in this test's
+    environment (ingestd's subprocesses and daemons inherit it)."""
+    for name, value in s3server.env().items():
+        monkeypatch.setenv(name, value)
+    yield new_bucket(s3server)
 
 
 @pytest.fixture

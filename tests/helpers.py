@@ -110,17 +110,16 @@ def without_root_powers() -> tuple[str, ...]:
     return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--")
 
 
-# Peak RSS as the child's own memory map saw it: VmHWM starts afresh at exec, whereas
-# ru_maxrss keeps the forked parent's peak (a pytest grown to 500 MB would be counted).
+# Peak RSS as the child's own memory map saw it (ingestd's metric reads VmHWM, which
+# starts afresh at exec; ru_maxrss keeps the forked parent's peak, a pytest of 500 MB).
 _PEAK = (
     "import runpy, sys\n"
     "sys.argv = ['ingestd', *sys.argv[1:]]\n"
     "try:\n"
     "    runpy.run_module('ingestd', run_name='__main__')\n"
     "finally:\n"
-    "    with open('/proc/self/status') as status:\n"
-    "        peak = next(line.split()[1] for line in status if line.startswith('VmHWM:'))\n"
-    "    print('peak_rss_kb', peak, file=sys.stderr)\n"
+    "    from ingestd.metrics import peak_rss_bytes\n"
+    "    print('peak_rss_kb', peak_rss_bytes() // 1024, file=sys.stderr)\n"
 )
 
 

@@ -26,13 +26,6 @@ TOTAL, CHUNK = 60_000, 1_000
 
 
 @pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)  # ingestd's subprocesses inherit the environment
-    yield new_bucket(s3server)
-
-
-@pytest.fixture
 def own_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     """A server of this test's own, so stopping it disturbs no other test."""
     if weed_binary() is None:

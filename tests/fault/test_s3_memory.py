@@ -3,25 +3,17 @@ streamed (never downloaded whole to memory or disk)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import run_with_peak
 from tests.pg import Db
-from tests.s3server import Bucket, S3Server, new_bucket
+from tests.s3server import Bucket
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 MB = 1 << 20
 ROWS, WIDTH = 150_000, 1_040  # ~150 MB of CSV
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)
-    yield new_bucket(s3server)
 
 
 def _peak_rss(db: Db, dsn: str, inbox: str, cwd: Path) -> int:

@@ -3,16 +3,14 @@ status and metrics without secrets, and the dry run's listing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.daemon import Daemon, wait_for
 from tests.helpers import csv_rows, row_count
 from tests.pg import Db
-from tests.s3server import SECRET_KEY, Bucket, S3Server, new_bucket
+from tests.s3server import SECRET_KEY, Bucket
 
 INBOX = "landing/inbox/"
 CONFIG = """
@@ -26,13 +24,6 @@ pattern = "*.csv"
 table = "t"
 mode = "append"
 """
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)  # the daemons inherit the environment
-    yield new_bucket(s3server)
 
 
 def test_the_daemon_loads_a_new_object_within_poll_s(

@@ -6,7 +6,7 @@ wording of an unreachable endpoint. Real SeaweedFS, except for keys SeaweedFS ca
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -16,16 +16,9 @@ from tests.conftest import run_cli
 from tests.daemon import Daemon, wait_for
 from tests.pg import Db
 from tests.s3fake import fake_s3
-from tests.s3server import SECRET_KEY, Bucket, S3Server, new_bucket
+from tests.s3server import SECRET_KEY, Bucket
 
 INBOX = "landing/inbox/"
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)
-    yield new_bucket(s3server)
 
 
 def _one_error_line(err: str) -> str:

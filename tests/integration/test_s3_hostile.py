@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.daemon import wait_for
 from tests.helpers import csv_rows, slow_inserts
 from tests.pg import Db
-from tests.s3server import Bucket, S3Server, new_bucket
+from tests.s3server import Bucket
 
 INBOX = "landing/inbox/"
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)
-    yield new_bucket(s3server)
 
 
 def once(cli: Any, bucket: Bucket, *args: str) -> Any:

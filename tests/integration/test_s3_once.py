@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -16,16 +15,9 @@ import pytest
 
 from tests.helpers import csv_rows
 from tests.pg import Db
-from tests.s3server import SECRET_KEY, Bucket, S3Server, new_bucket
+from tests.s3server import SECRET_KEY, Bucket
 
 INBOX = "landing/inbox/"
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)
-    yield new_bucket(s3server)
 
 
 def parquet_bytes(ids: range) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 from tests.daemon import Daemon, wait_for
 from tests.helpers import csv_rows, files_with_status, row_count
 from tests.pg import Db
-from tests.s3server import SECRET_KEY, Bucket, S3Server, new_bucket
+from tests.s3server import SECRET_KEY, Bucket
 from tests.sqsserver import Queue, SqsServer, module_server
 
 pytest.importorskip("botocore", reason="the sqs extra (botocore) is not installed")
@@ -42,13 +42,6 @@ mode = "append"
 @pytest.fixture(scope="module")
 def sqs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqsServer]:
     yield from module_server(tmp_path_factory.mktemp("sqs") / "moto.log")
-
-
-@pytest.fixture
-def bucket(s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    for name, value in s3server.env().items():
-        monkeypatch.setenv(name, value)  # the daemons inherit the environment
-    yield new_bucket(s3server)
 
 
 @pytest.fixture
