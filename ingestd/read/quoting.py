@@ -111,6 +111,21 @@ def _matches(pattern: str, data: bytes, end: int) -> bool:
     return bool(pc.match_substring_regex(value, pattern)[0].as_py())
 
 
+# Byte sequences COPY reads otherwise than the readers, at a line start after the first:
+# a blank line (LF or CRLF) and a line starting with \. (the end-of-data marker).
+_MARKS = rb"\n(?:\r?\n|\\\.)"
+_MARKS_RE = re.compile(_MARKS)
+
+
+def line_marks(data: bytes, end: int) -> bool:
+    """Whether data[:end] holds a line feed followed by a blank line or by `\\.`.
+    bytes.find of each costs ~1 ns a byte and holds the GIL; RE2 skips to each LF at
+    memchr speed (~0.2 ns a byte) without it. Small data: the regex (RE2 compiles per call)."""
+    if end >= _RE2_FROM:
+        return _matches(_MARKS.decode(), data, end)
+    return _MARKS_RE.search(data, 0, end) is not None
+
+
 _STEP_BYTES = 256 << 10
 
 

@@ -15,7 +15,7 @@ import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ingestd.read.quoting import lenient_row_end, plain_quoting
+from ingestd.read.quoting import lenient_row_end, line_marks, plain_quoting
 from ingestd.settings import CsvOptions
 from ingestd.storage import Handle, Source, open_bytes, open_ranged
 
@@ -84,10 +84,11 @@ class RawCsv:
         data = batch.obj  # the read's bytes: searched in place, not copied
         assert isinstance(data, bytes)  # noqa: S101 - batches are views of read_at results
         end = batch.nbytes
-        if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
-            raise NotRaw("blank line")
-        # A line of just \. ends COPY's data before PostgreSQL 18: rows after it would be lost.
-        if data.startswith(b"\\.") or _found(data, (b"\n\\.",), end):
+        # One pass for both marks below (line_marks); the reason only when one is there.
+        if data.startswith((b"\n", b"\r\n", b"\\.")) or line_marks(data, end):
+            if data.startswith((b"\n", b"\r\n")) or _found(data, (b"\n\n", b"\n\r\n"), end):
+                raise NotRaw("blank line")
+            # A line of just \. ends COPY's data before PostgreSQL 18: later rows would be lost.
             raise NotRaw("a line starting with \\.")
         if data.find(b"\x00", 0, end) >= 0:
             raise NotRaw("a NUL byte")  # refused with its row on the Arrow path
