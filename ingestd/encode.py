@@ -117,17 +117,52 @@ def _carried(
 def encode_binary(arrays: list[pa.Array], first_row: int, *, ordinal: bool) -> memoryview:
     """One complete binary COPY stream (header, rows, trailer) of `arrays` (binary_arrays'),
     with the file row numbers as a last column when `ordinal`."""
-    if ordinal:
-        arrays = [*arrays, _ordinals(first_row, len(arrays[0]) if arrays else 0)]
-    batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-    # A fresh encoder per batch: pgpq buffers small batches until finish(). Slices keep
-    # its own buffer small (it grows by doubling while a batch is written).
-    encoder = ArrowToPostgresBinaryEncoder(batch.schema)
-    parts = [encoder.write_header()]
-    for start in range(0, batch.num_rows, _ENCODE_ROWS):
-        parts.append(encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
-    parts.append(encoder.finish())
-    return _joined(parts)
+    stream = BinaryStream(first_row, ordinal=ordinal)
+    stream.write(arrays)
+    return stream.finish()
+
+
+class BinaryStream:
+    """One binary COPY stream written a batch at a time: a piece's rows are encoded as
+    they are decoded, so no Arrow batch of the whole piece is ever made or kept."""
+
+    def __init__(self, first_row: int, *, ordinal: bool):
+        self._next_row = first_row
+        self._ordinal = ordinal
+        self._encoder: ArrowToPostgresBinaryEncoder | None = None
+        self._schema: pa.Schema | None = None
+        self._parts: list[bytes] = []
+        self.rows = 0
+
+    def takes(self, arrays: list[pa.Array]) -> bool:
+        """True if `arrays` have the types of the rows written so far (or none are)."""
+        return self._schema is None or [a.type for a in arrays] == self._schema.types[: len(arrays)]
+
+    def write(self, arrays: list[pa.Array]) -> None:
+        """Append rows (binary_arrays' columns); their file rows follow the last ones."""
+        rows = len(arrays[0]) if arrays else 0
+        if self._ordinal:
+            arrays = [*arrays, _ordinals(self._next_row, rows)]
+        batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+        if self._encoder is None:
+            # A fresh encoder per stream: pgpq buffers small batches until finish().
+            self._schema = batch.schema
+            self._encoder = ArrowToPostgresBinaryEncoder(batch.schema)
+            self._parts.append(self._encoder.write_header())
+        # Slices keep pgpq's own buffer small (it grows by doubling while a batch is written).
+        for start in range(0, rows, _ENCODE_ROWS):
+            self._parts.append(self._encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
+        self._next_row += rows
+        self.rows += rows
+
+    def finish(self) -> memoryview:
+        """The complete stream (header, rows, trailer) as one buffer."""
+        if self._encoder is None:
+            self.write([])
+        assert self._encoder is not None  # noqa: S101 - made by the first write
+        self._parts.append(self._encoder.finish())
+        parts, self._parts = self._parts, []
+        return _joined(parts)
 
 
 def _joined(parts: list[bytes]) -> memoryview:

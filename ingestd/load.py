@@ -107,6 +107,8 @@ class Piece:
     batch: pa.RecordBatch | None = None
     raw: RawCsv | None = None
     span: Span | None = None  # set for a segment of a split file: checkpointed by bytes
+    # A binary piece keeps no Arrow batch: its rows are read again for a redo as text.
+    rows_again: Callable[[], pa.RecordBatch] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class BatchLoader:
             refused = exc
         except TypesMovedError:
             refused = None
-        if piece.fmt.binary_types and piece.batch is not None:
+        if piece.fmt.binary_types and (piece.batch is not None or piece.rows_again is not None):
             # Binary COPY is only a faster spelling: refused (or the types moved), the
             # batch goes again as CSV text, so what it means and what a refusal says
             # (row, column, rejects) are the text path's own.
@@ -275,7 +277,9 @@ class BatchLoader:
 
     async def _as_text(self, piece: Piece, tally: Tally) -> Piece:
         batch = piece.batch
-        assert batch is not None  # noqa: S101 - binary pieces carry their batch
+        if batch is None and piece.rows_again is not None:
+            batch = await asyncio.to_thread(piece.rows_again)
+        assert batch is not None  # noqa: S101 - binary pieces carry their batch or rows
         first, ordinal = await tally.rows_before() + 1, self.stage is not None
         payload = await asyncio.to_thread(encode_batch, batch, first, ordinal=ordinal)
         return Piece(payload, CopyFormat(ordinal=ordinal), batch, span=piece.span)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from ingestd.binary_pieces import binary_pieces
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.manifest import UNDEFINED_TABLE, Committed
@@ -218,6 +219,14 @@ def _pieces(
         def produce() -> Piece | None:
             view = next(views, None)
             return None if view is None else Piece(view, fmt, raw=raw)
+
+    elif types and reader.row_groups is not None and reader.row_groups.decoded is not None:
+        # Parquet as binary COPY: encoded as decoded, no Arrow batch of a piece is kept.
+        groups = reader.row_groups
+        produce = binary_pieces(
+            groups, rows_done, groups.total, types, ordinal=ordinal,
+            chunk_rows=s.chunk_size, max_bytes=s.memory_limit_bytes // 4,
+        )  # fmt: skip
 
     else:
         batches: Iterator[pa.RecordBatch] = skip_rows(iter(reader), rows_done)

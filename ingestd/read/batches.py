@@ -49,11 +49,20 @@ class RowGroups:
     read: Callable[[int, int, int], Iterator[pa.RecordBatch]]
     # the row groups' data uncompressed: what loading them costs, as a CSV's bytes do
     data_bytes: int = 0
+    # rows [start, end) as the reader decodes them (a few thousand rows each), not
+    # regrouped into load batches: binary COPY encodes them one by one into its piece
+    # and keeps no Arrow batch of the whole piece
+    decoded: Callable[[int, int], Iterator[pa.RecordBatch]] | None = None
 
     @property
     def total(self) -> int:
         """The file's rows."""
         return sum(self.rows)
+
+    def batch(self, start: int, end: int) -> pa.RecordBatch:
+        """Rows [start, end) of the file as one batch (a binary piece's rows read again,
+        for its redo as CSV text)."""
+        return _contiguous(pa.Table.from_batches(list(self.read(start, end, 1))))
 
 
 class BatchReader:

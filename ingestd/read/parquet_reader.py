@@ -99,10 +99,20 @@ def open_parquet(path: Openable, contract: Contract, limits: Limits) -> BatchRea
 
         return iter(BatchReader(layout, opened()))
 
+    def decoded(start: int, end: int) -> Iterator[pa.RecordBatch]:
+        def opened() -> Iterator[pa.RecordBatch]:
+            raw = _converted(_open(path, "us"), present, plan, limits.chunk_size, start, end)
+            yield from _normalise(raw, columns, missing, contract)
+
+        return iter(BatchReader(layout, opened()))
+
     meta = pf.metadata
     each = [meta.row_group(g) for g in range(meta.num_row_groups)]
     groups = RowGroups(
-        tuple(g.num_rows for g in each), read_rows, sum(g.total_byte_size for g in each)
+        tuple(g.num_rows for g in each),
+        read_rows,
+        sum(g.total_byte_size for g in each),
+        decoded,
     )
     return BatchReader(layout, batches(pf, 0, None), row_groups=groups)
 
