@@ -73,6 +73,7 @@ class Tally:
     # Asked just before a batch commits: True if nothing follows it (ReadAhead.exhausted).
     last: Callable[[], bool] | None = None
     finished: bool = False  # the last batch's transaction marked the file success
+    written: int = 0  # target rows the batches inserted or updated (upkeep's count)
 
     async def rows_before(self) -> int:
         """Rows of the file before the next batch."""
@@ -164,6 +165,7 @@ class BatchLoader:
         tally.rows += rows
         tally.rejected += set_aside
         tally.batches += 1
+        tally.written += written
         m = self.ctx.metrics
         m.batch_latency.observe(time.perf_counter() - started)
         m.batches_processed.labels(self.file_type, self.worker_id).inc()

@@ -42,6 +42,10 @@ class Target:
     # A row trigger on the target or a partition of it: a BEFORE INSERT trigger sees every
     # proposed row, also an earlier occurrence of a key that DISTINCT ON would drop.
     row_triggers: bool = True
+    # No row security and no NOT VALID check or not-null constraint on the target or a
+    # partition: a staged row equal to its target row may then skip ON CONFLICT (see
+    # upsert's skip_unchanged), which could otherwise refuse it for an old row's fault.
+    unchanged_skippable: bool = False
     # From topology.describe_target, once per file: a Citus table (distributed or
     # reference) refuses MERGE from a coordinator temp table, so merge mode writes INSERT
     # ... ON CONFLICT there; a distributed table takes at most `write_slots` loads at once
@@ -186,7 +190,14 @@ SELECT
     EXISTS (SELECT FROM pg_trigger g
             WHERE (g.tgrelid = $1::regclass  -- the tree is empty for a plain table
                    OR g.tgrelid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
-              AND NOT g.tgisinternal AND (g.tgtype & 1) = 1) AS row_triggers
+              AND NOT g.tgisinternal AND (g.tgtype & 1) = 1) AS row_triggers,
+    NOT EXISTS (SELECT FROM pg_class r
+                WHERE (r.oid = $1::regclass
+                       OR r.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
+                  AND (r.relrowsecurity OR EXISTS (
+                      SELECT FROM pg_constraint k WHERE k.conrelid = r.oid
+                        AND NOT k.convalidated AND k.contype IN ('c', 'n'))))
+        AS unchanged_skippable
 FROM (SELECT) AS one{_held(target)}
 """
 
@@ -316,14 +327,23 @@ def _updated(target: Target) -> list[str]:
     return [c for c in target.columns if c not in target.identity_key]
 
 
-def upsert(target: Target, stage: str, *, dedupe: bool = True) -> str:
+def upsert(target: Target, stage: str, *, dedupe: bool = True, skip_unchanged: bool = False) -> str:
     """INSERT ... ON CONFLICT (pk) DO UPDATE, skipping rows that did not change.
 
     Without `dedupe` the staged rows go in key order, each key's in file order, with no
     DISTINCT ON: right only while the batch holds each key once, which PostgreSQL checks
-    (see optimistic_upsert).
+    (see optimistic_upsert). With `skip_unchanged` (deduplicated, and only where
+    optimistic_upsert holds) the last occurrence of a key that equals its row in the
+    target never reaches ON CONFLICT, which would lock that row (a WAL record and a
+    dirtied page each) only for the guard to write nothing; the probe costs a batch of
+    new or changed rows about a quarter more, so merge_batch asks for it after a batch
+    that wrote little.
     """
-    rows = _last_per_key(target, stage) if dedupe else _in_key_order(target, stage)
+    rows = (
+        _last_per_key(target, stage) if dedupe or skip_unchanged else _in_key_order(target, stage)
+    )
+    if skip_unchanged and _updated(target):
+        rows = _unchanged_dropped(target, rows)
     head = (
         f"INSERT INTO {target.qualified} AS t ({_cols(target.columns)}) {_OVERRIDING} "
         f"{rows} ON CONFLICT ({_cols(target.pk)}) "
@@ -332,6 +352,19 @@ def upsert(target: Target, stage: str, *, dedupe: bool = True) -> str:
     if not sets:
         return head + "DO NOTHING"
     return head + f"DO UPDATE SET {sets} WHERE {_changed(target, 't.', 'EXCLUDED.')}"
+
+
+def _unchanged_dropped(target: Target, rows: str) -> str:
+    # The key matched with = as the arbiter index does (plain_key), the values compared as
+    # ON CONFLICT's guard compares them: a row kept here is one the guard would let write.
+    # A NULL in the key matches nothing, so that row goes to ON CONFLICT as before. A
+    # scalar subquery, not NOT EXISTS: it stays one index probe a row and keeps the rows'
+    # key order (the lock order), where an anti join might hash the whole target.
+    keys = " AND ".join(f"held.{quote_ident(c)} = s.{quote_ident(c)}" for c in target.pk)
+    return (
+        f"SELECT * FROM ({rows}) AS s WHERE (SELECT true FROM {target.qualified} AS held "
+        f"WHERE {keys} AND NOT {_changed(target, 'held.', 's.')} LIMIT 1) IS NOT TRUE"
+    )
 
 
 def _matches(target: Target) -> str:
