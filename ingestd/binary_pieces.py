@@ -58,6 +58,7 @@ class _Pieces:
         self._segment = segment
         self._back: list[pa.RecordBatch] = []  # rows read but not in a piece yet, next on top
         self._position = start  # the file's rows (0-based) before the next piece
+        self._row_bytes = 0.0  # the last binary piece's payload bytes a row
 
     def next_piece(self) -> Piece | None:
         batch = self._next_batch()
@@ -68,7 +69,10 @@ class _Pieces:
         if arrays is None:
             self._back.append(batch)
             return self._text_piece()
-        stream, size = BinaryStream(self._position + 1, ordinal=self._ordinal), 0
+        # Sized from the last piece's bytes a row: its buffer is rarely moved as it grows.
+        expect = int(self._row_bytes * self._chunk_rows * 1.05)
+        stream = BinaryStream(self._position + 1, ordinal=self._ordinal, expect_bytes=expect)
+        size = 0
         while arrays is not None and stream.takes(arrays):
             refuse_nul(batch, self._position + stream.rows + 1)
             stream.write(arrays)
@@ -84,7 +88,9 @@ class _Pieces:
         rows, at = stream.rows, self._position
         fmt = CopyFormat(ordinal=self._ordinal, binary_types=self._types)
         again = partial(self._groups.batch, at, at + rows)
-        piece = Piece(stream.finish(), fmt, span=self._span(rows), rows_again=again)
+        payload = stream.finish()
+        self._row_bytes = len(payload) / max(rows, 1)
+        piece = Piece(payload, fmt, span=self._span(rows), rows_again=again)
         self._position += rows
         return piece
 

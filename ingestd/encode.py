@@ -124,14 +124,22 @@ def encode_binary(arrays: list[pa.Array], first_row: int, *, ordinal: bool) -> m
 
 class BinaryStream:
     """One binary COPY stream written a batch at a time: a piece's rows are encoded as
-    they are decoded, so no Arrow batch of the whole piece is ever made or kept."""
+    they are decoded, so no Arrow batch of the whole piece is ever made or kept.
 
-    def __init__(self, first_row: int, *, ordinal: bool):
+    pgpq's output goes into one buffer from Arrow's pool as it comes, each part freed at
+    once: the payload never exists twice (parts and their join), and it lives in the
+    allocator that gives memory back at once (jemalloc, decay 0), not in the C heap, where
+    payloads of several threads stayed as fragments. `expect_bytes` (the previous piece's
+    size) sizes the buffer up front, so it is rarely moved while it grows.
+    """
+
+    def __init__(self, first_row: int, *, ordinal: bool, expect_bytes: int = 0):
         self._next_row = first_row
         self._ordinal = ordinal
         self._encoder: ArrowToPostgresBinaryEncoder | None = None
         self._schema: pa.Schema | None = None
-        self._parts: list[bytes] = []
+        self._buffer = pa.allocate_buffer(max(expect_bytes, 1 << 16), resizable=True)
+        self._size = 0
         self.rows = 0
 
     def takes(self, arrays: list[pa.Array]) -> bool:
@@ -148,10 +156,10 @@ class BinaryStream:
             # A fresh encoder per stream: pgpq buffers small batches until finish().
             self._schema = batch.schema
             self._encoder = ArrowToPostgresBinaryEncoder(batch.schema)
-            self._parts.append(self._encoder.write_header())
+            self._append(self._encoder.write_header())
         # Slices keep pgpq's own buffer small (it grows by doubling while a batch is written).
         for start in range(0, rows, _ENCODE_ROWS):
-            self._parts.append(self._encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
+            self._append(self._encoder.write_batch(batch.slice(start, _ENCODE_ROWS)))
         self._next_row += rows
         self.rows += rows
 
@@ -160,23 +168,17 @@ class BinaryStream:
         if self._encoder is None:
             self.write([])
         assert self._encoder is not None  # noqa: S101 - made by the first write
-        self._parts.append(self._encoder.finish())
-        parts, self._parts = self._parts, []
-        return _joined(parts)
+        self._append(self._encoder.finish())
+        self._buffer.resize(self._size, shrink_to_fit=True)
+        return memoryview(self._buffer).cast("B")
 
-
-def _joined(parts: list[bytes]) -> memoryview:
-    """The parts as one buffer from Arrow's pool, each part freed once copied: the payload
-    lives in the allocator that gives memory back at once (jemalloc, decay 0), not in the
-    C heap, where payloads of several threads stayed as fragments (measured: ~20 MB)."""
-    out = pa.allocate_buffer(sum(len(p) for p in parts))
-    view, at = memoryview(out).cast("B"), 0
-    parts.reverse()
-    while parts:
-        part = parts.pop()
-        view[at : at + len(part)] = part
-        at += len(part)
-    return view
+    def _append(self, part: bytes) -> None:
+        end = self._size + len(part)
+        if end > self._buffer.size:
+            self._buffer.resize(max(end, self._buffer.size * 5 // 4))
+        with memoryview(self._buffer).cast("B") as view:  # released before any resize
+            view[self._size : end] = part
+        self._size = end
 
 
 _ENCODE_ROWS = 8192
