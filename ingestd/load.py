@@ -281,6 +281,7 @@ class BatchLoader:
         batch = piece.batch
         if batch is None and piece.rows_again is not None:
             batch = await asyncio.to_thread(piece.rows_again)
+            await unchanged(self.job)  # read again: still the version the batch was made of
         assert batch is not None  # noqa: S101 - binary pieces carry their batch or rows
         first, ordinal = await tally.rows_before() + 1, self.stage is not None
         payload = await asyncio.to_thread(encode_batch, batch, first, ordinal=ordinal)
