@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -77,6 +76,8 @@ def check_config(argv: Sequence[str]) -> int:
         print(f"  contract {c.name}: {c.pattern} -> {target} ({c.mode}, {key}, {c.file_type})")
     if ns.dsn is None:
         return 0
+    import asyncio  # only to ask the database: the file's check is quick without it
+
     try:
         lines, fits = asyncio.run(_targets(ns.dsn, settings))
     except IngestdError as exc:
@@ -262,6 +263,8 @@ def backfill(argv: Sequence[str]) -> int:
         help="env INGESTD_BACKFILL_MAINTENANCE_WORK_MEM_MB",
     )
     ns = p.parse_args(argv)
+    import asyncio
+
     from ingestd.logs import setup as setup_logging
 
     setup_logging("text", "WARNING")
@@ -296,6 +299,8 @@ async def _backfill(
                 f"no embedded database in {state_dir} (no pgdata folder): give --state-dir "
                 "of the instance, or --dsn / INGESTD_DSN"
             )
+        import asyncio
+
         dsn, handle = await asyncio.to_thread(start_embedded, state_dir)
     jobs = int(str(got["backfill_index_jobs"]))
     settings = Settings(
