@@ -14,7 +14,6 @@ from typing import Literal
 
 import asyncpg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ingestd.db import sql
 from ingestd.db.connection import Connection
@@ -23,6 +22,7 @@ from ingestd.db.sql import Target
 from ingestd.db.topology import describe_target
 from ingestd.exceptions import FileError
 from ingestd.identifiers import quote_qualified
+from ingestd.lazy import pyarrow_compute as pc  # imported at first use (lazy.py)
 
 log = logging.getLogger(__name__)
 

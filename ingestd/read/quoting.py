@@ -20,7 +20,11 @@ import re
 import struct
 
 import pyarrow as pa
-import pyarrow.compute as pc
+
+try:  # the kernel alone: pyarrow.compute builds a wrapper per kernel at import (~0.1 s)
+    from pyarrow._compute import MatchSubstringOptions, call_function
+except ImportError:  # pragma: no cover - a pyarrow that moved it
+    from pyarrow.compute import MatchSubstringOptions, call_function
 
 _CR, _LF = 0x0D, 0x0A
 
@@ -108,7 +112,8 @@ def _matches(pattern: str, data: bytes, end: int) -> bool:
     # Latin-1, one byte a character, whatever the file's encoding.
     offsets = pa.py_buffer(struct.pack("<qq", 0, end))
     value = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
-    return bool(pc.match_substring_regex(value, pattern)[0].as_py())
+    found = call_function("match_substring_regex", [value], MatchSubstringOptions(pattern))
+    return bool(found[0].as_py())
 
 
 # Byte sequences COPY reads otherwise than the readers, at a line start after the first:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ingestd.exceptions import FileError
+from ingestd.lazy import pyarrow_compute as pc  # imported at first use (lazy.py)
 
 _NUL = re.compile(b"\x00")
 

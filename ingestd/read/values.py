@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ingestd.exceptions import FileError
+from ingestd.lazy import pyarrow_compute as pc  # imported at first use (lazy.py)
 
 Converter = Callable[[pa.Array], pa.Array]
 

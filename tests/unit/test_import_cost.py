@@ -58,3 +58,27 @@ def test_importing_the_cli_loads_none_of_them(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
+
+
+def test_the_run_loads_without_pyarrow_compute(tmp_path: Path) -> None:
+    """Its ~300 kernel wrappers cost ~0.1 s; a raw CSV load uses none (lazy.py)."""
+    code = (
+        "import sys, ingestd.cli, ingestd.service, ingestd.pipeline, ingestd.split;"
+        "print('pyarrow.compute' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False"
+
+
+def test_a_lazy_module_imports_at_first_use_and_keeps_what_it_handed_out() -> None:
+    import pyarrow as pa
+
+    from ingestd.lazy import LazyModule, pyarrow_compute
+
+    assert pyarrow_compute.cast(pa.array([1]), pa.string()).to_pylist() == ["1"]
+    json = LazyModule("json")
+    assert json.dumps([1]) == "[1]"
+    assert "dumps" in vars(json)  # the second use is a plain attribute
