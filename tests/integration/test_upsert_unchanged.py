@@ -7,6 +7,7 @@ file loaded again is not ANALYZEd (upkeep counts rows written, not read)."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ingestd.exceptions import FileError
 from tests.helpers import log_events
 from tests.pg import Db
 
-Row = tuple[int, str]
+Row = tuple[int | None, str]
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,9 @@ def _every_batch_counts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _csv(rows: list[Row]) -> bytes:
-    return "".join(f"{k},{v}\n" for k, v in rows).encode()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(("" if k is None else k, v) for k, v in rows)
+    return out.getvalue().encode()
 
 
 class Batches:
@@ -61,11 +64,12 @@ class Batches:
         return written, xid, followed
 
     async def rows(self) -> dict[int, tuple[str, int]]:
-        """k -> (v, the xid that locked or wrote the row last: xmax if set, else xmin).
+        """k -> (v, the xid that locked or wrote the row last: xmax if set, else xmin) of
+        the rows with a key.
         A subtransaction's xid comes after its transaction's, before the next one's."""
         got = await self.raw.fetch(
             f"SELECT k, v, CASE WHEN xmax::text = '0' THEN xmin ELSE xmax END::text AS x "
-            f"FROM {self.table}"
+            f"FROM {self.table} WHERE k IS NOT NULL"
         )
         return {int(r["k"]): (r["v"], int(r["x"])) for r in got}
 
@@ -183,3 +187,28 @@ def test_an_unchanged_file_loaded_again_writes_nothing_and_is_not_analyzed(
     assert log_events(again.err, "target_analyzed") == []
     assert db.val("SELECT array_agg(xmin::text ORDER BY k) FROM again") == xmin
     assert db.val("SELECT count(*) FROM again") == 3000
+
+
+def test_null_keys_and_values_without_equality_under_the_skip(dsn: str) -> None:
+    async def scenario() -> None:
+        raw = await asyncpg.connect(dsn)
+        try:
+            # A nullable UNIQUE key (a NULL equals no other NULL) and json, which has no =.
+            await raw.execute("CREATE TABLE nj (k bigint UNIQUE, v json)")
+            held = [(k, f'{{"a": {k}}}') for k in range(1, 9)]
+            await raw.executemany("INSERT INTO nj VALUES ($1, $2::json)", held)
+            b = Batches(raw, "nj")
+            rows = [*held, (None, '{"a": 1}')]
+            assert (await b.run(rows))[0] == 1  # the NULL-key row is a new row each time
+            written, second, followed = await b.run([*rows, (2, '{"a":  2}')])
+            assert followed.unchanged_skippable and "v" in followed.as_text
+            # json compared by its text: '{"a":  2}' is a change, the rest is not.
+            assert written == 2
+            now = await b.rows()
+            assert {k for k, (_, x) in now.items() if x >= second} == {2}
+            assert await raw.fetchval("SELECT v::text FROM nj WHERE k = 2") == '{"a":  2}'
+            assert await raw.fetchval("SELECT count(*) FROM nj WHERE k IS NULL") == 2
+        finally:
+            await raw.close()
+
+    asyncio.run(scenario())
