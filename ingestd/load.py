@@ -23,7 +23,7 @@ from ingestd.db.topology import hold_write_slot
 from ingestd.discover import identity
 from ingestd.encode import encode_batch
 from ingestd.exceptions import FileError, Interrupted
-from ingestd.model import LoadContext, ManifestStatus
+from ingestd.model import LoadContext
 from ingestd.read.csv_reader import parse_segment
 from ingestd.read.raw_csv import RawCsv
 from ingestd.reject import Sorting, is_bad_data, load_sorting_out
@@ -268,9 +268,9 @@ class BatchLoader:
                 # The look pipeline.process_file makes after the last batch, made before
                 # this commit: a file changed under us rolls this batch back.
                 await unchanged(self.job)
-            await manifest.checkpoint(self.conn, claim_id, tally.rows, tally.rows + rows)
-            if final:
-                await manifest.finish(self.conn, claim_id, ManifestStatus.SUCCESS, None)
+            await manifest.checkpoint(
+                self.conn, claim_id, tally.rows, tally.rows + rows, last=final
+            )
             return final
         await manifest.checkpoint_segment(
             self.conn, claim_id, span.segment, span.start, span.end, rows

@@ -382,12 +382,21 @@ class Manifest:
         return Claim(row["id"], row["rows"], row["rows_rejected"], row["batches"], _segments(row))
 
     async def checkpoint(
-        self, conn: Connection, claim_id: int, before: int, after: int, rejected: int = 0
+        self,
+        conn: Connection,
+        claim_id: int,
+        before: int,
+        after: int,
+        rejected: int = 0,
+        *,
+        last: bool = False,
     ) -> None:
-        """Record progress; call inside the batch's transaction."""
+        """Record progress; call inside the batch's transaction. `last`: the batch is the
+        file's last, and the same statement marks the file success (what finish does)."""
+        statement = sql.manifest_checkpoint_last if last else sql.manifest_checkpoint
         status = await self._guard(
             lambda: conn.execute(
-                sql.manifest_checkpoint(self.name),
+                statement(self.name),
                 claim_id,
                 before,
                 after,

@@ -601,6 +601,18 @@ def manifest_checkpoint(name: str) -> str:
     )
 
 
+def manifest_checkpoint_last(name: str) -> str:
+    """manifest_checkpoint for a file's last batch, which also marks the file success (the
+    same parameters): one statement, not a checkpoint and then manifest_finish. The clock's
+    time, as manifest_finish's: the transaction began before the batch was sent."""
+    return (
+        f"UPDATE {name} SET rows = $3, batches = batches + 1, rows_rejected = rows_rejected + $4, "
+        "lease_until = now() + make_interval(secs => $6), status = 'success', notes = NULL, "
+        "processed_at = clock_timestamp() "
+        "WHERE id = $1 AND rows = $2 AND status = 'pending' AND owner_token = $5"
+    )
+
+
 def manifest_plan_segments(name: str) -> str:
     """Record how a file is split ($2 segment end offsets, $3 segment start offsets) on a
     row ($1 id) of token $4 that has no plan and no progress yet."""
