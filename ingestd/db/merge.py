@@ -41,7 +41,11 @@ async def merge_batch(
     returns the rows written."""
     small = rows is not None and rows < _TRY_FROM_ROWS
     plain = mode == "upsert" and not small and sql.optimistic_upsert(target)
-    if plain and target.unchanged_skippable and stage in _MOSTLY_UNCHANGED:
+    if (
+        plain
+        and stage in _MOSTLY_UNCHANGED
+        and await conn.fetchval(sql.UNCHANGED_SKIPPABLE, target.qualified)
+    ):
         # The last batch of this layout wrote little (a file loaded again, a full export
         # with a few changes): rows equal to the target's skip ON CONFLICT's row lock.
         written = await _written(conn, sql.upsert(target, stage, skip_unchanged=True))

@@ -42,10 +42,6 @@ class Target:
     # A row trigger on the target or a partition of it: a BEFORE INSERT trigger sees every
     # proposed row, also an earlier occurrence of a key that DISTINCT ON would drop.
     row_triggers: bool = True
-    # No row security and no NOT VALID check or not-null constraint on the target or a
-    # partition: a staged row equal to its target row may then skip ON CONFLICT (see
-    # upsert's skip_unchanged), which could otherwise refuse it for an old row's fault.
-    unchanged_skippable: bool = False
     # From topology.describe_target, once per file: a Citus table (distributed or
     # reference) refuses MERGE from a coordinator temp table, so merge mode writes INSERT
     # ... ON CONFLICT there; a distributed table takes at most `write_slots` loads at once
@@ -190,15 +186,22 @@ SELECT
     EXISTS (SELECT FROM pg_trigger g
             WHERE (g.tgrelid = $1::regclass  -- the tree is empty for a plain table
                    OR g.tgrelid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
-              AND NOT g.tgisinternal AND (g.tgtype & 1) = 1) AS row_triggers,
-    NOT EXISTS (SELECT FROM pg_class r
-                WHERE (r.oid = $1::regclass
-                       OR r.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
-                  AND (r.relrowsecurity OR EXISTS (
-                      SELECT FROM pg_constraint k WHERE k.conrelid = r.oid
-                        AND NOT k.convalidated AND k.contype IN ('c', 'n'))))
-        AS unchanged_skippable
+              AND NOT g.tgisinternal AND (g.tgtype & 1) = 1) AS row_triggers
 FROM (SELECT) AS one{_held(target)}
+"""
+
+
+# Whether a staged row equal to its target row may skip ON CONFLICT (upsert's
+# skip_unchanged): not where row security or a NOT VALID check or not-null constraint on
+# the target ($1, quoted name) or a partition could refuse it for an old row's fault.
+# Asked only before a skipping batch: follow_target runs for every batch of every file.
+UNCHANGED_SKIPPABLE = """
+SELECT NOT EXISTS (
+    SELECT FROM pg_class r
+    WHERE (r.oid = $1::regclass OR r.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
+      AND (r.relrowsecurity OR EXISTS (
+          SELECT FROM pg_constraint k
+          WHERE k.conrelid = r.oid AND NOT k.convalidated AND k.contype IN ('c', 'n'))))
 """
 
 

@@ -123,7 +123,6 @@ async def follow_target(conn: Connection, target: Target, stage: str) -> Target:
         identity_key=frozenset(row["identity_key"]),
         plain_key=bool(row["plain_key"]),
         row_triggers=bool(row["row_triggers"]),
-        unchanged_skippable=bool(row["unchanged_skippable"]),
     )
 
 

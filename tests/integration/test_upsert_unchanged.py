@@ -63,6 +63,10 @@ class Batches:
             xid = int(await self.raw.fetchval("SELECT pg_current_xact_id()::text::bigint"))
         return written, xid, followed
 
+    async def skippable(self) -> bool:
+        """Whether the target lets an unchanged row skip ON CONFLICT."""
+        return bool(await self.raw.fetchval(sql.UNCHANGED_SKIPPABLE, self.target.qualified))
+
     async def rows(self) -> dict[int, tuple[str, int]]:
         """k -> (v, the xid that locked or wrote the row last: xmax if set, else xmin) of
         the rows with a key.
@@ -83,8 +87,8 @@ def test_a_batch_after_one_that_wrote_little_skips_only_the_unchanged_rows(dsn: 
             await raw.executemany("INSERT INTO un VALUES ($1, $2)", held)
             b = Batches(raw, "un")
             # The file again: nothing written; ON CONFLICT locked every row.
-            written, first, followed = await b.run(held)
-            assert written == 0 and followed.unchanged_skippable
+            written, first, _ = await b.run(held)
+            assert written == 0 and await b.skippable()
             assert all(x >= first for _, x in (await b.rows()).values())
             # Key 3: changed, then as held (the last, equal, wins: nothing to write);
             # key 4: as held, then changed; key 2 changed, key 100 new, the rest as held.
@@ -129,8 +133,8 @@ def test_a_target_where_an_old_row_can_refuse_keeps_the_plain_statement(
             await raw.execute("INSERT INTO old VALUES (-1, 'old'), (1, 'a'), (2, 'b')")
             await raw.execute(ddl.format(t="old"))
             b = Batches(raw, "old")
-            written, _, followed = await b.run([(1, "a"), (2, "b")])
-            assert written == 0 and not followed.unchanged_skippable, why
+            assert (await b.run([(1, "a"), (2, "b")]))[0] == 0
+            assert not await b.skippable(), why
             if "check" in why:
                 # The row the table holds breaks the constraint added since: ON CONFLICT
                 # checks the proposed row first and refuses it, as it always did.
@@ -156,11 +160,11 @@ def test_a_partition_with_a_not_valid_check_keeps_the_plain_statement(dsn: str) 
                 "CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200)"
             )
             b = Batches(raw, "parted")
-            assert (await b.run([(1, "a")]))[2].unchanged_skippable
+            assert await b.skippable()
             await raw.execute(
                 "ALTER TABLE parted_b ADD CONSTRAINT short CHECK (v <> 'x') NOT VALID"
             )
-            assert not (await b.run([(1, "a")]))[2].unchanged_skippable
+            assert not await b.skippable()
         finally:
             await raw.close()
 
@@ -201,7 +205,7 @@ def test_null_keys_and_values_without_equality_under_the_skip(dsn: str) -> None:
             rows = [*held, (None, '{"a": 1}')]
             assert (await b.run(rows))[0] == 1  # the NULL-key row is a new row each time
             written, second, followed = await b.run([*rows, (2, '{"a":  2}')])
-            assert followed.unchanged_skippable and "v" in followed.as_text
+            assert await b.skippable() and "v" in followed.as_text
             # json compared by its text: '{"a":  2}' is a change, the rest is not.
             assert written == 2
             now = await b.rows()
