@@ -308,7 +308,7 @@ class ReadAhead:
 
     def __init__(self, produce: Callable[[], Piece | None]):
         self._produce = produce
-        self._pending: asyncio.Future[Piece | None] | None = None
+        self._pending: asyncio.Future[_Ahead] | None = None
         self._pieces = self._run()
 
     def __aiter__(self) -> ReadAhead:
@@ -329,14 +329,17 @@ class ReadAhead:
             and pending.done()
             and not pending.cancelled()
             and pending.exception() is None
-            and pending.result() is None
+            and pending.result()[0] is None
         )
 
     async def _run(self) -> AsyncGenerator[Piece, None]:
-        pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._produce))
+        pending = self._pending = self._read(_UNREAD)
         try:
-            while (item := await pending) is not None:
-                pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._produce))
+            while True:
+                item, after = await pending
+                if item is None:
+                    return
+                pending = self._pending = self._read(after)
                 yield item
         finally:
             # The thread cannot be interrupted; let it finish so the reader is not used twice.
@@ -344,6 +347,39 @@ class ReadAhead:
                 await asyncio.shield(asyncio.wait([pending]))
             if pending.done() and not pending.cancelled():
                 pending.exception()  # retrieved: a read error after a failure is not news
+
+    def _read(self, after: Piece | _Unread | BaseException | None) -> asyncio.Future[_Ahead]:
+        """The next piece: read in a thread, or the one a hop read already (no hop)."""
+        if isinstance(after, _Unread):
+            return asyncio.ensure_future(asyncio.to_thread(self._ahead))
+        done: asyncio.Future[_Ahead] = asyncio.get_running_loop().create_future()
+        if isinstance(after, BaseException):
+            done.set_exception(after)
+        else:
+            done.set_result((after, _UNREAD))
+        return done
+
+    def _ahead(self) -> _Ahead:
+        """One piece and, when it is small (a small file is one piece), the read after it
+        in the same hop to a thread: the end of a small file is then known at once."""
+        piece = self._produce()
+        if piece is None or len(piece.payload) >= _READ_ON_BYTES:
+            return piece, _UNREAD
+        try:
+            return piece, self._produce()
+        except Exception as exc:  # raised where that read's piece is asked for, as before
+            return piece, exc
+
+
+class _Unread:
+    """The piece after is not read yet."""
+
+
+_UNREAD = _Unread()
+# A piece below this is read on from in the same hop: it waits in hand with the next one
+# (at most this much more memory than a read ahead of one piece).
+_READ_ON_BYTES = 1 << 20
+_Ahead = tuple[Piece | None, Piece | _Unread | BaseException | None]
 
 
 def read_ahead(produce: Callable[[], Piece | None]) -> ReadAhead:

@@ -157,3 +157,59 @@ def test_a_file_rewritten_during_its_last_batch_rolls_that_batch_back(
     r = cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id")
     assert r.code == 0, r.err
     assert db.val("SELECT count(DISTINCT id) FROM t") == 7
+
+
+def test_a_small_piece_brings_the_end_of_its_file_along() -> None:
+    """A small piece is read on from in its own hop to a thread: the end of a one-piece file
+    is known the moment its piece arrives (its batch then finishes the file). A read error
+    after it comes out where that read's piece is asked for, after the piece; a large piece
+    is handed over without waiting for the read after it."""
+
+    def pieces_of(*chunks: bytes | Exception) -> Any:
+        made = iter(chunks)
+
+        def produce() -> Piece | None:
+            chunk = next(made, None)
+            if isinstance(chunk, Exception):
+                raise chunk
+            return None if chunk is None else Piece(memoryview(chunk), None)  # type: ignore[arg-type]
+
+        return read_ahead(produce)
+
+    async def one_piece() -> tuple[bytes, bool]:
+        pieces = pieces_of(b"id\n1\n")
+        piece = await anext(pieces)
+        return bytes(piece.payload), pieces.exhausted()
+
+    assert asyncio.run(one_piece()) == (b"id\n1\n", True)
+
+    async def failing_after() -> tuple[bytes, bool]:
+        pieces = pieces_of(b"a", OSError("gone"))
+        piece = await anext(pieces)
+        ended = pieces.exhausted()
+        with pytest.raises(OSError, match="gone"):
+            await anext(pieces)
+        return bytes(piece.payload), ended
+
+    assert asyncio.run(failing_after()) == (b"a", False)
+
+    gate = threading.Event()
+    big = b"x" * (2 << 20)
+    made = iter([big])
+
+    def held() -> Piece | None:
+        chunk = next(made, None)
+        if chunk is None:
+            gate.wait(5)
+            return None
+        return Piece(memoryview(chunk), None)  # type: ignore[arg-type]
+
+    async def large() -> tuple[int, bool, bool]:
+        pieces = read_ahead(held)
+        piece = await asyncio.wait_for(anext(pieces), 2)  # not held back by the gated read
+        waiting = pieces.exhausted()
+        gate.set()
+        assert [p async for p in pieces] == []
+        return len(piece.payload), waiting, gate.is_set()
+
+    assert asyncio.run(large()) == (len(big), False, True)
