@@ -42,6 +42,8 @@ def binary_pieces(
 
 
 class _Pieces:
+    """What carries over from one piece to the next: rows read past it, where it ends."""
+
     def __init__(
         self,
         groups: RowGroups,
@@ -58,19 +60,19 @@ class _Pieces:
         self._segment = segment
         self._back: list[pa.RecordBatch] = []  # rows read but not in a piece yet, next on top
         self._position = start  # the file's rows (0-based) before the next piece
-        self._row_bytes = 0.0  # the last binary piece's payload bytes a row
+        self._last_bytes = 0  # the last binary piece's payload
 
     def next_piece(self) -> Piece | None:
         batch = self._next_batch()
         if batch is None:
             return None
-        batch = self._cut(batch, self._chunk_rows)
+        batch = self._cut(batch, self._chunk_rows, self._max_bytes)
         arrays = binary_arrays(batch, self._types)
         if arrays is None:
             self._back.append(batch)
             return self._text_piece()
-        # Sized from the last piece's bytes a row: its buffer is rarely moved as it grows.
-        expect = int(self._row_bytes * self._chunk_rows * 1.05)
+        # Sized as the last piece (pieces are alike): its buffer is rarely moved as it grows.
+        expect = self._last_bytes + self._last_bytes // 16
         stream = BinaryStream(self._position + 1, ordinal=self._ordinal, expect_bytes=expect)
         size = 0
         while arrays is not None and stream.takes(arrays):
@@ -81,7 +83,7 @@ class _Pieces:
                 break
             if (batch := self._next_batch()) is None:
                 break
-            batch = self._cut(batch, self._chunk_rows - stream.rows)
+            batch = self._cut(batch, self._chunk_rows - stream.rows, self._max_bytes - size)
             arrays = binary_arrays(batch, self._types)
         else:
             self._back.append(batch)  # rows binary COPY cannot carry as these: the next piece's
@@ -89,7 +91,7 @@ class _Pieces:
         fmt = CopyFormat(ordinal=self._ordinal, binary_types=self._types)
         again = partial(self._groups.batch, at, at + rows)
         payload = stream.finish()
-        self._row_bytes = len(payload) / max(rows, 1)
+        self._last_bytes = len(payload)
         piece = Piece(payload, fmt, span=self._span(rows), rows_again=again)
         self._position += rows
         return piece
@@ -101,7 +103,7 @@ class _Pieces:
         while rows < self._chunk_rows and size < self._max_bytes:
             if (batch := self._next_batch()) is None:
                 break
-            batch = self._cut(batch, self._chunk_rows - rows)
+            batch = self._cut(batch, self._chunk_rows - rows, self._max_bytes - size)
             taken.append(batch)
             rows += batch.num_rows
             size += batch.nbytes
@@ -121,8 +123,11 @@ class _Pieces:
                 return batch
         return None
 
-    def _cut(self, batch: pa.RecordBatch, room: int) -> pa.RecordBatch:
-        """The batch's first `room` rows; the rest go back for the next piece."""
+    def _cut(self, batch: pa.RecordBatch, room: int, room_bytes: int) -> pa.RecordBatch:
+        """The batch's first `room` rows, fewer for wide rows (about room_bytes of them, at
+        least one); the rest go back for the next piece."""
+        if batch.nbytes > room_bytes:
+            room = min(room, max(1, batch.num_rows * room_bytes // batch.nbytes))
         if batch.num_rows > room:
             self._back.append(batch.slice(room))
             return batch.slice(0, room)

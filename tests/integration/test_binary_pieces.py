@@ -97,3 +97,16 @@ def test_a_refusal_in_a_later_piece_is_the_text_paths(
     assert db.val("SELECT count(*) FROM pr_bin") == committed
     assert db.val("SELECT count(DISTINCT id) FROM pr_bin") == committed
     assert set(vias) <= {"binary"}  # the redo as text is the refused batch's: not committed
+
+
+def test_wide_rows_shrink_a_binary_piece(cli: Any, db: Db, tmp_path: Path) -> None:
+    f = tmp_path / "wide.parquet"
+    texts = pa.array([chr(97 + i % 26) * 100_000 for i in range(300)], pa.string())
+    pq.write_table(pa.table({"id": pa.array(range(300), pa.int64()), "s": texts}), f)
+    result = _load(cli, f, "pw", "--memory-limit-mb", "16", "--no-resume")
+    assert result.code == 0, result.err[-2000:]
+    vias = _vias(result)
+    # 4 MB of Arrow data a piece (a quarter of the limit): ~40 rows each, not 50,000.
+    assert set(vias) == {"binary"} and 6 <= len(vias) <= 12, vias
+    assert db.val("SELECT count(*) FROM pw WHERE length(s) = 100000") == 300
+    assert db.val("SELECT count(DISTINCT id) FROM pw") == 300
