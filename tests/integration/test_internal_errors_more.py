@@ -99,14 +99,14 @@ def _buggy_sql(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     checkpoint = Manifest.checkpoint
 
     async def buggy(self: Manifest, conn: Any, claim_id: int, before: int, after: int,
-                    rejected: int = 0) -> None:  # fmt: skip
+                    rejected: int = 0, *, last: bool = False) -> None:  # fmt: skip
         if kind == "syntax":
             await conn.execute("UPDATE ingestion_manifest SET notes = notes WHERE WHERE id = $1",
                                claim_id)  # fmt: skip
         elif kind == "function":
             await conn.execute("SELECT no_such_function_in_ingestd($1::int)", claim_id)
         # "argument": a str for an int parameter (asyncpg's client-side DataError)
-        await checkpoint(self, conn, claim_id, before, str(after), rejected)  # type: ignore[arg-type]
+        await checkpoint(self, conn, claim_id, before, str(after), rejected, last=last)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Manifest, "checkpoint", buggy)
 
