@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from ingestd.db.stage import CopyFormat
 from ingestd.encode import BinaryStream, binary_arrays, encode_batch
+from ingestd.exceptions import FileError
 from ingestd.load import Piece, Span
 from ingestd.read.batches import RowGroups
 from ingestd.read.text import refuse_nul
@@ -89,8 +90,8 @@ class _Pieces:
             self._back.append(batch)  # rows binary COPY cannot carry as these: the next piece's
         rows, at = stream.rows, self._position
         fmt = CopyFormat(ordinal=self._ordinal, binary_types=self._types)
-        again = partial(self._groups.batch, at, at + rows)
         payload = stream.finish()
+        again = partial(_rows_again, self._groups, self._types, self._ordinal, at, rows, payload)
         self._last_bytes = len(payload)
         piece = Piece(payload, fmt, span=self._span(rows), rows_again=again)
         self._position += rows
@@ -137,3 +138,27 @@ class _Pieces:
         if self._segment is None:
             return None
         return Span(self._segment, self._position, self._position + rows)
+
+
+def _rows_again(
+    groups: RowGroups,
+    types: tuple[str | None, ...],
+    ordinal: bool,
+    at: int,
+    rows: int,
+    payload: memoryview,
+) -> pa.RecordBatch | None:
+    """A binary piece's rows read again from the file for its redo as text, or None when
+    they are not the rows it was made of. The file is opened again by its path, and a file
+    replaced by one of the same size with its mtime set back passes the identity check, so
+    the rows must encode to the very bytes the piece sent."""
+    try:
+        batch = groups.batch(at, at + rows)
+    except (FileError, OSError, ValueError, pa.ArrowException):
+        return None  # a replacement unlike the file: no such rows, other columns or types
+    arrays = binary_arrays(batch, types) if batch.num_rows == rows else None
+    if arrays is None:
+        return None
+    stream = BinaryStream(at + 1, ordinal=ordinal, expect_bytes=len(payload))
+    stream.write(arrays)
+    return batch if bytes(stream.finish()) == bytes(payload) else None

@@ -109,7 +109,7 @@ class Piece:
     raw: RawCsv | None = None
     span: Span | None = None  # set for a segment of a split file: checkpointed by bytes
     # A binary piece keeps no Arrow batch: its rows are read again for a redo as text.
-    rows_again: Callable[[], pa.RecordBatch] | None = None
+    rows_again: Callable[[], pa.RecordBatch | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +282,12 @@ class BatchLoader:
         if batch is None and piece.rows_again is not None:
             batch = await asyncio.to_thread(piece.rows_again)
             await unchanged(self.job)  # read again: still the version the batch was made of
+            if batch is None:
+                raise FileChangedError(
+                    f"{self.job.name} changed while it was being loaded (its rows read "
+                    "again are not those sent); this version is abandoned and the new one "
+                    "will be loaded as a new version"
+                )
         assert batch is not None  # noqa: S101 - binary pieces carry their batch or rows
         first, ordinal = await tally.rows_before() + 1, self.stage is not None
         payload = await asyncio.to_thread(encode_batch, batch, first, ordinal=ordinal)

@@ -110,3 +110,47 @@ def test_wide_rows_shrink_a_binary_piece(cli: Any, db: Db, tmp_path: Path) -> No
     assert set(vias) == {"binary"} and 6 <= len(vias) <= 12, vias
     assert db.val("SELECT count(*) FROM pw WHERE length(s) = 100000") == 300
     assert db.val("SELECT count(DISTINCT id) FROM pw") == 300
+
+
+@pytest.mark.parametrize("replacement", ["patched_in_place", "shorter"])
+def test_a_file_replaced_before_the_redo_fails_as_changed_and_loads_none_of_its_rows(
+    cli: Any, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replacement: str
+) -> None:
+    """The redo reads the rows again by the file's path: a file replaced meanwhile, even
+    with its size and mtime kept, must not lend them (breaker5 finding 1), nor end in a
+    traceback when it has fewer rows (finding 2)."""
+    import os
+
+    from ingestd.load import BatchLoader
+
+    ids = range(ROWS)
+    f = tmp_path / "v.parquet"
+    values = pa.array([i % 97 if i != 2_222 else 500 for i in ids], pa.int64())
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "v": values}), f, row_group_size=700)
+    db.execute("CREATE TABLE pc (id bigint PRIMARY KEY, v bigint CHECK (v < 100))")
+    redo = BatchLoader._as_text
+
+    async def replaced_first(self: Any, piece: Any, tally: Any) -> Any:
+        seen = os.stat(f)
+        if replacement == "shorter":
+            other = tmp_path / "short.parquet"
+            short = pa.table({"id": pa.array([1], pa.int64()), "v": pa.array([1], pa.int64())})
+            pq.write_table(short, other)
+            os.replace(other, f)
+        else:  # same size, other bytes in the middle (the redone rows' row group)
+            data = bytearray(f.read_bytes())
+            middle = slice(len(data) // 3, 2 * len(data) // 3)
+            data[middle] = bytes(b ^ 0x5A for b in data[middle])
+            f.write_bytes(bytes(data))
+        os.utime(f, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+        return await redo(self, piece, tally)
+
+    monkeypatch.setattr(BatchLoader, "_as_text", replaced_first)
+    result = _load(cli, f, "pc", "--chunk-size", 7, "--no-resume", *BINARY)
+    out = result.out + result.err
+    assert "changed while it was being loaded" in out, out[-2000:]
+    assert "internal error" not in out and "Traceback" not in out, out[-2000:]
+    committed = 2_222 // 7 * 7  # the batches before the refused one, all the old file's
+    assert db.val("SELECT count(*) FROM pc") == committed
+    assert db.val("SELECT count(*) FROM pc WHERE v <> id % 97") == 0
+    assert db.manifest()[-1]["status"] != "success"
