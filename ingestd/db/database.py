@@ -90,7 +90,26 @@ class Database:
 
     async def close(self, *, timeout_s: float = 10.0) -> None:
         """Close every connection, giving up on the polite way after `timeout_s`."""
+        await _reopening_finished(self._pool, timeout_s=min(timeout_s, _REOPEN_WAIT_S))
         try:
             await asyncio.wait_for(self._pool.close(), timeout_s)
         except DRIVER_ERRORS:
             self._pool.terminate()
+
+
+_REOPEN_WAIT_S = 2.0  # a reconnect takes milliseconds; one to a server that is down, longer
+
+
+async def _reopening_finished(pool: asyncpg.Pool, *, timeout_s: float) -> None:
+    """Let the pool's reconnect in flight end before the pool closes.
+
+    asyncpg reopens a closed connection (one ingestd terminated after a failed file) in a
+    task of its own, to keep the pool at its size, and Pool.close() cancels that task.
+    Cancelled in the middle of a TLS handshake (sslmode=prefer over TCP: Citus turns TLS
+    on), the half-made connection's socket outlived the event loop: an fd left open and
+    a ResourceWarning at exit. asyncpg offers no public handle on the task, hence the
+    attribute; without it (another asyncpg), close() behaves as before.
+    """
+    reopening = getattr(pool, "_maintenance_task", None)
+    if isinstance(reopening, asyncio.Task) and not reopening.done():
+        await asyncio.wait({reopening}, timeout=timeout_s)
