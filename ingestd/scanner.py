@@ -537,7 +537,9 @@ class Scanner:
         with bound(file=manifest_name(key)):
             contract = s.contract_for(name)
             try:
-                version = await file_version(path, name)
+                # A local file's size as discovery saw it: a small one is hashed inline.
+                seen = size_of(before) if isinstance(path, Path) else None
+                version = await file_version(path, name, seen)
             except FileNotFoundError:
                 # Moved away meanwhile: by another instance that has just loaded it, or by
                 # an operator. Nothing to load and nothing failed.

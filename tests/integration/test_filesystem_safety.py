@@ -26,10 +26,12 @@ def test_a_file_swapped_for_a_symlink_before_hashing_is_refused(
     secret = write(tmp_path / "outside" / "secret.csv", SECRET_ROW)
     real = scanner.file_version
 
-    async def swap_then_hash(path: Path, name: PurePosixPath) -> FileVersion:
+    async def swap_then_hash(
+        path: Path, name: PurePosixPath, size: int | None = None
+    ) -> FileVersion:
         path.unlink()  # noqa: ASYNC240 - the race is the point
         path.symlink_to(secret)  # noqa: ASYNC240 - an attacker wins the race after discovery
-        return await real(path, name)
+        return await real(path, name, size)  # small: hashed inline, on the loop
 
     monkeypatch.setattr(scanner, "file_version", swap_then_hash)
     result = cli("--once", "--inbox", inbox, "--table", "t", "--pk", "id")

@@ -27,7 +27,7 @@ async def test_a_bug_while_offering_is_an_internal_error_not_a_failure(
     f = inbox / "f.csv"
     f.write_text("id\n1\n")
 
-    async def buggy(path: Path, name: PurePosixPath) -> FileVersion:
+    async def buggy(path: Path, name: PurePosixPath, size: int | None = None) -> FileVersion:
         raise KeyError("x")
 
     monkeypatch.setattr(scanner_module, "file_version", buggy)

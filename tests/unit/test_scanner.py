@@ -28,7 +28,7 @@ async def test_a_file_moved_away_before_its_checksum_is_not_a_failure(
     f = inbox / "f.csv"
     f.write_text("id\n1\n")
 
-    async def moved_first(path: Path, name: PurePosixPath) -> FileVersion:
+    async def moved_first(path: Path, name: PurePosixPath, size: int | None = None) -> FileVersion:
         os.rename(path, tmp_path / "elsewhere.csv")
         raise FileNotFoundError(2, "No such file or directory", str(path))
 
