@@ -299,7 +299,12 @@ async def give_back(pool: asyncpg.Pool, conn: Connection, *, broken: bool) -> No
     if broken:
         with contextlib.suppress(asyncpg.InterfaceError):
             raw.terminate()
-    with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
+    # The pool resets a connection given back (RESET ALL and the like); one the server
+    # dropped before the client noticed (a shutdown, pg_terminate_backend) fails that
+    # (57P01 "terminating connection", or asyncpg's InternalClientError), and the pool
+    # has terminated it already. It escaped here and crashed the daemon's scanner, which
+    # holds its claims' connection, at a server shutdown.
+    with contextlib.suppress(*DRIVER_ERRORS):
         await asyncio.wait_for(pool.release(raw), 5)
 
 

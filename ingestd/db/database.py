@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -90,9 +91,11 @@ class Database:
 
     async def close(self, *, timeout_s: float = 10.0) -> None:
         """Close every connection, giving up on the polite way after `timeout_s`."""
+        started = time.monotonic()
         await _reopening_finished(self._pool, timeout_s=min(timeout_s, _REOPEN_WAIT_S))
         try:
-            await asyncio.wait_for(self._pool.close(), timeout_s)
+            left_s = max(0.1, timeout_s - (time.monotonic() - started))
+            await asyncio.wait_for(self._pool.close(), left_s)
         except DRIVER_ERRORS:
             self._pool.terminate()
 
@@ -111,5 +114,10 @@ async def _reopening_finished(pool: asyncpg.Pool, *, timeout_s: float) -> None:
     attribute; without it (another asyncpg), close() behaves as before.
     """
     reopening = getattr(pool, "_maintenance_task", None)
-    if isinstance(reopening, asyncio.Task) and not reopening.done():
+    if not isinstance(reopening, asyncio.Task) or reopening.done():
+        return
+    # Only a connect in flight is worth the wait: while the server is down the task sleeps
+    # out its backoff between attempts, and cancelling a sleep leaves nothing open.
+    awaiting = getattr(reopening.get_coro(), "cr_await", None)
+    if getattr(awaiting, "__qualname__", "") == "PoolConnectionHolder.connect":
         await asyncio.wait({reopening}, timeout=timeout_s)

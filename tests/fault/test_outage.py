@@ -93,3 +93,36 @@ def test_server_restart_mid_file_finishes_without_duplicates(
     assert (m["status"], m["rows"]) == ("success", total)
     assert m["attempts"] >= 2
     check_books(own_db, None, None, None, "t", files=(f,))
+
+
+def test_closing_the_pool_with_the_server_down_does_not_wait_for_its_reconnect(
+    own_server: ControlledServer, own_dsn: str
+) -> None:
+    """Closing lets a reconnect in flight finish (a TLS handshake cancelled midway left a
+    socket open); with the server down the pool's reconnect task only sleeps out its
+    backoff, and a stop then waited 2 s for nothing (breaker6 F1)."""
+    import asyncio
+
+    import uvloop
+
+    from ingestd.db.database import Database
+    from ingestd.retry import Backoff
+
+    async def close_after_outage() -> float:
+        db = await Database.open(
+            own_dsn, size=3, connect_timeout_s=5, statement_timeout_s=10, attempts=0,
+            backoff=Backoff(),
+        )  # fmt: skip
+        conn = await db.acquire()
+        own_server.stop("immediate")
+        await db.release(conn, broken=True)  # as after a failed file: the pool reopens it
+        await asyncio.sleep(0.05)  # its first attempt has failed: it sleeps
+        began = time.monotonic()
+        await db.close(timeout_s=10)
+        return time.monotonic() - began
+
+    try:
+        took = uvloop.run(close_after_outage())
+    finally:
+        own_server.start()  # the fixture drops its database
+    assert took < 1.0, f"close took {took:.2f} s with the server down"

@@ -4,6 +4,7 @@ reopen a lost connection are one readable warning line, not a traceback every fe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import uuid
 
@@ -94,3 +95,34 @@ async def test_a_held_connection_the_server_dropped_is_weather_at_every_first_st
     finally:
         await db.close()
         await admin.close()
+
+
+async def test_a_connection_the_server_dropped_unnoticed_is_given_back_quietly(dsn: str) -> None:
+    """The server ends a held connection (a shutdown, pg_terminate_backend) and the client
+    has not read that yet when it gives the connection back: the pool's reset meets the
+    57P01 and raised ConnectionDoesNotExistError out of release, which crashed the daemon's
+    scanner (its claims' connection) at a server shutdown. Now the pool replaces it."""
+    db = await Database.open(
+        dsn, size=2, connect_timeout_s=5, statement_timeout_s=10, attempts=0, backoff=Backoff()
+    )
+    try:
+        conn = await db.acquire()
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+
+        async def terminate_and_wait() -> None:
+            admin = await asyncpg.connect(dsn)
+            try:
+                # With a timeout, it returns once the backend has exited (PostgreSQL 14+).
+                assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+            finally:
+                await admin.close()
+
+        # On another thread's loop, and this loop blocked meanwhile: it must not read the
+        # server's goodbye before the release does.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, terminate_and_wait()).result(timeout=30)
+        await db.release(conn)
+        async with db.connection() as again:  # the pool opened a new one
+            assert await again.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await db.close()
