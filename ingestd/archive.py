@@ -137,7 +137,7 @@ def _identity(handle: Handle) -> Version | None:
         st = os.stat(handle, follow_symlinks=False)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino  # as storage.local.identity
 
 
 @dataclass

@@ -27,7 +27,7 @@ __all__ = [
 
 
 def identity(handle: Handle) -> Version | None:
-    """An entry's version now ((size, mtime_ns) of a regular local file), or None if it is
+    """An entry's version now ((size, mtime_ns, inode) of a regular local file), or None if it is
     gone or not a regular entry; a store's handle asks its store."""
     if isinstance(handle, Path):
         return _local.identity(handle)

@@ -45,13 +45,18 @@ async def unchanged(job: Job) -> None:
 
 
 def check_unchanged(job: Job) -> None:
-    """Raise FileChangedError if the file is gone or its size or mtime moved."""
+    """Raise FileChangedError if the file is gone or its identity (a local file: size,
+    mtime, inode) moved."""
     now = identity(job.path)
     if now is None:
         raise FileChangedError(f"{job.name} disappeared while it was being loaded")
     if now != job.identity:
         # A store says what its versions are told by (an object store: the ETag).
-        how = getattr(getattr(job.path, "storage", None), "changed_how", "size or mtime differ")
+        how = getattr(
+            getattr(job.path, "storage", None),
+            "changed_how",
+            "size, mtime or inode differ",
+        )
         raise FileChangedError(
             f"{job.name} changed while it was being loaded ({how}); "
             "this version is abandoned and the new one will be loaded as a new version"

@@ -200,12 +200,16 @@ def relative_name(path: Path, inbox: Path | None, *, resolved: bool = False) -> 
     return PurePosixPath(real.as_posix())
 
 
-def identity(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a regular file, or None if it is gone or not a regular file."""
+def identity(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime_ns, inode) of a regular file, or None if it is gone or not a regular
+    file. The inode catches a replacement of the same size with its mtime set back
+    (`rsync -t`, a temporary file renamed over it): size and mtime alone let one load under
+    the checksum of the bytes claimed. Not the ctime: ingestd's own link and rename of a
+    file whose move failed change it, and the move's retry must see the same version."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return (st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -55,7 +55,7 @@ class Settler:
     ):
         self._settle_s = settle_s
         self._clock = clock
-        self._seen: dict[Path, tuple[tuple[int, int], float]] = {}
+        self._seen: dict[Path, tuple[tuple[int, int, int], float]] = {}
         self._on_gone = on_gone
         self._on_unreadable = on_unreadable
 
@@ -76,7 +76,7 @@ class Settler:
         elif path not in self._seen or self._seen[path][0] != now:
             self._seen[path] = (now, self._clock())
 
-    def _quiet(self, seen: tuple[int, int], since: float) -> bool:
+    def _quiet(self, seen: tuple[int, int, int], since: float) -> bool:
         # Unchanged since we first saw it for settle_s, or last written at least settle_s ago
         # (a file renamed into the inbox keeps its mtime: no need to wait for it again).
         mtime_age_s = time.time() - seen[1] / 1e9

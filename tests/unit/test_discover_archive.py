@@ -176,9 +176,11 @@ def test_relative_name_without_an_inbox(tmp_path: Path) -> None:
 
 def test_identity(tmp_path: Path) -> None:
     f = touch(tmp_path / "a.csv", "12345")
-    size, mtime_ns = identity(f) or (None, None)
-    assert size == 5
-    assert mtime_ns == f.stat().st_mtime_ns
+    st = f.stat()
+    assert identity(f) == (5, st.st_mtime_ns, st.st_ino)
+    os.replace(touch(tmp_path / "b.csv", "67890"), f)  # same size: another inode
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert identity(f) != (5, st.st_mtime_ns, st.st_ino)
     assert identity(tmp_path / "gone.csv") is None
     assert identity(tmp_path) is None
     os.mkfifo(tmp_path / "fifo")

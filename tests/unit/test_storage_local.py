@@ -93,12 +93,13 @@ def test_opening_refuses_a_symlink_and_never_blocks_on_a_fifo(tmp_path: Path) ->
     assert errors and isinstance(errors[0], OSError)
 
 
-def test_identity_is_size_and_mtime_of_a_regular_file(tmp_path: Path) -> None:
+def test_identity_is_size_mtime_and_inode_of_a_regular_file(tmp_path: Path) -> None:
     f = tmp_path / "a.csv"
     f.write_bytes(b"id\n1\n")
     storage = LocalStorage(None, None, None)
     version = storage.identity(f)
-    assert version == (5, f.stat().st_mtime_ns) and size_of(version) == 5
+    st = f.stat()
+    assert version == (5, st.st_mtime_ns, st.st_ino) and size_of(version) == 5
     assert storage.identity(tmp_path / "gone.csv") is None
     assert storage.identity(tmp_path) is None  # a folder is not an entry
 
