@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
@@ -42,6 +43,12 @@ from ingestd.worker import WorkQueue, never_opened
 log = logging.getLogger(__name__)
 
 _LIST_CHUNK = 1000  # entries a store lists per trip to a thread
+
+
+# --once: looks at a file that keeps changing under its checksum (or is held by a writer),
+# and the first pause between them (doubled each time: 0.5 + 1 + 2 s).
+_HASH_TRIES = 4
+_REHASH_PAUSE_S = 0.5
 
 
 class Scanner:
@@ -512,7 +519,7 @@ class Scanner:
         finally:
             self._offering.discard(key)
 
-    async def _offer(self, path: Handle, name: PurePosixPath) -> None:
+    async def _offer(self, path: Handle, name: PurePosixPath, tries: int = 1) -> None:
         s = self.settings
         key = str(name)
         if not s.files and name.is_absolute():
@@ -547,17 +554,15 @@ class Scanner:
                 log.info("file_vanished", extra={"status": "gone"})
                 return
             except OSError as exc:
-                table = contract.table if contract else ""
-                unread = FileVersion(manifest_name(key), b"", size_of(before))
-                reason = f"cannot read file: {exc.strerror}"
-                await self._fail_early(path, name, unread, table, reason)
+                await self._hash_failed(path, name, contract, before, exc, tries)
                 return
             if contract is None:
                 await self._unroutable(path, name, version)
                 return
             if await identity_now(path) != before:
                 self.waiting.pop(key, None)
-                return  # still being written: a later event offers it again
+                await self._changed_under_hash(path, name, contract.table, tries)
+                return
             job = await self._accounted(self._claim(path, name, contract, version, before))
             if isinstance(job, Skip):
                 await self._skipped(path, name, contract.table, job)
@@ -568,6 +573,54 @@ class Scanner:
                 self.progress.claimed(key, version.filesize)
             await self._queue_or_report(job)
             log.debug("file_queued", extra={"rows_committed": job.claim.rows_done})
+
+    async def _hash_failed(
+        self,
+        path: Handle,
+        name: PurePosixPath,
+        contract: Contract | None,
+        before: Version,
+        exc: OSError,
+        tries: int,
+    ) -> None:
+        """A file its checksum could not read: failed with the reason, unless the reason
+        passes (EAGAIN: a writer holds a lease on it, Samba's oplocks; the kernel is
+        breaking it), which is waited for like a file still being written."""
+        table = contract.table if contract else ""
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and contract is not None:
+            self.waiting.pop(str(name), None)
+            why = f"it could not be opened ({exc.strerror}: a writer holds a lease on it?)"
+            await self._changed_under_hash(path, name, table, tries, why)
+            return
+        unread = FileVersion(manifest_name(str(name)), b"", size_of(before))
+        await self._fail_early(path, name, unread, table, f"cannot read file: {exc.strerror}")
+
+    async def _changed_under_hash(
+        self,
+        path: Handle,
+        name: PurePosixPath,
+        table: str,
+        tries: int,
+        why: str = "it changed while it was checksummed",
+    ) -> None:
+        """The file changed while it was checksummed (or is held by a writer). The daemon
+        waits for the next event or rescan; --once has none: it looks again, pausing
+        longer each time, and if that goes on says so (exit 1) instead of leaving the file
+        behind in silence."""
+        if not self.settings.once:
+            return
+        if tries < _HASH_TRIES:
+            await asyncio.sleep(_REHASH_PAUSE_S * 2 ** (tries - 1))
+            await self._offer(path, name, tries + 1)
+            return
+        reason = (
+            f"{why}, {_HASH_TRIES} times in {_REHASH_PAUSE_S * (2 ** (_HASH_TRIES - 1) - 1):g} "
+            "s (still being written?): not loaded; it stays in the inbox for the next run"
+        )
+        log.warning("file_unsettled", extra={"status": "interrupted", "reason": reason})
+        self._results.add(
+            FileResult(str(name), table, Outcome.INTERRUPTED, error=reason, stay=True)
+        )
 
     async def _offer_archive(self, path: Handle, name: PurePosixPath, before: Version) -> None:
         """A zip archive is a folder: its members, in name order, are offered as entries
