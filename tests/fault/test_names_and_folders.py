@@ -203,7 +203,12 @@ def test_inbox_deleted_and_recreated_is_reported_and_watched_again(
     inbox = tmp_path / "inbox"
     daemon = start_daemon()
     drop(inbox, b"first.csv", csv_rows(2))
-    wait_for(lambda: ids(db) == [1, 2], what="a file before the inbox goes")
+    # Moved to done/ too: the rows commit before the move, and a file still in the inbox
+    # would go with it (its bytes then nowhere: the books would rightly disagree).
+    wait_for(
+        lambda: ids(db) == [1, 2] and not (inbox / "first.csv").exists(),
+        what="a file loaded and moved before the inbox goes",
+    )
     shutil.rmtree(inbox)
     wait_for(lambda: daemon.get("/readyz")[0] == 503, what="not ready without an inbox")
     assert daemon.metric("ingest_ready") == 0
