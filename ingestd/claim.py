@@ -56,7 +56,8 @@ def sha256_entry(handle: Handle) -> tuple[bytes, int]:
 
 def sha256_small(path: Path, limit: int) -> tuple[bytes, int] | None:
     """sha256 and size of a local file of at most `limit` bytes, read at once; None if it
-    has more (then sha256_file, in a thread). Opens it as sha256_file does."""
+    has more (then sha256_entry, in a thread). Opens it as sha256_entry does
+    (open_regular: no symlink followed, no FIFO waited on)."""
     with open_regular(path) as file:
         data = file.read(limit + 1)
     if len(data) > limit:
