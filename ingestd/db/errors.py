@@ -102,6 +102,17 @@ _STALE_CONNECTION = (
     "pool is closing",
     "pool is closed",
 )
+# Citus reports a worker connection lost mid-statement or mid-commit as XX000 (no SQLSTATE
+# from libpq's own error), with libpq's text or its own: a worker restart, not the file.
+_CITUS_CONNECTION_LOST = (
+    "failure on connection marked as essential",
+    "server closed the connection unexpectedly",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+    "connection not open",
+    "could not receive data from server",
+    "could not send data to server",
+)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -114,6 +125,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_PYTHON_ERRORS):
         return True
     code = sqlstate_of(exc)
+    if code == "XX000":
+        return any(text in str(exc) for text in _CITUS_CONNECTION_LOST)
     if code is not None:
         return code in _RETRYABLE_CODES or code.startswith(_RETRYABLE_CLASSES)
     if isinstance(exc, asyncpg.exceptions.InterfaceError):

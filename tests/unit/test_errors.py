@@ -250,3 +250,23 @@ def test_client_side_programming_errors_are_not_retried() -> None:
     )
     assert not is_retryable(error)
     assert isinstance(translate(error), InternalError)  # a bug: never the file's fault
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "failure on connection marked as essential: 127.0.0.1:44015",
+        "SSL SYSCALL error: EOF detected",
+        "server closed the connection unexpectedly\n\tThis probably means the server terminated",
+    ],
+)
+def test_a_citus_worker_lost_mid_statement_is_weather(message: str) -> None:
+    # Seen as XX000 from the coordinator while a worker restarted mid-load (test_citus).
+    exc = server_error("XX000", message)
+    assert is_retryable(exc) is True
+    assert type(translate(exc, first_row=1)) is RetryableError
+
+
+def test_other_internal_errors_are_not_retried() -> None:
+    exc = server_error("XX000", "could not find block containing chunk 0x55")
+    assert is_retryable(exc) is False
