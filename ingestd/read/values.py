@@ -49,6 +49,7 @@ _MIN_US = -62_135_596_800 * 10**6  # 0001-01-01 00:00:00
 _MAX_US = 253_402_300_800 * 10**6 - 1  # 9999-12-31 23:59:59.999999
 _MIN_DAY, _MAX_DAY = -719_162, 2_932_896  # 0001-01-01, 9999-12-31
 _DAY_MS = 86_400_000
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _YEARS = "outside the years 1 to 9999, the dates ingestd can carry to PostgreSQL"
 _NS = (
     "is not a whole microsecond: PostgreSQL keeps microseconds and ingestd never rounds; "
@@ -240,6 +241,11 @@ def _date(array: pa.Array) -> pa.Array:
         bad = _first(_not_multiple(ms, _DAY_MS))
         if bad is not None:
             raise BadValueError(bad, f"{ms[bad].as_py()} ms since 1970 is not a whole day")
+        # Days past int32 would make Arrow's cast refuse the whole column, naming no row.
+        bad = _first(_outside(ms, _INT32_MIN * _DAY_MS, _INT32_MAX * _DAY_MS))
+        if bad is not None:
+            days = ms[bad].as_py() // _DAY_MS
+            raise BadValueError(bad, f"{days} day after 1970-01-01 is {_YEARS}")
         array = array.cast(pa.date32())
     if _within(array.view(pa.int32()), _MIN_DAY, _MAX_DAY):
         return array

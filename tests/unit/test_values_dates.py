@@ -63,6 +63,19 @@ def test_a_day_outside_is_refused_at_its_index(at: int, value: int, text: str) -
         assert str(err.value).startswith(text)
 
 
+@pytest.mark.parametrize("days", [2**31 + 5, -(2**31) - 5, 2**36])
+def test_a_date64_past_32_bit_days_is_refused_at_its_index(days: int) -> None:
+    # Arrow's date64 -> date32 cast refused the whole column, naming neither row nor column.
+    array = pa.array([0, days * DAY_MS, None], pa.int64()).view(pa.date64())
+    with pytest.raises(BadValueError) as err:
+        _convert(array)
+    assert err.value.index == 1
+    assert (
+        str(err.value) == f"{days} day after 1970-01-01 is outside the years 1 to 9999, "
+        "the dates ingestd can carry to PostgreSQL"
+    )
+
+
 def test_a_null_slot_holding_a_day_outside_passes() -> None:
     # What a NULL stores is no value: the kernel skips it, as the refusal's mask does.
     data = pa.array([FIRST - 10, 5, LAST + 10], pa.int32()).buffers()[1]
