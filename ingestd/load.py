@@ -30,6 +30,9 @@ from ingestd.reject import Sorting, is_bad_data, load_sorting_out
 
 log = logging.getLogger(__name__)
 
+# Awaited by a staged batch before it merges: the batch before it has committed (relay.py).
+Turn = Callable[[], Awaitable[None]]
+
 
 class FileChangedError(FileError):
     """The file changed or vanished while it was being loaded."""
@@ -132,16 +135,17 @@ class BatchLoader:
     partitions_made: list[str] = field(default_factory=list)  # by create_partitions
     partitions_tried: set[str] = field(default_factory=set)  # refusals it went again for
 
-    async def batch(self, piece: Piece, tally: Tally) -> None:
+    async def batch(self, piece: Piece, tally: Tally, turn: Turn | None = None) -> None:
         """One batch, start to commit; advances `tally`. When `tally.last` says nothing
         follows, the same transaction marks the file success, after one more look that it
-        did not change (one commit a file less)."""
+        did not change (one commit a file less). `turn` (relay.Relay) is awaited once the
+        batch is staged, before it merges or reads `tally`: the batch before has committed."""
         if self.ctx.stopping.is_set():
             raise Interrupted(f"stopped after {tally.rows} rows; resumes on the next run")
         await unchanged(self.job)  # one look per batch: stop early on a file rewritten under us
         started = time.perf_counter()
         try:
-            rows, written, set_aside = await self._commit(piece, tally)
+            rows, written, set_aside = await self._commit(piece, tally, turn)
         except FileError:
             if self.partitions_made:
                 # Kept on purpose: other files (and this one, retried) may need them.
@@ -180,14 +184,16 @@ class BatchLoader:
         if self.ctx.progress is not None:
             self.ctx.progress.batch(str(self.job.name), rows, len(piece.payload))
 
-    async def _commit(self, piece: Piece, tally: Tally) -> tuple[int, int, int]:
+    async def _commit(
+        self, piece: Piece, tally: Tally, turn: Turn | None = None
+    ) -> tuple[int, int, int]:
         """COPY, merge and checkpoint one batch in one transaction: (rows, rows written,
         rows set aside). If the batch fails on bad data and the contract allows bad rows,
         the good rows load and the bad ones go to ingestion_rejects, still in one transaction.
         """
         conn, claim_id, mode = self.conn, self.job.claim.manifest_id, self.job.contract.mode
         try:
-            rows, written = await self._commit_whole(piece, tally)
+            rows, written = await self._commit_whole(piece, tally, turn)
             return rows, written, 0
         except FileChangedError:
             raise  # not the batch's data: the version is abandoned
@@ -195,18 +201,20 @@ class BatchLoader:
             refused = exc
         except TypesMovedError:
             refused = None
+        if turn is not None:
+            await turn()  # what follows counts rows from tally: the batches before are in
         if piece.fmt.binary_types and (piece.batch is not None or piece.rows_again is not None):
             # Binary COPY is only a faster spelling: refused (or the types moved), the
             # batch goes again as CSV text, so what it means and what a refusal says
             # (row, column, rejects) are the text path's own.
-            return await self._commit(await self._as_text(piece, tally), tally)
+            return await self._commit(await self._as_text(piece, tally), tally, turn)
         assert refused is not None  # noqa: S101 - only binary pieces meet moved types
         if piece.raw is not None:
             # PostgreSQL refused the file's own bytes. Redo the batch through Arrow, the
             # reference reading: same rows, same leniency and the same messages as any
             # other file (a malformed row is then reported by the reader, with its row).
             before = await tally.rows_before()
-            return await self._commit(await self._through_arrow(piece, before), tally)
+            return await self._commit(await self._through_arrow(piece, before), tally, turn)
         unit = self.job.contract.create_partitions
         if unit:
             made = await create_partitions(conn, self.target, unit, refused, piece.batch)
@@ -216,7 +224,7 @@ class BatchLoader:
             fresh = bool(made.names) or str(refused) not in self.partitions_tried
             self.partitions_tried.add(str(refused))
             if made.again and fresh:
-                return await self._commit(piece, tally)  # again, with the partitions it lacked
+                return await self._commit(piece, tally, turn)  # again, with those it lacked
         refused = await name_unrouted_row(conn, self.target, piece.batch, refused)
         error = refused
         if isinstance(refused, BatchError):  # COPY counted its row from the batch's first
@@ -246,15 +254,21 @@ class BatchLoader:
         )
         return batch.num_rows, written, len(rejects)
 
-    async def _commit_whole(self, piece: Piece, tally: Tally) -> tuple[int, int]:
+    async def _commit_whole(
+        self, piece: Piece, tally: Tally, turn: Turn | None = None
+    ) -> tuple[int, int]:
         """The batch as it is, in one transaction: (rows, rows written)."""
         conn, mode = self.conn, self.job.contract.mode
         async with conn.atomic():
             await hold_write_slot(conn, self.target)
-            apply = apply_batch if self.drift is None else self.drift.apply
-            rows, written = await apply(
-                conn, self.target, self.stage, mode, piece.payload, piece.fmt
-            )
+            if self.drift is None:
+                rows, written = await apply_batch(
+                    conn, self.target, self.stage, mode, piece.payload, piece.fmt, turn
+                )
+            else:  # never relayed (relay.may_relay): its DDL would wait on the other's lock
+                rows, written = await self.drift.apply(
+                    conn, self.target, self.stage, mode, piece.payload, piece.fmt
+                )
             final = await self._checkpoint(piece, tally, rows)
         tally.finished = bool(final)
         if self.drift is not None:

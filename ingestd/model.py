@@ -87,7 +87,7 @@ def internal_error_text(exc: BaseException) -> str:
 
 
 class Helpable(Protocol):
-    """A file several workers load at once (split.SplitLoad)."""
+    """A file several workers load at once (split.SplitLoad, relay.Relay)."""
 
     async def help(self, conn: Connection, worker_id: str) -> bool:
         """Load parts of it on this connection; False if the connection may be unusable."""
@@ -96,7 +96,8 @@ class Helpable(Protocol):
 
 @dataclass(frozen=True)
 class Help:
-    """A work-queue item: take segments of this split file, if any are left."""
+    """A work-queue item: take part in loading this file (segments of a split file, or
+    turns at the batches of a relayed one), if any are left."""
 
     split: Helpable
 

@@ -37,6 +37,7 @@ from ingestd.read import BatchReader, open_reader, skip_rows
 from ingestd.read.columns import narrowed
 from ingestd.read.raw_csv import NotRaw, RawCsv
 from ingestd.read.text import refuse_nul
+from ingestd.relay import Relay, may_relay
 from ingestd.settings import Mode, Settings
 from ingestd.split import load_split, plan_split
 
@@ -167,8 +168,12 @@ async def _load_in_order(
         try:
             pieces = _pieces(reader, raw, tally.rows, load.stage is not None, types, s)
             tally.last = pieces.exhausted
-            async for piece in pieces:
-                await load.batch(piece, tally)
+            if may_relay(load):
+                # An idle worker stages the next batch while this one merges.
+                await Relay(load, pieces, tally).run()
+            else:
+                async for piece in pieces:
+                    await load.batch(piece, tally)
             return tally.rows, tally.finished, tally.written
         except NotRaw as why:
             log.info("raw_csv_fallback", extra={"reason": str(why), "rows_committed": tally.rows})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from ingestd.db import sql
 from ingestd.db.connection import Connection
 from ingestd.db.sql import Target
@@ -20,9 +22,11 @@ async def apply_batch(
     mode: Mode,
     payload: memoryview,
     fmt: CopyFormat,
+    turn: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, int]:
     """Write one payload to the target (inside the caller's transaction): (rows read from
-    the payload, target rows written)."""
+    the payload, target rows written). A staged batch awaits `turn` between its COPY and
+    its merge (relay.Relay: the batch before it must have committed)."""
     if mode == "append":
         rows = await copy_into_target(conn, target, payload, fmt)
         return rows, rows
@@ -31,6 +35,8 @@ async def apply_batch(
     # merge statement is written for its types and keys as they are now.
     target = await follow_target(conn, target, stage)
     rows = await copy_batch(conn, target, stage, payload, fmt)
+    if turn is not None:
+        await turn()
     return rows, await merge_batch(conn, target, stage, mode, rows)
 
 
@@ -118,6 +124,12 @@ def _worth_trying(stage: str) -> bool:
 async def _written(conn: Connection, statement: str) -> int:
     status = await conn.execute(statement)
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def reads_committed(conn: Connection) -> bool:
+    """Whether this session's transactions see what others committed before each statement
+    (read committed); relay.Relay merges a batch staged before the one ahead committed."""
+    return bool(await conn.fetchval(sql.READS_COMMITTED))
 
 
 def check_mode_supported(mode: Mode, server_version: int) -> None:

@@ -205,6 +205,10 @@ SELECT NOT EXISTS (
 """
 
 
+# A transaction of this session takes a snapshot per statement (relay.Relay needs it).
+READS_COMMITTED = "SELECT current_setting('transaction_isolation') = 'read committed'"
+
+
 # --- stage table (one per worker connection per layout) ------------------------------------
 
 

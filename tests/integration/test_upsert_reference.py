@@ -123,17 +123,20 @@ def _tuples(db: Db, table: str) -> tuple[int, int]:
     return int(row["i"]), int(row["u"])
 
 
-def _load(cli: Any, path: Path, table: str, mode: str, *extra: Any) -> Any:
+def _load(cli: Any, path: Path, table: str, mode: str, *extra: Any, concurrency: int = 1) -> Any:
     return cli("--once", "--files", path, "--table", table, "--pk", "k", "--mode", mode,
-               "--concurrency", "1", "--chunk-size", CHUNK, "--keep-files", "--no-resume",
-               *extra)  # fmt: skip
+               "--concurrency", concurrency, "--chunk-size", CHUNK, "--keep-files",
+               "--no-resume", *extra)  # fmt: skip
 
 
+# concurrency 2: an idle worker joins the file's load (relay.Relay), the two connections
+# taking its batches in turns; the rows must be what one connection writes.
+@pytest.mark.parametrize("concurrency", [1, 2])
 @pytest.mark.parametrize("path_kind", PATHS)
 @pytest.mark.parametrize("mode", ["upsert", "merge"])
 @pytest.mark.parametrize("shape", ["unique", "duplicates", "duplicates_and_null_keys"])
 def test_final_rows_are_the_last_occurrence_of_each_key(
-    cli: Any, db: Db, tmp_path: Path, path_kind: str, mode: str, shape: str
+    cli: Any, db: Db, tmp_path: Path, path_kind: str, mode: str, shape: str, concurrency: int
 ) -> None:
     null_keys = shape == "duplicates_and_null_keys"
     rows = _file_rows(len(shape) * 7 + len(path_kind), duplicates=shape != "unique",
@@ -145,10 +148,15 @@ def test_final_rows_are_the_last_occurrence_of_each_key(
         db.execute("INSERT INTO t VALUES ($1, $2, $3)", *r)
     path = _write(path_kind, tmp_path, rows)
 
-    first = _load(cli, path, "t", mode)
+    first = _load(cli, path, "t", mode, concurrency=concurrency)
     assert first.code == 0, first.err
-    vias = {e["via"] for e in log_events(first.err, "batch_committed")}
-    assert vias == VIAS[path_kind]
+    batches = log_events(first.err, "batch_committed")
+    assert {e["via"] for e in batches} == VIAS[path_kind]
+    committed = [e["rows_committed"] for e in batches]  # in file order, each row once
+    assert committed == sorted(set(committed)) and committed[-1] == len(rows)
+    if concurrency > 1:  # both connections wrote batches, in file order
+        assert log_events(first.err, "relay_joined")
+        assert len({e["worker_id"] for e in batches}) == 2
     expected = _reference(held, rows)
     assert _table_rows(db, "t") == expected
 
@@ -160,7 +168,7 @@ def test_final_rows_are_the_last_occurrence_of_each_key(
     versions = "SELECT k, xmin::text AS x, ctid::text AS c FROM t WHERE k = ANY ($1) ORDER BY k"
     kept = db.fetch(versions, once)
     before = _tuples(db, "t")
-    again = _load(cli, path, "t", mode)
+    again = _load(cli, path, "t", mode, concurrency=concurrency)
     assert again.code == 0, again.err
     inserted, updated = (a - b for a, b in zip(_tuples(db, "t"), before, strict=True))
     if shape == "unique":
