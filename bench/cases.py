@@ -465,10 +465,20 @@ def ingestd_split2(b: Bench) -> Measurement:
 
 def ingestd_upsert_csv(b: Bench) -> Measurement:
     """ingestd --mode upsert of the CSV into the half-full table."""
+    return _ingestd_upsert(b, "ingestd_upsert_csv")
+
+
+def ingestd_upsert_c1(b: Bench) -> Measurement:
+    """The same upsert on one connection (--concurrency 1): no second connection stages the
+    next batch while one merges (ingestd.relay)."""
+    return _ingestd_upsert(b, "ingestd_upsert_c1", "--concurrency", "1")
+
+
+def _ingestd_upsert(b: Bench, case: str, *extra: str) -> Measurement:
     _fresh(b, fill="half")
-    args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv))
+    args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv), *extra)
     stats = _settled_stats(b)
-    m = _measured(b, "ingestd_upsert_csv", args, b.sizes.rows, _size(b.files.csv))
+    m = _measured(b, case, args, b.sizes.rows, _size(b.files.csv))
     _expect_rows(b, TARGET, b.sizes.rows, m.case)
     _add_tuple_deltas(b, m, stats)
     return m
@@ -797,6 +807,7 @@ CASES: dict[str, Case] = {
     "asyncpg_raw_upsert": asyncpg_raw_upsert,
     "ingestd_upsert_csv": ingestd_upsert_csv,
     "ingestd_rerun_csv": ingestd_rerun_csv,
+    "ingestd_upsert_c1": ingestd_upsert_c1,
     "ingestd_parquet": ingestd_parquet,
     "ingestd_parquet_text": ingestd_parquet_text,
     "ingestd_parquet_1conn": ingestd_parquet_1conn,

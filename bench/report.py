@@ -18,7 +18,10 @@ _APPEND = (
     "naive_tuples", "memory_big", "ingestd_parquet_1conn",
     "pgpq_parquet", "pgpq_parquet_2conn", "pgpq_csv_text", "pgpq_csv_text_2conn",
 )  # fmt: skip
-_UPSERT = ("sql_upsert", "asyncpg_raw_upsert", "ingestd_upsert_csv", "ingestd_rerun_csv")
+_UPSERT = (
+    "sql_upsert", "asyncpg_raw_upsert", "ingestd_upsert_csv", "ingestd_upsert_c1",
+    "ingestd_rerun_csv",
+)  # fmt: skip
 LIMIT_OF = {**dict.fromkeys(_APPEND, "psql_copy"), **dict.fromkeys(_UPSERT, "sql_upsert")}
 
 # What each case is, for the table (bench/README.md says more).
@@ -42,6 +45,7 @@ LABEL = {
     "sql_upsert": "SQL-only upsert via psql (the upsert limit)",
     "asyncpg_raw_upsert": "raw CSV bytes -> temp -> `ON CONFLICT`, one transaction (asyncpg)",
     "ingestd_upsert_csv": "**ingestd upsert, half of the keys exist**",
+    "ingestd_upsert_c1": "ingestd upsert, `--concurrency 1` (no relay)",
     "ingestd_rerun_csv": "ingestd re-run of the unchanged file (`--no-resume`)",
     "small_files": "ingestd `--once`, many small files, defaults",
     "small_files_c2": "ingestd `--once`, many small files, `--concurrency 2`",
