@@ -39,6 +39,10 @@ class _Stopped(IngestdError):
     """The other connection's batch failed: this one rolls back before its merge."""
 
 
+def _stopped_at_once() -> Interrupted:
+    return Interrupted("stopped while loading; resumes on the next run")
+
+
 def may_relay(loader: BatchLoader) -> bool:
     """Whether a file's batches may be shared with a helper (see the module docstring)."""
     s, contract = loader.ctx.settings, loader.job.contract
@@ -71,6 +75,7 @@ class Relay:
         self._idle = asyncio.Event()
         self._idle.set()
         self.error: BaseException | None = None
+        self._failed_at = 0  # the number of the batch whose failure is self.error
         # Batch k's checkpoint may end the file only if no piece was taken after it.
         tally.last = lambda: self._taken == self._committed + 1 and pieces.exhausted()
 
@@ -81,7 +86,7 @@ class Relay:
         except _Stopped:
             pass  # the helper's batch failed first: its error is the file's
         except asyncio.CancelledError:
-            self._fail(Interrupted("stopped while loading; resumes on the next run"))
+            self._fail(_stopped_at_once(), -1)
             raise
         finally:
             self._ended = True
@@ -108,8 +113,9 @@ class Relay:
         assert self._owner.stage is not None  # noqa: S101 - may_relay checked
         try:
             await create_stage(conn, self._owner.target, self._owner.stage)
-        except IngestdError:
-            return False  # not joined: the owner goes on alone
+        except Exception as exc:  # not joined: the owner goes on alone
+            log.warning("relay_not_joined", extra={"error": str(exc)})
+            return False
         log.info("relay_joined", extra={"rows_committed": self._tally.rows})
         loader = dataclasses.replace(
             self._owner, conn=conn, worker_id=worker_id, partitions_made=[], partitions_tried=set()
@@ -119,7 +125,7 @@ class Relay:
         except _Stopped:
             return True  # the batch in hand rolled back; the owner reports the file
         except asyncio.CancelledError:
-            self._fail(Interrupted("stopped while loading; resumes on the next run"))
+            self._fail(_stopped_at_once(), -1)
             raise
         except FileError:
             return True  # the file's fault (relayed by _lane): the connection is fine
@@ -151,20 +157,22 @@ class Relay:
             except _Stopped:
                 raise
             except asyncio.CancelledError:
-                self._fail(Interrupted("stopped while loading; resumes on the next run"))
+                self._fail(_stopped_at_once(), -1)
                 raise
             except BaseException as exc:
-                self._fail(exc)
+                self._fail(exc, number)
                 raise
             self._committed = number + 1
             self._wake()
 
     async def _turn(self, number: int) -> None:
-        """Wait until batch `number` may merge: every batch before it has committed."""
-        while self.error is None and self._committed != number:
+        """Wait until batch `number` may merge: every batch before it has committed. If one
+        of those failed, this one rolls back; a later batch's failure lets it commit, as on
+        one connection, where it would have committed before the later one was read."""
+        while self._committed != number:
+            if self.error is not None and self._failed_at < number:
+                raise _Stopped("stopped: a batch before this one failed")
             await self._moved.wait()
-        if self.error is not None:
-            raise _Stopped("stopped: a batch before this one failed")
 
     async def _offer(self, conn: Connection) -> None:
         """Ask an idle worker to join once the file is seen to hold a second piece."""
@@ -174,9 +182,11 @@ class Relay:
             return
         offer(Help(self))
 
-    def _fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
+    def _fail(self, error: BaseException, number: int) -> None:
+        """Record batch `number`'s failure (-1: the whole load's, a cancellation). The
+        file's error is the earliest batch's, the one a single connection would meet."""
+        if self.error is None or number < self._failed_at:
+            self.error, self._failed_at = error, number
         self._wake()  # a participant waiting for its turn then rolls its batch back
 
     def _wake(self) -> None:

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingestd.db import merge
+from ingestd.exceptions import FileError
 from ingestd.load import BatchLoader, Piece, Tally
 from ingestd.service import Service
 from ingestd.settings import Contract, Settings
@@ -218,3 +220,38 @@ async def test_a_column_added_mid_relay_waits_its_turn_and_loses_nothing(
     got = await asyncio.to_thread(db.fetch, "SELECT k, v, note FROM t ORDER BY k")
     assert [(r["k"], r["v"]) for r in got] == _last_occurrences()
     assert {r["note"] for r in got} == {None}
+
+
+async def test_a_later_batch_failing_first_lets_the_batches_before_it_commit(
+    dsn: str, db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batch 2 fails on the owner at once, while batch 1 is still being staged on the
+    # helper: batch 1 still commits (one connection would have committed it before
+    # reading batch 2), and the file fails with batch 2's error.
+    await asyncio.to_thread(db.execute, "CREATE TABLE t (k bigint PRIMARY KEY, v bigint)")
+    path = _upsert_file(tmp_path)
+    batch, copy = BatchLoader.batch, merge.copy_batch
+    began: list[str] = []
+
+    async def failing(self: BatchLoader, piece: Piece, tally: Tally, turn: Any = None) -> None:
+        began.append(self.worker_id)
+        if len(began) == 3:
+            raise FileError("batch 2 refused before its turn")
+        await batch(self, piece, tally, turn)
+
+    async def slow(*args: Any) -> int:
+        if len(began) == 2:  # batch 1's COPY outlasts batch 0 and batch 2's failure
+            await asyncio.sleep(0.5)
+        return await copy(*args)
+
+    monkeypatch.setattr(BatchLoader, "batch", failing)
+    monkeypatch.setattr(merge, "copy_batch", slow)
+    report = await asyncio.wait_for(_service(dsn, path.parent).run(), 60)
+    [f] = report.files
+    assert began[1] != began[0] == began[2]  # batch 1 on the helper, 0 and 2 on the owner
+    assert f.status == "failed" and f.error is not None
+    assert "batch 2 refused before its turn" in f.error
+    [m] = await asyncio.to_thread(db.manifest)
+    assert (m["status"], m["rows"]) == ("failed", 20)
+    got = await asyncio.to_thread(db.fetch, "SELECT k, v FROM t ORDER BY k")
+    assert [(r["k"], r["v"]) for r in got] == [(k, k) for k in range(20)]
