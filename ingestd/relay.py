@@ -25,7 +25,7 @@ import functools
 import logging
 
 from ingestd.db.connection import Connection
-from ingestd.db.merge import reads_committed
+from ingestd.db.merge import keep_alive, reads_committed
 from ingestd.db.stage import create_stage
 from ingestd.exceptions import FileError, IngestdError, Interrupted
 from ingestd.load import BatchLoader, ReadAhead, Tally
@@ -112,6 +112,10 @@ class Relay:
     async def _help(self, conn: Connection, worker_id: str) -> bool:
         assert self._owner.stage is not None  # noqa: S101 - may_relay checked
         try:
+            # This connection's own isolation too: one made after a change of the
+            # database's default may differ from the owner's.
+            if not await reads_committed(conn):
+                return True
             await create_stage(conn, self._owner.target, self._owner.stage)
         except Exception as exc:  # not joined: the owner goes on alone
             log.warning("relay_not_joined", extra={"error": str(exc)})
@@ -153,7 +157,8 @@ class Relay:
                 await self._offer(loader.conn)
 
             try:
-                await loader.batch(piece, self._tally, functools.partial(self._turn, number))
+                turn = functools.partial(self._turn, number, loader.conn)
+                await loader.batch(piece, self._tally, turn)
             except _Stopped:
                 raise
             except asyncio.CancelledError:
@@ -165,14 +170,21 @@ class Relay:
             self._committed = number + 1
             self._wake()
 
-    async def _turn(self, number: int) -> None:
+    async def _turn(self, number: int, conn: Connection) -> None:
         """Wait until batch `number` may merge: every batch before it has committed. If one
         of those failed, this one rolls back; a later batch's failure lets it commit, as on
         one connection, where it would have committed before the later one was read."""
+        # The waiting batch's transaction is idle meanwhile: ingestd's sessions end one idle
+        # for the statement timeout (a vanished client), and the batch ahead may take
+        # longer than that in all (many statements, e.g. sorting out bad rows).
+        nudge_s = self._owner.ctx.settings.statement_timeout_s / 3
         while self._committed != number:
             if self.error is not None and self._failed_at < number:
                 raise _Stopped("stopped: a batch before this one failed")
-            await self._moved.wait()
+            try:
+                await asyncio.wait_for(self._moved.wait(), nudge_s)
+            except TimeoutError:
+                await keep_alive(conn)
 
     async def _offer(self, conn: Connection) -> None:
         """Ask an idle worker to join once the file is seen to hold a second piece."""

@@ -102,6 +102,12 @@ _STALE_CONNECTION = (
     "pool is closing",
     "pool is closed",
 )
+# Of those, the texts of a connection the server or the network ended under a worker.
+_CLOSED = ("connection is closed", "connection was closed", "released back to the pool")
+_CLOSED_MESSAGE = (
+    "the database connection was closed under this work (by the server: a restart, "
+    "pg_terminate_backend, idle_in_transaction_session_timeout; or by the network)"
+)
 # Citus reports a worker connection lost mid-statement or mid-commit as XX000 (no SQLSTATE
 # from libpq's own error), with libpq's text or its own: a worker restart, not the file.
 _CITUS_CONNECTION_LOST = (
@@ -279,6 +285,11 @@ def translate_batch(
             error_class=label,
         )
     if is_retryable(exc):
+        closed = (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError)
+        if isinstance(exc, closed) and any(t in message for t in _CLOSED):
+            # asyncpg's words name its own bookkeeping; the server's reason (a timeout, an
+            # administrator, a restart) went to the log with the connection.
+            message = _CLOSED_MESSAGE
         return RetryableError(
             f"{message} (transient; will retry)", sqlstate=code, error_class=label
         )

@@ -132,6 +132,12 @@ async def reads_committed(conn: Connection) -> bool:
     return bool(await conn.fetchval(sql.READS_COMMITTED))
 
 
+async def keep_alive(conn: Connection) -> None:
+    """One trivial statement in the open transaction: it is not idle for the server's
+    idle_in_transaction_session_timeout while it waits (relay.Relay)."""
+    await conn.execute(sql.KEEP_ALIVE)
+
+
 def check_mode_supported(mode: Mode, server_version: int) -> None:
     """MERGE arrived in PostgreSQL 15; say so plainly on older servers."""
     if mode == "merge" and server_version < MERGE_MIN_VERSION:

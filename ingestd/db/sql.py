@@ -207,6 +207,8 @@ SELECT NOT EXISTS (
 
 # A transaction of this session takes a snapshot per statement (relay.Relay needs it).
 READS_COMMITTED = "SELECT current_setting('transaction_isolation') = 'read committed'"
+# A statement that does nothing: an open transaction waiting on the client is not idle.
+KEEP_ALIVE = "SELECT"
 
 
 # --- stage table (one per worker connection per layout) ------------------------------------

@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingestd.db import merge
+from ingestd.db.connection import Connection, session_settings
 from ingestd.exceptions import FileError
 from ingestd.load import BatchLoader, Piece, Tally
+from ingestd.relay import Relay
 from ingestd.service import Service
 from ingestd.settings import Contract, Settings
 from tests.helpers import log_events
@@ -255,3 +259,32 @@ async def test_a_later_batch_failing_first_lets_the_batches_before_it_commit(
     assert (m["status"], m["rows"]) == ("failed", 20)
     got = await asyncio.to_thread(db.fetch, "SELECT k, v FROM t ORDER BY k")
     assert [(r["k"], r["v"]) for r in got] == [(k, k) for k in range(20)]
+
+
+async def test_a_batch_waiting_its_turn_outlives_the_idle_in_transaction_timeout(
+    dsn: str,
+) -> None:
+    # ingestd's sessions end after statement_timeout_s idle in a transaction; a staged
+    # batch waits in its open transaction while the batch ahead runs, which may take longer
+    # in all (many short statements: sorting out bad rows). The wait keeps it alive.
+    timeout_s = 0.3
+    raw = await asyncpg.connect(dsn, server_settings=session_settings(timeout_s))
+    conn = Connection(raw)
+    settings = SimpleNamespace(statement_timeout_s=timeout_s)
+    owner: Any = SimpleNamespace(ctx=SimpleNamespace(settings=settings))
+    relay = Relay(owner, SimpleNamespace(exhausted=lambda: False), Tally(0, 0, 0))  # type: ignore[arg-type]
+
+    async def batch_ahead_commits() -> None:
+        await asyncio.sleep(4 * timeout_s)
+        relay._committed = 1
+        relay._wake()
+
+    try:
+        async with conn.atomic():
+            await conn.execute("SELECT")
+            ahead = asyncio.create_task(batch_ahead_commits())
+            await asyncio.wait_for(relay._turn(1, conn), 30)
+            await ahead
+            assert await conn.fetchval("SELECT 42") == 42  # the session was not ended
+    finally:
+        await raw.close()

@@ -270,3 +270,27 @@ def test_a_citus_worker_lost_mid_statement_is_weather(message: str) -> None:
 def test_other_internal_errors_are_not_retried() -> None:
     exc = server_error("XX000", "could not find block containing chunk 0x55")
     assert is_retryable(exc) is False
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.InterfaceError(
+            "cannot call Connection.execute(): connection has been released back to the pool"
+        ),
+        asyncpg.InterfaceError("cannot call Connection.fetchval(): connection is closed"),
+        pgx.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    ],
+)
+def test_a_connection_the_server_closed_says_so(exc: Exception) -> None:
+    # asyncpg's words (its pool's bookkeeping) told an operator nothing: a waiting relay
+    # connection ended by idle_in_transaction_session_timeout or pg_terminate_backend.
+    error = translate(exc, first_row=1)
+    assert type(error) is RetryableError
+    assert str(error).startswith("the database connection was closed under this work (by")
+    assert "pool" not in str(error) and str(error).endswith("(transient; will retry)")
+
+
+def test_another_client_error_keeps_its_words() -> None:
+    exc = asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    assert str(translate(exc, first_row=1)).startswith("cannot perform operation: another")
