@@ -152,7 +152,9 @@ def test_loads_a_mounted_inbox_and_serves_its_endpoints(
         (dirs["inbox"] / f".{name}.part").rename(dirs["inbox"] / name)
 
     def done() -> list[Path]:
-        return sorted(p for p in dirs["done"].rglob("*") if p.is_file())
+        # Not a move still under way: its bytes land under a hidden temporary name first.
+        files = dirs["done"].rglob("*")
+        return sorted(p for p in files if p.is_file() and not p.name.startswith("."))
 
     wait_for(lambda: len(done()) == 2, 90, "both files in done/")
     assert sorted(p.name for p in done()) == ["companies.csv", "orders.parquet"], c.logs()
