@@ -14,7 +14,7 @@ import pyarrow as pa
 from ingestd.claim import Job
 from ingestd.db.connection import Connection
 from ingestd.db.errors import BatchError
-from ingestd.db.merge import apply_batch
+from ingestd.db.merge import Turn, apply_batch
 from ingestd.db.partitions import create_partitions, name_unrouted_row
 from ingestd.db.schema import Evolution
 from ingestd.db.sql import Target
@@ -29,9 +29,6 @@ from ingestd.read.raw_csv import RawCsv
 from ingestd.reject import Sorting, is_bad_data, load_sorting_out
 
 log = logging.getLogger(__name__)
-
-# Awaited by a staged batch before it merges: the batch before it has committed (relay.py).
-Turn = Callable[[], Awaitable[None]]
 
 
 class FileChangedError(FileError):

@@ -71,8 +71,7 @@ class Relay:
         self._taken = 0  # pieces handed out: the next one's number
         self._committed = 0  # batches done, in order: batch k may merge when this is k
         self._moved = asyncio.Event()  # set (and replaced) when a batch ends or one fails
-        self._ended = False  # the pieces ran out (or their reading failed)
-        self._read_error: BaseException | None = None  # raised by the owner once idle
+        self._ended = False  # the pieces ran out
         self._offered = False
         self._helping = False  # a helper has joined (at most one)
         self._idle = asyncio.Event()
@@ -98,8 +97,6 @@ class Relay:
             await self._idle.wait()
         if self.error is not None:
             raise self.error
-        if self._read_error is not None:
-            raise self._read_error
 
     async def help(self, conn: Connection, worker_id: str) -> bool:
         """Take batches in turn with the owner on this connection until the file's pieces
@@ -153,8 +150,7 @@ class Relay:
                     self._ended = True
                     return
                 except Exception as exc:  # NotRaw or a read error: after the batches before
-                    self._ended = True
-                    self._read_error = exc
+                    self._fail(exc, self._taken)
                     return
                 number = self._taken
                 self._taken += 1
@@ -166,10 +162,7 @@ class Relay:
                 await loader.batch(piece, self._tally, turn)
             except _Stopped:
                 raise
-            except asyncio.CancelledError:
-                self._fail(_stopped_at_once(), -1)
-                raise
-            except BaseException as exc:
+            except Exception as exc:  # a cancellation is run()'s or _help()'s to record
                 self._fail(exc, number)
                 raise
             self._committed = number + 1

@@ -11,6 +11,9 @@ from ingestd.db.stage import CopyFormat, copy_batch, copy_into_target, follow_ta
 from ingestd.exceptions import FileError
 from ingestd.settings import Mode
 
+# Awaited by a staged batch before it merges: the batch before it has committed (relay.py).
+Turn = Callable[[], Awaitable[None]]
+
 MERGE_MIN_VERSION = 150000
 CARDINALITY_VIOLATION = "21000"  # ON CONFLICT DO UPDATE met one key twice
 
@@ -22,7 +25,7 @@ async def apply_batch(
     mode: Mode,
     payload: memoryview,
     fmt: CopyFormat,
-    turn: Callable[[], Awaitable[None]] | None = None,
+    turn: Turn | None = None,
 ) -> tuple[int, int]:
     """Write one payload to the target (inside the caller's transaction): (rows read from
     the payload, target rows written). A staged batch awaits `turn` between its COPY and
