@@ -14,9 +14,12 @@ from ingestd.read.values import converter_for
 _WRITE = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="needed")
 
 
-def encode_batch(batch: pa.RecordBatch, first_row: int, *, ordinal: bool = True) -> memoryview:
-    """CSV bytes of `batch`, with each row's file row number (first_row, first_row + 1, ...)
-    as a last column when `ordinal` (the stage table needs it to keep file order).
+def encode_batch(
+    batch: pa.RecordBatch, first_row: int | pa.Array, *, ordinal: bool = True
+) -> memoryview:
+    """CSV bytes of `batch`, with each row's file row number (first_row, first_row + 1, ...,
+    or first_row's own numbers when it is an array) as a last column when `ordinal` (the
+    stage table needs it to keep file order).
 
     Strings are always quoted and NULLs written as nothing, which is exactly how
     PostgreSQL's CSV COPY tells '' (quoted) from NULL (empty, unquoted). The bytes stay
@@ -24,7 +27,10 @@ def encode_batch(batch: pa.RecordBatch, first_row: int, *, ordinal: bool = True)
     """
     batch = _text_form(batch)
     if ordinal:
-        batch = batch.append_column("_ingestd_row", _ordinals(first_row, batch.num_rows))
+        numbers = (
+            first_row if isinstance(first_row, pa.Array) else _ordinals(first_row, batch.num_rows)
+        )
+        batch = batch.append_column("_ingestd_row", numbers)
     sink = pa.BufferOutputStream()
     pacsv.write_csv(batch, sink, _WRITE)
     return memoryview(sink.getvalue())

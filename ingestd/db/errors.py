@@ -221,7 +221,10 @@ class BatchError(FileError):
     def at(self, first_row: int) -> FileError:
         """The same error with its row numbered in the file (`first_row`: the file row of
         the batch's first record)."""
-        row = None if self.record is None else first_row - 1 + self.record
+        return self.at_row(None if self.record is None else first_row - 1 + self.record)
+
+    def at_row(self, row: int | None) -> FileError:
+        """The same error naming file row `row` (a caller that numbers rows itself)."""
         return FileError(
             self._parts.text(row, self.column),
             row=row,
