@@ -474,6 +474,23 @@ def ingestd_upsert_c1(b: Bench) -> Measurement:
     return _ingestd_upsert(b, "ingestd_upsert_c1", "--concurrency", "1")
 
 
+def ingestd_upsert_bad(b: Bench) -> Measurement:
+    """The upsert of a copy of the CSV with a value that does not cast in 1 row of 1,000,
+    allowed by --max-bad-rows: each batch is sorted out (ingestd.reject)."""
+    path, keys = data.dirty_csv(b.files.csv, 1_000)
+    _fresh(b, fill="half")
+    args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(path),
+                    "--max-bad-rows", "1%")  # fmt: skip
+    m = _measured(b, "ingestd_upsert_bad", args, b.sizes.rows, _size(path))
+    # The half-full table holds the even keys: a bad row of an odd key adds no row.
+    _expect_rows(b, TARGET, b.sizes.rows - sum(k % 2 for k in keys), m.case)
+    rejected = b.srv.value(f"SELECT sum(rows_rejected) FROM {MANIFEST}")
+    if rejected != len(keys):
+        raise CaseError(f"{m.case}: {rejected} rows rejected, expected {len(keys):,}")
+    m.extra["rows_rejected"] = len(keys)
+    return m
+
+
 def _ingestd_upsert(b: Bench, case: str, *extra: str) -> Measurement:
     _fresh(b, fill="half")
     args = _ingestd(b, *_csv_contract(TARGET, "upsert"), "--files", str(b.files.csv), *extra)
@@ -808,6 +825,7 @@ CASES: dict[str, Case] = {
     "ingestd_upsert_csv": ingestd_upsert_csv,
     "ingestd_rerun_csv": ingestd_rerun_csv,
     "ingestd_upsert_c1": ingestd_upsert_c1,
+    "ingestd_upsert_bad": ingestd_upsert_bad,
     "ingestd_parquet": ingestd_parquet,
     "ingestd_parquet_text": ingestd_parquet_text,
     "ingestd_parquet_1conn": ingestd_parquet_1conn,

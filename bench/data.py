@@ -149,6 +149,28 @@ def csv_file(first_id: int, count: int, name: str | None = None, folder: Path = 
     return _publish(tmp, path)
 
 
+def dirty_csv(src: Path, every: int) -> tuple[Path, list[int]]:
+    """A copy of csv_file(1, n) whose row every `every` (from every // 2 on) holds "x" for
+    natureza_juridica, a value that does not cast; also the keys of those rows."""
+    path = src.with_name(f"dirty{every}_{src.name}")
+    with src.open(encoding=ENCODING, newline="") as lines:
+        count = sum(1 for _ in lines)
+    keys = [1 + i for i in range(every // 2, count, every)]
+    if path.exists():
+        return path, keys
+    tmp = path.with_name("." + path.name + ".tmp")
+    with (
+        src.open(encoding=ENCODING, newline="") as lines,
+        tmp.open("w", encoding=ENCODING, newline="") as out,
+    ):
+        for i, line in enumerate(lines):
+            if i % every == every // 2:
+                fields = line.split(";", 3)  # quoted fields; the first two hold no ';'
+                line = ";".join([*fields[:2], '"x"', fields[3]])
+            out.write(line)
+    return _publish(tmp, path), keys
+
+
 def parquet_file(first_id: int, count: int) -> Path:
     """The same rows as csv_file, typed, in a Parquet file (row groups of 100,000 rows)."""
     path = DATA_DIR / f"companies_v{FORMAT_VERSION}_{first_id}_{count}.parquet"

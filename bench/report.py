@@ -20,7 +20,7 @@ _APPEND = (
 )  # fmt: skip
 _UPSERT = (
     "sql_upsert", "asyncpg_raw_upsert", "ingestd_upsert_csv", "ingestd_upsert_c1",
-    "ingestd_rerun_csv",
+    "ingestd_upsert_bad", "ingestd_rerun_csv",
 )  # fmt: skip
 LIMIT_OF = {**dict.fromkeys(_APPEND, "psql_copy"), **dict.fromkeys(_UPSERT, "sql_upsert")}
 
@@ -46,6 +46,7 @@ LABEL = {
     "asyncpg_raw_upsert": "raw CSV bytes -> temp -> `ON CONFLICT`, one transaction (asyncpg)",
     "ingestd_upsert_csv": "**ingestd upsert, half of the keys exist**",
     "ingestd_upsert_c1": "ingestd upsert, `--concurrency 1` (no relay)",
+    "ingestd_upsert_bad": "ingestd upsert, 1 row in 1,000 does not cast (`--max-bad-rows 1%`)",
     "ingestd_rerun_csv": "ingestd re-run of the unchanged file (`--no-resume`)",
     "small_files": "ingestd `--once`, many small files, defaults",
     "small_files_c2": "ingestd `--once`, many small files, `--concurrency 2`",
@@ -190,6 +191,8 @@ def _notes(x: Summary) -> str:
     parts = []
     if "n_tup_upd" in e:
         parts.append(f"n_tup_ins {e['n_tup_ins']:,.0f}, n_tup_upd {e['n_tup_upd']:,.0f}")
+    if "rows_rejected" in e:
+        parts.append(f"{e['rows_rejected']:,.0f} rows set aside to ingestion_rejects")
     if "instances" in e:
         parts.append(
             f"{e['instances']:.0f} instance(s), {e['files']:,.0f} files: "
