@@ -10,8 +10,8 @@ Like pgloader, the batch goes again in pieces inside savepoints, in two passes:
    meets, COPY straight into the target) sets it aside at once; an error without a row
    (a constraint checked in the merge) splits the piece in two until the bad row is alone.
 
-Pieces are applied in file order, so "the last occurrence wins" still holds: a row a later
-row of its key supersedes in the batch is never checked, as in a batch without bad rows.
+Pieces are applied in file order, so "the last occurrence wins" still holds; a row a later
+row of its key supersedes in the batch is checked only where a split separates the two.
 Past the budget, the error names the first bad row over it in file order, though COPY into
 a table may name a later row first (tests/integration/test_sorting_out.py holds a model).
 """
